@@ -1,0 +1,239 @@
+//! The body type the proxy stack passes around, and the guard on bodies clients send.
+//!
+//! Client bodies are streamed, never collected: the guard only watches them. It turns a
+//! decoding error (a bad chunk size, a short body) into a `bad-request` [`ProxyError`] so the
+//! client gets a 400 and the failure is blamed on it rather than on the upstream, and it ends a
+//! body that stalls longer than the idle timeout (slow-body attacks hold connections forever
+//! otherwise).
+
+use std::future::{poll_fn, Future as _};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use tokio::time::{sleep, Instant, Sleep};
+
+use crate::error::{ProxyError, Reason};
+use crate::BoxError;
+
+/// A boxed, streaming body: what every service in the stack takes and returns.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A body holding `bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Boxes any body whose errors convert into [`BoxError`].
+pub fn boxed<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+pin_project_lite::pin_project! {
+    /// Watches a client's request body: maps its errors to downstream-blamed
+    /// [`ProxyError`]s and enforces an idle timeout between frames.
+    #[derive(Debug)]
+    pub struct Guarded<B> {
+        #[pin]
+        inner: B,
+        idle: Duration,
+        // Boxed because a sleeping timer is large; created only for bodies that have data.
+        timer: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl<B> Guarded<B> {
+    /// Guards `inner`, failing it when no frame arrives for `idle`.
+    pub fn new(inner: B, idle: Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            timer: None,
+        }
+    }
+}
+
+impl<B> http_body::Body for Guarded<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                *this.timer = None;
+                Poll::Ready(frame.map(|f| f.map_err(downstream_body_error)))
+            }
+            Poll::Pending => {
+                let idle = *this.idle;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(sleep(idle)));
+                ready!(timer.as_mut().poll(cx));
+                // Re-arm so a caller that polls again gets a fresh window rather than a
+                // timer stuck in the ready state.
+                timer.as_mut().reset(Instant::now() + idle);
+                let err = ProxyError::new(
+                    Reason::RequestTimeout,
+                    format!("request body idle for more than {idle:?}"),
+                );
+                Poll::Ready(Some(Err(Box::new(err))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn downstream_body_error(err: impl Into<BoxError>) -> BoxError {
+    let err = err.into();
+    if err.downcast_ref::<ProxyError>().is_some() {
+        return err;
+    }
+    Box::new(
+        ProxyError::new(
+            Reason::BadRequest,
+            format!("malformed request body: {err}"),
+        )
+        .with_source(err),
+    )
+}
+
+/// Waits for the first frame of `body` and returns a body that yields it again, then the rest.
+///
+/// Used for HTTP/1 chunked bodies: their framing errors usually show in the first chunk, and
+/// reading it before the upstream is contacted means a malformed request never reaches it.
+pub async fn prime(mut body: Body) -> Result<Body, BoxError> {
+    let first = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+    match first {
+        None => Ok(empty()),
+        Some(Err(e)) => Err(e),
+        Some(Ok(frame)) => Ok(Primed {
+            first: Some(frame),
+            rest: body,
+        }
+        .boxed_unsync()),
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct Primed {
+        first: Option<Frame<Bytes>>,
+        #[pin]
+        rest: Body,
+    }
+}
+
+impl http_body::Body for Primed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if let Some(frame) = this.first.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        this.rest.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+}
+
+/// The status a client-side body failure maps to, if `err` is one.
+pub fn downstream_status(err: &(dyn std::error::Error + 'static)) -> Option<StatusCode> {
+    crate::error::find_cause::<ProxyError>(err).map(ProxyError::status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body that never yields a frame: only the guard's idle timer can end it.
+    struct Stalled;
+
+    impl http_body::Body for Stalled {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_body_times_out_at_the_configured_instant() {
+        let start = Instant::now();
+        let mut body = Guarded::new(Stalled, Duration::from_secs(5));
+        let frame = body.frame().await.expect("a frame");
+        let err = frame.expect_err("an error");
+        let err = err.downcast_ref::<ProxyError>().expect("a proxy error");
+        assert_eq!(err.reason(), Reason::RequestTimeout);
+        assert_eq!(err.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn decode_errors_become_bad_request() {
+        let inner = Full::new(Bytes::from_static(b"x"))
+            .map_err(|never| match never {})
+            .with_trailers(async { Some(Err::<http::HeaderMap, BoxError>("bad chunk".into())) });
+        let mut body = Guarded::new(Box::pin(inner), Duration::from_secs(5));
+        assert!(body.frame().await.expect("data").is_ok());
+        let err = body.frame().await.expect("err").expect_err("an error");
+        assert_eq!(downstream_status(err.as_ref()), Some(StatusCode::BAD_REQUEST));
+    }
+
+    #[tokio::test]
+    async fn prime_replays_the_first_frame() {
+        let body = prime(full("hello")).await.expect("primed");
+        let bytes = body.collect().await.expect("collect").to_bytes();
+        assert_eq!(&bytes[..], b"hello");
+    }
+
+    #[tokio::test]
+    async fn prime_surfaces_a_bad_first_chunk() {
+        let bad = Guarded::new(
+            Empty::<Bytes>::new()
+                .map_err(|never| match never {})
+                .with_trailers(async { Some(Err::<http::HeaderMap, BoxError>("bad".into())) }),
+            Duration::from_secs(1),
+        );
+        let err = prime(bad.boxed_unsync()).await.expect_err("error");
+        assert_eq!(downstream_status(err.as_ref()), Some(StatusCode::BAD_REQUEST));
+    }
+}

@@ -1,0 +1,117 @@
+//! The one response classifier: success, failure, or failure that a retry may fix.
+//!
+//! Metrics label `classification` from it today; retries and the circuit breaker consult the
+//! same function so the three never disagree about what "failed" means.
+
+use http::{HeaderMap, StatusCode};
+
+use crate::error::Reason;
+
+/// The outcome of one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// The request succeeded.
+    Success,
+    /// The request failed; `retryable` says whether trying again could help.
+    Failure {
+        /// Whether a retry may succeed.
+        retryable: bool,
+    },
+}
+
+impl Class {
+    /// The `classification` metric label.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failure { .. } => "failure",
+        }
+    }
+
+    /// Whether the outcome counts as a success.
+    pub fn is_success(self) -> bool {
+        self == Self::Success
+    }
+}
+
+/// gRPC status UNAVAILABLE: the service is temporarily unable to answer.
+const GRPC_UNAVAILABLE: u32 = 14;
+
+/// Classifies a finished response. `grpc_status` comes from the trailers (or the headers, for
+/// a trailers-only response); `error` is the proxy's own reason when Skiff answered itself.
+pub fn classify(status: StatusCode, grpc_status: Option<u32>, error: Option<Reason>) -> Class {
+    if let Some(reason) = error {
+        let retryable = matches!(
+            reason,
+            Reason::UpstreamConnect | Reason::UpstreamReset | Reason::UpstreamTimeout
+        );
+        return Class::Failure { retryable };
+    }
+    if let Some(code) = grpc_status {
+        return match code {
+            0 => Class::Success,
+            GRPC_UNAVAILABLE => Class::Failure { retryable: true },
+            _ => Class::Failure { retryable: false },
+        };
+    }
+    if status.is_server_error() {
+        let retryable = matches!(status.as_u16(), 502..=504);
+        return Class::Failure { retryable };
+    }
+    Class::Success
+}
+
+/// Reads `grpc-status` from a header or trailer map.
+pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_statuses() {
+        assert_eq!(classify(StatusCode::OK, None, None), Class::Success);
+        assert_eq!(classify(StatusCode::NOT_FOUND, None, None), Class::Success);
+        assert_eq!(
+            classify(StatusCode::SERVICE_UNAVAILABLE, None, None),
+            Class::Failure { retryable: true }
+        );
+        assert_eq!(
+            classify(StatusCode::INTERNAL_SERVER_ERROR, None, None),
+            Class::Failure { retryable: false }
+        );
+    }
+
+    #[test]
+    fn grpc_status_wins_over_http_status() {
+        assert_eq!(classify(StatusCode::OK, Some(0), None), Class::Success);
+        assert_eq!(
+            classify(StatusCode::OK, Some(14), None),
+            Class::Failure { retryable: true }
+        );
+        assert_eq!(
+            classify(StatusCode::OK, Some(3), None),
+            Class::Failure { retryable: false }
+        );
+    }
+
+    #[test]
+    fn proxy_errors_are_failures() {
+        let c = classify(StatusCode::NOT_FOUND, None, Some(Reason::NoRoute));
+        assert_eq!(c, Class::Failure { retryable: false });
+        assert_eq!(c.as_label(), "failure");
+    }
+
+    #[test]
+    fn reads_grpc_status() {
+        let mut h = HeaderMap::new();
+        assert_eq!(grpc_status(&h), None);
+        h.insert("grpc-status", "14".parse().unwrap());
+        assert_eq!(grpc_status(&h), Some(14));
+    }
+}

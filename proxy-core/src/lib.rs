@@ -1,0 +1,29 @@
+//! Skiff's protocol middleware: the pieces of the request path that do not own sockets.
+//!
+//! Each behaviour lives in its own module, in tower's shape (`Foo<S>`, `FooLayer`, a
+//! `ResponseFuture` where the layer needs one, and a typed error):
+//!
+//! - [`normalize`]: one authority per request, hop-by-hop stripping, header limits, body guards.
+//! - [`route`]: picks the logical service a request is for, by its authority.
+//! - [`respond`]: turns a failed request into the response the client sees (`skiff-error`).
+//! - [`future`]: the future of layers that pass a request on or refuse it.
+//! - [`error`]: the proxy's error type: what went wrong, who caused it, whether a retry may help.
+//! - [`classify`]: the one success / failure / retryable classifier that metrics (and later
+//!   retries and the circuit breaker) share.
+//! - [`body`]: the boxed body type the stack passes around, and the downstream body guard.
+//!
+//! The binary (`skiff`) assembles these into one `ServiceBuilder` chain per direction.
+
+pub mod body;
+pub mod classify;
+pub mod error;
+pub mod future;
+pub mod normalize;
+pub mod respond;
+pub mod route;
+
+/// The error type crossing service boundaries; leaves use typed errors and box them here.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub use body::Body;
+pub use error::{Blame, ProxyError, Reason};
