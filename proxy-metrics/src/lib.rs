@@ -1,1 +1,67 @@
-//! x
+//! Skiff's visibility: Prometheus metrics under Linkerd's proxy names and labels, and the
+//! admin server that exposes them.
+//!
+//! Names follow Linkerd (`request_total`, `response_total`, `response_latency_ms`,
+//! `tcp_open_total`, `tcp_open_connections`, ...) so dashboards and queries written for it work
+//! unchanged; Skiff's own series start with `skiff_`. Handles for a target's series are
+//! resolved once, when the target is built from config, and the per-request path touches only
+//! atomics and a small per-target cache keyed by status.
+//!
+//! - [`http`]: request/response series and the [`http::MetricsLayer`] that records them.
+//! - [`tcp`]: connection series and protocol-detection outcomes.
+//! - [`admin`]: `/metrics`, `/ready`, `/live`, `/config`.
+
+pub mod admin;
+pub mod http;
+pub mod tcp;
+
+use std::sync::Arc;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+/// A label set: fixed keys, owned values. Built once per target, never per request.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// Every metric family Skiff registers, created once at start-up.
+#[derive(Debug)]
+pub struct Metrics {
+    /// HTTP request and response series.
+    pub http: Arc<http::HttpFamilies>,
+    /// TCP connection series.
+    pub tcp: Arc<tcp::TcpFamilies>,
+    /// Config reload outcomes, by `result` (`ok`, `error`).
+    pub config_reloads: Family<Labels, Counter>,
+}
+
+impl Metrics {
+    /// Registers every family in a new registry.
+    pub fn new() -> (Self, Registry) {
+        let mut registry = Registry::default();
+        let http = Arc::new(http::HttpFamilies::register(&mut registry));
+        let tcp = Arc::new(tcp::TcpFamilies::register(&mut registry));
+        let config_reloads = Family::default();
+        registry.register(
+            "skiff_config_reloads",
+            "Config file reloads, by result",
+            config_reloads.clone(),
+        );
+        (
+            Self {
+                http,
+                tcp,
+                config_reloads,
+            },
+            registry,
+        )
+    }
+
+    /// Counts one config reload attempt.
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.config_reloads
+            .get_or_create(&vec![("result", result.to_owned())])
+            .inc();
+    }
+}

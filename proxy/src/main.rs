@@ -1,1 +1,143 @@
-fn main(){}
+//! The `skiff` command line: `run`, `check`, `demo`, `version`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use skiff::config::{self, Config};
+use skiff::demo::{self, Backend};
+
+const USAGE: &str = "\
+Skiff, a sidecar L7 proxy for service meshes
+
+Usage:
+  skiff run --config FILE [--workers N]   serve, reloading FILE when it changes
+  skiff check --config FILE               validate FILE; report every error with its line
+  skiff demo [--print-config]             built-in backends with Skiff in front of them
+  skiff version
+
+Logs go to stderr; set SKIFF_LOG (e.g. SKIFF_LOG=debug, SKIFF_LOG=skiff=debug,info).
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("skiff: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &[String]) -> anyhow::Result<ExitCode> {
+    let (command, rest) = match args.split_first() {
+        Some((c, rest)) => (c.as_str(), rest),
+        None => ("help", &[][..]),
+    };
+    match command {
+        "run" => {
+            let path = flag(rest, "--config")?.context("`skiff run` needs --config FILE")?;
+            let path = PathBuf::from(path);
+            let config = match config::load_file(&path) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            let workers = flag(rest, "--workers")?
+                .map(|w| w.parse().context("--workers takes a positive number"))
+                .transpose()?;
+            serve(config, workers, None)
+        }
+        "check" => {
+            let path = flag(rest, "--config")?.context("`skiff check` needs --config FILE")?;
+            match config::load_file(path.as_ref()) {
+                Ok(c) => {
+                    println!("{path}: ok ({} services)", c.proxy.services.len());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        "demo" if rest.iter().any(|a| a == "--print-config") => {
+            print!("{}", demo::CONFIG);
+            Ok(ExitCode::SUCCESS)
+        }
+        "demo" => serve(demo::config(), None, Some(demo::TRY)),
+        "version" | "--version" | "-V" => {
+            println!("skiff {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => bail!("unknown command {other:?}\n\n{USAGE}"),
+    }
+}
+
+/// The value after `name` in `args`, if present.
+fn flag<'a>(args: &'a [String], name: &str) -> anyhow::Result<Option<&'a str>> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == name {
+            return it.next().map(|v| Some(v.as_str())).with_context(|| format!("{name} needs a value"));
+        }
+        if let Some(v) = a.strip_prefix(name).and_then(|v| v.strip_prefix('=')) {
+            return Ok(Some(v));
+        }
+    }
+    Ok(None)
+}
+
+fn serve(config: Config, workers: Option<std::num::NonZeroUsize>, banner: Option<&str>) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let threads = skiff::runtime::worker_threads(workers.or(config.proxy.workers));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("skiff-worker")
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(async move {
+        if banner.is_some() {
+            let app = "127.0.0.1:18081".parse().expect("valid");
+            let echo = "127.0.0.1:18082".parse().expect("valid");
+            demo::serve_backend(app, Backend::Hello).await?;
+            demo::serve_backend(echo, Backend::Echo).await?;
+        }
+        let running = skiff::start(config).await?;
+        tracing::info!(workers = threads, "serving");
+        if let Some(b) = banner {
+            println!("{b}");
+        }
+        wait_for_signal().await?;
+        running.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,210 @@
+//! [`Metrics`]: the outermost layer of each direction. It times every request, including the
+//! ones Skiff answers itself, and records `response_total` when the response body ends, so
+//! gRPC statuses in trailers are classified correctly.
+//!
+//! The target is not known when a request enters (routing happens further in), so the layer
+//! puts a [`MetricsSlot`] in the request's extensions and the layer that picks the target
+//! fills it. A request nobody routed is recorded against the direction's `unrouted` target.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+use proxy_core::classify::{classify, grpc_status};
+use proxy_core::{Body, BoxError, Reason};
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use super::TargetMetrics;
+
+/// Where the routing layer records which target a request went to.
+#[derive(Clone, Debug, Default)]
+pub struct MetricsSlot(Arc<OnceLock<Arc<TargetMetrics>>>);
+
+impl MetricsSlot {
+    /// Records that the request is being sent to `target`, and counts it there.
+    pub fn start(&self, target: &Arc<TargetMetrics>) {
+        if self.0.set(target.clone()).is_ok() {
+            target.request();
+        }
+    }
+}
+
+/// Records HTTP metrics around `S`.
+#[derive(Clone, Debug)]
+pub struct Metrics<S> {
+    inner: S,
+    unrouted: Arc<TargetMetrics>,
+}
+
+/// Applies [`Metrics`].
+#[derive(Clone, Debug)]
+pub struct MetricsLayer {
+    unrouted: Arc<TargetMetrics>,
+}
+
+impl MetricsLayer {
+    /// A layer recording requests no target claims against `unrouted`.
+    pub fn new(unrouted: Arc<TargetMetrics>) -> Self {
+        Self { unrouted }
+    }
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = Metrics<S>;
+
+    fn layer(&self, inner: S) -> Metrics<S> {
+        Metrics {
+            inner,
+            unrouted: self.unrouted.clone(),
+        }
+    }
+}
+
+impl<S, B> Service<Request<B>> for Metrics<S>
+where
+    S: Service<Request<B>, Response = Response<Body>>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let slot = MetricsSlot::default();
+        req.extensions_mut().insert(slot.clone());
+        ResponseFuture {
+            inner: self.inner.call(req),
+            slot,
+            unrouted: self.unrouted.clone(),
+            start: Instant::now(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Metrics`].
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        slot: MetricsSlot,
+        unrouted: Arc<TargetMetrics>,
+        start: Instant,
+    }
+}
+
+impl<F, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+{
+    type Output = Result<Response<Body>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let rsp = std::task::ready!(this.inner.poll(cx))?;
+        let target = match this.slot.0.get() {
+            Some(t) => t.clone(),
+            None => {
+                this.unrouted.request();
+                this.unrouted.clone()
+            }
+        };
+        let status = rsp.status();
+        let millis = this.start.elapsed().as_secs_f64() * 1000.0;
+        target.latency(status.as_u16(), millis);
+        let error = rsp.extensions().get::<Reason>().copied();
+        let header_grpc = grpc_status(rsp.headers());
+        Poll::Ready(Ok(rsp.map(|inner| {
+            proxy_core::body::boxed(RecordBody {
+                inner,
+                pending: Some(Pending {
+                    target,
+                    status,
+                    grpc_status: header_grpc,
+                    error,
+                }),
+            })
+        })))
+    }
+}
+
+/// What the body wrapper still has to record.
+#[derive(Debug)]
+struct Pending {
+    target: Arc<TargetMetrics>,
+    status: StatusCode,
+    grpc_status: Option<u32>,
+    error: Option<Reason>,
+}
+
+impl Pending {
+    fn record(self) {
+        let class = classify(self.status, self.grpc_status, self.error);
+        self.target.response(self.status.as_u16(), class, self.grpc_status, self.error);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Records `response_total` once: at end of stream, on error, or when dropped early.
+    struct RecordBody {
+        #[pin]
+        inner: Body,
+        pending: Option<Pending>,
+    }
+
+    impl PinnedDrop for RecordBody {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(p) = this.project().pending.take() {
+                p.record();
+            }
+        }
+    }
+}
+
+impl http_body::Body for RecordBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        let frame = std::task::ready!(this.inner.as_mut().poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let (Some(trailers), Some(p)) = (f.trailers_ref(), this.pending.as_mut()) {
+                    p.grpc_status = grpc_status(trailers).or(p.grpc_status);
+                }
+            }
+            Some(Err(_)) => {
+                if let Some(p) = this.pending.as_mut() {
+                    p.error = p.error.or(Some(Reason::UpstreamReset));
+                }
+            }
+            None => {}
+        }
+        if frame.is_none() || matches!(frame, Some(Err(_))) || this.inner.is_end_stream() {
+            if let Some(p) = this.pending.take() {
+                p.record();
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,149 @@
+//! HTTP series: `request_total`, `response_total`, `response_latency_ms`.
+//!
+//! A [`TargetMetrics`] holds one target's handles (a service on outbound, the local app on
+//! inbound). It is built when the target is built from config; the per-request path then
+//! touches only its counters and a small cache keyed by status, never a label-string lookup.
+
+mod layer;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use proxy_core::classify::Class;
+use proxy_core::Reason;
+
+use crate::Labels;
+
+pub use layer::{Metrics, MetricsLayer, MetricsSlot, ResponseFuture};
+
+/// Linkerd's latency buckets, in milliseconds.
+const LATENCY_BUCKETS_MS: [f64; 25] = [
+    1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0,
+    1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 10000.0, 20000.0, 30000.0, 40000.0, 50000.0,
+];
+
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS_MS)
+}
+
+/// The HTTP families.
+#[derive(Debug)]
+pub struct HttpFamilies {
+    requests: Family<Labels, Counter>,
+    responses: Family<Labels, Counter>,
+    latency: HistogramFamily,
+}
+
+impl HttpFamilies {
+    pub(crate) fn register(registry: &mut Registry) -> Self {
+        let this = Self {
+            requests: Family::default(),
+            responses: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+        };
+        registry.register("request", "Requests sent", this.requests.clone());
+        registry.register(
+            "response",
+            "Responses finished (at end of stream), by status and classification",
+            this.responses.clone(),
+        );
+        registry.register(
+            "response_latency_ms",
+            "Time from request to response headers, in milliseconds",
+            this.latency.clone(),
+        );
+        this
+    }
+
+    /// Resolves the handles of one target.
+    pub fn target(
+        self: &Arc<Self>,
+        direction: &'static str,
+        authority: &str,
+        target_addr: &str,
+    ) -> Arc<TargetMetrics> {
+        let base: Labels = vec![
+            ("direction", direction.to_owned()),
+            ("authority", authority.to_owned()),
+            ("target_addr", target_addr.to_owned()),
+            ("tls", "disabled".to_owned()),
+        ];
+        Arc::new(TargetMetrics {
+            request_total: self.requests.get_or_create(&base).clone(),
+            families: self.clone(),
+            base,
+            responses: Mutex::default(),
+            latencies: Mutex::default(),
+        })
+    }
+}
+
+/// What distinguishes one `response_total` series of a target from another.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct ResponseKey {
+    status: u16,
+    success: bool,
+    grpc_status: Option<u32>,
+    error: Option<Reason>,
+}
+
+/// One target's series.
+#[derive(Debug)]
+pub struct TargetMetrics {
+    base: Labels,
+    families: Arc<HttpFamilies>,
+    request_total: Counter,
+    // Caches of handles by status: a target sees a handful of statuses, so these stay small
+    // and the family's label hashing happens once per status, not per request.
+    responses: Mutex<HashMap<ResponseKey, Counter>>,
+    latencies: Mutex<HashMap<u16, Histogram>>,
+}
+
+impl TargetMetrics {
+    /// Counts a request sent to this target.
+    pub fn request(&self) {
+        self.request_total.inc();
+    }
+
+    fn latency(&self, status: u16, millis: f64) {
+        let mut cache = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry(status)
+            .or_insert_with(|| {
+                let mut labels = self.base.clone();
+                labels.push(("status_code", status.to_string()));
+                self.families.latency.get_or_create(&labels).clone()
+            })
+            .observe(millis);
+    }
+
+    fn response(&self, status: u16, class: Class, grpc_status: Option<u32>, error: Option<Reason>) {
+        let key = ResponseKey {
+            status,
+            success: class.is_success(),
+            grpc_status,
+            error,
+        };
+        let mut cache = self.responses.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry(key)
+            .or_insert_with(|| {
+                let mut labels = self.base.clone();
+                labels.push(("status_code", status.to_string()));
+                labels.push(("classification", class.as_label().to_owned()));
+                labels.push((
+                    "grpc_status",
+                    grpc_status.map(|c| c.to_string()).unwrap_or_default(),
+                ));
+                labels.push(("error", error.map(|r| r.as_str()).unwrap_or("").to_owned()));
+                self.families.responses.get_or_create(&labels).clone()
+            })
+            .inc();
+    }
+}

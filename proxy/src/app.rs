@@ -1,0 +1,118 @@
+//! Starting and stopping a proxy: bind the listeners, spawn the accept loops, the admin
+//! server and the config watcher, and drain everything on shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proxy_metrics::admin::{self, Admin};
+use proxy_metrics::Metrics;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::drain;
+use crate::serve::{accept_loop, Direction};
+use crate::state::State;
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct Running {
+    /// Where the outbound listener is bound.
+    pub outbound_addr: SocketAddr,
+    /// Where the inbound listener is bound.
+    pub inbound_addr: SocketAddr,
+    /// Where the admin listener is bound.
+    pub admin_addr: SocketAddr,
+    state: Arc<State>,
+    drain: drain::Controller,
+    admin_stop: watch::Sender<bool>,
+    reload: Option<JoinHandle<()>>,
+}
+
+/// Binds the listeners of `config` and starts serving. Listen addresses with port 0 get an
+/// ephemeral port, reported in [`Running`].
+pub async fn start(config: Config) -> io::Result<Running> {
+    let spec = config.proxy.clone();
+    let (metrics, registry) = Metrics::new();
+    let state = Arc::new(State::new(spec.clone(), Arc::new(metrics)));
+
+    let bind = |addr: SocketAddr, what: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot bind the {what} listener on {addr}: {e}")))
+    };
+    let outbound = bind(spec.outbound.listen, "outbound").await?;
+    let inbound = bind(spec.inbound.listen, "inbound").await?;
+    let admin_listener = bind(spec.admin.listen, "admin").await?;
+    let (outbound_addr, inbound_addr, admin_addr) = (
+        outbound.local_addr()?,
+        inbound.local_addr()?,
+        admin_listener.local_addr()?,
+    );
+
+    let drain = drain::Controller::new();
+    let limit = Arc::new(Semaphore::new(spec.limits.max_connections.get()));
+    tokio::spawn(accept_loop(outbound, Direction::Outbound, state.clone(), limit.clone(), drain.handle()));
+    tokio::spawn(accept_loop(inbound, Direction::Inbound, state.clone(), limit, drain.handle()));
+
+    let (admin_stop, admin_stopped) = watch::channel(false);
+    let view_state = state.clone();
+    let admin = Arc::new(Admin {
+        registry: Arc::new(registry),
+        readiness: state.readiness.clone(),
+        config: Arc::new(move || {
+            serde_json::to_string_pretty(&*view_state.spec.load()).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        }),
+    });
+    tokio::spawn(admin::serve(admin_listener, admin, admin_stopped));
+
+    let reload = config
+        .source
+        .map(|path| tokio::spawn(crate::reload::watch(path, state.clone())));
+    state.readiness.set_loaded();
+    tracing::info!(%outbound_addr, %inbound_addr, %admin_addr, "Skiff is ready");
+    Ok(Running {
+        outbound_addr,
+        inbound_addr,
+        admin_addr,
+        state,
+        drain,
+        admin_stop,
+        reload,
+    })
+}
+
+impl Running {
+    /// The live state (for tests and the admin view).
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    /// Drains: `/ready` turns 503, listeners stop accepting (new connections are refused),
+    /// open connections finish their in-flight requests, for at most the configured grace
+    /// period. Returns whether everything finished in time.
+    pub async fn shutdown(self) -> bool {
+        let grace = self.state.spec.load().shutdown.grace_period.0;
+        self.drain_with(grace).await
+    }
+
+    /// [`Running::shutdown`] with an explicit grace period.
+    pub async fn drain_with(self, grace: Duration) -> bool {
+        self.state.readiness.set_draining();
+        if let Some(reload) = &self.reload {
+            reload.abort();
+        }
+        tracing::info!(?grace, "draining");
+        let clean = self.drain.drain(grace).await;
+        if clean {
+            tracing::info!("drained");
+        } else {
+            tracing::warn!(?grace, "grace period over; closing the connections still open");
+        }
+        let _ = self.admin_stop.send(true);
+        clean
+    }
+}

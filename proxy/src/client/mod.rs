@@ -1,0 +1,73 @@
+//! Upstream connections: one [`Pool`] per endpoint address, shared by every service and every
+//! config generation that names the address, so a reload never drops a warm connection.
+//!
+//! HTTP/1 connections are kept in an idle list and reused one request at a time; an HTTP/2
+//! endpoint gets a single connection that all requests share as streams. Failures are mapped
+//! here, where it is known whether anything was sent: a refused connect is
+//! `upstream-connect` (safe to retry), a connection lost mid-exchange is `upstream-reset`.
+
+mod pool;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+pub use pool::{Pool, Protocol};
+
+/// Settings every upstream connection uses.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// How long an idle HTTP/1 connection is kept for reuse.
+    pub idle_timeout: Duration,
+    /// Most idle HTTP/1 connections kept per endpoint.
+    pub max_idle: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(90),
+            max_idle: 256,
+        }
+    }
+}
+
+/// Hands out the pool of each endpoint address.
+#[derive(Debug, Default)]
+pub struct Pools {
+    settings: Mutex<Settings>,
+    // Weak: a pool lives as long as some service's endpoint list holds it.
+    pools: Mutex<HashMap<SocketAddr, Weak<Pool>>>,
+}
+
+impl Pools {
+    /// Pools using `settings`.
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings: Mutex::new(settings),
+            pools: Mutex::default(),
+        }
+    }
+
+    /// Changes the settings for pools created from now on.
+    pub fn set_settings(&self, settings: Settings) {
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = settings;
+    }
+
+    /// The pool for `addr`, created if no one holds one.
+    pub fn get(&self, addr: SocketAddr) -> Arc<Pool> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pool) = pools.get(&addr).and_then(Weak::upgrade) {
+            return pool;
+        }
+        let settings = *self.settings.lock().unwrap_or_else(|e| e.into_inner());
+        let pool = Arc::new(Pool::new(addr, settings));
+        pools.retain(|_, p| p.strong_count() > 0);
+        pools.insert(addr, Arc::downgrade(&pool));
+        pool
+    }
+}

@@ -1,0 +1,216 @@
+//! One endpoint's connections (see the module docs of [`super`]).
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use proxy_core::error::find_cause;
+use proxy_core::{Body, ProxyError, Reason};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::Settings;
+
+/// The protocol spoken to the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1, one request per connection at a time.
+    Http1,
+    /// HTTP/2, multiplexed.
+    Http2,
+}
+
+struct Idle {
+    sender: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+/// The connections to one endpoint.
+pub struct Pool {
+    addr: SocketAddr,
+    settings: Settings,
+    idle: Mutex<Vec<Idle>>,
+    // An async mutex: the first request to find no connection dials while the others wait
+    // and then share it, instead of each opening its own.
+    h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    pub(super) fn new(addr: SocketAddr, settings: Settings) -> Self {
+        Self {
+            addr,
+            settings,
+            idle: Mutex::default(),
+            h2: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// The endpoint's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sends `req` (already in the upstream's form) and returns the response headers.
+    pub async fn send(
+        self: &std::sync::Arc<Self>,
+        req: Request<Body>,
+        protocol: Protocol,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        match protocol {
+            Protocol::Http1 => self.send_http1(req).await,
+            Protocol::Http2 => self.send_http2(req).await,
+        }
+    }
+
+    /// Sends a WebSocket upgrade on a connection of its own, which the upgrade then consumes.
+    pub async fn send_upgrade(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+        let io = self.connect().await?;
+        let (mut sender, conn) = http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        tokio::spawn(conn.with_upgrades());
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| self.exchange_error(e))
+    }
+
+    async fn send_http1(
+        self: &std::sync::Arc<Self>,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let mut req = req;
+        // A pooled connection may have been closed by the server since it went idle; hyper
+        // hands the request back when it was never written, so it can go out on a new one.
+        while let Some(mut sender) = self.checkout() {
+            match sender.try_send_request(req).await {
+                Ok(rsp) => {
+                    self.checkin_when_ready(sender);
+                    return Ok(rsp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(self.exchange_error(e.into_error())),
+                },
+            }
+        }
+        let io = self.connect().await?;
+        let (mut sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        tokio::spawn(conn);
+        let rsp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| self.exchange_error(e))?;
+        self.checkin_when_ready(sender);
+        Ok(rsp)
+    }
+
+    async fn send_http2(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+        let mut sender = {
+            let mut shared = self.h2.lock().await;
+            match shared.as_ref().filter(|s| !s.is_closed()) {
+                Some(s) => s.clone(),
+                None => {
+                    let io = self.connect().await?;
+                    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .handshake(TokioIo::new(io))
+                        .await
+                        .map_err(|e| self.connect_error(e))?;
+                    tokio::spawn(conn);
+                    *shared = Some(sender.clone());
+                    sender
+                }
+            }
+        };
+        sender.ready().await.map_err(|e| self.exchange_error(e))?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| self.exchange_error(e))
+    }
+
+    fn checkout(&self) -> Option<http1::SendRequest<Body>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        // Most recently used first: it is the most likely to still be open.
+        while let Some(c) = idle.pop() {
+            if c.sender.is_ready() && now.duration_since(c.since) < self.settings.idle_timeout {
+                return Some(c.sender);
+            }
+        }
+        None
+    }
+
+    /// Returns the connection to the idle list once the response body has been read (hyper
+    /// reports it ready again), or drops it if the connection closes instead.
+    fn checkin_when_ready(self: &std::sync::Arc<Self>, mut sender: http1::SendRequest<Body>) {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_err() {
+                return;
+            }
+            let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < pool.settings.max_idle {
+                idle.push(Idle {
+                    sender,
+                    since: Instant::now(),
+                });
+            }
+        });
+    }
+
+    async fn connect(&self) -> Result<TcpStream, ProxyError> {
+        let timeout = self.settings.connect_timeout;
+        match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                Ok(stream)
+            }
+            Ok(Err(e)) => Err(ProxyError::new(
+                Reason::UpstreamConnect,
+                format!("connecting to {} failed: {e}", self.addr),
+            )
+            .with_source(e)),
+            Err(_) => Err(ProxyError::new(
+                Reason::UpstreamConnect,
+                format!("connecting to {} timed out after {timeout:?}", self.addr),
+            )),
+        }
+    }
+
+    fn connect_error(&self, e: hyper::Error) -> ProxyError {
+        ProxyError::new(
+            Reason::UpstreamConnect,
+            format!("handshake with {} failed: {e}", self.addr),
+        )
+        .with_source(e)
+    }
+
+    /// Maps a failure after the request started going out. A failure of the client's own
+    /// body keeps the client's blame (400 or 408), not the upstream's.
+    fn exchange_error(&self, e: hyper::Error) -> ProxyError {
+        if let Some(downstream) = find_cause::<ProxyError>(&e) {
+            return ProxyError::new(downstream.reason(), downstream.detail().to_owned())
+                .with_status(downstream.status());
+        }
+        let reason = if e.is_timeout() {
+            Reason::UpstreamTimeout
+        } else {
+            Reason::UpstreamReset
+        };
+        ProxyError::new(reason, format!("exchange with {} failed: {e}", self.addr)).with_source(e)
+    }
+}

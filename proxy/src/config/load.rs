@@ -1,0 +1,166 @@
+//! Reading config files: YAML documents, each checked for its `apiVersion` and `kind`, then
+//! parsed into its typed form. Every error names the file, line, column and field.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{Config, ProxySpec};
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file (or `<embedded>`).
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// What is wrong, starting with the field path when there is one.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "{}:{l}:{c}: {}", self.file, self.message),
+            (Some(l), None) => write!(f, "{}:{l}: {}", self.file, self.message),
+            _ => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// Every problem found in a config file (one per document at most: a document's parse stops
+/// at its first error).
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+const PROXY_API_VERSION: &str = "skiff.dev/v1alpha1";
+
+/// Just enough of a document to know what it is.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Header {
+    api_version: Option<String>,
+    kind: Option<String>,
+}
+
+/// The `kind: Proxy` document.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ProxyDocument {
+    #[serde(rename = "apiVersion")]
+    _api_version: String,
+    #[serde(rename = "kind")]
+    _kind: String,
+    #[serde(default, rename = "metadata")]
+    _metadata: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    spec: ProxySpec,
+}
+
+/// Reads and parses `path`.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.display().to_string(),
+            line: None,
+            column: None,
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    parse(&text, Some(path))
+}
+
+/// Parses config text; `path` names the file in errors.
+pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
+    let file = path.map_or_else(|| "<embedded>".to_owned(), |p| p.display().to_string());
+    let yaml_error = |e: serde_yaml_ng::Error| {
+        let loc = e.location();
+        ConfigError {
+            file: file.clone(),
+            line: loc.as_ref().map(|l| l.line()),
+            column: loc.as_ref().map(|l| l.column()),
+            message: e.to_string(),
+        }
+    };
+    let mut errors = Vec::new();
+    let mut proxy: Option<ProxySpec> = None;
+
+    // Two passes over the same text: the first reads each document's kind, the second parses
+    // it as that kind, so errors keep their positions.
+    let headers: Vec<_> = serde_yaml_ng::Deserializer::from_str(text)
+        .map(Option::<Header>::deserialize)
+        .collect();
+    let documents = serde_yaml_ng::Deserializer::from_str(text);
+    for (header, document) in headers.into_iter().zip(documents) {
+        let header = match header {
+            Ok(Some(h)) => h,
+            Ok(None) => continue, // an empty document
+            Err(e) => {
+                errors.push(yaml_error(e));
+                continue;
+            }
+        };
+        match (header.api_version.as_deref(), header.kind.as_deref()) {
+            (Some(PROXY_API_VERSION), Some("Proxy")) => match ProxyDocument::deserialize(document) {
+                Ok(_) if proxy.is_some() => errors.push(ConfigError {
+                    file: file.clone(),
+                    line: None,
+                    column: None,
+                    message: "more than one `kind: Proxy` document".into(),
+                }),
+                Ok(doc) => proxy = Some(doc.spec),
+                Err(e) => errors.push(yaml_error(e)),
+            },
+            (Some(v), Some("Proxy")) => errors.push(ConfigError {
+                file: file.clone(),
+                line: None,
+                column: None,
+                message: format!(
+                    "apiVersion: `kind: Proxy` needs apiVersion {PROXY_API_VERSION}, got {v}"
+                ),
+            }),
+            (_, Some(kind)) => errors.push(ConfigError {
+                file: file.clone(),
+                line: None,
+                column: None,
+                message: format!("kind: {kind} is not supported by this version of Skiff"),
+            }),
+            (_, None) => errors.push(ConfigError {
+                file: file.clone(),
+                line: None,
+                column: None,
+                message: "kind: every document needs `apiVersion` and `kind`".into(),
+            }),
+        }
+    }
+    if errors.is_empty() && proxy.is_none() {
+        errors.push(ConfigError {
+            file: file.clone(),
+            line: None,
+            column: None,
+            message: format!("no `kind: Proxy` document (apiVersion {PROXY_API_VERSION})"),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok(Config {
+        source: path.map(PathBuf::from),
+        proxy: proxy.expect("checked above"),
+    })
+}

@@ -1,0 +1,329 @@
+//! Skiff's configuration: the `kind: Proxy` document (DESIGN.md section 4), as serde structs
+//! that parse straight into typed values. Every struct denies unknown fields, so a typo is an
+//! error with a line number rather than a silently ignored setting.
+//!
+//! [`load`] reads a file of YAML documents; [`Config`] is the parsed result.
+
+mod duration;
+mod load;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use duration::Dur;
+pub use load::{load_file, parse, ConfigError, ConfigErrors};
+
+/// A loaded configuration.
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    /// Where it was read from (none for the embedded demo config).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+    /// The `kind: Proxy` document's `spec`.
+    pub proxy: ProxySpec,
+}
+
+/// The `spec` of the `kind: Proxy` document.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProxySpec {
+    /// This workload's namespace: services named without one are looked up here.
+    pub namespace: String,
+    /// The cluster DNS domain, for `name.ns.svc.<domain>` authorities.
+    pub cluster_domain: String,
+    /// Worker threads; default: the container's CPU quota (cgroup), else the CPU count.
+    pub workers: Option<NonZeroUsize>,
+    /// The listener for the application's outgoing calls.
+    pub outbound: OutboundSpec,
+    /// The listener for calls to the application.
+    pub inbound: InboundSpec,
+    /// The admin listener.
+    pub admin: AdminSpec,
+    /// Destination ports that carry non-HTTP traffic: detection is skipped and bytes are
+    /// forwarded as-is. Applies to the inbound app port and to original destinations.
+    pub opaque_ports: BTreeSet<u16>,
+    /// Protocol and resource limits.
+    pub limits: LimitsSpec,
+    /// Shutdown behaviour.
+    pub shutdown: ShutdownSpec,
+    /// How often the config file is checked for changes.
+    pub reload_interval: Dur,
+    /// The services the application may call, by name.
+    pub services: BTreeMap<String, ServiceSpec>,
+}
+
+impl Default for ProxySpec {
+    fn default() -> Self {
+        Self {
+            namespace: "default".into(),
+            cluster_domain: "cluster.local".into(),
+            workers: None,
+            outbound: OutboundSpec::default(),
+            inbound: InboundSpec::default(),
+            admin: AdminSpec::default(),
+            opaque_ports: BTreeSet::new(),
+            limits: LimitsSpec::default(),
+            shutdown: ShutdownSpec::default(),
+            reload_interval: Dur::secs(1),
+            services: BTreeMap::new(),
+        }
+    }
+}
+
+/// The outbound listener.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutboundSpec {
+    /// Where the application sends its calls.
+    pub listen: SocketAddr,
+    /// Forward requests for unknown authorities to the authority itself (resolved by DNS)
+    /// instead of answering 404 `no-route`.
+    pub passthrough: bool,
+}
+
+impl Default for OutboundSpec {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 4140)),
+            passthrough: false,
+        }
+    }
+}
+
+/// The inbound listener and the local application behind it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct InboundSpec {
+    /// Where other workloads' calls arrive.
+    pub listen: SocketAddr,
+    /// The application's address (normally loopback).
+    pub app_host: IpAddr,
+    /// The application's port.
+    pub app_port: u16,
+}
+
+impl Default for InboundSpec {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 4143)),
+            app_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            app_port: 8080,
+        }
+    }
+}
+
+/// The admin listener.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct AdminSpec {
+    /// Where `/metrics`, `/ready`, `/live` and `/config` are served.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminSpec {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 4191)),
+        }
+    }
+}
+
+/// Protocol and resource limits.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct LimitsSpec {
+    /// Most connections open at once across data listeners; beyond it, accepting pauses.
+    pub max_connections: NonZeroUsize,
+    /// How long an HTTP/1 client may take to send its request headers.
+    pub header_read_timeout: Dur,
+    /// Longest pause between two frames of a request body.
+    pub body_idle_timeout: Dur,
+    /// Most header fields per request (431 beyond).
+    pub max_header_count: NonZeroUsize,
+    /// Most bytes of header names and values per request (431 beyond).
+    pub max_header_bytes: NonZeroUsize,
+    /// How long protocol detection waits for a client's first bytes before treating the
+    /// connection as opaque TCP (server-speaks-first protocols send nothing).
+    pub detect_timeout: Dur,
+    /// Upstream TCP connect timeout.
+    pub connect_timeout: Dur,
+    /// How long an idle pooled upstream connection is kept.
+    pub upstream_idle_timeout: Dur,
+    /// HTTP/2 server limits.
+    pub http2: Http2Limits,
+}
+
+impl Default for LimitsSpec {
+    fn default() -> Self {
+        Self {
+            max_connections: NonZeroUsize::new(10_000).expect("non-zero"),
+            header_read_timeout: Dur::secs(10),
+            body_idle_timeout: Dur::secs(60),
+            max_header_count: NonZeroUsize::new(100).expect("non-zero"),
+            max_header_bytes: NonZeroUsize::new(32 * 1024).expect("non-zero"),
+            detect_timeout: Dur::secs(1),
+            connect_timeout: Dur::secs(1),
+            upstream_idle_timeout: Dur::secs(90),
+            http2: Http2Limits::default(),
+        }
+    }
+}
+
+/// HTTP/2 server limits (set explicitly; the library defaults are not a policy).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Http2Limits {
+    /// Streams a client may have open on one connection.
+    pub max_concurrent_streams: u32,
+    /// Most bytes of decoded headers per request (HPACK bombs stop here).
+    pub max_header_list_size: u32,
+    /// Streams a client may reset before they are accepted (Rapid Reset).
+    pub max_pending_reset_streams: usize,
+}
+
+impl Default for Http2Limits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 100,
+            max_header_list_size: 32 * 1024,
+            max_pending_reset_streams: 20,
+        }
+    }
+}
+
+/// Shutdown behaviour.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct ShutdownSpec {
+    /// How long in-flight requests get to finish after SIGTERM.
+    pub grace_period: Dur,
+}
+
+impl Default for ShutdownSpec {
+    fn default() -> Self {
+        Self {
+            grace_period: Dur::secs(30),
+        }
+    }
+}
+
+/// One service the application may call.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(
+    try_from = "RawServiceSpec",
+    into = "RawServiceSpec",
+    rename_all = "camelCase"
+)]
+pub struct ServiceSpec {
+    /// The port clients address it on (`Host: name:port`).
+    pub port: u16,
+    /// The namespace it lives in; default: the proxy's.
+    pub namespace: Option<String>,
+    /// Where its endpoints come from.
+    pub endpoints: EndpointSource,
+}
+
+/// Where a service's endpoints come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndpointSource {
+    /// A fixed list.
+    Static(Vec<SocketAddr>),
+    /// A DNS name, re-resolved every `refresh` (a headless Kubernetes Service resolves to its
+    /// pods' addresses).
+    Dns {
+        /// The name to resolve.
+        host: String,
+        /// The port endpoints listen on.
+        port: u16,
+        /// How often to re-resolve.
+        refresh: Dur,
+    },
+}
+
+/// The service entry as written; converted into [`ServiceSpec`] when parsed.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawServiceSpec {
+    #[serde(default = "default_service_port")]
+    port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    endpoints: Vec<SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dns: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dns_refresh: Option<Dur>,
+}
+
+fn default_service_port() -> u16 {
+    80
+}
+
+impl TryFrom<RawServiceSpec> for ServiceSpec {
+    type Error = String;
+
+    fn try_from(raw: RawServiceSpec) -> Result<Self, String> {
+        let endpoints = match (raw.endpoints.is_empty(), raw.dns) {
+            (false, Some(_)) => {
+                return Err("set either `endpoints` or `dns`, not both".into());
+            }
+            (true, None) => {
+                return Err("a service needs `endpoints` (a list of ip:port) or `dns` (host:port)".into());
+            }
+            (false, None) => {
+                if raw.dns_refresh.is_some() {
+                    return Err("`dnsRefresh` applies only with `dns`".into());
+                }
+                EndpointSource::Static(raw.endpoints)
+            }
+            (true, Some(dns)) => {
+                let (host, port) = dns
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+                    .filter(|(h, _)| !h.is_empty())
+                    .ok_or_else(|| format!("`dns` must be host:port, got {dns:?}"))?;
+                let refresh = raw.dns_refresh.unwrap_or(Dur::secs(5));
+                if refresh.0.is_zero() {
+                    return Err("`dnsRefresh` must be more than 0s".into());
+                }
+                EndpointSource::Dns {
+                    host: host.to_owned(),
+                    port,
+                    refresh,
+                }
+            }
+        };
+        Ok(Self {
+            port: raw.port,
+            namespace: raw.namespace,
+            endpoints,
+        })
+    }
+}
+
+impl From<ServiceSpec> for RawServiceSpec {
+    fn from(s: ServiceSpec) -> Self {
+        let (endpoints, dns, dns_refresh) = match s.endpoints {
+            EndpointSource::Static(list) => (list, None, None),
+            EndpointSource::Dns {
+                host,
+                port,
+                refresh,
+            } => (Vec::new(), Some(format!("{host}:{port}")), Some(refresh)),
+        };
+        Self {
+            port: s.port,
+            namespace: s.namespace,
+            endpoints,
+            dns,
+            dns_refresh,
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Unit tests for config parsing: typed values, defaults, and error positions.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+fn ok(text: &str) -> Config {
+    parse(text, Some(Path::new("skiff.yaml"))).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn err(text: &str) -> Vec<ConfigError> {
+    parse(text, Some(Path::new("skiff.yaml")))
+        .expect_err("rejected")
+        .0
+}
+
+const HEAD: &str = "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\n";
+
+#[test]
+fn minimal_document_gets_defaults() {
+    let c = ok(HEAD);
+    assert_eq!(c.proxy.outbound.listen, "127.0.0.1:4140".parse().unwrap());
+    assert_eq!(c.proxy.inbound.listen, "0.0.0.0:4143".parse().unwrap());
+    assert_eq!(c.proxy.admin.listen, "127.0.0.1:4191".parse().unwrap());
+    assert_eq!(c.proxy.limits.header_read_timeout.0, Duration::from_secs(10));
+    assert_eq!(c.proxy.shutdown.grace_period.0, Duration::from_secs(30));
+}
+
+#[test]
+fn services_parse_into_endpoint_sources() {
+    let c = ok(&format!(
+        "{HEAD}spec:\n  services:\n    web:\n      port: 8080\n      endpoints: [127.0.0.1:9001, 127.0.0.1:9002]\n    db:\n      dns: db-headless.prod.svc.cluster.local:5432\n      dnsRefresh: 2s\n"
+    ));
+    let web = &c.proxy.services["web"];
+    assert_eq!(web.port, 8080);
+    assert_eq!(
+        web.endpoints,
+        EndpointSource::Static(vec![
+            "127.0.0.1:9001".parse().unwrap(),
+            "127.0.0.1:9002".parse().unwrap()
+        ])
+    );
+    assert_eq!(
+        c.proxy.services["db"].endpoints,
+        EndpointSource::Dns {
+            host: "db-headless.prod.svc.cluster.local".into(),
+            port: 5432,
+            refresh: Dur::secs(2)
+        }
+    );
+}
+
+#[test]
+fn unknown_field_reports_line_column_and_path() {
+    let e = err(&format!("{HEAD}spec:\n  limits:\n    headerReadTimeot: 5s\n"));
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].file, "skiff.yaml");
+    assert_eq!(e[0].line, Some(5));
+    assert!(e[0].message.contains("spec.limits"), "{}", e[0].message);
+    assert!(e[0].message.contains("headerReadTimeot"), "{}", e[0].message);
+}
+
+#[test]
+fn bad_values_report_their_field() {
+    let e = err(&format!("{HEAD}spec:\n  limits:\n    connectTimeout: 5 seconds\n"));
+    assert_eq!(e[0].line, Some(5));
+    assert!(e[0].message.contains("spec.limits.connectTimeout"), "{}", e[0].message);
+    assert!(e[0].message.contains("invalid duration"), "{}", e[0].message);
+
+    let e = err(&format!("{HEAD}spec:\n  outbound:\n    listen: localhost-ish\n"));
+    assert_eq!(e[0].line, Some(5));
+    assert!(e[0].message.contains("spec.outbound.listen"), "{}", e[0].message);
+}
+
+#[test]
+fn service_needs_exactly_one_endpoint_source() {
+    let e = err(&format!("{HEAD}spec:\n  services:\n    web:\n      port: 80\n"));
+    assert!(e[0].message.contains("spec.services.web"), "{}", e[0].message);
+    assert!(e[0].message.contains("needs `endpoints`"), "{}", e[0].message);
+    assert!(e[0].line.is_some());
+
+    let e = err(&format!(
+        "{HEAD}spec:\n  services:\n    web:\n      endpoints: [127.0.0.1:1]\n      dns: a:1\n"
+    ));
+    assert!(e[0].message.contains("not both"), "{}", e[0].message);
+}
+
+#[test]
+fn every_bad_document_is_reported() {
+    let text = format!(
+        "{HEAD}spec:\n  bogus: 1\n---\napiVersion: split.smi-spec.io/v1alpha4\nkind: Mystery\n---\nfoo: bar\n"
+    );
+    let e = err(&text);
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert!(e[1].message.contains("Mystery"));
+}
+
+#[test]
+fn missing_or_duplicate_proxy_document() {
+    assert!(err("")[0].message.contains("no `kind: Proxy`"));
+    let e = err(&format!("{HEAD}---\n{HEAD}"));
+    assert!(e[0].message.contains("more than one"));
+}
+
+#[test]
+fn syntax_errors_have_positions() {
+    let e = err(&format!("{HEAD}spec:\n  services: [\n"));
+    assert!(e[0].line.is_some(), "{e:?}");
+    assert!(e[0].to_string().starts_with("skiff.yaml:"));
+}

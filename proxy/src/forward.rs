@@ -1,0 +1,193 @@
+//! The innermost service of both directions: sends a routed request to one endpoint of its
+//! target and hands back the upstream's response.
+//!
+//! It rewrites the request into the upstream protocol's form (HTTP/1: origin-form URI and a
+//! `Host` header; HTTP/2: the authority in the URI), keeps the client's protocol (an HTTP/2
+//! client gets an HTTP/2 upstream, multiplexed), strips hop-by-hop headers from responses,
+//! and splices WebSocket upgrades into a byte tunnel.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{HeaderValue, HOST};
+use http::uri::{Authority, PathAndQuery, Uri};
+use http::{Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use proxy_core::normalize::{strip_response_headers, WebSocketUpgrade};
+use proxy_core::{body, Body, BoxError, ProxyError, Reason};
+use proxy_metrics::http::MetricsSlot;
+use tower::Service;
+
+use crate::client::{Pool, Pools, Protocol};
+use crate::target::Target;
+
+/// Sends requests to their target's endpoints.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    pools: Arc<Pools>,
+}
+
+impl Forward {
+    /// A forwarder drawing connections from `pools`.
+    pub fn new(pools: Arc<Pools>) -> Self {
+        Self { pools }
+    }
+}
+
+impl Service<Request<Body>> for Forward {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let pools = self.pools.clone();
+        Box::pin(async move { forward(&pools, req).await.map_err(Into::into) })
+    }
+}
+
+async fn forward(pools: &Pools, mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+    let target = req
+        .extensions_mut()
+        .remove::<Target>()
+        .ok_or_else(|| ProxyError::new(Reason::Internal, "request reached the forwarder unrouted"))?;
+    if let Some(slot) = req.extensions().get::<MetricsSlot>() {
+        slot.start(target.metrics());
+    }
+    let pool = match &target {
+        Target::Service(service) => service.endpoints.next().ok_or_else(|| {
+            ProxyError::new(
+                Reason::NoEndpoints,
+                format!("service {} has no endpoints", service.name),
+            )
+        })?,
+        Target::Passthrough { authority, .. } => pools.get(resolve(authority).await?),
+    };
+
+    if req.extensions().get::<WebSocketUpgrade>().is_some() {
+        return upgrade(&pool, req).await;
+    }
+    let protocol = if req.version() == Version::HTTP_2 {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
+    };
+    let req = prime_chunked(req).await?;
+    let rsp = pool.send(upstream_form(req, protocol, &pool), protocol).await?;
+    Ok(downstream_form(rsp))
+}
+
+/// Reads the first chunk of an HTTP/1 chunked body before contacting the upstream, so a
+/// malformed chunk is refused (400) without the upstream ever seeing the request.
+async fn prime_chunked(req: Request<Body>) -> Result<Request<Body>, ProxyError> {
+    let chunked = req.version() <= Version::HTTP_11
+        && !req.body().is_end_stream()
+        && req.body().size_hint().exact().is_none();
+    if !chunked {
+        return Ok(req);
+    }
+    let (parts, b) = req.into_parts();
+    let b = body::prime(b).await.map_err(|e| {
+        match proxy_core::error::find_cause::<ProxyError>(e.as_ref()) {
+            Some(pe) => ProxyError::new(pe.reason(), pe.detail().to_owned()).with_status(pe.status()),
+            None => ProxyError::new(Reason::BadRequest, format!("malformed request body: {e}")),
+        }
+    })?;
+    Ok(Request::from_parts(parts, b))
+}
+
+/// Rewrites a normalised request into the form the upstream protocol expects.
+fn upstream_form(req: Request<Body>, protocol: Protocol, pool: &Pool) -> Request<Body> {
+    let (mut parts, b) = req.into_parts();
+    let authority = parts.extensions.get::<Authority>().cloned();
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    match protocol {
+        Protocol::Http1 => {
+            parts.uri = Uri::from(path);
+            parts.version = Version::HTTP_11;
+            if let Some(a) = authority {
+                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                    parts.headers.insert(HOST, v);
+                }
+            }
+        }
+        Protocol::Http2 => {
+            let authority = authority.unwrap_or_else(|| {
+                Authority::try_from(pool.addr().to_string()).expect("a socket address is an authority")
+            });
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(http::uri::Scheme::HTTP);
+            uri.authority = Some(authority);
+            uri.path_and_query = Some(path);
+            parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a URI");
+            parts.version = Version::HTTP_2;
+        }
+    }
+    Request::from_parts(parts, b)
+}
+
+fn downstream_form(rsp: Response<Incoming>) -> Response<Body> {
+    let (mut parts, b) = rsp.into_parts();
+    strip_response_headers(
+        &mut parts.headers,
+        parts.status == StatusCode::SWITCHING_PROTOCOLS,
+    );
+    Response::from_parts(parts, body::boxed(b))
+}
+
+/// Forwards a WebSocket handshake on a dedicated connection; when the upstream switches
+/// protocols, both sides become one byte tunnel that carries half-closes through.
+async fn upgrade(pool: &Pool, mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+    let downstream = hyper::upgrade::on(&mut req);
+    let req = upstream_form(req, Protocol::Http1, pool);
+    let mut rsp = pool.send_upgrade(req).await?;
+    if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream = hyper::upgrade::on(&mut rsp);
+        let addr = pool.addr();
+        tokio::spawn(async move {
+            let (down, up) = match tokio::try_join!(downstream, upstream) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "upgrade did not complete");
+                    return;
+                }
+            };
+            let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+            match tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                Ok((sent, received)) => {
+                    tracing::debug!(%addr, sent, received, "upgraded connection closed")
+                }
+                Err(e) => tracing::debug!(%addr, error = %e, "upgraded connection failed"),
+            }
+        });
+    }
+    Ok(downstream_form(rsp))
+}
+
+/// Resolves a passthrough authority (port 80 when none is given).
+async fn resolve(authority: &Authority) -> Result<SocketAddr, ProxyError> {
+    let port = authority.port_u16().unwrap_or(80);
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    tokio::net::lookup_host((host, port))
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| {
+            ProxyError::new(
+                Reason::UpstreamConnect,
+                format!("cannot resolve passthrough authority {authority}"),
+            )
+        })
+}

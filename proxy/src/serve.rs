@@ -1,0 +1,208 @@
+//! Accepting and serving connections: the connection limit, protocol detection, then an
+//! HTTP/1 or HTTP/2 server connection running the direction's stack, or an opaque TCP
+//! forward. Every connection watches the drain signal and finishes gracefully on it.
+
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use socket2::SockRef;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::detect::{detect, Prefixed, Protocol};
+use crate::drain::Drain;
+use crate::stack::{self, HttpService};
+use crate::state::State;
+
+/// Which side of the workload a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Calls from the app to other services.
+    Outbound,
+    /// Calls from other workloads to the app.
+    Inbound,
+}
+
+/// Accepts connections until the drain starts. `limit` bounds open connections across
+/// listeners: at the limit, accepting pauses (the kernel backlog holds new clients).
+pub async fn accept_loop(
+    listener: TcpListener,
+    direction: Direction,
+    state: Arc<State>,
+    limit: Arc<Semaphore>,
+    mut drain: Drain,
+) {
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            () = drain.signaled() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Usually EMFILE: back off briefly instead of spinning.
+                    tracing::warn!(?direction, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = drain.signaled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let drain = drain.clone();
+        tokio::spawn(async move {
+            serve(stream, peer, direction, &state, drain).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve(stream: TcpStream, peer: SocketAddr, direction: Direction, state: &State, drain: Drain) {
+    let conns = match direction {
+        Direction::Outbound => &state.outbound_conns,
+        Direction::Inbound => &state.inbound_conns,
+    };
+    let _open = conns.opened();
+    let spec = state.spec.load_full();
+    let orig_dst = original_dst(&stream);
+    let opaque_target = opaque_target(direction, orig_dst, state);
+
+    if let Some(target) = opaque_target.filter(|t| spec.opaque_ports.contains(&t.port())) {
+        conns.detect.opaque_configured.inc();
+        let io = Prefixed::new(Default::default(), stream);
+        crate::tcp::forward(io, target, spec.limits.connect_timeout.0).await;
+        return;
+    }
+    let (protocol, io) = match detect(stream, spec.limits.detect_timeout.0).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "connection failed during detection");
+            return;
+        }
+    };
+    let svc = || match direction {
+        Direction::Outbound => stack::outbound(state),
+        Direction::Inbound => stack::inbound(state),
+    };
+    match protocol {
+        Protocol::Http1 => {
+            conns.detect.http1.inc();
+            serve_http1(io, svc(), &spec, drain).await;
+        }
+        Protocol::Http2 => {
+            conns.detect.http2.inc();
+            serve_http2(io, svc(), &spec, drain).await;
+        }
+        Protocol::Tls | Protocol::Opaque | Protocol::OpaqueTimeout => {
+            let counter = match protocol {
+                Protocol::Tls => &conns.detect.tls,
+                Protocol::OpaqueTimeout => &conns.detect.opaque_timeout,
+                _ => &conns.detect.opaque,
+            };
+            counter.inc();
+            match opaque_target {
+                Some(target) => crate::tcp::forward(io, target, spec.limits.connect_timeout.0).await,
+                None => tracing::info!(
+                    %peer,
+                    ?protocol,
+                    "closing a non-HTTP outbound connection: it has no original destination"
+                ),
+            }
+        }
+    }
+}
+
+type Io = TokioIo<Prefixed<TcpStream>>;
+type Svc = TowerToHyperService<HttpService>;
+
+/// A server connection that can be asked to finish gracefully.
+trait Graceful: std::future::Future<Output = hyper::Result<()>> {
+    fn shutdown(self: std::pin::Pin<&mut Self>);
+}
+
+impl Graceful for http1::UpgradeableConnection<Io, Svc> {
+    fn shutdown(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl Graceful for http2::Connection<Io, Svc, TokioExecutor> {
+    fn shutdown(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+async fn serve_http1(io: Prefixed<TcpStream>, svc: HttpService, spec: &crate::config::ProxySpec, drain: Drain) {
+    let limits = &spec.limits;
+    // hyper's own caps sit above ours so that Normalize, which explains itself with a
+    // `skiff-error` header, is what refuses ordinary oversize requests.
+    let max_headers = limits.max_header_count.get().saturating_mul(4).max(100);
+    let max_buf = limits.max_header_bytes.get().saturating_mul(2).saturating_add(16 * 1024);
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout.0)
+        .max_headers(max_headers)
+        .max_buf_size(max_buf.max(8192))
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc))
+        .with_upgrades();
+    run_until_drained(conn, drain).await;
+}
+
+async fn serve_http2(io: Prefixed<TcpStream>, svc: HttpService, spec: &crate::config::ProxySpec, drain: Drain) {
+    let h2 = &spec.limits.http2;
+    let conn = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .max_header_list_size(h2.max_header_list_size)
+        .max_pending_accept_reset_streams(h2.max_pending_reset_streams)
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
+    run_until_drained(conn, drain).await;
+}
+
+/// Serves `conn`; when the drain starts, asks it to finish in-flight requests and close
+/// (HTTP/1: no more keep-alive; HTTP/2: GOAWAY).
+async fn run_until_drained<C: Graceful>(conn: C, mut drain: Drain) {
+    let mut conn = pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = drain.signaled() => {
+            conn.as_mut().shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// The address a redirected connection was originally sent to (iptables REDIRECT), or
+/// `None` when the connection came straight to the listener.
+fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
+    let local = stream.local_addr().ok()?;
+    let sock = SockRef::from(stream);
+    let dst = if local.is_ipv4() {
+        sock.original_dst_v4()
+    } else {
+        sock.original_dst_v6()
+    };
+    dst.ok()?.as_socket().filter(|d| *d != local)
+}
+
+/// Where an opaque connection goes. Inbound: the app (on the original port when redirected).
+/// Outbound: the original destination, if there is one.
+fn opaque_target(direction: Direction, orig_dst: Option<SocketAddr>, state: &State) -> Option<SocketAddr> {
+    match direction {
+        Direction::Inbound => {
+            let app = state.inbound.app_addr();
+            Some(orig_dst.map_or(app, |d| SocketAddr::new(app.ip(), d.port())))
+        }
+        Direction::Outbound => orig_dst,
+    }
+}

@@ -1,0 +1,54 @@
+//! The HTTP stack of each direction, as one `ServiceBuilder` chain, boxed once.
+//!
+//! Read top to bottom, a chain is the path a request takes (DESIGN.md section 3). Stacks are
+//! built per connection from the config of the moment, so limits changed by a reload apply
+//! to new connections while routing changes apply to the very next request.
+
+use std::convert::Infallible;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use proxy_core::normalize::{Limits, NormalizeLayer};
+use proxy_core::respond::RespondLayer;
+use proxy_core::route::RouteLayer;
+use proxy_core::Body;
+use proxy_metrics::http::MetricsLayer;
+use tower::util::BoxCloneService;
+use tower::ServiceBuilder;
+
+use crate::config::ProxySpec;
+use crate::forward::Forward;
+use crate::state::State;
+
+/// A direction's HTTP service, type-erased.
+pub type HttpService = BoxCloneService<Request<Incoming>, Response<Body>, Infallible>;
+
+/// The outbound chain: the app's calls to other services.
+pub fn outbound(state: &State) -> HttpService {
+    let chain = ServiceBuilder::new()
+        .layer(MetricsLayer::new(state.unrouted_outbound.clone()))
+        .layer(RespondLayer)
+        .layer(NormalizeLayer::new(limits(&state.spec.load())))
+        .layer(RouteLayer::new(state.outbound.clone()))
+        .service(Forward::new(state.pools.clone()));
+    BoxCloneService::new(chain)
+}
+
+/// The inbound chain: other workloads' calls to the local app.
+pub fn inbound(state: &State) -> HttpService {
+    let chain = ServiceBuilder::new()
+        .layer(MetricsLayer::new(state.unrouted_inbound.clone()))
+        .layer(RespondLayer)
+        .layer(NormalizeLayer::new(limits(&state.spec.load())))
+        .layer(RouteLayer::new(state.inbound.clone()))
+        .service(Forward::new(state.pools.clone()));
+    BoxCloneService::new(chain)
+}
+
+fn limits(spec: &ProxySpec) -> Limits {
+    Limits {
+        max_header_count: spec.limits.max_header_count.get(),
+        max_header_bytes: spec.limits.max_header_bytes.get(),
+        body_idle_timeout: spec.limits.body_idle_timeout.0,
+    }
+}

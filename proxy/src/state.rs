@@ -1,0 +1,92 @@
+//! The proxy's live state: the running config and everything built from it. A reload builds
+//! the new routing state off to the side and swaps it in whole.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use proxy_metrics::admin::Readiness;
+use proxy_metrics::http::TargetMetrics;
+use proxy_metrics::tcp::ListenerMetrics;
+use proxy_metrics::Metrics;
+
+use crate::client::{Pools, Settings};
+use crate::config::ProxySpec;
+use crate::target::{InboundResolver, OutboundResolver};
+
+/// Shared by every listener and connection.
+#[derive(Debug)]
+pub struct State {
+    /// The running config.
+    pub spec: ArcSwap<ProxySpec>,
+    /// Outbound routing.
+    pub outbound: Arc<OutboundResolver>,
+    /// Inbound routing (the local app).
+    pub inbound: Arc<InboundResolver>,
+    /// Upstream connection pools, shared across reloads.
+    pub pools: Arc<Pools>,
+    /// Metric families.
+    pub metrics: Arc<Metrics>,
+    /// Where outbound requests nobody routed are counted.
+    pub unrouted_outbound: Arc<TargetMetrics>,
+    /// Where inbound requests nobody routed are counted.
+    pub unrouted_inbound: Arc<TargetMetrics>,
+    /// Outbound listener connection metrics.
+    pub outbound_conns: ListenerMetrics,
+    /// Inbound listener connection metrics.
+    pub inbound_conns: ListenerMetrics,
+    /// What `/ready` reports.
+    pub readiness: Arc<Readiness>,
+}
+
+impl State {
+    /// Builds the state for `spec`.
+    pub fn new(spec: ProxySpec, metrics: Arc<Metrics>) -> Self {
+        let pools = Arc::new(Pools::new(client_settings(&spec)));
+        let http = &metrics.http;
+        Self {
+            outbound: Arc::new(OutboundResolver::new(&spec, &pools, http)),
+            inbound: Arc::new(InboundResolver::new(&spec, &pools, http)),
+            unrouted_outbound: http.target("outbound", "", ""),
+            unrouted_inbound: http.target("inbound", "", ""),
+            outbound_conns: metrics.tcp.listener("outbound"),
+            inbound_conns: metrics.tcp.listener("inbound"),
+            spec: ArcSwap::from_pointee(spec),
+            pools,
+            metrics,
+            readiness: Arc::default(),
+        }
+    }
+
+    /// Applies a reloaded config. Listener addresses, the connection limit and worker count
+    /// are fixed at start; a change to them is logged and takes effect on restart.
+    pub fn apply(&self, spec: ProxySpec) {
+        let old = self.spec.load();
+        let fixed = [
+            ("outbound.listen", old.outbound.listen != spec.outbound.listen),
+            ("inbound.listen", old.inbound.listen != spec.inbound.listen),
+            ("admin.listen", old.admin.listen != spec.admin.listen),
+            (
+                "limits.maxConnections",
+                old.limits.max_connections != spec.limits.max_connections,
+            ),
+            ("workers", old.workers != spec.workers),
+        ];
+        for (field, changed) in fixed {
+            if changed {
+                tracing::warn!(field, "changed in config; takes effect when Skiff restarts");
+            }
+        }
+        self.pools.set_settings(client_settings(&spec));
+        self.outbound.update(&spec, &self.pools, &self.metrics.http);
+        self.inbound.update(&spec, &self.pools, &self.metrics.http);
+        self.spec.store(Arc::new(spec));
+    }
+}
+
+fn client_settings(spec: &ProxySpec) -> Settings {
+    Settings {
+        connect_timeout: spec.limits.connect_timeout.0,
+        idle_timeout: spec.limits.upstream_idle_timeout.0,
+        ..Settings::default()
+    }
+}

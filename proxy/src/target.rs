@@ -1,0 +1,186 @@
+//! What requests are routed to, and the resolvers that pick it from the live config.
+//!
+//! Outbound, the [`OutboundResolver`] maps the request's authority to a configured service
+//! (or, with `passthrough`, to the authority itself). Inbound, the [`InboundResolver`] sends
+//! everything to the local application. Both hold their state in an [`ArcSwap`], so a reload
+//! swaps routing for the next request while requests in flight keep the target they got.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::uri::Authority;
+use proxy_core::route::{Resolve, Table};
+use proxy_core::{ProxyError, Reason};
+use proxy_metrics::http::{HttpFamilies, TargetMetrics};
+
+use crate::client::Pools;
+use crate::config::{EndpointSource, ProxySpec};
+use crate::endpoints::Endpoints;
+
+/// A service requests can be sent to.
+#[derive(Debug)]
+pub struct Service {
+    /// Its name in config.
+    pub name: String,
+    /// Its endpoints.
+    pub endpoints: Endpoints,
+    /// Its metric handles.
+    pub metrics: Arc<TargetMetrics>,
+}
+
+/// Where one request goes.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// A configured service (outbound) or the local app (inbound).
+    Service(Arc<Service>),
+    /// An unknown authority, forwarded to itself because `passthrough` is on.
+    Passthrough {
+        /// The authority to resolve and connect to.
+        authority: Authority,
+        /// The shared metric handles of passthrough traffic.
+        metrics: Arc<TargetMetrics>,
+    },
+}
+
+impl Target {
+    /// The metric handles of this target.
+    pub fn metrics(&self) -> &Arc<TargetMetrics> {
+        match self {
+            Self::Service(s) => &s.metrics,
+            Self::Passthrough { metrics, .. } => metrics,
+        }
+    }
+}
+
+/// Outbound routing state for one config generation.
+#[derive(Debug)]
+struct Routes {
+    table: Table<Arc<Service>>,
+    passthrough: Option<Arc<TargetMetrics>>,
+}
+
+/// Routes outbound requests by authority.
+#[derive(Debug)]
+pub struct OutboundResolver {
+    routes: ArcSwap<Routes>,
+}
+
+impl OutboundResolver {
+    /// Builds the routing state for `spec`.
+    pub fn new(spec: &ProxySpec, pools: &Arc<Pools>, metrics: &Arc<HttpFamilies>) -> Self {
+        Self {
+            routes: ArcSwap::from_pointee(build_routes(spec, pools, metrics)),
+        }
+    }
+
+    /// Replaces the routing state (a config reload).
+    pub fn update(&self, spec: &ProxySpec, pools: &Arc<Pools>, metrics: &Arc<HttpFamilies>) {
+        self.routes.store(Arc::new(build_routes(spec, pools, metrics)));
+    }
+}
+
+fn build_routes(spec: &ProxySpec, pools: &Arc<Pools>, metrics: &Arc<HttpFamilies>) -> Routes {
+    let mut table = Table::new(spec.cluster_domain.clone());
+    for (name, svc) in &spec.services {
+        let namespace = svc.namespace.as_deref().unwrap_or(&spec.namespace);
+        let authority = format!(
+            "{name}.{namespace}.svc.{}:{}",
+            spec.cluster_domain, svc.port
+        );
+        let endpoints = match &svc.endpoints {
+            EndpointSource::Static(list) => Endpoints::fixed(list, pools),
+            EndpointSource::Dns {
+                host,
+                port,
+                refresh,
+            } => Endpoints::dns(host.clone(), *port, refresh.0, pools.clone()),
+        };
+        let target_addr = format!("{name}:{}", svc.port);
+        let service = Arc::new(Service {
+            name: name.clone(),
+            endpoints,
+            metrics: metrics.target("outbound", &authority, &target_addr),
+        });
+        table.insert(name, namespace, svc.port, service);
+    }
+    let passthrough = spec
+        .outbound
+        .passthrough
+        .then(|| metrics.target("outbound", "passthrough", "passthrough"));
+    Routes { table, passthrough }
+}
+
+impl Resolve for OutboundResolver {
+    type Target = Target;
+
+    fn resolve(&self, authority: Option<&Authority>) -> Result<Target, ProxyError> {
+        let Some(authority) = authority else {
+            return Err(ProxyError::new(
+                Reason::NoRoute,
+                "the request names no authority (no Host header)",
+            ));
+        };
+        let routes = self.routes.load();
+        if let Some(service) = routes.table.lookup(authority) {
+            return Ok(Target::Service(service.clone()));
+        }
+        match &routes.passthrough {
+            Some(metrics) => Ok(Target::Passthrough {
+                authority: authority.clone(),
+                metrics: metrics.clone(),
+            }),
+            None => Err(ProxyError::new(
+                Reason::NoRoute,
+                format!("no service matches authority {authority}"),
+            )),
+        }
+    }
+}
+
+/// Sends every inbound request to the local application.
+#[derive(Debug)]
+pub struct InboundResolver {
+    app: ArcSwap<Service>,
+}
+
+impl InboundResolver {
+    /// Targets the application `spec` names.
+    pub fn new(spec: &ProxySpec, pools: &Arc<Pools>, metrics: &Arc<HttpFamilies>) -> Self {
+        Self {
+            app: ArcSwap::new(build_app(spec, pools, metrics)),
+        }
+    }
+
+    /// Follows a config reload.
+    pub fn update(&self, spec: &ProxySpec, pools: &Arc<Pools>, metrics: &Arc<HttpFamilies>) {
+        self.app.store(build_app(spec, pools, metrics));
+    }
+
+    /// The application's address.
+    pub fn app_addr(&self) -> SocketAddr {
+        self.app
+            .load()
+            .endpoints
+            .next()
+            .map(|p| p.addr())
+            .expect("the app target has one endpoint")
+    }
+}
+
+fn build_app(spec: &ProxySpec, pools: &Arc<Pools>, metrics: &Arc<HttpFamilies>) -> Arc<Service> {
+    let addr = SocketAddr::new(spec.inbound.app_host, spec.inbound.app_port);
+    Arc::new(Service {
+        name: "app".into(),
+        endpoints: Endpoints::fixed(&[addr], pools),
+        metrics: metrics.target("inbound", "", &addr.to_string()),
+    })
+}
+
+impl Resolve for InboundResolver {
+    type Target = Target;
+
+    fn resolve(&self, _authority: Option<&Authority>) -> Result<Target, ProxyError> {
+        Ok(Target::Service(self.app.load_full()))
+    }
+}
