@@ -118,11 +118,8 @@ fn downstream_body_error(err: impl Into<BoxError>) -> BoxError {
         return err;
     }
     Box::new(
-        ProxyError::new(
-            Reason::BadRequest,
-            format!("malformed request body: {err}"),
-        )
-        .with_source(err),
+        ProxyError::new(Reason::BadRequest, format!("malformed request body: {err}"))
+            .with_source(err),
     )
 }
 
@@ -215,7 +212,10 @@ mod tests {
         let mut body = Guarded::new(Box::pin(inner), Duration::from_secs(5));
         assert!(body.frame().await.expect("data").is_ok());
         let err = body.frame().await.expect("err").expect_err("an error");
-        assert_eq!(downstream_status(err.as_ref()), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(
+            downstream_status(err.as_ref()),
+            Some(StatusCode::BAD_REQUEST)
+        );
     }
 
     #[tokio::test]
@@ -234,6 +234,9 @@ mod tests {
             Duration::from_secs(1),
         );
         let err = prime(bad.boxed_unsync()).await.expect_err("error");
-        assert_eq!(downstream_status(err.as_ref()), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(
+            downstream_status(err.as_ref()),
+            Some(StatusCode::BAD_REQUEST)
+        );
     }
 }

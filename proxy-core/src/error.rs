@@ -219,7 +219,10 @@ pub fn find_cause<'a, E: std::error::Error + 'static>(
             return Some(e);
         }
         // `io::Error::source` skips the error it wraps; look inside it explicitly.
-        if let Some(inner) = err.downcast_ref::<std::io::Error>().and_then(|e| e.get_ref()) {
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|e| e.get_ref())
+        {
             if let Some(found) = find_cause::<E>(inner) {
                 return Some(found);
             }

@@ -20,16 +20,8 @@ pub struct TcpFamilies {
 impl TcpFamilies {
     pub(crate) fn register(registry: &mut Registry) -> Self {
         let this = Self::default();
-        registry.register(
-            "tcp_open",
-            "Connections opened",
-            this.open_total.clone(),
-        );
-        registry.register(
-            "tcp_close",
-            "Connections closed",
-            this.close_total.clone(),
-        );
+        registry.register("tcp_open", "Connections opened", this.open_total.clone());
+        registry.register("tcp_close", "Connections closed", this.close_total.clone());
         registry.register(
             "tcp_open_connections",
             "Connections currently open",

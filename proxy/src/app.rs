@@ -40,9 +40,12 @@ pub async fn start(config: Config) -> io::Result<Running> {
     let state = Arc::new(State::new(spec.clone(), Arc::new(metrics)));
 
     let bind = |addr: SocketAddr, what: &'static str| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot bind the {what} listener on {addr}: {e}")))
+        TcpListener::bind(addr).await.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot bind the {what} listener on {addr}: {e}"),
+            )
+        })
     };
     let outbound = bind(spec.outbound.listen, "outbound").await?;
     let inbound = bind(spec.inbound.listen, "inbound").await?;
@@ -55,8 +58,20 @@ pub async fn start(config: Config) -> io::Result<Running> {
 
     let drain = drain::Controller::new();
     let limit = Arc::new(Semaphore::new(spec.limits.max_connections.get()));
-    tokio::spawn(accept_loop(outbound, Direction::Outbound, state.clone(), limit.clone(), drain.handle()));
-    tokio::spawn(accept_loop(inbound, Direction::Inbound, state.clone(), limit, drain.handle()));
+    tokio::spawn(accept_loop(
+        outbound,
+        Direction::Outbound,
+        state.clone(),
+        limit.clone(),
+        drain.handle(),
+    ));
+    tokio::spawn(accept_loop(
+        inbound,
+        Direction::Inbound,
+        state.clone(),
+        limit,
+        drain.handle(),
+    ));
 
     let (admin_stop, admin_stopped) = watch::channel(false);
     let view_state = state.clone();
@@ -64,7 +79,8 @@ pub async fn start(config: Config) -> io::Result<Running> {
         registry: Arc::new(registry),
         readiness: state.readiness.clone(),
         config: Arc::new(move || {
-            serde_json::to_string_pretty(&*view_state.spec.load()).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+            serde_json::to_string_pretty(&*view_state.spec.load())
+                .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
         }),
     });
     tokio::spawn(admin::serve(admin_listener, admin, admin_stopped));
@@ -110,7 +126,10 @@ impl Running {
         if clean {
             tracing::info!("drained");
         } else {
-            tracing::warn!(?grace, "grace period over; closing the connections still open");
+            tracing::warn!(
+                ?grace,
+                "grace period over; closing the connections still open"
+            );
         }
         let _ = self.admin_stop.send(true);
         clean

@@ -34,14 +34,19 @@ pub enum Backend {
 
 /// Serves `backend` on `addr` (HTTP/1.1 and h2c) until the task is dropped.
 pub async fn serve_backend(addr: SocketAddr, backend: Backend) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("demo backend cannot bind {addr}: {e}")))?;
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("demo backend cannot bind {addr}: {e}"))
+    })?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
-                let svc = service_fn(move |req| async move { Ok::<_, Infallible>(answer(backend, &req)) });
+                let svc =
+                    service_fn(
+                        move |req| async move { Ok::<_, Infallible>(answer(backend, &req)) },
+                    );
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;

@@ -51,7 +51,9 @@ impl Endpoints {
                             last = addrs;
                         }
                     }
-                    Err(e) => tracing::warn!(%host, error = %e, "DNS lookup failed; keeping the last answer"),
+                    Err(e) => {
+                        tracing::warn!(%host, error = %e, "DNS lookup failed; keeping the last answer")
+                    }
                 }
                 tokio::time::sleep(refresh).await;
             }
@@ -91,7 +93,10 @@ mod tests {
     #[test]
     fn round_robin_over_fixed_endpoints() {
         let pools = Pools::new(Settings::default());
-        let addrs: Vec<SocketAddr> = vec!["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()];
+        let addrs: Vec<SocketAddr> = vec![
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        ];
         let e = Endpoints::fixed(&addrs, &pools);
         let picks: Vec<u16> = (0..4).map(|_| e.next().unwrap().addr().port()).collect();
         assert_eq!(picks, [1, 2, 1, 2]);
@@ -104,7 +109,10 @@ mod tests {
         let e = Endpoints::dns("localhost".into(), 9, Duration::from_secs(60), pools);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while e.next().is_none() {
-            assert!(tokio::time::Instant::now() < deadline, "localhost never resolved");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "localhost never resolved"
+            );
             tokio::task::yield_now().await;
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -55,10 +55,9 @@ impl Service<Request<Body>> for Forward {
 }
 
 async fn forward(pools: &Pools, mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
-    let target = req
-        .extensions_mut()
-        .remove::<Target>()
-        .ok_or_else(|| ProxyError::new(Reason::Internal, "request reached the forwarder unrouted"))?;
+    let target = req.extensions_mut().remove::<Target>().ok_or_else(|| {
+        ProxyError::new(Reason::Internal, "request reached the forwarder unrouted")
+    })?;
     if let Some(slot) = req.extensions().get::<MetricsSlot>() {
         slot.start(target.metrics());
     }
@@ -81,7 +80,9 @@ async fn forward(pools: &Pools, mut req: Request<Body>) -> Result<Response<Body>
         Protocol::Http1
     };
     let req = prime_chunked(req).await?;
-    let rsp = pool.send(upstream_form(req, protocol, &pool), protocol).await?;
+    let rsp = pool
+        .send(upstream_form(req, protocol, &pool), protocol)
+        .await?;
     Ok(downstream_form(rsp))
 }
 
@@ -97,7 +98,9 @@ async fn prime_chunked(req: Request<Body>) -> Result<Request<Body>, ProxyError> 
     let (parts, b) = req.into_parts();
     let b = body::prime(b).await.map_err(|e| {
         match proxy_core::error::find_cause::<ProxyError>(e.as_ref()) {
-            Some(pe) => ProxyError::new(pe.reason(), pe.detail().to_owned()).with_status(pe.status()),
+            Some(pe) => {
+                ProxyError::new(pe.reason(), pe.detail().to_owned()).with_status(pe.status())
+            }
             None => ProxyError::new(Reason::BadRequest, format!("malformed request body: {e}")),
         }
     })?;
@@ -125,7 +128,8 @@ fn upstream_form(req: Request<Body>, protocol: Protocol, pool: &Pool) -> Request
         }
         Protocol::Http2 => {
             let authority = authority.unwrap_or_else(|| {
-                Authority::try_from(pool.addr().to_string()).expect("a socket address is an authority")
+                Authority::try_from(pool.addr().to_string())
+                    .expect("a socket address is an authority")
             });
             let mut uri = http::uri::Parts::default();
             uri.scheme = Some(http::uri::Scheme::HTTP);
@@ -179,7 +183,10 @@ async fn upgrade(pool: &Pool, mut req: Request<Body>) -> Result<Response<Body>, 
 /// Resolves a passthrough authority (port 80 when none is given).
 async fn resolve(authority: &Authority) -> Result<SocketAddr, ProxyError> {
     let port = authority.port_u16().unwrap_or(80);
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     tokio::net::lookup_host((host, port))
         .await
         .ok()

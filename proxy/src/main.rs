@@ -86,7 +86,10 @@ fn flag<'a>(args: &'a [String], name: &str) -> anyhow::Result<Option<&'a str>> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == name {
-            return it.next().map(|v| Some(v.as_str())).with_context(|| format!("{name} needs a value"));
+            return it
+                .next()
+                .map(|v| Some(v.as_str()))
+                .with_context(|| format!("{name} needs a value"));
         }
         if let Some(v) = a.strip_prefix(name).and_then(|v| v.strip_prefix('=')) {
             return Ok(Some(v));
@@ -95,7 +98,11 @@ fn flag<'a>(args: &'a [String], name: &str) -> anyhow::Result<Option<&'a str>> {
     Ok(None)
 }
 
-fn serve(config: Config, workers: Option<std::num::NonZeroUsize>, banner: Option<&str>) -> anyhow::Result<ExitCode> {
+fn serve(
+    config: Config,
+    workers: Option<std::num::NonZeroUsize>,
+    banner: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     init_logging();
     let threads = skiff::runtime::worker_threads(workers.or(config.proxy.workers));
     let rt = tokio::runtime::Builder::new_multi_thread()

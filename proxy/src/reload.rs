@@ -18,7 +18,12 @@ pub async fn watch(path: PathBuf, state: Arc<State>) {
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
-        let interval = state.spec.load().reload_interval.0.max(std::time::Duration::from_millis(10));
+        let interval = state
+            .spec
+            .load()
+            .reload_interval
+            .0
+            .max(std::time::Duration::from_millis(10));
         #[cfg(unix)]
         {
             let hup = async {

@@ -63,7 +63,13 @@ pub async fn accept_loop(
     }
 }
 
-async fn serve(stream: TcpStream, peer: SocketAddr, direction: Direction, state: &State, drain: Drain) {
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    direction: Direction,
+    state: &State,
+    drain: Drain,
+) {
     let conns = match direction {
         Direction::Outbound => &state.outbound_conns,
         Direction::Inbound => &state.inbound_conns,
@@ -107,7 +113,9 @@ async fn serve(stream: TcpStream, peer: SocketAddr, direction: Direction, state:
             };
             counter.inc();
             match opaque_target {
-                Some(target) => crate::tcp::forward(io, target, spec.limits.connect_timeout.0).await,
+                Some(target) => {
+                    crate::tcp::forward(io, target, spec.limits.connect_timeout.0).await
+                }
                 None => tracing::info!(
                     %peer,
                     ?protocol,
@@ -138,12 +146,21 @@ impl Graceful for http2::Connection<Io, Svc, TokioExecutor> {
     }
 }
 
-async fn serve_http1(io: Prefixed<TcpStream>, svc: HttpService, spec: &crate::config::ProxySpec, drain: Drain) {
+async fn serve_http1(
+    io: Prefixed<TcpStream>,
+    svc: HttpService,
+    spec: &crate::config::ProxySpec,
+    drain: Drain,
+) {
     let limits = &spec.limits;
     // hyper's own caps sit above ours so that Normalize, which explains itself with a
     // `skiff-error` header, is what refuses ordinary oversize requests.
     let max_headers = limits.max_header_count.get().saturating_mul(4).max(100);
-    let max_buf = limits.max_header_bytes.get().saturating_mul(2).saturating_add(16 * 1024);
+    let max_buf = limits
+        .max_header_bytes
+        .get()
+        .saturating_mul(2)
+        .saturating_add(16 * 1024);
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout.0)
@@ -155,7 +172,12 @@ async fn serve_http1(io: Prefixed<TcpStream>, svc: HttpService, spec: &crate::co
     run_until_drained(conn, drain).await;
 }
 
-async fn serve_http2(io: Prefixed<TcpStream>, svc: HttpService, spec: &crate::config::ProxySpec, drain: Drain) {
+async fn serve_http2(
+    io: Prefixed<TcpStream>,
+    svc: HttpService,
+    spec: &crate::config::ProxySpec,
+    drain: Drain,
+) {
     let h2 = &spec.limits.http2;
     let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -197,7 +219,11 @@ fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
 
 /// Where an opaque connection goes. Inbound: the app (on the original port when redirected).
 /// Outbound: the original destination, if there is one.
-fn opaque_target(direction: Direction, orig_dst: Option<SocketAddr>, state: &State) -> Option<SocketAddr> {
+fn opaque_target(
+    direction: Direction,
+    orig_dst: Option<SocketAddr>,
+    state: &State,
+) -> Option<SocketAddr> {
     match direction {
         Direction::Inbound => {
             let app = state.inbound.app_addr();

@@ -62,7 +62,10 @@ impl State {
     pub fn apply(&self, spec: ProxySpec) {
         let old = self.spec.load();
         let fixed = [
-            ("outbound.listen", old.outbound.listen != spec.outbound.listen),
+            (
+                "outbound.listen",
+                old.outbound.listen != spec.outbound.listen,
+            ),
             ("inbound.listen", old.inbound.listen != spec.inbound.listen),
             ("admin.listen", old.admin.listen != spec.admin.listen),
             (

@@ -76,7 +76,8 @@ impl OutboundResolver {
 
     /// Replaces the routing state (a config reload).
     pub fn update(&self, spec: &ProxySpec, pools: &Arc<Pools>, metrics: &Arc<HttpFamilies>) {
-        self.routes.store(Arc::new(build_routes(spec, pools, metrics)));
+        self.routes
+            .store(Arc::new(build_routes(spec, pools, metrics)));
     }
 }
 

@@ -11,7 +11,8 @@ pub async fn forward<I>(mut client: I, target: SocketAddr, connect_timeout: Dura
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut upstream = match tokio::time::timeout(connect_timeout, TcpStream::connect(target)).await {
+    let mut upstream = match tokio::time::timeout(connect_timeout, TcpStream::connect(target)).await
+    {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::warn!(%target, error = %e, error_code = "upstream-connect", "opaque connection refused");
@@ -24,7 +25,9 @@ where
     };
     let _ = upstream.set_nodelay(true);
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((sent, received)) => tracing::debug!(%target, sent, received, "opaque connection closed"),
+        Ok((sent, received)) => {
+            tracing::debug!(%target, sent, received, "opaque connection closed")
+        }
         Err(e) => tracing::debug!(%target, error = %e, "opaque connection ended with an error"),
     }
 }

@@ -124,7 +124,11 @@ fn skiff_headers_from_clients_are_stripped() {
     let r = req(
         Version::HTTP_11,
         "/",
-        &[("host", "web"), ("skiff-error", "forged"), ("Skiff-Id", "x")],
+        &[
+            ("host", "web"),
+            ("skiff-error", "forged"),
+            ("Skiff-Id", "x"),
+        ],
     );
     let out = normalize(r, &Limits::default()).unwrap();
     assert!(out.headers().is_empty());

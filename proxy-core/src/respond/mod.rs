@@ -105,7 +105,9 @@ pub fn error_response(err: &(dyn std::error::Error + 'static), version: Version)
     };
     let reason = proxy_err.reason();
     match proxy_err.blame() {
-        Blame::Downstream => tracing::info!(error = %reason, detail = %DisplayChain(err), "request refused"),
+        Blame::Downstream => {
+            tracing::info!(error = %reason, detail = %DisplayChain(err), "request refused")
+        }
         Blame::Upstream | Blame::Proxy => {
             tracing::warn!(error = %reason, detail = %DisplayChain(err), "request failed")
         }
@@ -114,7 +116,10 @@ pub fn error_response(err: &(dyn std::error::Error + 'static), version: Version)
     *rsp.status_mut() = proxy_err.status();
     let headers = rsp.headers_mut();
     headers.insert(SKIFF_ERROR, HeaderValue::from_static(reason.as_str()));
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     // After a framing or timeout error the HTTP/1 byte stream cannot be trusted to be at a
     // message boundary; close it rather than parse garbage as the next request.
     if version <= Version::HTTP_11
@@ -162,7 +167,10 @@ mod tests {
         let rsp = svc.oneshot(Request::new(())).await.unwrap();
         assert_eq!(rsp.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(rsp.headers()[SKIFF_ERROR], "upstream-connect");
-        assert_eq!(rsp.extensions().get::<Reason>(), Some(&Reason::UpstreamConnect));
+        assert_eq!(
+            rsp.extensions().get::<Reason>(),
+            Some(&Reason::UpstreamConnect)
+        );
         assert!(rsp.headers().get(CONNECTION).is_none());
     }
 

@@ -148,7 +148,8 @@ struct Pending {
 impl Pending {
     fn record(self) {
         let class = classify(self.status, self.grpc_status, self.error);
-        self.target.response(self.status.as_u16(), class, self.grpc_status, self.error);
+        self.target
+            .response(self.status.as_u16(), class, self.grpc_status, self.error);
     }
 }
 

@@ -40,7 +40,9 @@ pub struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("Pool")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 

@@ -88,13 +88,13 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
 /// Parses config text; `path` names the file in errors.
 pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
     let file = path.map_or_else(|| "<embedded>".to_owned(), |p| p.display().to_string());
-    let yaml_error = |e: serde_yaml_ng::Error| {
+    let yaml_error = |e: serde_yaml_ng::Error, path: Option<String>| {
         let loc = e.location();
         ConfigError {
             file: file.clone(),
             line: loc.as_ref().map(|l| l.line()),
             column: loc.as_ref().map(|l| l.column()),
-            message: e.to_string(),
+            message: bare_message(&e, path),
         }
     };
     let mut errors = Vec::new();
@@ -102,50 +102,55 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
 
     // Two passes over the same text: the first reads each document's kind, the second parses
     // it as that kind, so errors keep their positions.
-    let headers: Vec<_> = serde_yaml_ng::Deserializer::from_str(text)
-        .map(Option::<Header>::deserialize)
-        .collect();
+    let mut headers = Vec::new();
+    for document in serde_yaml_ng::Deserializer::from_str(text) {
+        let header = Option::<Header>::deserialize(document);
+        // After a syntax error the stream cannot be resynchronised; stop there.
+        let stop = header.is_err();
+        headers.push(header);
+        if stop {
+            break;
+        }
+    }
     let documents = serde_yaml_ng::Deserializer::from_str(text);
-    for (header, document) in headers.into_iter().zip(documents) {
+    let starts = document_lines(text);
+    for (index, (header, document)) in headers.into_iter().zip(documents).enumerate() {
+        let doc_error = |message: String| ConfigError {
+            file: file.clone(),
+            line: starts.get(index).copied(),
+            column: None,
+            message,
+        };
         let header = match header {
             Ok(Some(h)) => h,
             Ok(None) => continue, // an empty document
             Err(e) => {
-                errors.push(yaml_error(e));
+                errors.push(yaml_error(e, None));
                 continue;
             }
         };
         match (header.api_version.as_deref(), header.kind.as_deref()) {
-            (Some(PROXY_API_VERSION), Some("Proxy")) => match ProxyDocument::deserialize(document) {
-                Ok(_) if proxy.is_some() => errors.push(ConfigError {
-                    file: file.clone(),
-                    line: None,
-                    column: None,
-                    message: "more than one `kind: Proxy` document".into(),
-                }),
-                Ok(doc) => proxy = Some(doc.spec),
-                Err(e) => errors.push(yaml_error(e)),
-            },
-            (Some(v), Some("Proxy")) => errors.push(ConfigError {
-                file: file.clone(),
-                line: None,
-                column: None,
-                message: format!(
-                    "apiVersion: `kind: Proxy` needs apiVersion {PROXY_API_VERSION}, got {v}"
-                ),
-            }),
-            (_, Some(kind)) => errors.push(ConfigError {
-                file: file.clone(),
-                line: None,
-                column: None,
-                message: format!("kind: {kind} is not supported by this version of Skiff"),
-            }),
-            (_, None) => errors.push(ConfigError {
-                file: file.clone(),
-                line: None,
-                column: None,
-                message: "kind: every document needs `apiVersion` and `kind`".into(),
-            }),
+            (Some(PROXY_API_VERSION), Some("Proxy")) => {
+                match serde_path_to_error::deserialize::<_, ProxyDocument>(document) {
+                    Ok(_) if proxy.is_some() => {
+                        errors.push(doc_error("more than one `kind: Proxy` document".into()));
+                    }
+                    Ok(doc) => proxy = Some(doc.spec),
+                    Err(e) => {
+                        let path = e.path().to_string();
+                        errors.push(yaml_error(e.into_inner(), Some(path)));
+                    }
+                }
+            }
+            (Some(v), Some("Proxy")) => errors.push(doc_error(format!(
+                "apiVersion: `kind: Proxy` needs apiVersion {PROXY_API_VERSION}, got {v}"
+            ))),
+            (_, Some(kind)) => errors.push(doc_error(format!(
+                "kind: {kind} is not supported by this version of Skiff"
+            ))),
+            (_, None) => errors.push(doc_error(
+                "kind: every document needs `apiVersion` and `kind`".into(),
+            )),
         }
     }
     if errors.is_empty() && proxy.is_none() {
@@ -163,4 +168,42 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
         source: path.map(PathBuf::from),
         proxy: proxy.expect("checked above"),
     })
+}
+
+/// The error's own words, with the field path in front: serde_yaml's message carries a
+/// path that stops at the parent map for value errors and a position we report separately.
+fn bare_message(e: &serde_yaml_ng::Error, path: Option<String>) -> String {
+    let mut msg = e.to_string();
+    if let Some(loc) = e.location() {
+        let suffix = format!(" at line {} column {}", loc.line(), loc.column());
+        if let Some(stripped) = msg.strip_suffix(&suffix) {
+            msg = stripped.to_owned();
+        }
+    }
+    let Some(path) = path.filter(|p| p != ".") else {
+        return msg;
+    };
+    // Drop serde_yaml's own (shorter) path prefix, if any.
+    if let Some((prefix, rest)) = msg.split_once(": ") {
+        if path.starts_with(prefix) && !prefix.contains(' ') {
+            msg = rest.to_owned();
+        }
+    }
+    format!("{path}: {msg}")
+}
+
+/// The 1-based line on which each YAML document starts (at its `---`, if it has one).
+fn document_lines(text: &str) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut seen_content = false;
+    for (i, line) in text.lines().enumerate() {
+        if line.starts_with("---") {
+            starts.push(i + 1);
+            seen_content = true;
+        } else if !seen_content && !line.trim().is_empty() && !line.trim_start().starts_with('#') {
+            starts.push(1);
+            seen_content = true;
+        }
+    }
+    starts
 }

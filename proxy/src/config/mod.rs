@@ -275,7 +275,9 @@ impl TryFrom<RawServiceSpec> for ServiceSpec {
                 return Err("set either `endpoints` or `dns`, not both".into());
             }
             (true, None) => {
-                return Err("a service needs `endpoints` (a list of ip:port) or `dns` (host:port)".into());
+                return Err(
+                    "a service needs `endpoints` (a list of ip:port) or `dns` (host:port)".into(),
+                );
             }
             (false, None) => {
                 if raw.dns_refresh.is_some() {

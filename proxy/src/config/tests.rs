@@ -23,7 +23,10 @@ fn minimal_document_gets_defaults() {
     assert_eq!(c.proxy.outbound.listen, "127.0.0.1:4140".parse().unwrap());
     assert_eq!(c.proxy.inbound.listen, "0.0.0.0:4143".parse().unwrap());
     assert_eq!(c.proxy.admin.listen, "127.0.0.1:4191".parse().unwrap());
-    assert_eq!(c.proxy.limits.header_read_timeout.0, Duration::from_secs(10));
+    assert_eq!(
+        c.proxy.limits.header_read_timeout.0,
+        Duration::from_secs(10)
+    );
     assert_eq!(c.proxy.shutdown.grace_period.0, Duration::from_secs(30));
 }
 
@@ -53,31 +56,63 @@ fn services_parse_into_endpoint_sources() {
 
 #[test]
 fn unknown_field_reports_line_column_and_path() {
-    let e = err(&format!("{HEAD}spec:\n  limits:\n    headerReadTimeot: 5s\n"));
+    let e = err(&format!(
+        "{HEAD}spec:\n  limits:\n    headerReadTimeot: 5s\n"
+    ));
     assert_eq!(e.len(), 1);
     assert_eq!(e[0].file, "skiff.yaml");
     assert_eq!(e[0].line, Some(5));
     assert!(e[0].message.contains("spec.limits"), "{}", e[0].message);
-    assert!(e[0].message.contains("headerReadTimeot"), "{}", e[0].message);
+    assert!(
+        e[0].message.contains("headerReadTimeot"),
+        "{}",
+        e[0].message
+    );
 }
 
 #[test]
 fn bad_values_report_their_field() {
-    let e = err(&format!("{HEAD}spec:\n  limits:\n    connectTimeout: 5 seconds\n"));
+    let e = err(&format!(
+        "{HEAD}spec:\n  limits:\n    connectTimeout: 5 seconds\n"
+    ));
     assert_eq!(e[0].line, Some(5));
-    assert!(e[0].message.contains("spec.limits.connectTimeout"), "{}", e[0].message);
-    assert!(e[0].message.contains("invalid duration"), "{}", e[0].message);
+    assert!(
+        e[0].message.contains("spec.limits.connectTimeout"),
+        "{}",
+        e[0].message
+    );
+    assert!(
+        e[0].message.contains("invalid duration"),
+        "{}",
+        e[0].message
+    );
 
-    let e = err(&format!("{HEAD}spec:\n  outbound:\n    listen: localhost-ish\n"));
+    let e = err(&format!(
+        "{HEAD}spec:\n  outbound:\n    listen: localhost-ish\n"
+    ));
     assert_eq!(e[0].line, Some(5));
-    assert!(e[0].message.contains("spec.outbound.listen"), "{}", e[0].message);
+    assert!(
+        e[0].message.contains("spec.outbound.listen"),
+        "{}",
+        e[0].message
+    );
 }
 
 #[test]
 fn service_needs_exactly_one_endpoint_source() {
-    let e = err(&format!("{HEAD}spec:\n  services:\n    web:\n      port: 80\n"));
-    assert!(e[0].message.contains("spec.services.web"), "{}", e[0].message);
-    assert!(e[0].message.contains("needs `endpoints`"), "{}", e[0].message);
+    let e = err(&format!(
+        "{HEAD}spec:\n  services:\n    web:\n      port: 80\n"
+    ));
+    assert!(
+        e[0].message.contains("spec.services.web"),
+        "{}",
+        e[0].message
+    );
+    assert!(
+        e[0].message.contains("needs `endpoints`"),
+        "{}",
+        e[0].message
+    );
     assert!(e[0].line.is_some());
 
     let e = err(&format!(
@@ -94,6 +129,7 @@ fn every_bad_document_is_reported() {
     let e = err(&text);
     assert_eq!(e.len(), 3, "{e:?}");
     assert!(e[1].message.contains("Mystery"));
+    assert_eq!(e[1].line, Some(5), "the document's own line");
 }
 
 #[test]
