@@ -1,1 +1,361 @@
-//! x
+//! Support for Skiff's end-to-end tests: real hyper backends on `127.0.0.1:0` that record
+//! what reached them, the real proxy started on ephemeral ports, and small clients.
+//!
+//! Nothing here sleeps to wait for readiness: listeners are bound before their addresses
+//! are handed out, and anything asynchronous is awaited with [`eventually`].
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub use skiff::Running;
+
+/// The body test handlers answer with.
+pub type TestBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A body of `text`.
+pub fn text(text: impl Into<Bytes>) -> TestBody {
+    Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A 200 response with `body`.
+pub fn ok(body: impl Into<Bytes>) -> Response<TestBody> {
+    Response::new(text(body))
+}
+
+/// What a backend saw of one request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// Method.
+    pub method: Method,
+    /// Request target as received.
+    pub uri: Uri,
+    /// Protocol version.
+    pub version: Version,
+    /// Headers as received.
+    pub headers: HeaderMap,
+}
+
+/// A backend server and what reached it.
+#[derive(Clone, Debug)]
+pub struct Backend {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Backend {
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// The last request received.
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a request reached the backend")
+    }
+}
+
+/// Starts an HTTP/1.1 + h2c backend (with upgrades) answering with `handler`.
+pub async fn backend<F, Fut>(handler: F) -> Backend
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = Backend {
+        addr: listener.local_addr().unwrap(),
+        connections: Arc::default(),
+        seen: Arc::default(),
+    };
+    let (connections, seen) = (b.connections.clone(), b.seen.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            connections.fetch_add(1, Ordering::SeqCst);
+            let (handler, seen) = (handler.clone(), seen.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    seen.lock().unwrap().push(Seen {
+                        method: req.method().clone(),
+                        uri: req.uri().clone(),
+                        version: req.version(),
+                        headers: req.headers().clone(),
+                    });
+                    let fut = handler(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    b
+}
+
+/// A backend answering every request with 200 and `body`.
+pub async fn hello(body: &'static str) -> Backend {
+    backend(move |_req| async move { ok(body) }).await
+}
+
+/// How to start a proxy for a test.
+#[derive(Debug, Default)]
+pub struct ProxyConfig {
+    /// The inbound application's port.
+    pub app_port: u16,
+    /// Services: name and static endpoints.
+    pub services: Vec<(String, Vec<SocketAddr>)>,
+    /// More YAML under `spec:` (indented by two spaces), e.g. limits.
+    pub extra: String,
+    /// `outbound.passthrough`.
+    pub passthrough: bool,
+}
+
+impl ProxyConfig {
+    /// A config whose inbound app is `app_port`.
+    pub fn new(app_port: u16) -> Self {
+        Self {
+            app_port,
+            ..Self::default()
+        }
+    }
+
+    /// Adds a service.
+    pub fn service(mut self, name: &str, endpoints: &[SocketAddr]) -> Self {
+        self.services.push((name.to_owned(), endpoints.to_vec()));
+        self
+    }
+
+    /// Adds YAML under `spec:`.
+    pub fn extra(mut self, yaml: &str) -> Self {
+        self.extra.push_str(yaml);
+        self
+    }
+
+    /// The YAML text of this config.
+    pub fn yaml(&self) -> String {
+        let mut y = format!(
+            "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  outbound: {{listen: 127.0.0.1:0, passthrough: {}}}\n  inbound: {{listen: 127.0.0.1:0, appPort: {}}}\n  admin: {{listen: 127.0.0.1:0}}\n",
+            self.passthrough, self.app_port
+        );
+        y.push_str(&self.extra);
+        if !self.services.is_empty() {
+            y.push_str("  services:\n");
+            for (name, eps) in &self.services {
+                let list: Vec<String> = eps.iter().map(ToString::to_string).collect();
+                y.push_str(&format!(
+                    "    {name}:\n      endpoints: [{}]\n",
+                    list.join(", ")
+                ));
+            }
+        }
+        y
+    }
+
+    /// Starts the proxy.
+    pub async fn start(&self) -> Running {
+        let config = skiff::config::parse(&self.yaml(), None).unwrap_or_else(|e| panic!("{e}"));
+        skiff::start(config).await.expect("proxy starts")
+    }
+}
+
+/// An HTTP/1.1 client connection.
+pub async fn h1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<TestBody> {
+    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (tx, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    tx
+}
+
+/// An h2c (prior knowledge) client connection.
+pub async fn h2(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<TestBody> {
+    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    tx
+}
+
+/// A GET with the given Host.
+pub fn get(host: &str, path: &str) -> Request<TestBody> {
+    Request::get(path)
+        .header("host", host)
+        .body(text(""))
+        .unwrap()
+}
+
+/// Reads a whole body as text.
+pub async fn body_text(rsp: Response<Incoming>) -> String {
+    let bytes = rsp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// A response read off a raw connection.
+#[derive(Debug)]
+pub struct RawResponse {
+    /// Status code.
+    pub status: u16,
+    /// Header fields, names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// Body (by Content-Length).
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The first value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends `request` bytes on a new connection and reads one response.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    read_response(&mut s).await
+}
+
+/// Reads one HTTP/1 response (head, then a Content-Length body), within 10 seconds.
+pub async fn read_response(s: &mut TcpStream) -> RawResponse {
+    tokio::time::timeout(Duration::from_secs(10), read_response_inner(s))
+        .await
+        .expect("a response within 10s")
+}
+
+async fn read_response_inner(s: &mut TcpStream) -> RawResponse {
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(
+            n > 0,
+            "connection closed before a response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.split_once(':').unwrap();
+            (k.trim().to_ascii_lowercase(), v.trim().to_owned())
+        })
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .map_or(0, |(_, v)| v.parse().unwrap());
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < len {
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "connection closed mid-body");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    RawResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Polls `check` until it returns true, failing the test after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Fetches an admin path as text, with its status.
+pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    let rsp = raw(
+        admin,
+        format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    (rsp.status, String::from_utf8_lossy(&rsp.body).into_owned())
+}
+
+/// A body fed frame by frame from the returned sender; it ends when the sender is dropped.
+pub fn channel_body() -> (
+    tokio::sync::mpsc::Sender<hyper::body::Frame<Bytes>>,
+    TestBody,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    (tx, ChannelBody { rx }.boxed_unsync())
+}
+
+struct ChannelBody {
+    rx: tokio::sync::mpsc::Receiver<hyper::body::Frame<Bytes>>,
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.rx.poll_recv(cx).map(|f| f.map(Ok))
+    }
+}
