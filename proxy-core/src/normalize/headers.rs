@@ -54,16 +54,12 @@ pub(super) fn check_limits(headers: &HeaderMap, limits: &Limits) -> Result<(), P
     Ok(())
 }
 
-/// Refuses ambiguous message framing and methods Skiff does not proxy.
-pub(super) fn check_framing(parts: &Parts) -> Result<(), ProxyError> {
-    if parts.version <= Version::HTTP_11
-        && parts.headers.contains_key(header::TRANSFER_ENCODING)
-        && parts.headers.contains_key(header::CONTENT_LENGTH)
-    {
-        // RFC 9112 section 6.1 allows rejecting this; accepting it is how CL.TE smuggling
-        // starts.
-        return Err(bad("both Content-Length and Transfer-Encoding are set"));
-    }
+/// Refuses methods Skiff does not proxy.
+///
+/// Ambiguous HTTP/1 framing (Content-Length with Transfer-Encoding) never gets here: hyper
+/// lets chunked win, drops the Content-Length and closes the connection after responding
+/// (RFC 9112 section 6.1), and the upstream request is always re-framed.
+pub(super) fn check_method(parts: &Parts) -> Result<(), ProxyError> {
     if parts.method == Method::CONNECT {
         return Err(bad("CONNECT tunnels are not supported"));
     }

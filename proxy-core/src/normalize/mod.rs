@@ -110,7 +110,7 @@ where
 {
     let (mut parts, body) = req.into_parts();
     headers::check_limits(&parts.headers, limits)?;
-    headers::check_framing(&parts)?;
+    headers::check_method(&parts)?;
     let authority = headers::authority(&mut parts)?;
     let upgrade = headers::websocket_upgrade(&parts);
     headers::strip_hop_by_hop(&mut parts.headers);

@@ -66,20 +66,6 @@ fn userinfo_and_garbage_hosts_are_refused() {
 }
 
 #[test]
-fn content_length_with_transfer_encoding_is_refused() {
-    let r = req(
-        Version::HTTP_11,
-        "/",
-        &[
-            ("host", "web"),
-            ("content-length", "3"),
-            ("transfer-encoding", "chunked"),
-        ],
-    );
-    assert_eq!(reason(r), Reason::BadRequest);
-}
-
-#[test]
 fn connect_is_refused() {
     let r = Request::builder()
         .method("CONNECT")

@@ -1,0 +1,192 @@
+//! Bad input through the real proxy. Each case asserts the status and `skiff-error` reason,
+//! that nothing reached the backend when the proxy refused, and that a keep-alive
+//! connection opened beforehand keeps working.
+
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use skiff_e2e::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A backend that reads the whole request body before answering with its length.
+async fn body_reader() -> Backend {
+    backend(|req: Request<hyper::body::Incoming>| async move {
+        match req.into_body().collect().await {
+            Ok(b) => ok(format!("read {}", b.to_bytes().len())),
+            Err(_) => ok("body failed"),
+        }
+    })
+    .await
+}
+
+struct Case {
+    name: &'static str,
+    request: Vec<u8>,
+    status: u16,
+    reason: Option<&'static str>,
+    reaches_backend: bool,
+}
+
+fn case(name: &'static str, request: &str, status: u16, reason: Option<&'static str>, reaches: bool) -> Case {
+    Case {
+        name,
+        request: request.as_bytes().to_vec(),
+        status,
+        reason,
+        reaches_backend: reaches,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_clear_answers_and_never_reach_the_backend() {
+    let web = body_reader().await;
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    }; // dropped: connections to it are refused
+    let proxy = ProxyConfig::new(1)
+        .service("web", &[web.addr])
+        .service("down", &[closed])
+        .start()
+        .await;
+    let mut good = h1(proxy.outbound_addr).await;
+
+    let many_headers: String = (0..200).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let many = format!("GET / HTTP/1.1\r\nHost: web\r\n{many_headers}\r\n");
+    let cases = [
+        case("no Host", "GET / HTTP/1.1\r\n\r\n", 400, Some("bad-request"), false),
+        case("two Hosts", "GET / HTTP/1.1\r\nHost: web\r\nHost: web\r\n\r\n", 400, Some("bad-request"), false),
+        // hyper applies RFC 9112 section 6.1 before we see the request: chunked wins, the
+        // Content-Length is dropped, and the connection closes after the response. The
+        // upstream gets one framing only, so nothing can be smuggled.
+        case(
+            "CL and TE together",
+            "POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: web\r\n\r\n",
+            200,
+            None,
+            true,
+        ),
+        case(
+            "invalid chunk size",
+            "POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+            400,
+            Some("bad-request"),
+            false,
+        ),
+        case("200 headers", &many, 431, Some("headers-too-large"), false),
+        case("unknown service", "GET / HTTP/1.1\r\nHost: nowhere\r\n\r\n", 404, Some("no-route"), false),
+        case("backend refuses", "GET / HTTP/1.1\r\nHost: down\r\n\r\n", 502, Some("upstream-connect"), false),
+        case("CONNECT", "CONNECT web:443 HTTP/1.1\r\nHost: web:443\r\n\r\n", 400, Some("bad-request"), false),
+        case(
+            "absolute-form URI wins over Host",
+            "GET http://web/abs HTTP/1.1\r\nHost: evil\r\n\r\n",
+            200,
+            None,
+            true,
+        ),
+        case(
+            "Connection-named header",
+            "GET / HTTP/1.1\r\nHost: web\r\nConnection: X-Foo\r\nX-Foo: secret\r\nKeep-Alive: 5\r\n\r\n",
+            200,
+            None,
+            true,
+        ),
+        case(
+            "Upgrade: h2c",
+            "GET / HTTP/1.1\r\nHost: web\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+            200,
+            None,
+            true,
+        ),
+        case(
+            "forged skiff header",
+            "GET / HTTP/1.1\r\nHost: web\r\nskiff-error: forged\r\n\r\n",
+            200,
+            None,
+            true,
+        ),
+    ];
+
+    for c in cases {
+        let before = web.requests();
+        let rsp = raw(proxy.outbound_addr, &c.request).await;
+        assert_eq!(rsp.status, c.status, "{}: {rsp:?}", c.name);
+        assert_eq!(rsp.header("skiff-error"), c.reason, "{}", c.name);
+        let reached = web.requests() - before;
+        assert_eq!(reached, usize::from(c.reaches_backend), "{}: requests reaching the backend", c.name);
+
+        if c.reaches_backend {
+            let seen = web.last();
+            assert_eq!(seen.headers["host"], "web", "{}", c.name);
+            for stripped in ["x-foo", "connection", "keep-alive", "upgrade", "http2-settings", "skiff-error"] {
+                assert!(seen.headers.get(stripped).is_none(), "{}: {stripped} was forwarded", c.name);
+            }
+            assert_eq!(seen.uri, if c.name.starts_with("absolute") { "/abs" } else { "/" });
+        }
+        if c.name == "CL and TE together" {
+            assert_eq!(rsp.header("connection"), Some("close"));
+            assert_eq!(String::from_utf8_lossy(&rsp.body), "read 0");
+            assert!(web.last().headers.get("content-length").is_none());
+        }
+
+        // The connection opened before the bad request is unaffected.
+        let before = web.requests();
+        let rsp = good.send_request(get("web", "/good")).await.unwrap();
+        assert_eq!(rsp.status(), StatusCode::OK, "good connection after {}", c.name);
+        assert_eq!(body_text(rsp).await, "read 0");
+        assert_eq!(web.requests(), before + 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_authority_that_disagrees_with_host_is_refused() {
+    let web = hello("web").await;
+    let proxy = ProxyConfig::new(1).service("web", &[web.addr]).start().await;
+    let mut c = h2(proxy.outbound_addr).await;
+    let req = Request::get("http://web/").header("host", "evil").body(text("")).unwrap();
+    let rsp = c.send_request(req).await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(rsp.headers()["skiff-error"], "bad-request");
+    // Other streams on the same connection are unaffected.
+    let rsp = c.send_request(Request::get("http://web/").body(text("")).unwrap()).await.unwrap();
+    assert_eq!(body_text(rsp).await, "web");
+    assert_eq!(web.requests(), 1);
+}
+
+/// A client that trickles its headers is cut off by the header read timeout; one that stalls
+/// mid-body gets 408 `request-timeout`. A good connection opened alongside keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off() {
+    let web = body_reader().await;
+    let proxy = ProxyConfig::new(1)
+        .service("web", &[web.addr])
+        .extra("  limits: {headerReadTimeout: 300ms, bodyIdleTimeout: 300ms}\n")
+        .start()
+        .await;
+    let mut good = h1(proxy.outbound_addr).await;
+
+    // Slowloris: headers never finish.
+    let mut slow = TcpStream::connect(proxy.outbound_addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nX-a: 1\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest))
+        .await
+        .expect("the proxy closes the slow connection")
+        .ok();
+    assert_eq!(web.requests(), 0, "the slow request never reached the backend");
+
+    // Slow body: the body stops after 3 of 10 bytes.
+    let mut stall = TcpStream::connect(proxy.outbound_addr).await.unwrap();
+    stall
+        .write_all(b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    let rsp = read_response(&mut stall).await;
+    assert_eq!(rsp.status, 408);
+    assert_eq!(rsp.header("skiff-error"), Some("request-timeout"));
+
+    let rsp = good.send_request(get("web", "/")).await.unwrap();
+    assert_eq!(body_text(rsp).await, "read 0");
+}
