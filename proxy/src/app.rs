@@ -87,7 +87,7 @@ pub async fn start(config: Config) -> io::Result<Running> {
 
     let reload = config
         .source
-        .map(|path| tokio::spawn(crate::reload::watch(path, state.clone())));
+        .map(|path| tokio::spawn(crate::reload::watch(path, config.text.into_bytes(), state.clone())));
     state.readiness.set_loaded();
     tracing::info!(%outbound_addr, %inbound_addr, %admin_addr, "Skiff is ready");
     Ok(Running {

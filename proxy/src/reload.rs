@@ -12,9 +12,10 @@ use std::sync::Arc;
 use crate::config;
 use crate::state::State;
 
-/// Watches `path` until the task is aborted.
-pub async fn watch(path: PathBuf, state: Arc<State>) {
-    let mut last = tokio::fs::read(&path).await.ok();
+/// Watches `path` until the task is aborted; `running` is the text the running config was
+/// parsed from.
+pub async fn watch(path: PathBuf, running: Vec<u8>, state: Arc<State>) {
+    let mut last = Some(running);
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {

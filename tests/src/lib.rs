@@ -359,3 +359,35 @@ impl hyper::body::Body for ChannelBody {
         self.rx.poll_recv(cx).map(|f| f.map(Ok))
     }
 }
+
+/// A fresh directory for one test's files.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "skiff-test-{}-{name}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A backend whose responses stream: headers go out at once, and the test feeds the body
+/// through the senders it receives from the returned channel, one per request.
+pub async fn streaming_backend(
+    label: &'static str,
+) -> (Backend, tokio::sync::mpsc::Receiver<tokio::sync::mpsc::Sender<hyper::body::Frame<Bytes>>>) {
+    let (feed_tx, feed_rx) = tokio::sync::mpsc::channel(16);
+    let b = backend(move |_req| {
+        let feed_tx = feed_tx.clone();
+        async move {
+            let (tx, body) = channel_body();
+            feed_tx.send(tx).await.unwrap();
+            let mut rsp = Response::new(body);
+            rsp.headers_mut().insert("x-backend", label.parse().unwrap());
+            rsp
+        }
+    })
+    .await;
+    (b, feed_rx)
+}

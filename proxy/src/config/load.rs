@@ -166,6 +166,7 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
     }
     Ok(Config {
         source: path.map(PathBuf::from),
+        text: text.to_owned(),
         proxy: proxy.expect("checked above"),
     })
 }

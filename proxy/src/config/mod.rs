@@ -25,6 +25,10 @@ pub struct Config {
     /// Where it was read from (none for the embedded demo config).
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// The exact text it was parsed from: the reload watcher's baseline, so a change made
+    /// between loading and watching is not mistaken for the running config.
+    #[serde(skip)]
+    pub text: String,
     /// The `kind: Proxy` document's `spec`.
     pub proxy: ProxySpec,
 }
