@@ -85,9 +85,13 @@ pub async fn start(config: Config) -> io::Result<Running> {
     });
     tokio::spawn(admin::serve(admin_listener, admin, admin_stopped));
 
-    let reload = config
-        .source
-        .map(|path| tokio::spawn(crate::reload::watch(path, config.text.into_bytes(), state.clone())));
+    let reload = config.source.map(|path| {
+        tokio::spawn(crate::reload::watch(
+            path,
+            config.text.into_bytes(),
+            state.clone(),
+        ))
+    });
     state.readiness.set_loaded();
     tracing::info!(%outbound_addr, %inbound_addr, %admin_addr, "Skiff is ready");
     Ok(Running {

@@ -376,7 +376,10 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
 /// through the senders it receives from the returned channel, one per request.
 pub async fn streaming_backend(
     label: &'static str,
-) -> (Backend, tokio::sync::mpsc::Receiver<tokio::sync::mpsc::Sender<hyper::body::Frame<Bytes>>>) {
+) -> (
+    Backend,
+    tokio::sync::mpsc::Receiver<tokio::sync::mpsc::Sender<hyper::body::Frame<Bytes>>>,
+) {
     let (feed_tx, feed_rx) = tokio::sync::mpsc::channel(16);
     let b = backend(move |_req| {
         let feed_tx = feed_tx.clone();
@@ -384,7 +387,8 @@ pub async fn streaming_backend(
             let (tx, body) = channel_body();
             feed_tx.send(tx).await.unwrap();
             let mut rsp = Response::new(body);
-            rsp.headers_mut().insert("x-backend", label.parse().unwrap());
+            rsp.headers_mut()
+                .insert("x-backend", label.parse().unwrap());
             rsp
         }
     })

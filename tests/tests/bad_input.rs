@@ -29,7 +29,13 @@ struct Case {
     reaches_backend: bool,
 }
 
-fn case(name: &'static str, request: &str, status: u16, reason: Option<&'static str>, reaches: bool) -> Case {
+fn case(
+    name: &'static str,
+    request: &str,
+    status: u16,
+    reason: Option<&'static str>,
+    reaches: bool,
+) -> Case {
     Case {
         name,
         request: request.as_bytes().to_vec(),
@@ -115,15 +121,38 @@ async fn malformed_requests_get_clear_answers_and_never_reach_the_backend() {
         assert_eq!(rsp.status, c.status, "{}: {rsp:?}", c.name);
         assert_eq!(rsp.header("skiff-error"), c.reason, "{}", c.name);
         let reached = web.requests() - before;
-        assert_eq!(reached, usize::from(c.reaches_backend), "{}: requests reaching the backend", c.name);
+        assert_eq!(
+            reached,
+            usize::from(c.reaches_backend),
+            "{}: requests reaching the backend",
+            c.name
+        );
 
         if c.reaches_backend {
             let seen = web.last();
             assert_eq!(seen.headers["host"], "web", "{}", c.name);
-            for stripped in ["x-foo", "connection", "keep-alive", "upgrade", "http2-settings", "skiff-error"] {
-                assert!(seen.headers.get(stripped).is_none(), "{}: {stripped} was forwarded", c.name);
+            for stripped in [
+                "x-foo",
+                "connection",
+                "keep-alive",
+                "upgrade",
+                "http2-settings",
+                "skiff-error",
+            ] {
+                assert!(
+                    seen.headers.get(stripped).is_none(),
+                    "{}: {stripped} was forwarded",
+                    c.name
+                );
             }
-            assert_eq!(seen.uri, if c.name.starts_with("absolute") { "/abs" } else { "/" });
+            assert_eq!(
+                seen.uri,
+                if c.name.starts_with("absolute") {
+                    "/abs"
+                } else {
+                    "/"
+                }
+            );
         }
         if c.name == "CL and TE together" {
             assert_eq!(rsp.header("connection"), Some("close"));
@@ -134,7 +163,12 @@ async fn malformed_requests_get_clear_answers_and_never_reach_the_backend() {
         // The connection opened before the bad request is unaffected.
         let before = web.requests();
         let rsp = good.send_request(get("web", "/good")).await.unwrap();
-        assert_eq!(rsp.status(), StatusCode::OK, "good connection after {}", c.name);
+        assert_eq!(
+            rsp.status(),
+            StatusCode::OK,
+            "good connection after {}",
+            c.name
+        );
         assert_eq!(body_text(rsp).await, "read 0");
         assert_eq!(web.requests(), before + 1);
     }
@@ -143,14 +177,23 @@ async fn malformed_requests_get_clear_answers_and_never_reach_the_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_authority_that_disagrees_with_host_is_refused() {
     let web = hello("web").await;
-    let proxy = ProxyConfig::new(1).service("web", &[web.addr]).start().await;
+    let proxy = ProxyConfig::new(1)
+        .service("web", &[web.addr])
+        .start()
+        .await;
     let mut c = h2(proxy.outbound_addr).await;
-    let req = Request::get("http://web/").header("host", "evil").body(text("")).unwrap();
+    let req = Request::get("http://web/")
+        .header("host", "evil")
+        .body(text(""))
+        .unwrap();
     let rsp = c.send_request(req).await.unwrap();
     assert_eq!(rsp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(rsp.headers()["skiff-error"], "bad-request");
     // Other streams on the same connection are unaffected.
-    let rsp = c.send_request(Request::get("http://web/").body(text("")).unwrap()).await.unwrap();
+    let rsp = c
+        .send_request(Request::get("http://web/").body(text("")).unwrap())
+        .await
+        .unwrap();
     assert_eq!(body_text(rsp).await, "web");
     assert_eq!(web.requests(), 1);
 }
@@ -169,13 +212,19 @@ async fn slow_clients_are_cut_off() {
 
     // Slowloris: headers never finish.
     let mut slow = TcpStream::connect(proxy.outbound_addr).await.unwrap();
-    slow.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nX-a: 1\r\n").await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nX-a: 1\r\n")
+        .await
+        .unwrap();
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest))
         .await
         .expect("the proxy closes the slow connection")
         .ok();
-    assert_eq!(web.requests(), 0, "the slow request never reached the backend");
+    assert_eq!(
+        web.requests(),
+        0,
+        "the slow request never reached the backend"
+    );
 
     // Slow body: the body stops after 3 of 10 bytes.
     let mut stall = TcpStream::connect(proxy.outbound_addr).await.unwrap();

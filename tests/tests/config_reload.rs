@@ -24,7 +24,11 @@ fn invalid_files_are_rejected_with_file_line_and_field() {
     let e = &errors[0];
     assert_eq!(e.file, path.display().to_string());
     assert_eq!(e.line, Some(6));
-    assert!(e.message.starts_with("spec.inbound.apPort: unknown field"), "{}", e.message);
+    assert!(
+        e.message.starts_with("spec.inbound.apPort: unknown field"),
+        "{}",
+        e.message
+    );
 }
 
 async fn start_from_file(cfg: &ProxyConfig, path: &std::path::Path) -> Running {
@@ -45,31 +49,58 @@ async fn reload_reroutes_new_requests_while_a_long_request_completes() {
     let dir = temp_dir("reload");
     let path = dir.join("skiff.yaml");
     let fast_reload = "  reloadInterval: 20ms\n";
-    let proxy = start_from_file(&ProxyConfig::new(1).service("web", &[a.addr]).extra(fast_reload), &path).await;
+    let proxy = start_from_file(
+        &ProxyConfig::new(1)
+            .service("web", &[a.addr])
+            .extra(fast_reload),
+        &path,
+    )
+    .await;
 
     // A long request to A: headers back, body still streaming.
     let mut long = h1(proxy.outbound_addr).await;
     let rsp = long.send_request(get("web", "/long")).await.unwrap();
     assert_eq!(rsp.headers()["x-backend"], "a");
     let a_body = a_bodies.recv().await.unwrap();
-    a_body.send(Frame::data(Bytes::from_static(b"first;"))).await.unwrap();
+    a_body
+        .send(Frame::data(Bytes::from_static(b"first;")))
+        .await
+        .unwrap();
 
     // Reroute web to B.
-    std::fs::write(&path, ProxyConfig::new(1).service("web", &[b.addr]).extra(fast_reload).yaml()).unwrap();
+    std::fs::write(
+        &path,
+        ProxyConfig::new(1)
+            .service("web", &[b.addr])
+            .extra(fast_reload)
+            .yaml(),
+    )
+    .unwrap();
     let out = proxy.outbound_addr;
-    eventually(Duration::from_secs(10), "new requests reach B", || async move {
-        let mut c = h1(out).await;
-        let rsp = c.send_request(get("web", "/")).await.unwrap();
-        rsp.headers().get("x-backend").is_none() && body_text(rsp).await == "b"
-    })
+    eventually(
+        Duration::from_secs(10),
+        "new requests reach B",
+        || async move {
+            let mut c = h1(out).await;
+            let rsp = c.send_request(get("web", "/")).await.unwrap();
+            rsp.headers().get("x-backend").is_none() && body_text(rsp).await == "b"
+        },
+    )
     .await;
 
     // The request in flight on the old route still completes, intact.
-    a_body.send(Frame::data(Bytes::from_static(b"second"))).await.unwrap();
+    a_body
+        .send(Frame::data(Bytes::from_static(b"second")))
+        .await
+        .unwrap();
     drop(a_body);
     let body = rsp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"first;second");
-    let ok = metric_line(proxy.admin_addr, r#"skiff_config_reloads_total{result="ok"}"#).await;
+    let ok = metric_line(
+        proxy.admin_addr,
+        r#"skiff_config_reloads_total{result="ok"}"#,
+    )
+    .await;
     assert!(ok.is_some_and(|l| l.ends_with(" 1")));
 }
 
@@ -80,7 +111,13 @@ async fn a_bad_reload_is_rejected_and_the_old_config_keeps_serving() {
     let dir = temp_dir("bad-reload");
     let path = dir.join("skiff.yaml");
     let fast_reload = "  reloadInterval: 20ms\n";
-    let proxy = start_from_file(&ProxyConfig::new(1).service("web", &[a.addr]).extra(fast_reload), &path).await;
+    let proxy = start_from_file(
+        &ProxyConfig::new(1)
+            .service("web", &[a.addr])
+            .extra(fast_reload),
+        &path,
+    )
+    .await;
 
     // Unknown field plus a new route: the whole file is refused, including the route.
     let bad = ProxyConfig::new(1)
@@ -90,11 +127,15 @@ async fn a_bad_reload_is_rejected_and_the_old_config_keeps_serving() {
         .yaml();
     std::fs::write(&path, bad).unwrap();
     let admin = proxy.admin_addr;
-    eventually(Duration::from_secs(10), "the bad reload is counted", || async move {
-        metric_line(admin, r#"skiff_config_reloads_total{result="error"}"#)
-            .await
-            .is_some_and(|l| l.ends_with(" 1"))
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the bad reload is counted",
+        || async move {
+            metric_line(admin, r#"skiff_config_reloads_total{result="error"}"#)
+                .await
+                .is_some_and(|l| l.ends_with(" 1"))
+        },
+    )
     .await;
     let mut c = h1(proxy.outbound_addr).await;
     let rsp = c.send_request(get("web", "/")).await.unwrap();
@@ -103,11 +144,22 @@ async fn a_bad_reload_is_rejected_and_the_old_config_keeps_serving() {
     assert_eq!(admin_get(admin, "/ready").await.0, 200);
 
     // Fixing the file applies it.
-    std::fs::write(&path, ProxyConfig::new(1).service("web", &[b.addr]).extra(fast_reload).yaml()).unwrap();
+    std::fs::write(
+        &path,
+        ProxyConfig::new(1)
+            .service("web", &[b.addr])
+            .extra(fast_reload)
+            .yaml(),
+    )
+    .unwrap();
     let out = proxy.outbound_addr;
-    eventually(Duration::from_secs(10), "the fixed file applies", || async move {
-        let mut c = h1(out).await;
-        body_text(c.send_request(get("web", "/")).await.unwrap()).await == "b"
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the fixed file applies",
+        || async move {
+            let mut c = h1(out).await;
+            body_text(c.send_request(get("web", "/")).await.unwrap()).await == "b"
+        },
+    )
     .await;
 }

@@ -340,3 +340,27 @@ async fn admin_serves_metrics_readiness_and_config() {
         .lines()
         .any(|l| l.starts_with("request_total{") && l.contains(authority) && l.ends_with(" 1")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_authorities_pass_through_only_when_enabled() {
+    let other = hello("other").await;
+    let host = other.addr.to_string();
+
+    let strict = ProxyConfig::new(1).start().await;
+    let rsp = raw(
+        strict.outbound_addr,
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(rsp.status, 404);
+    assert_eq!(rsp.header("skiff-error"), Some("no-route"));
+    assert_eq!(other.requests(), 0);
+
+    let mut cfg = ProxyConfig::new(1);
+    cfg.passthrough = true;
+    let open = cfg.start().await;
+    let mut c = h1(open.outbound_addr).await;
+    let rsp = c.send_request(get(&host, "/p")).await.unwrap();
+    assert_eq!(body_text(rsp).await, "other");
+    assert_eq!(other.last().headers["host"], host.as_str());
+}

@@ -1,0 +1,33 @@
+# Skiff's image: one static binary in an empty image, run as a non-root user.
+#
+#   docker build -t skiff .                     # builds the binary in the first stage
+#   docker run --rm -p 4140:4140 skiff demo     # or mount a config and use the default CMD
+#
+# The binary is linked statically against musl, so the image needs no libc and DNS lookups
+# (DNS endpoints, passthrough) use /etc/resolv.conf as mounted by the kubelet.
+#
+# To package a binary built elsewhere instead (how this file is checked on machines without
+# a container registry), put a static binary at target/static/skiff and run
+#   buildah bud --isolation chroot --build-arg BINARY=prebuilt -t skiff .
+
+ARG BINARY=build
+
+FROM rust:1.95-alpine AS build
+RUN apk add --no-cache musl-dev
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p skiff \
+ && mkdir -p /out && cp target/release/skiff /out/skiff
+
+FROM scratch AS prebuilt
+COPY target/static/skiff /out/skiff
+
+FROM ${BINARY} AS binary
+
+FROM scratch
+COPY --from=binary /out/skiff /skiff
+# 2102 is the user `skiff inject` excludes from traffic interception.
+USER 2102:2102
+EXPOSE 4140 4143 4191
+ENTRYPOINT ["/skiff"]
+CMD ["run", "--config", "/etc/skiff/skiff.yaml"]
