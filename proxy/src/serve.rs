@@ -37,10 +37,6 @@ pub async fn accept_loop(
     mut drain: Drain,
 ) {
     loop {
-        let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            () = drain.signaled() => return,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -51,6 +47,13 @@ pub async fn accept_loop(
                     continue;
                 }
             },
+            () = drain.signaled() => return,
+        };
+        // The permit is taken after accepting: listeners share the limit, and a permit held
+        // by a listener waiting for its next client would be lost to the others. At most
+        // one accepted connection per listener waits here.
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             () = drain.signaled() => return,
         };
         let _ = stream.set_nodelay(true);

@@ -239,3 +239,35 @@ async fn slow_clients_are_cut_off() {
     let rsp = good.send_request(get("web", "/")).await.unwrap();
     assert_eq!(body_text(rsp).await, "read 0");
 }
+
+/// At the connection limit, accepting pauses: a third client waits in the backlog and is
+/// served as soon as one of the two held connections closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_limit_pauses_accepting() {
+    let web = hello("web").await;
+    let proxy = ProxyConfig::new(1)
+        .service("web", &[web.addr])
+        .extra("  limits: {maxConnections: 2, detectTimeout: 30s}\n")
+        .start()
+        .await;
+    let held_a = TcpStream::connect(proxy.outbound_addr).await.unwrap();
+    let _held_b = TcpStream::connect(proxy.outbound_addr).await.unwrap();
+
+    let mut third = TcpStream::connect(proxy.outbound_addr).await.unwrap();
+    third
+        .write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(300), third.read(&mut byte)).await;
+    assert!(
+        early.is_err(),
+        "the third connection is not served while two are held"
+    );
+    assert_eq!(web.requests(), 0);
+
+    drop(held_a);
+    let rsp = read_response(&mut third).await;
+    assert_eq!(rsp.status, 200);
+    assert_eq!(web.requests(), 1);
+}
