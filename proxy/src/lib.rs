@@ -14,6 +14,7 @@ pub mod detect;
 pub mod drain;
 pub mod endpoints;
 pub mod forward;
+pub mod head_timeout;
 pub mod reload;
 pub mod runtime;
 pub mod serve;

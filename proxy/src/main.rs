@@ -13,7 +13,7 @@ Skiff, a sidecar L7 proxy for service meshes
 Usage:
   skiff run --config FILE [--workers N]   serve, reloading FILE when it changes
   skiff check --config FILE               validate FILE; report every error with its line
-  skiff demo [--print-config]             built-in backends with Skiff in front of them
+  skiff demo [--workers N] [--print-config]  built-in backends with Skiff in front of them
   skiff version
 
 Logs go to stderr; set SKIFF_LOG (e.g. SKIFF_LOG=debug, SKIFF_LOG=skiff=debug,info).
@@ -68,7 +68,12 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
             print!("{}", demo::CONFIG);
             Ok(ExitCode::SUCCESS)
         }
-        "demo" => serve(demo::config(), None, Some(demo::TRY)),
+        "demo" => {
+            let workers = flag(rest, "--workers")?
+                .map(|w| w.parse().context("--workers takes a positive number"))
+                .transpose()?;
+            serve(demo::config(), workers, Some(demo::TRY))
+        }
         "version" | "--version" | "-V" => {
             println!("skiff {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

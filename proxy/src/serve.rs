@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::pin::pin;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use hyper::server::conn::{http1, http2};
@@ -15,6 +16,7 @@ use tokio::sync::Semaphore;
 
 use crate::detect::{detect, Prefixed, Protocol};
 use crate::drain::Drain;
+use crate::head_timeout::{HeadTimeoutIo, InRequest};
 use crate::stack::{self, HttpService};
 use crate::state::State;
 
@@ -131,13 +133,15 @@ async fn serve(
 
 type Io = TokioIo<Prefixed<TcpStream>>;
 type Svc = TowerToHyperService<HttpService>;
+type Http1Io = TokioIo<HeadTimeoutIo<Prefixed<TcpStream>>>;
+type Http1Svc = TowerToHyperService<InRequest>;
 
 /// A server connection that can be asked to finish gracefully.
 trait Graceful: std::future::Future<Output = hyper::Result<()>> {
     fn shutdown(self: std::pin::Pin<&mut Self>);
 }
 
-impl Graceful for http1::UpgradeableConnection<Io, Svc> {
+impl Graceful for http1::UpgradeableConnection<Http1Io, Http1Svc> {
     fn shutdown(self: std::pin::Pin<&mut Self>) {
         self.graceful_shutdown();
     }
@@ -164,9 +168,14 @@ async fn serve_http1(
         .get()
         .saturating_mul(2)
         .saturating_add(16 * 1024);
+    let in_request = Arc::new(AtomicBool::new(false));
+    let io = HeadTimeoutIo::new(io, limits.header_read_timeout.0, in_request.clone());
+    let svc = InRequest::new(svc, in_request);
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout.0)
+        // Ours (HeadTimeoutIo) starts at a head's first byte; hyper's would also cut idle
+        // keep-alive connections.
+        .header_read_timeout(None)
         .max_headers(max_headers)
         .max_buf_size(max_buf.max(8192))
         .keep_alive(true)

@@ -238,6 +238,12 @@ async fn slow_clients_are_cut_off() {
 
     let rsp = good.send_request(get("web", "/")).await.unwrap();
     assert_eq!(body_text(rsp).await, "read 0");
+
+    // The header timeout counts from a head's first byte: a keep-alive connection idle for
+    // longer than it between requests is not cut (the app's pool keeps it warm).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let rsp = good.send_request(get("web", "/again")).await.unwrap();
+    assert_eq!(body_text(rsp).await, "read 0");
 }
 
 /// At the connection limit, accepting pauses: a third client waits in the backlog and is

@@ -37,6 +37,29 @@ async fn start_from_file(cfg: &ProxyConfig, path: &std::path::Path) -> Running {
     skiff::start(config).await.unwrap()
 }
 
+/// Rewrites the config file to send `web` to `b`, then waits until new requests land there.
+async fn route_web_to(
+    path: &std::path::Path,
+    b: &Backend,
+    extra: &str,
+    outbound: std::net::SocketAddr,
+) {
+    let yaml = ProxyConfig::new(1)
+        .service("web", &[b.addr])
+        .extra(extra)
+        .yaml();
+    std::fs::write(path, yaml).unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "new requests reach the new backend",
+        || async move {
+            let mut c = h1(outbound).await;
+            body_text(c.send_request(get("web", "/")).await.unwrap()).await == "b"
+        },
+    )
+    .await;
+}
+
 async fn metric_line(admin: std::net::SocketAddr, prefix: &str) -> Option<String> {
     let (_, m) = admin_get(admin, "/metrics").await;
     m.lines().find(|l| l.starts_with(prefix)).map(str::to_owned)
@@ -67,26 +90,7 @@ async fn reload_reroutes_new_requests_while_a_long_request_completes() {
         .await
         .unwrap();
 
-    // Reroute web to B.
-    std::fs::write(
-        &path,
-        ProxyConfig::new(1)
-            .service("web", &[b.addr])
-            .extra(fast_reload)
-            .yaml(),
-    )
-    .unwrap();
-    let out = proxy.outbound_addr;
-    eventually(
-        Duration::from_secs(10),
-        "new requests reach B",
-        || async move {
-            let mut c = h1(out).await;
-            let rsp = c.send_request(get("web", "/")).await.unwrap();
-            rsp.headers().get("x-backend").is_none() && body_text(rsp).await == "b"
-        },
-    )
-    .await;
+    route_web_to(&path, &b, fast_reload, proxy.outbound_addr).await;
 
     // The request in flight on the old route still completes, intact.
     a_body
@@ -144,22 +148,5 @@ async fn a_bad_reload_is_rejected_and_the_old_config_keeps_serving() {
     assert_eq!(admin_get(admin, "/ready").await.0, 200);
 
     // Fixing the file applies it.
-    std::fs::write(
-        &path,
-        ProxyConfig::new(1)
-            .service("web", &[b.addr])
-            .extra(fast_reload)
-            .yaml(),
-    )
-    .unwrap();
-    let out = proxy.outbound_addr;
-    eventually(
-        Duration::from_secs(10),
-        "the fixed file applies",
-        || async move {
-            let mut c = h1(out).await;
-            body_text(c.send_request(get("web", "/")).await.unwrap()).await == "b"
-        },
-    )
-    .await;
+    route_web_to(&path, &b, fast_reload, proxy.outbound_addr).await;
 }

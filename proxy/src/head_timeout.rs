@@ -1,0 +1,199 @@
+//! The HTTP/1 header read timeout, measured from the first byte of a request head.
+//!
+//! hyper's own header timeout starts as soon as a keep-alive connection goes idle, which
+//! makes it an idle timeout too: connections an application keeps warm in its pool are cut
+//! every few seconds, and a request sent just as the proxy closes one fails (the keep-alive
+//! race). Here the clock starts only when bytes of a new request arrive and stops when the
+//! head is complete, so a slowloris client is cut off while an idle connection is not.
+//!
+//! Two halves share one flag: [`HeadTimeoutIo`] watches reads, and [`InRequest`] (wrapped
+//! around the connection's service) marks when a request is being handled, from the call
+//! until its response body ends.
+
+use std::convert::Infallible;
+use std::future::Future as _;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use proxy_core::{Body, BoxError};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{sleep, Sleep};
+use tower::Service;
+
+use crate::stack::HttpService;
+
+/// An IO that fails its read with `TimedOut` when a request head takes longer than the
+/// timeout to arrive, counted from its first byte.
+#[derive(Debug)]
+pub struct HeadTimeoutIo<I> {
+    io: I,
+    timeout: Duration,
+    in_request: Arc<AtomicBool>,
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl<I> HeadTimeoutIo<I> {
+    /// Wraps `io`; `in_request` is shared with the connection's [`InRequest`] service.
+    pub fn new(io: I, timeout: Duration, in_request: Arc<AtomicBool>) -> Self {
+        Self {
+            io,
+            timeout,
+            in_request,
+            deadline: None,
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for HeadTimeoutIo<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.in_request.load(Ordering::Acquire) {
+            this.deadline = None;
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.io).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(())))
+            && buf.filled().len() > before
+            && this.deadline.is_none()
+        {
+            this.deadline = Some(Box::pin(sleep(this.timeout)));
+        }
+        if result.is_pending() {
+            if let Some(deadline) = this.deadline.as_mut() {
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("request headers not received within {:?}", this.timeout),
+                    )));
+                }
+            }
+        }
+        result
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for HeadTimeoutIo<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Marks a connection as handling a request from the call until the response body ends (or
+/// is dropped), so [`HeadTimeoutIo`] leaves body bytes and idle time alone.
+#[derive(Clone, Debug)]
+pub struct InRequest {
+    inner: HttpService,
+    flag: Arc<AtomicBool>,
+}
+
+impl InRequest {
+    /// Wraps the connection's service.
+    pub fn new(inner: HttpService, flag: Arc<AtomicBool>) -> Self {
+        Self { inner, flag }
+    }
+}
+
+impl Service<Request<Incoming>> for InRequest {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        self.flag.store(true, Ordering::Release);
+        let flag = self.flag.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let rsp = fut.await?;
+            Ok(rsp.map(|inner| {
+                proxy_core::body::boxed(EndsRequest {
+                    inner,
+                    flag: Some(flag),
+                })
+            }))
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct EndsRequest {
+        #[pin]
+        inner: Body,
+        flag: Option<Arc<AtomicBool>>,
+    }
+
+    impl PinnedDrop for EndsRequest {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(flag) = this.project().flag.take() {
+                flag.store(false, Ordering::Release);
+            }
+        }
+    }
+}
+
+impl http_body::Body for EndsRequest {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<bytes::Bytes>, BoxError>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if frame.is_none() {
+            if let Some(flag) = this.flag.take() {
+                flag.store(false, Ordering::Release);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
