@@ -1,7 +1,8 @@
 # Skiff's image: one static binary in an empty image, run as a non-root user.
 #
 #   docker build -t skiff .                     # builds the binary in the first stage
-#   docker run --rm -p 4140:4140 skiff demo     # or mount a config and use the default CMD
+#   docker run --rm skiff version
+#   docker run --rm -v "$PWD/examples:/etc/skiff:ro" skiff run --config /etc/skiff/dev.yaml
 #
 # The binary is linked statically against musl, so the image needs no libc and DNS lookups
 # (DNS endpoints, passthrough) use /etc/resolv.conf as mounted by the kubelet.
@@ -26,7 +27,8 @@ FROM ${BINARY} AS binary
 
 FROM scratch
 COPY --from=binary /out/skiff /skiff
-# 2102 is the user `skiff inject` excludes from traffic interception.
+# A fixed non-root uid, so transparent interception rules can exclude the proxy's own
+# traffic by owner.
 USER 2102:2102
 EXPOSE 4140 4143 4191
 ENTRYPOINT ["/skiff"]

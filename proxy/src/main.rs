@@ -138,11 +138,16 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    // The config watcher handles SIGHUP when there is a file; without one (the demo), it
+    // must not fall through to the default action, which kills the process.
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(tracing::info!("SIGTERM received")),
+            _ = int.recv() => return Ok(tracing::info!("SIGINT received")),
+            _ = hup.recv() => {}
+        }
     }
-    Ok(())
 }
 
 fn init_logging() {

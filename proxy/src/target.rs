@@ -5,6 +5,7 @@
 //! everything to the local application. Both hold their state in an [`ArcSwap`], so a reload
 //! swaps routing for the next request while requests in flight keep the target they got.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use proxy_core::{ProxyError, Reason};
 use proxy_metrics::http::{HttpFamilies, TargetMetrics};
 
 use crate::client::Pools;
-use crate::config::{EndpointSource, ProxySpec};
+use crate::config::{EndpointSource, ProxySpec, ServiceSpec};
 use crate::endpoints::Endpoints;
 
 /// A service requests can be sent to.
@@ -23,6 +24,8 @@ use crate::endpoints::Endpoints;
 pub struct Service {
     /// Its name in config.
     pub name: String,
+    /// Its config and fully qualified authority, to tell whether a reload changed it.
+    identity: Option<(ServiceSpec, String)>,
     /// Its endpoints.
     pub endpoints: Endpoints,
     /// Its metric handles.
@@ -57,6 +60,7 @@ impl Target {
 #[derive(Debug)]
 struct Routes {
     table: Table<Arc<Service>>,
+    by_name: HashMap<String, Arc<Service>>,
     passthrough: Option<Arc<TargetMetrics>>,
 }
 
@@ -70,25 +74,42 @@ impl OutboundResolver {
     /// Builds the routing state for `spec`.
     pub fn new(spec: &ProxySpec, pools: &Arc<Pools>, metrics: &Arc<HttpFamilies>) -> Self {
         Self {
-            routes: ArcSwap::from_pointee(build_routes(spec, pools, metrics)),
+            routes: ArcSwap::from_pointee(build_routes(spec, None, pools, metrics)),
         }
     }
 
-    /// Replaces the routing state (a config reload).
+    /// Replaces the routing state (a config reload). Services whose config is unchanged are
+    /// kept as they are, with their endpoints, DNS answers and balancing state.
     pub fn update(&self, spec: &ProxySpec, pools: &Arc<Pools>, metrics: &Arc<HttpFamilies>) {
+        let old = self.routes.load();
         self.routes
-            .store(Arc::new(build_routes(spec, pools, metrics)));
+            .store(Arc::new(build_routes(spec, Some(&old), pools, metrics)));
     }
 }
 
-fn build_routes(spec: &ProxySpec, pools: &Arc<Pools>, metrics: &Arc<HttpFamilies>) -> Routes {
-    let mut table = Table::new(spec.cluster_domain.clone());
+fn build_routes(
+    spec: &ProxySpec,
+    old: Option<&Routes>,
+    pools: &Arc<Pools>,
+    metrics: &Arc<HttpFamilies>,
+) -> Routes {
+    let mut table = Table::new(spec.cluster_domain.clone(), spec.namespace.clone());
+    let mut by_name = HashMap::new();
     for (name, svc) in &spec.services {
         let namespace = svc.namespace.as_deref().unwrap_or(&spec.namespace);
         let authority = format!(
             "{name}.{namespace}.svc.{}:{}",
             spec.cluster_domain, svc.port
         );
+        let identity = Some((svc.clone(), authority.clone()));
+        if let Some(kept) = old
+            .and_then(|o| o.by_name.get(name))
+            .filter(|s| s.identity == identity)
+        {
+            table.insert(name, namespace, svc.port, kept.clone());
+            by_name.insert(name.clone(), kept.clone());
+            continue;
+        }
         let endpoints = match &svc.endpoints {
             EndpointSource::Static(list) => Endpoints::fixed(list, pools),
             EndpointSource::Dns {
@@ -100,16 +121,22 @@ fn build_routes(spec: &ProxySpec, pools: &Arc<Pools>, metrics: &Arc<HttpFamilies
         let target_addr = format!("{name}:{}", svc.port);
         let service = Arc::new(Service {
             name: name.clone(),
+            identity,
             endpoints,
             metrics: metrics.target("outbound", &authority, &target_addr),
         });
-        table.insert(name, namespace, svc.port, service);
+        table.insert(name, namespace, svc.port, service.clone());
+        by_name.insert(name.clone(), service);
     }
     let passthrough = spec
         .outbound
         .passthrough
         .then(|| metrics.target("outbound", "passthrough", "passthrough"));
-    Routes { table, passthrough }
+    Routes {
+        table,
+        by_name,
+        passthrough,
+    }
 }
 
 impl Resolve for OutboundResolver {
@@ -173,6 +200,7 @@ fn build_app(spec: &ProxySpec, pools: &Arc<Pools>, metrics: &Arc<HttpFamilies>) 
     let addr = SocketAddr::new(spec.inbound.app_host, spec.inbound.app_port);
     Arc::new(Service {
         name: "app".into(),
+        identity: None,
         endpoints: Endpoints::fixed(&[addr], pools),
         metrics: metrics.target("inbound", "", &addr.to_string()),
     })
@@ -183,5 +211,46 @@ impl Resolve for InboundResolver {
 
     fn resolve(&self, _authority: Option<&Authority>) -> Result<Target, ProxyError> {
         Ok(Target::Service(self.app.load_full()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Settings;
+
+    fn spec(yaml_services: &str) -> ProxySpec {
+        let text = format!(
+            "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  services:\n{yaml_services}"
+        );
+        crate::config::parse(&text, None).unwrap().proxy
+    }
+
+    fn service(r: &OutboundResolver, host: &str) -> Arc<Service> {
+        match r.resolve(Some(&host.parse().unwrap())).unwrap() {
+            Target::Service(s) => s,
+            Target::Passthrough { .. } => panic!("not a service"),
+        }
+    }
+
+    #[test]
+    fn reloads_keep_unchanged_services_and_rebuild_changed_ones() {
+        let pools = Arc::new(Pools::new(Settings::default()));
+        let (metrics, _registry) = proxy_metrics::Metrics::new();
+        let before = spec("    a: {endpoints: [127.0.0.1:1]}\n    b: {endpoints: [127.0.0.1:2]}\n");
+        let r = OutboundResolver::new(&before, &pools, &metrics.http);
+        let (a1, b1) = (service(&r, "a"), service(&r, "b"));
+
+        let after = spec("    a: {endpoints: [127.0.0.1:1]}\n    b: {endpoints: [127.0.0.1:3]}\n");
+        r.update(&after, &pools, &metrics.http);
+        assert!(
+            Arc::ptr_eq(&a1, &service(&r, "a")),
+            "unchanged service kept"
+        );
+        assert!(
+            !Arc::ptr_eq(&b1, &service(&r, "b")),
+            "changed service rebuilt"
+        );
+        assert_eq!(service(&r, "b").endpoints.next().unwrap().addr().port(), 3);
     }
 }

@@ -189,12 +189,29 @@ impl ProxyConfig {
     }
 }
 
+/// An HTTP/1.1 client connection that waits for readiness before each request, as hyper
+/// requires: the end of one response body can reach the caller before the connection is
+/// idle again.
+#[derive(Debug)]
+pub struct H1(hyper::client::conn::http1::SendRequest<TestBody>);
+
+impl H1 {
+    /// Sends `req` once the connection is ready for it.
+    pub async fn send_request(
+        &mut self,
+        req: Request<TestBody>,
+    ) -> hyper::Result<Response<Incoming>> {
+        self.0.ready().await?;
+        self.0.send_request(req).await
+    }
+}
+
 /// An HTTP/1.1 client connection.
-pub async fn h1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<TestBody> {
+pub async fn h1(addr: SocketAddr) -> H1 {
     let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
     let (tx, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
     tokio::spawn(conn);
-    tx
+    H1(tx)
 }
 
 /// An h2c (prior knowledge) client connection.
@@ -314,7 +331,8 @@ where
 {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        if check().await {
+        // A check that hangs fails the test at the deadline rather than hanging it.
+        if let Ok(true) = tokio::time::timeout_at(deadline, check()).await {
             return;
         }
         assert!(

@@ -160,8 +160,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes the headers Skiff itself asserts, so a client cannot forge them.
-pub(super) fn strip_skiff_headers(headers: &mut HeaderMap) {
+/// Removes the headers Skiff itself asserts, so neither a client nor an upstream can forge
+/// them.
+pub fn strip_skiff_headers(headers: &mut HeaderMap) {
     let forged = |n: &HeaderName| n.as_str().starts_with("skiff-");
     if !headers.keys().any(forged) {
         return;
@@ -172,11 +173,12 @@ pub(super) fn strip_skiff_headers(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes hop-by-hop headers from an upstream response; a `101 Switching Protocols` keeps the
-/// pair that completes the upgrade.
+/// Removes hop-by-hop and `skiff-*` headers from an upstream response; a `101 Switching
+/// Protocols` keeps the pair that completes the upgrade.
 pub fn strip_response_headers(headers: &mut HeaderMap, switching_protocols: bool) {
     let upgrade = headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(headers);
+    strip_skiff_headers(headers);
     if switching_protocols {
         if let Some(upgrade) = upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

@@ -24,7 +24,7 @@ use crate::body::{self, Body, Guarded};
 use crate::error::ProxyError;
 use crate::BoxError;
 
-pub use headers::{strip_hop_by_hop, strip_response_headers};
+pub use headers::{strip_hop_by_hop, strip_response_headers, strip_skiff_headers};
 
 /// Marks a request as a WebSocket upgrade (HTTP/1.1 `Upgrade: websocket`), the one upgrade
 /// Skiff forwards.

@@ -156,7 +156,9 @@ fn response_hop_by_hop_is_stripped_but_upgrade_completes() {
     h.insert("connection", "upgrade".parse().unwrap());
     h.insert("upgrade", "websocket".parse().unwrap());
     h.insert("keep-alive", "x".parse().unwrap());
+    h.insert("skiff-error", "forged-by-upstream".parse().unwrap());
     strip_response_headers(&mut h, true);
+    assert!(h.get("skiff-error").is_none());
     assert_eq!(h["upgrade"], "websocket");
     assert!(h.get("keep-alive").is_none());
     strip_response_headers(&mut h, false);

@@ -1,5 +1,7 @@
 //! Service-name lookup that accepts every spelling a Kubernetes client uses for a service:
 //! `web`, `web.ns`, `web.ns.svc`, `web.ns.svc.cluster.local`, each with or without a port.
+//! As with cluster DNS search paths, the bare `web` means the service in the workload's own
+//! namespace.
 
 use std::collections::HashMap;
 
@@ -9,14 +11,17 @@ use http::uri::Authority;
 #[derive(Debug, Clone)]
 pub struct Table<T> {
     cluster_domain: String,
+    local_namespace: String,
     by_name: HashMap<String, Vec<(u16, T)>>,
 }
 
 impl<T> Table<T> {
-    /// An empty table for a cluster whose DNS domain is `cluster_domain` (`cluster.local`).
-    pub fn new(cluster_domain: impl Into<String>) -> Self {
+    /// An empty table for a workload in `local_namespace`, in a cluster whose DNS domain is
+    /// `cluster_domain` (`cluster.local`).
+    pub fn new(cluster_domain: impl Into<String>, local_namespace: impl Into<String>) -> Self {
         Self {
             cluster_domain: cluster_domain.into(),
+            local_namespace: local_namespace.into(),
             by_name: HashMap::new(),
         }
     }
@@ -27,13 +32,13 @@ impl<T> Table<T> {
         T: Clone,
     {
         let name = name.to_ascii_lowercase();
+        let local = (namespace == self.local_namespace).then(|| name.clone());
         let spellings = [
-            name.clone(),
             format!("{name}.{namespace}"),
             format!("{name}.{namespace}.svc"),
             format!("{name}.{namespace}.svc.{}", self.cluster_domain),
         ];
-        for key in spellings {
+        for key in local.into_iter().chain(spellings) {
             self.by_name
                 .entry(key)
                 .or_default()
@@ -67,9 +72,10 @@ mod tests {
     use super::*;
 
     fn table() -> Table<&'static str> {
-        let mut t = Table::new("cluster.local");
+        let mut t = Table::new("cluster.local", "prod");
         t.insert("web", "prod", 80, "web");
         t.insert("db", "prod", 5432, "db");
+        t.insert("cache", "infra", 6379, "cache");
         t
     }
 
@@ -99,5 +105,16 @@ mod tests {
         assert_eq!(find(&t, "web.staging"), None);
         assert_eq!(find(&t, "api"), None);
         assert_eq!(find(&t, "db:5432"), Some("db"));
+    }
+
+    #[test]
+    fn bare_names_mean_the_local_namespace() {
+        let t = table();
+        assert_eq!(find(&t, "cache"), None);
+        assert_eq!(find(&t, "cache.infra"), Some("cache"));
+        assert_eq!(
+            find(&t, "cache.infra.svc.cluster.local:6379"),
+            Some("cache")
+        );
     }
 }

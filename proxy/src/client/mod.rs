@@ -13,6 +13,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 pub use pool::{Pool, Protocol};
 
 /// Settings every upstream connection uses.
@@ -39,7 +41,8 @@ impl Default for Settings {
 /// Hands out the pool of each endpoint address.
 #[derive(Debug, Default)]
 pub struct Pools {
-    settings: Mutex<Settings>,
+    // Shared with every pool, so a reload's new timeouts apply to warm endpoints too.
+    settings: Arc<ArcSwap<Settings>>,
     // Weak: a pool lives as long as some service's endpoint list holds it.
     pools: Mutex<HashMap<SocketAddr, Weak<Pool>>>,
 }
@@ -48,14 +51,14 @@ impl Pools {
     /// Pools using `settings`.
     pub fn new(settings: Settings) -> Self {
         Self {
-            settings: Mutex::new(settings),
+            settings: Arc::new(ArcSwap::from_pointee(settings)),
             pools: Mutex::default(),
         }
     }
 
     /// Changes the settings for pools created from now on.
     pub fn set_settings(&self, settings: Settings) {
-        *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = settings;
+        self.settings.store(Arc::new(settings));
     }
 
     /// The pool for `addr`, created if no one holds one.
@@ -64,8 +67,7 @@ impl Pools {
         if let Some(pool) = pools.get(&addr).and_then(Weak::upgrade) {
             return pool;
         }
-        let settings = *self.settings.lock().unwrap_or_else(|e| e.into_inner());
-        let pool = Arc::new(Pool::new(addr, settings));
+        let pool = Arc::new(Pool::new(addr, self.settings.clone()));
         pools.retain(|_, p| p.strong_count() > 0);
         pools.insert(addr, Arc::downgrade(&pool));
         pool

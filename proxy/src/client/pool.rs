@@ -1,8 +1,9 @@
 //! One endpoint's connections (see the module docs of [`super`]).
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -31,7 +32,7 @@ struct Idle {
 /// The connections to one endpoint.
 pub struct Pool {
     addr: SocketAddr,
-    settings: Settings,
+    settings: Arc<ArcSwap<Settings>>,
     idle: Mutex<Vec<Idle>>,
     // An async mutex: the first request to find no connection dials while the others wait
     // and then share it, instead of each opening its own.
@@ -47,7 +48,7 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    pub(super) fn new(addr: SocketAddr, settings: Settings) -> Self {
+    pub(super) fn new(addr: SocketAddr, settings: Arc<ArcSwap<Settings>>) -> Self {
         Self {
             addr,
             settings,
@@ -63,7 +64,7 @@ impl Pool {
 
     /// Sends `req` (already in the upstream's form) and returns the response headers.
     pub async fn send(
-        self: &std::sync::Arc<Self>,
+        self: &Arc<Self>,
         req: Request<Body>,
         protocol: Protocol,
     ) -> Result<Response<Incoming>, ProxyError> {
@@ -87,7 +88,7 @@ impl Pool {
     }
 
     async fn send_http1(
-        self: &std::sync::Arc<Self>,
+        self: &Arc<Self>,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let mut req = req;
@@ -147,9 +148,10 @@ impl Pool {
     fn checkout(&self) -> Option<http1::SendRequest<Body>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
+        let idle_timeout = self.settings.load().idle_timeout;
         // Most recently used first: it is the most likely to still be open.
         while let Some(c) = idle.pop() {
-            if c.sender.is_ready() && now.duration_since(c.since) < self.settings.idle_timeout {
+            if c.sender.is_ready() && now.duration_since(c.since) < idle_timeout {
                 return Some(c.sender);
             }
         }
@@ -158,14 +160,14 @@ impl Pool {
 
     /// Returns the connection to the idle list once the response body has been read (hyper
     /// reports it ready again), or drops it if the connection closes instead.
-    fn checkin_when_ready(self: &std::sync::Arc<Self>, mut sender: http1::SendRequest<Body>) {
+    fn checkin_when_ready(self: &Arc<Self>, mut sender: http1::SendRequest<Body>) {
         let pool = self.clone();
         tokio::spawn(async move {
             if sender.ready().await.is_err() {
                 return;
             }
             let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.len() < pool.settings.max_idle {
+            if idle.len() < pool.settings.load().max_idle {
                 idle.push(Idle {
                     sender,
                     since: Instant::now(),
@@ -175,7 +177,7 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<TcpStream, ProxyError> {
-        let timeout = self.settings.connect_timeout;
+        let timeout = self.settings.load().connect_timeout;
         match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);

@@ -142,8 +142,9 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
                     }
                 }
             }
-            (Some(v), Some("Proxy")) => errors.push(doc_error(format!(
-                "apiVersion: `kind: Proxy` needs apiVersion {PROXY_API_VERSION}, got {v}"
+            (v, Some("Proxy")) => errors.push(doc_error(format!(
+                "apiVersion: `kind: Proxy` needs apiVersion {PROXY_API_VERSION}, got {}",
+                v.unwrap_or("none")
             ))),
             (_, Some(kind)) => errors.push(doc_error(format!(
                 "kind: {kind} is not supported by this version of Skiff"

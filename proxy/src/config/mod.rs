@@ -37,7 +37,8 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct ProxySpec {
-    /// This workload's namespace: services named without one are looked up here.
+    /// This workload's namespace: services without a `namespace` are in it, and only its
+    /// services answer to their bare name (`web` rather than `web.ns`).
     pub namespace: String,
     /// The cluster DNS domain, for `name.ns.svc.<domain>` authorities.
     pub cluster_domain: String,
@@ -218,7 +219,7 @@ impl Default for ShutdownSpec {
 }
 
 /// One service the application may call.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(
     try_from = "RawServiceSpec",
     into = "RawServiceSpec",
