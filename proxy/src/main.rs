@@ -141,13 +141,15 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     // The config watcher handles SIGHUP when there is a file; without one (the demo), it
     // must not fall through to the default action, which kills the process.
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    loop {
+    let name = loop {
         tokio::select! {
-            _ = term.recv() => return Ok(tracing::info!("SIGTERM received")),
-            _ = int.recv() => return Ok(tracing::info!("SIGINT received")),
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
             _ = hup.recv() => {}
         }
-    }
+    };
+    tracing::info!("{name} received");
+    Ok(())
 }
 
 fn init_logging() {
