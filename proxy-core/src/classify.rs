@@ -35,30 +35,65 @@ impl Class {
 }
 
 /// gRPC status UNAVAILABLE: the service is temporarily unable to answer.
-const GRPC_UNAVAILABLE: u32 = 14;
+pub const GRPC_UNAVAILABLE: u32 = 14;
 
-/// Classifies a finished response. `grpc_status` comes from the trailers (or the headers, for
-/// a trailers-only response); `error` is the proxy's own reason when Skiff answered itself.
+/// Decides success, failure and retryability. Metrics use the default; a retry policy
+/// configures which statuses it retries, and a status it lists (a 429, say) is a retryable
+/// failure from that policy's point of view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Classifier {
+    /// HTTP statuses a retry may fix.
+    pub retryable_statuses: Vec<u16>,
+    /// gRPC statuses a retry may fix.
+    pub retryable_grpc: Vec<u32>,
+}
+
+impl Default for Classifier {
+    fn default() -> Self {
+        Self {
+            retryable_statuses: vec![502, 503, 504],
+            retryable_grpc: vec![GRPC_UNAVAILABLE],
+        }
+    }
+}
+
+impl Classifier {
+    /// Classifies a finished response. `grpc_status` comes from the trailers (or the
+    /// headers, for a trailers-only response); `error` is the proxy's own reason when Skiff
+    /// answered itself.
+    pub fn classify(
+        &self,
+        status: StatusCode,
+        grpc_status: Option<u32>,
+        error: Option<Reason>,
+    ) -> Class {
+        if let Some(reason) = error {
+            let retryable = matches!(
+                reason,
+                Reason::UpstreamConnect | Reason::UpstreamReset | Reason::UpstreamTimeout
+            );
+            return Class::Failure { retryable };
+        }
+        if let Some(code) = grpc_status {
+            return match code {
+                0 => Class::Success,
+                c => Class::Failure {
+                    retryable: self.retryable_grpc.contains(&c),
+                },
+            };
+        }
+        if status.is_server_error() || self.retryable_statuses.contains(&status.as_u16()) {
+            return Class::Failure {
+                retryable: self.retryable_statuses.contains(&status.as_u16()),
+            };
+        }
+        Class::Success
+    }
+}
+
+/// Classifies with the default [`Classifier`].
 pub fn classify(status: StatusCode, grpc_status: Option<u32>, error: Option<Reason>) -> Class {
-    if let Some(reason) = error {
-        let retryable = matches!(
-            reason,
-            Reason::UpstreamConnect | Reason::UpstreamReset | Reason::UpstreamTimeout
-        );
-        return Class::Failure { retryable };
-    }
-    if let Some(code) = grpc_status {
-        return match code {
-            0 => Class::Success,
-            GRPC_UNAVAILABLE => Class::Failure { retryable: true },
-            _ => Class::Failure { retryable: false },
-        };
-    }
-    if status.is_server_error() {
-        let retryable = matches!(status.as_u16(), 502..=504);
-        return Class::Failure { retryable };
-    }
-    Class::Success
+    Classifier::default().classify(status, grpc_status, error)
 }
 
 /// Reads `grpc-status` from a header or trailer map.
@@ -105,6 +140,30 @@ mod tests {
         let c = classify(StatusCode::NOT_FOUND, None, Some(Reason::NoRoute));
         assert_eq!(c, Class::Failure { retryable: false });
         assert_eq!(c.as_label(), "failure");
+    }
+
+    #[test]
+    fn configured_statuses_widen_retries_but_not_failures() {
+        let c = Classifier {
+            retryable_statuses: vec![500, 429],
+            retryable_grpc: vec![],
+        };
+        assert_eq!(
+            c.classify(StatusCode::INTERNAL_SERVER_ERROR, None, None),
+            Class::Failure { retryable: true }
+        );
+        assert_eq!(
+            c.classify(StatusCode::SERVICE_UNAVAILABLE, None, None),
+            Class::Failure { retryable: false }
+        );
+        assert_eq!(
+            c.classify(StatusCode::TOO_MANY_REQUESTS, None, None),
+            Class::Failure { retryable: true }
+        );
+        assert_eq!(
+            c.classify(StatusCode::OK, Some(14), None),
+            Class::Failure { retryable: false }
+        );
     }
 
     #[test]

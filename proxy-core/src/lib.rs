@@ -5,6 +5,8 @@
 //!
 //! - [`normalize`]: one authority per request, hop-by-hop stripping, header limits, body guards.
 //! - [`route`]: picks the logical service a request is for, by its authority.
+//! - [`timeout`]: the whole-request and per-try deadlines.
+//! - [`retry`]: retries with a replay buffer, backoff and a budget.
 //! - [`respond`]: turns a failed request into the response the client sees (`skiff-error`).
 //! - [`future`]: the future of layers that pass a request on or refuse it.
 //! - [`error`]: the proxy's error type: what went wrong, who caused it, whether a retry may help.
@@ -20,7 +22,9 @@ pub mod error;
 pub mod future;
 pub mod normalize;
 pub mod respond;
+pub mod retry;
 pub mod route;
+pub mod timeout;
 
 /// The error type crossing service boundaries; leaves use typed errors and box them here.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -10,7 +10,9 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use proxy_core::normalize::{Limits, NormalizeLayer};
 use proxy_core::respond::RespondLayer;
+use proxy_core::retry::RetryLayer;
 use proxy_core::route::RouteLayer;
+use proxy_core::timeout::TimeoutLayer;
 use proxy_core::Body;
 use proxy_metrics::http::MetricsLayer;
 use tower::util::BoxCloneService;
@@ -30,6 +32,9 @@ pub fn outbound(state: &State) -> HttpService {
         .layer(RespondLayer)
         .layer(NormalizeLayer::new(limits(&state.spec.load())))
         .layer(RouteLayer::new(state.outbound.clone()))
+        .layer(TimeoutLayer::request())
+        .layer(RetryLayer)
+        .layer(TimeoutLayer::backend())
         .service(Forward::new(state.pools.clone()));
     BoxCloneService::new(chain)
 }

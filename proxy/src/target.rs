@@ -11,12 +11,15 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::uri::Authority;
+use proxy_core::classify::Classifier;
+use proxy_core::retry::{self, Backoff, BudgetParams};
 use proxy_core::route::{Resolve, Table};
+use proxy_core::timeout::Timeouts;
 use proxy_core::{ProxyError, Reason};
 use proxy_metrics::http::{HttpFamilies, TargetMetrics};
 
 use crate::client::Pools;
-use crate::config::{EndpointSource, ProxySpec, ServiceSpec};
+use crate::config::{Dur, EndpointSource, ProxySpec, RetrySpec, ServiceSpec, TimeoutsSpec};
 use crate::endpoints::Endpoints;
 
 /// A service requests can be sent to.
@@ -30,6 +33,10 @@ pub struct Service {
     pub endpoints: Endpoints,
     /// Its metric handles.
     pub metrics: Arc<TargetMetrics>,
+    /// Its retry policy, with the live budget.
+    pub retry: Option<Arc<retry::Policy>>,
+    /// Its deadlines.
+    pub timeouts: Timeouts,
 }
 
 /// Where one request goes.
@@ -119,11 +126,14 @@ fn build_routes(
             } => Endpoints::dns(host.clone(), *port, refresh.0, pools.clone()),
         };
         let target_addr = format!("{name}:{}", svc.port);
+        let target_metrics = metrics.target("outbound", &authority, &target_addr);
         let service = Arc::new(Service {
             name: name.clone(),
             identity,
             endpoints,
-            metrics: metrics.target("outbound", &authority, &target_addr),
+            retry: svc.retry.as_ref().map(|r| retry_policy(r, &target_metrics)),
+            timeouts: timeouts(&svc.timeouts),
+            metrics: target_metrics,
         });
         table.insert(name, namespace, svc.port, service.clone());
         by_name.insert(name.clone(), service);
@@ -139,10 +149,45 @@ fn build_routes(
     }
 }
 
-impl Resolve for OutboundResolver {
-    type Target = Target;
+fn retry_policy(spec: &RetrySpec, metrics: &Arc<TargetMetrics>) -> Arc<retry::Policy> {
+    let classifier = Classifier {
+        retryable_statuses: spec.codes.iter().map(|c| c.0).collect(),
+        retryable_grpc: spec.grpc_codes.clone(),
+    };
+    let backoff = Backoff {
+        base: spec.backoff.0,
+        max: spec.max_backoff.0,
+    };
+    let budget = BudgetParams {
+        ratio: spec.budget.ratio,
+        min_per_second: spec.budget.min_per_second,
+        ttl: spec.budget.ttl.0,
+    };
+    Arc::new(retry::Policy::new(
+        spec.attempts,
+        classifier,
+        backoff,
+        spec.non_idempotent,
+        budget,
+        metrics.clone(),
+    ))
+}
 
-    fn resolve(&self, authority: Option<&Authority>) -> Result<Target, ProxyError> {
+fn timeouts(spec: &TimeoutsSpec) -> Timeouts {
+    // `0s` means no deadline, as in Gateway API.
+    let enabled = |d: Option<Dur>| d.map(|d| d.0).filter(|d| !d.is_zero());
+    Timeouts {
+        request: enabled(spec.request),
+        backend_request: enabled(spec.backend_request),
+    }
+}
+
+impl Resolve for OutboundResolver {
+    fn resolve(
+        &self,
+        authority: Option<&Authority>,
+        extensions: &mut http::Extensions,
+    ) -> Result<(), ProxyError> {
         let Some(authority) = authority else {
             return Err(ProxyError::new(
                 Reason::NoRoute,
@@ -151,13 +196,21 @@ impl Resolve for OutboundResolver {
         };
         let routes = self.routes.load();
         if let Some(service) = routes.table.lookup(authority) {
-            return Ok(Target::Service(service.clone()));
+            if let Some(retry) = &service.retry {
+                extensions.insert(retry.clone());
+            }
+            extensions.insert(service.timeouts);
+            extensions.insert(Target::Service(service.clone()));
+            return Ok(());
         }
         match &routes.passthrough {
-            Some(metrics) => Ok(Target::Passthrough {
-                authority: authority.clone(),
-                metrics: metrics.clone(),
-            }),
+            Some(metrics) => {
+                extensions.insert(Target::Passthrough {
+                    authority: authority.clone(),
+                    metrics: metrics.clone(),
+                });
+                Ok(())
+            }
             None => Err(ProxyError::new(
                 Reason::NoRoute,
                 format!("no service matches authority {authority}"),
@@ -201,16 +254,21 @@ fn build_app(spec: &ProxySpec, pools: &Arc<Pools>, metrics: &Arc<HttpFamilies>) 
     Arc::new(Service {
         name: "app".into(),
         identity: None,
+        retry: None,
+        timeouts: Timeouts::default(),
         endpoints: Endpoints::fixed(&[addr], pools),
         metrics: metrics.target("inbound", "", &addr.to_string()),
     })
 }
 
 impl Resolve for InboundResolver {
-    type Target = Target;
-
-    fn resolve(&self, _authority: Option<&Authority>) -> Result<Target, ProxyError> {
-        Ok(Target::Service(self.app.load_full()))
+    fn resolve(
+        &self,
+        _authority: Option<&Authority>,
+        extensions: &mut http::Extensions,
+    ) -> Result<(), ProxyError> {
+        extensions.insert(Target::Service(self.app.load_full()));
+        Ok(())
     }
 }
 
@@ -227,7 +285,9 @@ mod tests {
     }
 
     fn service(r: &OutboundResolver, host: &str) -> Arc<Service> {
-        match r.resolve(Some(&host.parse().unwrap())).unwrap() {
+        let mut ext = http::Extensions::new();
+        r.resolve(Some(&host.parse().unwrap()), &mut ext).unwrap();
+        match ext.remove::<Target>().unwrap() {
             Target::Service(s) => s,
             Target::Passthrough { .. } => panic!("not a service"),
         }

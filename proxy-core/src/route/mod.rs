@@ -1,8 +1,8 @@
 //! Routing: which logical service a request is for.
 //!
-//! [`Route`] asks a [`Resolve`] implementation for the request's target (by the authority
-//! that [`crate::normalize`] settled on), stores it in the request's extensions for the
-//! layers below, or refuses the request with `no-route`. [`Table`] is the name lookup most
+//! [`Route`] asks a [`Resolve`] implementation to route the request (by the authority that
+//! [`crate::normalize`] settled on): it stores the target and its policies in the request's
+//! extensions for the layers below, or refuses the request with `no-route`. [`Table`] is the name lookup most
 //! resolvers use: it knows the Kubernetes spellings of a service name.
 
 mod table;
@@ -21,11 +21,14 @@ pub use table::Table;
 /// Finds the target of a request. Implemented by the binary over its live configuration, so a
 /// reload changes routing for the next request without touching open connections.
 pub trait Resolve: Send + Sync + 'static {
-    /// What a request is routed to; stored in the request's extensions.
-    type Target: Clone + Send + Sync + 'static;
-
-    /// Resolves a request with the given authority (none for HTTP/1.0 without `Host`).
-    fn resolve(&self, authority: Option<&Authority>) -> Result<Self::Target, ProxyError>;
+    /// Resolves a request with the given authority (none for HTTP/1.0 without `Host`),
+    /// storing in `extensions` what the layers below need: the target, and its policies
+    /// (a [`crate::retry::Policy`], [`crate::timeout::Timeouts`]).
+    fn resolve(
+        &self,
+        authority: Option<&Authority>,
+        extensions: &mut http::Extensions,
+    ) -> Result<(), ProxyError>;
 }
 
 /// Routes requests to the target their authority names.
@@ -93,10 +96,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let target = self.resolver.resolve(req.extensions().get::<Authority>());
-        ResponseFuture::new(target.map(|t| {
-            req.extensions_mut().insert(t);
-            self.inner.call(req)
-        }))
+        let authority = req.extensions().get::<Authority>().cloned();
+        let routed = self
+            .resolver
+            .resolve(authority.as_ref(), req.extensions_mut());
+        ResponseFuture::new(routed.map(|()| self.inner.call(req)))
     }
 }

@@ -38,6 +38,8 @@ pub struct HttpFamilies {
     requests: Family<Labels, Counter>,
     responses: Family<Labels, Counter>,
     latency: HistogramFamily,
+    retries: Family<Labels, Counter>,
+    budget_exhausted: Family<Labels, Counter>,
 }
 
 impl HttpFamilies {
@@ -46,7 +48,19 @@ impl HttpFamilies {
             requests: Family::default(),
             responses: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            retries: Family::default(),
+            budget_exhausted: Family::default(),
         };
+        registry.register(
+            "skiff_retries",
+            "Retries sent (tries after the first)",
+            this.retries.clone(),
+        );
+        registry.register(
+            "skiff_retry_budget_exhausted",
+            "Retries wanted but refused because the retry budget was spent",
+            this.budget_exhausted.clone(),
+        );
         registry.register("request", "Requests sent", this.requests.clone());
         registry.register(
             "response",
@@ -76,6 +90,8 @@ impl HttpFamilies {
         ];
         Arc::new(TargetMetrics {
             request_total: self.requests.get_or_create(&base).clone(),
+            retries: self.retries.get_or_create(&base).clone(),
+            budget_exhausted: self.budget_exhausted.get_or_create(&base).clone(),
             families: self.clone(),
             base,
             responses: Mutex::default(),
@@ -99,10 +115,22 @@ pub struct TargetMetrics {
     base: Labels,
     families: Arc<HttpFamilies>,
     request_total: Counter,
+    retries: Counter,
+    budget_exhausted: Counter,
     // Caches of handles by status: a target sees a handful of statuses, so these stay small
     // and the family's label hashing happens once per status, not per request.
     responses: Mutex<HashMap<ResponseKey, Counter>>,
     latencies: Mutex<HashMap<u16, Histogram>>,
+}
+
+impl proxy_core::retry::RetryObserver for TargetMetrics {
+    fn retried(&self) {
+        self.retries.inc();
+    }
+
+    fn budget_exhausted(&self) {
+        self.budget_exhausted.inc();
+    }
 }
 
 impl TargetMetrics {

@@ -219,7 +219,7 @@ impl Default for ShutdownSpec {
 }
 
 /// One service the application may call.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(
     try_from = "RawServiceSpec",
     into = "RawServiceSpec",
@@ -232,6 +232,137 @@ pub struct ServiceSpec {
     pub namespace: Option<String>,
     /// Where its endpoints come from.
     pub endpoints: EndpointSource,
+    /// Deadlines for its requests.
+    pub timeouts: TimeoutsSpec,
+    /// Retries of its failed requests; none when absent.
+    pub retry: Option<RetrySpec>,
+}
+
+/// Deadlines, with Gateway API's meaning: `request` bounds the whole request including
+/// retries (504 `request-timeout`), `backendRequest` each try (504 `upstream-timeout`, which
+/// may be retried). Both run until the response headers arrive; absent or `0s` is none.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct TimeoutsSpec {
+    /// The whole request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<Dur>,
+    /// Each try.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_request: Option<Dur>,
+}
+
+/// When and how failed requests are retried.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetrySpec {
+    /// Retries after the first try (Gateway API's `attempts`).
+    pub attempts: u32,
+    /// HTTP statuses that are retried (for idempotent requests).
+    pub codes: Vec<StatusCode>,
+    /// gRPC statuses (trailers-only responses) that are retried.
+    pub grpc_codes: Vec<u32>,
+    /// The wait before the first retry; it doubles each time, with jitter.
+    pub backoff: Dur,
+    /// The longest wait between tries.
+    pub max_backoff: Dur,
+    /// Also retry POST and PATCH after failures other than a refused connect.
+    pub non_idempotent: bool,
+    /// How much extra load retries may add.
+    pub budget: BudgetSpec,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        Self {
+            attempts: 2,
+            codes: [502, 503, 504].into_iter().map(StatusCode).collect(),
+            grpc_codes: vec![14],
+            backoff: Dur::millis(25),
+            max_backoff: Dur::millis(250),
+            non_idempotent: false,
+            budget: BudgetSpec::default(),
+        }
+    }
+}
+
+/// An HTTP status code, 100 to 599.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct StatusCode(pub u16);
+
+impl<'de> Deserialize<'de> for StatusCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let code = u16::deserialize(d)?;
+        if !(100..=599).contains(&code) {
+            return Err(serde::de::Error::custom(format!(
+                "{code} is not an HTTP status (100-599)"
+            )));
+        }
+        Ok(Self(code))
+    }
+}
+
+/// The retry budget: retries may add `ratio` extra load over the last `ttl`, plus
+/// `minPerSecond` retries a second so a quiet service can still retry.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(try_from = "RawBudget")]
+pub struct BudgetSpec {
+    /// Retries per original request: 0.2 is 20% extra load. 0 to 10.
+    pub ratio: f32,
+    /// Retries a second allowed regardless of traffic.
+    pub min_per_second: u32,
+    /// The window requests count in: 1s to 60s.
+    pub ttl: Dur,
+}
+
+impl Default for BudgetSpec {
+    fn default() -> Self {
+        Self {
+            ratio: 0.2,
+            min_per_second: 10,
+            ttl: Dur::secs(10),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+struct RawBudget {
+    ratio: f32,
+    min_per_second: u32,
+    ttl: Dur,
+}
+
+impl Default for RawBudget {
+    fn default() -> Self {
+        let d = BudgetSpec::default();
+        Self {
+            ratio: d.ratio,
+            min_per_second: d.min_per_second,
+            ttl: d.ttl,
+        }
+    }
+}
+
+impl TryFrom<RawBudget> for BudgetSpec {
+    type Error = String;
+
+    fn try_from(raw: RawBudget) -> Result<Self, String> {
+        if !(0.0..=10.0).contains(&raw.ratio) {
+            return Err(format!("ratio must be between 0 and 10, got {}", raw.ratio));
+        }
+        if !(Dur::secs(1)..=Dur::secs(60)).contains(&raw.ttl) {
+            return Err(format!("ttl must be between 1s and 60s, got {}", raw.ttl));
+        }
+        if raw.min_per_second > 1_000_000 {
+            return Err("minPerSecond must be at most 1000000".into());
+        }
+        Ok(Self {
+            ratio: raw.ratio,
+            min_per_second: raw.min_per_second,
+            ttl: raw.ttl,
+        })
+    }
 }
 
 /// Where a service's endpoints come from.
@@ -265,6 +396,10 @@ struct RawServiceSpec {
     dns: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     dns_refresh: Option<Dur>,
+    #[serde(default)]
+    timeouts: TimeoutsSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retry: Option<RetrySpec>,
 }
 
 fn default_service_port() -> u16 {
@@ -307,10 +442,17 @@ impl TryFrom<RawServiceSpec> for ServiceSpec {
                 }
             }
         };
+        if let Some(r) = &raw.retry {
+            if r.backoff > r.max_backoff {
+                return Err("retry.backoff must not exceed retry.maxBackoff".into());
+            }
+        }
         Ok(Self {
             port: raw.port,
             namespace: raw.namespace,
             endpoints,
+            timeouts: raw.timeouts,
+            retry: raw.retry,
         })
     }
 }
@@ -331,6 +473,8 @@ impl From<ServiceSpec> for RawServiceSpec {
             endpoints,
             dns,
             dns_refresh,
+            timeouts: s.timeouts,
+            retry: s.retry,
         }
     }
 }

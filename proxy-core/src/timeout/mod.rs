@@ -1,0 +1,156 @@
+//! Deadlines on requests, in Gateway API's two flavours: `request`, the whole request
+//! including retries, and `backendRequest`, each try.
+//!
+//! The durations come from the [`Timeouts`] the router stored in the request's extensions,
+//! so each service (or route) carries its own. A deadline runs until the response headers
+//! arrive; an expired `request` deadline answers 504 `request-timeout`, an expired
+//! `backendRequest` deadline 504 `upstream-timeout`, which a retry may follow.
+
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use tokio::time::{sleep, Sleep};
+use tower::{Layer, Service};
+
+use crate::error::{ProxyError, Reason};
+use crate::BoxError;
+
+/// A target's deadlines; `None` (or `0s` in config) means no deadline.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    /// The whole request, retries and backoff included.
+    pub request: Option<Duration>,
+    /// Each try.
+    pub backend_request: Option<Duration>,
+}
+
+/// Which deadline a [`Timeout`] enforces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// [`Timeouts::request`].
+    Request,
+    /// [`Timeouts::backend_request`].
+    Backend,
+}
+
+/// Enforces one of the request's [`Timeouts`] on `S`.
+#[derive(Clone, Debug)]
+pub struct Timeout<S> {
+    inner: S,
+    scope: Scope,
+}
+
+/// Applies [`Timeout`].
+#[derive(Clone, Copy, Debug)]
+pub struct TimeoutLayer {
+    scope: Scope,
+}
+
+impl TimeoutLayer {
+    /// The whole-request deadline (place above retries).
+    pub fn request() -> Self {
+        Self {
+            scope: Scope::Request,
+        }
+    }
+
+    /// The per-try deadline (place below retries).
+    pub fn backend() -> Self {
+        Self {
+            scope: Scope::Backend,
+        }
+    }
+}
+
+impl<S> Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+
+    fn layer(&self, inner: S) -> Timeout<S> {
+        Timeout {
+            inner,
+            scope: self.scope,
+        }
+    }
+}
+
+impl<S, B> Service<Request<B>> for Timeout<S>
+where
+    S: Service<Request<B>, Error = BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let timeouts = req
+            .extensions()
+            .get::<Timeouts>()
+            .copied()
+            .unwrap_or_default();
+        let limit = match self.scope {
+            Scope::Request => timeouts.request,
+            Scope::Backend => timeouts.backend_request,
+        };
+        ResponseFuture {
+            inner: self.inner.call(req),
+            sleep: limit.map(sleep),
+            limit,
+            scope: self.scope,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Timeout`].
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: Option<Sleep>,
+        limit: Option<Duration>,
+        scope: Scope,
+    }
+}
+
+impl<F, T> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<T, BoxError>>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(result) = this.inner.poll(cx) {
+            return Poll::Ready(result);
+        }
+        if let Some(sleep) = this.sleep.as_pin_mut() {
+            std::task::ready!(sleep.poll(cx));
+            let limit = this.limit.unwrap_or_default();
+            let err = match this.scope {
+                Scope::Request => ProxyError::new(
+                    Reason::RequestTimeout,
+                    format!("no response within the request timeout of {limit:?}"),
+                )
+                .with_status(StatusCode::GATEWAY_TIMEOUT),
+                Scope::Backend => ProxyError::new(
+                    Reason::UpstreamTimeout,
+                    format!("the upstream did not answer within {limit:?}"),
+                )
+                .with_retryable(true),
+            };
+            return Poll::Ready(Err(Box::new(err)));
+        }
+        Poll::Pending
+    }
+}
