@@ -133,8 +133,8 @@ pub async fn hello(body: &'static str) -> Backend {
 pub struct ProxyConfig {
     /// The inbound application's port.
     pub app_port: u16,
-    /// Services: name and static endpoints.
-    pub services: Vec<(String, Vec<SocketAddr>)>,
+    /// Services: name, static endpoints, and more YAML for the service (indented six spaces).
+    pub services: Vec<(String, Vec<SocketAddr>, String)>,
     /// More YAML under `spec:` (indented by two spaces), e.g. limits.
     pub extra: String,
     /// `outbound.passthrough`.
@@ -151,8 +151,14 @@ impl ProxyConfig {
     }
 
     /// Adds a service.
-    pub fn service(mut self, name: &str, endpoints: &[SocketAddr]) -> Self {
-        self.services.push((name.to_owned(), endpoints.to_vec()));
+    pub fn service(self, name: &str, endpoints: &[SocketAddr]) -> Self {
+        self.service_with(name, endpoints, "")
+    }
+
+    /// Adds a service with more settings, as YAML lines under the service (six spaces in).
+    pub fn service_with(mut self, name: &str, endpoints: &[SocketAddr], yaml: &str) -> Self {
+        self.services
+            .push((name.to_owned(), endpoints.to_vec(), yaml.to_owned()));
         self
     }
 
@@ -171,10 +177,10 @@ impl ProxyConfig {
         y.push_str(&self.extra);
         if !self.services.is_empty() {
             y.push_str("  services:\n");
-            for (name, eps) in &self.services {
+            for (name, eps, more) in &self.services {
                 let list: Vec<String> = eps.iter().map(ToString::to_string).collect();
                 y.push_str(&format!(
-                    "    {name}:\n      endpoints: [{}]\n",
+                    "    {name}:\n      endpoints: [{}]\n{more}",
                     list.join(", ")
                 ));
             }
