@@ -7,6 +7,7 @@
 //! - [`route`]: picks the logical service a request is for, by its authority.
 //! - [`timeout`]: the whole-request and per-try deadlines.
 //! - [`retry`]: retries with a replay buffer, backoff and a budget.
+//! - [`breaker`]: circuit breaking per endpoint (Closed, Open, HalfOpen).
 //! - [`respond`]: turns a failed request into the response the client sees (`skiff-error`).
 //! - [`future`]: the future of layers that pass a request on or refuse it.
 //! - [`error`]: the proxy's error type: what went wrong, who caused it, whether a retry may help.
@@ -17,6 +18,7 @@
 //! The binary (`skiff`) assembles these into one `ServiceBuilder` chain per direction.
 
 pub mod body;
+pub mod breaker;
 pub mod classify;
 pub mod error;
 pub mod future;

@@ -1,6 +1,6 @@
 //! A service's endpoints: a fixed list, or a DNS name re-resolved in the background (a
-//! headless Kubernetes Service resolves to its pods). Requests pick endpoints round-robin;
-//! balancing by load comes with the balancer layer.
+//! headless Kubernetes Service resolves to its pods). Each endpoint has its connection pool
+//! and, when the service has a breaker, its own circuit-breaker [`Gate`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,14 +8,64 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use proxy_core::breaker::{self, BreakerObserver, Gate};
 use tokio::task::JoinHandle;
 
 use crate::client::{Pool, Pools};
 
+/// One endpoint of one service.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Its connections (shared with other services that name the same address).
+    pub pool: Arc<Pool>,
+    /// Its circuit breaker, if the service has one.
+    pub gate: Option<Arc<Gate>>,
+}
+
+/// How to give endpoints breakers: the service's settings and where transitions are told.
+#[derive(Clone, Debug)]
+pub struct BreakerConfig {
+    /// Ejection rules.
+    pub settings: breaker::Settings,
+    /// Metrics.
+    pub observer: Arc<dyn BreakerObserver>,
+}
+
+/// Builds endpoints for addresses, keeping those already built (and their breaker state).
+#[derive(Clone, Debug)]
+struct Maker {
+    pools: Arc<Pools>,
+    breaker: Option<BreakerConfig>,
+}
+
+impl Maker {
+    fn build(&self, addrs: &[SocketAddr], old: &[Arc<Endpoint>]) -> Vec<Arc<Endpoint>> {
+        addrs
+            .iter()
+            .map(|addr| {
+                if let Some(kept) = old.iter().find(|e| e.pool.addr() == *addr) {
+                    return kept.clone();
+                }
+                let gate = self.breaker.as_ref().map(|b| {
+                    Arc::new(Gate::new(
+                        addr.to_string(),
+                        b.settings.clone(),
+                        b.observer.clone(),
+                    ))
+                });
+                Arc::new(Endpoint {
+                    pool: self.pools.get(*addr),
+                    gate,
+                })
+            })
+            .collect()
+    }
+}
+
 /// The endpoints of one service.
 #[derive(Debug)]
 pub struct Endpoints {
-    current: Arc<ArcSwap<Vec<Arc<Pool>>>>,
+    current: Arc<ArcSwap<Vec<Arc<Endpoint>>>>,
     next: AtomicUsize,
     // Stops re-resolution when the service is replaced by a reload.
     _resolver: Option<AbortOnDrop>,
@@ -23,10 +73,13 @@ pub struct Endpoints {
 
 impl Endpoints {
     /// A fixed list.
-    pub fn fixed(addrs: &[SocketAddr], pools: &Pools) -> Self {
-        let list = addrs.iter().map(|a| pools.get(*a)).collect();
+    pub fn fixed(addrs: &[SocketAddr], pools: &Arc<Pools>, breaker: Option<BreakerConfig>) -> Self {
+        let maker = Maker {
+            pools: pools.clone(),
+            breaker,
+        };
         Self {
-            current: Arc::new(ArcSwap::from_pointee(list)),
+            current: Arc::new(ArcSwap::from_pointee(maker.build(addrs, &[]))),
             next: AtomicUsize::new(0),
             _resolver: None,
         }
@@ -34,8 +87,18 @@ impl Endpoints {
 
     /// `host:port`, resolved now and every `refresh`. Until the first answer the service has
     /// no endpoints (503 `no-endpoints`); a failed lookup keeps the last good answer.
-    pub fn dns(host: String, port: u16, refresh: Duration, pools: Arc<Pools>) -> Self {
-        let current: Arc<ArcSwap<Vec<Arc<Pool>>>> = Arc::default();
+    pub fn dns(
+        host: String,
+        port: u16,
+        refresh: Duration,
+        pools: &Arc<Pools>,
+        breaker: Option<BreakerConfig>,
+    ) -> Self {
+        let maker = Maker {
+            pools: pools.clone(),
+            breaker,
+        };
+        let current: Arc<ArcSwap<Vec<Arc<Endpoint>>>> = Arc::default();
         let target = current.clone();
         let task = tokio::spawn(async move {
             let mut last: Vec<SocketAddr> = Vec::new();
@@ -47,7 +110,8 @@ impl Endpoints {
                         addrs.dedup();
                         if addrs != last {
                             tracing::info!(%host, endpoints = ?addrs, "DNS endpoints changed");
-                            target.store(Arc::new(addrs.iter().map(|a| pools.get(*a)).collect()));
+                            let old = target.load_full();
+                            target.store(Arc::new(maker.build(&addrs, &old)));
                             last = addrs;
                         }
                     }
@@ -65,14 +129,12 @@ impl Endpoints {
         }
     }
 
-    /// The next endpoint, round-robin; `None` when there are none.
-    pub fn next(&self) -> Option<Arc<Pool>> {
-        let list = self.current.load();
-        if list.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % list.len();
-        Some(list[i].clone())
+    /// The current endpoints and a round-robin starting index.
+    pub fn snapshot(&self) -> (Arc<Vec<Arc<Endpoint>>>, usize) {
+        (
+            self.current.load_full(),
+            self.next.fetch_add(1, Ordering::Relaxed),
+        )
     }
 }
 
@@ -91,31 +153,31 @@ mod tests {
     use crate::client::Settings;
 
     #[test]
-    fn round_robin_over_fixed_endpoints() {
-        let pools = Pools::new(Settings::default());
+    fn fixed_endpoints_keep_their_order() {
+        let pools = Arc::new(Pools::new(Settings::default()));
         let addrs: Vec<SocketAddr> = vec![
             "127.0.0.1:1".parse().unwrap(),
             "127.0.0.1:2".parse().unwrap(),
         ];
-        let e = Endpoints::fixed(&addrs, &pools);
-        let picks: Vec<u16> = (0..4).map(|_| e.next().unwrap().addr().port()).collect();
-        assert_eq!(picks, [1, 2, 1, 2]);
-        assert!(Endpoints::fixed(&[], &pools).next().is_none());
+        let e = Endpoints::fixed(&addrs, &pools, None);
+        let (list, _) = e.snapshot();
+        let ports: Vec<u16> = list.iter().map(|e| e.pool.addr().port()).collect();
+        assert_eq!(ports, [1, 2]);
+        assert!(Endpoints::fixed(&[], &pools, None).snapshot().0.is_empty());
     }
 
     #[tokio::test]
     async fn dns_names_resolve_in_the_background() {
         let pools = Arc::new(Pools::new(Settings::default()));
-        let e = Endpoints::dns("localhost".into(), 9, Duration::from_secs(60), pools);
+        let e = Endpoints::dns("localhost".into(), 9, Duration::from_secs(60), &pools, None);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while e.next().is_none() {
+        while e.snapshot().0.is_empty() {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "localhost never resolved"
             );
-            tokio::task::yield_now().await;
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert!(e.next().unwrap().addr().ip().is_loopback());
+        assert!(e.snapshot().0[0].pool.addr().ip().is_loopback());
     }
 }

@@ -1,5 +1,5 @@
-//! The innermost service of both directions: sends a routed request to one endpoint of its
-//! target and hands back the upstream's response.
+//! The innermost service of both directions: sends a request to the endpoint picked for it
+//! and hands back the upstream's response.
 //!
 //! It rewrites the request into the upstream protocol's form (HTTP/1: origin-form URI and a
 //! `Host` header; HTTP/2: the authority in the URI), keeps the client's protocol (an HTTP/2
@@ -7,7 +7,6 @@
 //! and splices WebSocket upgrades into a byte tunnel.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -20,24 +19,14 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use proxy_core::normalize::{strip_response_headers, WebSocketUpgrade};
 use proxy_core::{body, Body, BoxError, ProxyError, Reason};
-use proxy_metrics::http::MetricsSlot;
 use tower::Service;
 
-use crate::client::{Pool, Pools, Protocol};
-use crate::target::Target;
+use crate::client::{Pool, Protocol};
+use crate::endpoints::Endpoint;
 
-/// Sends requests to their target's endpoints.
-#[derive(Clone, Debug)]
-pub struct Forward {
-    pools: Arc<Pools>,
-}
-
-impl Forward {
-    /// A forwarder drawing connections from `pools`.
-    pub fn new(pools: Arc<Pools>) -> Self {
-        Self { pools }
-    }
-}
+/// Sends requests to the endpoint picked for them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Forward;
 
 impl Service<Request<Body>> for Forward {
     type Response = Response<Body>;
@@ -49,27 +38,21 @@ impl Service<Request<Body>> for Forward {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let pools = self.pools.clone();
-        Box::pin(async move { forward(&pools, req).await.map_err(Into::into) })
+        Box::pin(async move { forward(req).await.map_err(Into::into) })
     }
 }
 
-async fn forward(pools: &Pools, mut req: Request<Body>) -> Result<Response<Body>, ProxyError> {
-    let target = req.extensions_mut().remove::<Target>().ok_or_else(|| {
-        ProxyError::new(Reason::Internal, "request reached the forwarder unrouted")
-    })?;
-    if let Some(slot) = req.extensions().get::<MetricsSlot>() {
-        slot.start(target.metrics());
-    }
-    let pool = match &target {
-        Target::Service(service) => service.endpoints.next().ok_or_else(|| {
+async fn forward(req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+    let pool = req
+        .extensions()
+        .get::<Arc<Endpoint>>()
+        .map(|e| e.pool.clone())
+        .ok_or_else(|| {
             ProxyError::new(
-                Reason::NoEndpoints,
-                format!("service {} has no endpoints", service.name),
+                Reason::Internal,
+                "request reached the forwarder without an endpoint",
             )
-        })?,
-        Target::Passthrough { authority, .. } => pools.get(resolve(authority).await?),
-    };
+        })?;
 
     if req.extensions().get::<WebSocketUpgrade>().is_some() {
         return upgrade(&pool, req).await;
@@ -178,23 +161,4 @@ async fn upgrade(pool: &Pool, mut req: Request<Body>) -> Result<Response<Body>, 
         });
     }
     Ok(downstream_form(rsp))
-}
-
-/// Resolves a passthrough authority (port 80 when none is given).
-async fn resolve(authority: &Authority) -> Result<SocketAddr, ProxyError> {
-    let port = authority.port_u16().unwrap_or(80);
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    tokio::net::lookup_host((host, port))
-        .await
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| {
-            ProxyError::new(
-                Reason::UpstreamConnect,
-                format!("cannot resolve passthrough authority {authority}"),
-            )
-        })
 }

@@ -15,6 +15,7 @@ pub mod drain;
 pub mod endpoints;
 pub mod forward;
 pub mod head_timeout;
+pub mod pick;
 pub mod reload;
 pub mod runtime;
 pub mod serve;

@@ -8,6 +8,7 @@ use std::convert::Infallible;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use proxy_core::breaker::BreakerLayer;
 use proxy_core::normalize::{Limits, NormalizeLayer};
 use proxy_core::respond::RespondLayer;
 use proxy_core::retry::RetryLayer;
@@ -20,6 +21,7 @@ use tower::ServiceBuilder;
 
 use crate::config::ProxySpec;
 use crate::forward::Forward;
+use crate::pick::PickLayer;
 use crate::state::State;
 
 /// A direction's HTTP service, type-erased.
@@ -34,8 +36,10 @@ pub fn outbound(state: &State) -> HttpService {
         .layer(RouteLayer::new(state.outbound.clone()))
         .layer(TimeoutLayer::request())
         .layer(RetryLayer)
+        .layer(PickLayer::new(state.pools.clone()))
+        .layer(BreakerLayer)
         .layer(TimeoutLayer::backend())
-        .service(Forward::new(state.pools.clone()));
+        .service(Forward);
     BoxCloneService::new(chain)
 }
 
@@ -46,7 +50,8 @@ pub fn inbound(state: &State) -> HttpService {
         .layer(RespondLayer)
         .layer(NormalizeLayer::new(limits(&state.spec.load())))
         .layer(RouteLayer::new(state.inbound.clone()))
-        .service(Forward::new(state.pools.clone()));
+        .layer(PickLayer::new(state.pools.clone()))
+        .service(Forward);
     BoxCloneService::new(chain)
 }
 

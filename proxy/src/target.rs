@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::uri::Authority;
+use proxy_core::breaker;
 use proxy_core::classify::Classifier;
 use proxy_core::retry::{self, Backoff, BudgetParams};
 use proxy_core::route::{Resolve, Table};
@@ -19,8 +20,10 @@ use proxy_core::{ProxyError, Reason};
 use proxy_metrics::http::{HttpFamilies, TargetMetrics};
 
 use crate::client::Pools;
-use crate::config::{Dur, EndpointSource, ProxySpec, RetrySpec, ServiceSpec, TimeoutsSpec};
-use crate::endpoints::Endpoints;
+use crate::config::{
+    BreakerSpec, Dur, EndpointSource, ProxySpec, RetrySpec, ServiceSpec, TimeoutsSpec,
+};
+use crate::endpoints::{BreakerConfig, Endpoints};
 
 /// A service requests can be sent to.
 #[derive(Debug)]
@@ -117,16 +120,20 @@ fn build_routes(
             by_name.insert(name.clone(), kept.clone());
             continue;
         }
+        let target_addr = format!("{name}:{}", svc.port);
+        let target_metrics = metrics.target("outbound", &authority, &target_addr);
+        let breaker = svc
+            .breaker
+            .as_ref()
+            .map(|b| breaker_config(b, &target_metrics));
         let endpoints = match &svc.endpoints {
-            EndpointSource::Static(list) => Endpoints::fixed(list, pools),
+            EndpointSource::Static(list) => Endpoints::fixed(list, pools, breaker),
             EndpointSource::Dns {
                 host,
                 port,
                 refresh,
-            } => Endpoints::dns(host.clone(), *port, refresh.0, pools.clone()),
+            } => Endpoints::dns(host.clone(), *port, refresh.0, pools, breaker),
         };
-        let target_addr = format!("{name}:{}", svc.port);
-        let target_metrics = metrics.target("outbound", &authority, &target_addr);
         let service = Arc::new(Service {
             name: name.clone(),
             identity,
@@ -171,6 +178,22 @@ fn retry_policy(spec: &RetrySpec, metrics: &Arc<TargetMetrics>) -> Arc<retry::Po
         budget,
         metrics.clone(),
     ))
+}
+
+fn breaker_config(spec: &BreakerSpec, metrics: &Arc<TargetMetrics>) -> BreakerConfig {
+    BreakerConfig {
+        settings: breaker::Settings {
+            consecutive_failures: spec.consecutive_failures,
+            failure_rate: spec.failure_rate.map(|r| breaker::FailureRate {
+                threshold: r.threshold,
+                min_requests: r.min_requests,
+                window: r.window.0,
+            }),
+            backoff: spec.backoff.0,
+            max_backoff: spec.max_backoff.0,
+        },
+        observer: metrics.clone(),
+    }
 }
 
 fn timeouts(spec: &TimeoutsSpec) -> Timeouts {
@@ -240,12 +263,8 @@ impl InboundResolver {
 
     /// The application's address.
     pub fn app_addr(&self) -> SocketAddr {
-        self.app
-            .load()
-            .endpoints
-            .next()
-            .map(|p| p.addr())
-            .expect("the app target has one endpoint")
+        let (list, _) = self.app.load().endpoints.snapshot();
+        list[0].pool.addr()
     }
 }
 
@@ -256,7 +275,7 @@ fn build_app(spec: &ProxySpec, pools: &Arc<Pools>, metrics: &Arc<HttpFamilies>) 
         identity: None,
         retry: None,
         timeouts: Timeouts::default(),
-        endpoints: Endpoints::fixed(&[addr], pools),
+        endpoints: Endpoints::fixed(&[addr], pools, None),
         metrics: metrics.target("inbound", "", &addr.to_string()),
     })
 }
@@ -311,6 +330,12 @@ mod tests {
             !Arc::ptr_eq(&b1, &service(&r, "b")),
             "changed service rebuilt"
         );
-        assert_eq!(service(&r, "b").endpoints.next().unwrap().addr().port(), 3);
+        assert_eq!(
+            service(&r, "b").endpoints.snapshot().0[0]
+                .pool
+                .addr()
+                .port(),
+            3
+        );
     }
 }

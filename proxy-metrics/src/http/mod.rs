@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use proxy_core::classify::Class;
@@ -40,6 +41,8 @@ pub struct HttpFamilies {
     latency: HistogramFamily,
     retries: Family<Labels, Counter>,
     budget_exhausted: Family<Labels, Counter>,
+    breaker_state: Family<Labels, Gauge>,
+    breaker_transitions: Family<Labels, Counter>,
 }
 
 impl HttpFamilies {
@@ -50,7 +53,19 @@ impl HttpFamilies {
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             retries: Family::default(),
             budget_exhausted: Family::default(),
+            breaker_state: Family::default(),
+            breaker_transitions: Family::default(),
         };
+        registry.register(
+            "skiff_breaker_state",
+            "Circuit breaker state per endpoint: 0 Closed, 1 Open, 2 HalfOpen",
+            this.breaker_state.clone(),
+        );
+        registry.register(
+            "skiff_breaker_transitions",
+            "Circuit breaker state changes per endpoint, by new state",
+            this.breaker_transitions.clone(),
+        );
         registry.register(
             "skiff_retries",
             "Retries sent (tries after the first)",
@@ -130,6 +145,28 @@ impl proxy_core::retry::RetryObserver for TargetMetrics {
 
     fn budget_exhausted(&self) {
         self.budget_exhausted.inc();
+    }
+}
+
+impl proxy_core::breaker::BreakerObserver for TargetMetrics {
+    fn transition(&self, endpoint: &str, to: proxy_core::breaker::State) {
+        use proxy_core::breaker::State;
+        let (value, name) = match to {
+            State::Closed => (0, "Closed"),
+            State::Open { .. } => (1, "Open"),
+            State::HalfOpen { .. } => (2, "HalfOpen"),
+        };
+        let mut labels = self.base.clone();
+        labels.push(("endpoint", endpoint.to_owned()));
+        self.families
+            .breaker_state
+            .get_or_create(&labels)
+            .set(value);
+        labels.push(("to", name.to_owned()));
+        self.families
+            .breaker_transitions
+            .get_or_create(&labels)
+            .inc();
     }
 }
 

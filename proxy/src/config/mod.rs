@@ -236,6 +236,108 @@ pub struct ServiceSpec {
     pub timeouts: TimeoutsSpec,
     /// Retries of its failed requests; none when absent.
     pub retry: Option<RetrySpec>,
+    /// Circuit breaking per endpoint; none when absent.
+    pub breaker: Option<BreakerSpec>,
+}
+
+/// Circuit breaking per endpoint: an endpoint failing `consecutiveFailures` requests in a
+/// row, or (optionally) more than `failureRate.threshold` of its requests over the window, is
+/// ejected for `backoff`, doubling on each further trip up to `maxBackoff`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(try_from = "RawBreaker", into = "RawBreaker")]
+pub struct BreakerSpec {
+    /// Failures in a row that eject an endpoint (at least 1).
+    pub consecutive_failures: u32,
+    /// An optional failure-rate trigger.
+    pub failure_rate: Option<FailureRateSpec>,
+    /// The first ejection.
+    pub backoff: Dur,
+    /// The longest ejection.
+    pub max_backoff: Dur,
+}
+
+/// A failure-rate trigger for the breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FailureRateSpec {
+    /// The failure fraction (over 0, at most 1) that ejects.
+    pub threshold: f64,
+    /// Fewer requests than this in the window never eject.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u32,
+    /// The sliding window.
+    #[serde(default = "default_window")]
+    pub window: Dur,
+}
+
+fn default_min_requests() -> u32 {
+    20
+}
+
+fn default_window() -> Dur {
+    Dur::secs(10)
+}
+
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+struct RawBreaker {
+    consecutive_failures: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure_rate: Option<FailureRateSpec>,
+    backoff: Dur,
+    max_backoff: Dur,
+}
+
+impl Default for RawBreaker {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 7,
+            failure_rate: None,
+            backoff: Dur::secs(1),
+            max_backoff: Dur::secs(60),
+        }
+    }
+}
+
+impl TryFrom<RawBreaker> for BreakerSpec {
+    type Error = String;
+
+    fn try_from(raw: RawBreaker) -> Result<Self, String> {
+        if raw.consecutive_failures == 0 {
+            return Err("consecutiveFailures must be at least 1".into());
+        }
+        if let Some(r) = raw.failure_rate {
+            if !(r.threshold > 0.0 && r.threshold <= 1.0) {
+                return Err(format!(
+                    "failureRate.threshold must be over 0 and at most 1, got {}",
+                    r.threshold
+                ));
+            }
+            if r.window.0.is_zero() {
+                return Err("failureRate.window must be more than 0s".into());
+            }
+        }
+        if raw.backoff.0.is_zero() || raw.backoff > raw.max_backoff {
+            return Err("backoff must be more than 0s and at most maxBackoff".into());
+        }
+        Ok(Self {
+            consecutive_failures: raw.consecutive_failures,
+            failure_rate: raw.failure_rate,
+            backoff: raw.backoff,
+            max_backoff: raw.max_backoff,
+        })
+    }
+}
+
+impl From<BreakerSpec> for RawBreaker {
+    fn from(b: BreakerSpec) -> Self {
+        Self {
+            consecutive_failures: b.consecutive_failures,
+            failure_rate: b.failure_rate,
+            backoff: b.backoff,
+            max_backoff: b.max_backoff,
+        }
+    }
 }
 
 /// Deadlines, with Gateway API's meaning: `request` bounds the whole request including
@@ -400,6 +502,8 @@ struct RawServiceSpec {
     timeouts: TimeoutsSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     retry: Option<RetrySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    breaker: Option<BreakerSpec>,
 }
 
 fn default_service_port() -> u16 {
@@ -453,6 +557,7 @@ impl TryFrom<RawServiceSpec> for ServiceSpec {
             endpoints,
             timeouts: raw.timeouts,
             retry: raw.retry,
+            breaker: raw.breaker,
         })
     }
 }
@@ -475,6 +580,7 @@ impl From<ServiceSpec> for RawServiceSpec {
             dns_refresh,
             timeouts: s.timeouts,
             retry: s.retry,
+            breaker: s.breaker,
         }
     }
 }

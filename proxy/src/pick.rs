@@ -1,0 +1,137 @@
+//! Picking the endpoint for one try: round-robin over the target's endpoints, skipping any
+//! whose circuit breaker has ejected it. The chosen [`Endpoint`] (and its breaker gate) go in
+//! the request's extensions for the breaker and the forwarder below.
+//!
+//! Sits below retries, so each retry picks again and usually lands elsewhere.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::uri::Authority;
+use http::{Request, Response};
+use proxy_core::{Body, BoxError, ProxyError, Reason};
+use proxy_metrics::http::MetricsSlot;
+use tower::{Layer, Service};
+
+use crate::client::Pools;
+use crate::endpoints::Endpoint;
+use crate::target::Target;
+
+/// The service below, type-erased so the async pick is not generic.
+type Inner = tower::util::BoxCloneService<Request<Body>, Response<Body>, BoxError>;
+
+/// Picks an endpoint, then calls the service below.
+#[derive(Clone, Debug)]
+pub struct Pick {
+    inner: Inner,
+    pools: Arc<Pools>,
+}
+
+/// Applies [`Pick`].
+#[derive(Clone, Debug)]
+pub struct PickLayer {
+    pools: Arc<Pools>,
+}
+
+impl PickLayer {
+    /// Passthrough targets draw their pools from `pools`.
+    pub fn new(pools: Arc<Pools>) -> Self {
+        Self { pools }
+    }
+}
+
+impl<S> Layer<S> for PickLayer
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Service = Pick;
+
+    fn layer(&self, inner: S) -> Pick {
+        Pick {
+            inner: Inner::new(inner),
+            pools: self.pools.clone(),
+        }
+    }
+}
+
+impl Service<Request<Body>> for Pick {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let pools = self.pools.clone();
+        Box::pin(async move {
+            let target = req.extensions().get::<Target>().cloned().ok_or_else(|| {
+                ProxyError::new(Reason::Internal, "request reached the picker unrouted")
+            })?;
+            if let Some(slot) = req.extensions().get::<MetricsSlot>() {
+                slot.start(target.metrics());
+            }
+            let endpoint = match &target {
+                Target::Service(service) => choose(&service.name, &service.endpoints)?,
+                Target::Passthrough { authority, .. } => Arc::new(Endpoint {
+                    pool: pools.get(resolve(authority).await?),
+                    gate: None,
+                }),
+            };
+            if let Some(gate) = &endpoint.gate {
+                req.extensions_mut().insert(gate.clone());
+            }
+            req.extensions_mut().insert(endpoint);
+            inner.call(req).await
+        })
+    }
+}
+
+fn choose(
+    service: &str,
+    endpoints: &crate::endpoints::Endpoints,
+) -> Result<Arc<Endpoint>, ProxyError> {
+    let (list, start) = endpoints.snapshot();
+    if list.is_empty() {
+        return Err(ProxyError::new(
+            Reason::NoEndpoints,
+            format!("service {service} has no endpoints"),
+        ));
+    }
+    (0..list.len())
+        .map(|i| &list[(start + i) % list.len()])
+        .find(|e| e.gate.as_ref().is_none_or(|g| g.admit()))
+        .cloned()
+        .ok_or_else(|| {
+            ProxyError::new(
+                Reason::CircuitOpen,
+                format!("every endpoint of service {service} is ejected by its circuit breaker"),
+            )
+        })
+}
+
+/// Resolves a passthrough authority (port 80 when none is given).
+async fn resolve(authority: &Authority) -> Result<SocketAddr, ProxyError> {
+    let port = authority.port_u16().unwrap_or(80);
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    tokio::net::lookup_host((host, port))
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| {
+            ProxyError::new(
+                Reason::UpstreamConnect,
+                format!("cannot resolve passthrough authority {authority}"),
+            )
+        })
+}
