@@ -7,6 +7,7 @@
 //! - [`route`]: picks the logical service a request is for, by its authority.
 //! - [`timeout`]: the whole-request and per-try deadlines.
 //! - [`retry`]: retries with a replay buffer, backoff and a budget.
+//! - [`balance`]: choosing an endpoint (P2C over peak-EWMA, round-robin, least-request).
 //! - [`breaker`]: circuit breaking per endpoint (Closed, Open, HalfOpen).
 //! - [`respond`]: turns a failed request into the response the client sees (`skiff-error`).
 //! - [`future`]: the future of layers that pass a request on or refuse it.
@@ -17,6 +18,7 @@
 //!
 //! The binary (`skiff`) assembles these into one `ServiceBuilder` chain per direction.
 
+pub mod balance;
 pub mod body;
 pub mod breaker;
 pub mod classify;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use proxy_core::balance::Load;
 use proxy_core::breaker::{self, BreakerObserver, Gate};
 use tokio::task::JoinHandle;
 
@@ -20,6 +21,8 @@ pub struct Endpoint {
     pub pool: Arc<Pool>,
     /// Its circuit breaker, if the service has one.
     pub gate: Option<Arc<Gate>>,
+    /// Its load, for the balancer.
+    pub load: Load,
 }
 
 /// How to give endpoints breakers: the service's settings and where transitions are told.
@@ -56,6 +59,7 @@ impl Maker {
                 Arc::new(Endpoint {
                     pool: self.pools.get(*addr),
                     gate,
+                    load: Load::default(),
                 })
             })
             .collect()

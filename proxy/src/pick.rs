@@ -1,6 +1,7 @@
-//! Picking the endpoint for one try: round-robin over the target's endpoints, skipping any
-//! whose circuit breaker has ejected it. The chosen [`Endpoint`] (and its breaker gate) go in
-//! the request's extensions for the breaker and the forwarder below.
+//! Picking the endpoint for one try, with the service's balancing strategy (P2C over
+//! peak-EWMA by default), skipping any endpoint whose circuit breaker has ejected it. The
+//! chosen [`Endpoint`] (and its breaker gate) go in the request's extensions for the breaker
+//! and the forwarder below; the try's latency feeds the endpoint's load.
 //!
 //! Sits below retries, so each retry picks again and usually lands elsewhere.
 
@@ -12,13 +13,15 @@ use std::task::{Context, Poll};
 
 use http::uri::Authority;
 use http::{Request, Response};
+use proxy_core::balance;
+use proxy_core::error::find_cause;
 use proxy_core::{Body, BoxError, ProxyError, Reason};
 use proxy_metrics::http::MetricsSlot;
 use tower::{Layer, Service};
 
 use crate::client::Pools;
 use crate::endpoints::Endpoint;
-use crate::target::Target;
+use crate::target::{Service as TargetService, Target};
 
 /// The service below, type-erased so the async pick is not generic.
 type Inner = tower::util::BoxCloneService<Request<Body>, Response<Body>, BoxError>;
@@ -79,40 +82,55 @@ impl Service<Request<Body>> for Pick {
                 slot.start(target.metrics());
             }
             let endpoint = match &target {
-                Target::Service(service) => choose(&service.name, &service.endpoints)?,
+                Target::Service(service) => choose(service)?,
                 Target::Passthrough { authority, .. } => Arc::new(Endpoint {
                     pool: pools.get(resolve(authority).await?),
                     gate: None,
+                    load: Default::default(),
                 }),
             };
             if let Some(gate) = &endpoint.gate {
                 req.extensions_mut().insert(gate.clone());
             }
-            req.extensions_mut().insert(endpoint);
-            inner.call(req).await
+            req.extensions_mut().insert(endpoint.clone());
+            let flight = endpoint.load.start();
+            let result = inner.call(req).await;
+            // Responses and timeouts say how slow the endpoint is; a refused connection says
+            // it is unusable, and is charged a penalty so P2C steers away from it.
+            let failure = result
+                .as_ref()
+                .err()
+                .and_then(|e| find_cause::<ProxyError>(e.as_ref()))
+                .map(ProxyError::reason);
+            match failure {
+                None | Some(Reason::UpstreamTimeout) => flight.observe(),
+                Some(Reason::UpstreamConnect) => flight.penalize(),
+                Some(_) => {}
+            }
+            drop(flight);
+            result
         })
     }
 }
 
-fn choose(
-    service: &str,
-    endpoints: &crate::endpoints::Endpoints,
-) -> Result<Arc<Endpoint>, ProxyError> {
-    let (list, start) = endpoints.snapshot();
+fn choose(service: &TargetService) -> Result<Arc<Endpoint>, ProxyError> {
+    let (list, turn) = service.endpoints.snapshot();
     if list.is_empty() {
         return Err(ProxyError::new(
             Reason::NoEndpoints,
-            format!("service {service} has no endpoints"),
+            format!("service {} has no endpoints", service.name),
         ));
     }
-    (0..list.len())
-        .map(|i| &list[(start + i) % list.len()])
-        .find(|e| e.gate.as_ref().is_none_or(|g| g.admit()))
+    let admit = |e: &Arc<Endpoint>| e.gate.as_ref().is_none_or(|g| g.admit());
+    balance::choose(service.balance, &list, turn, |e| &e.load, admit)
         .cloned()
         .ok_or_else(|| {
             ProxyError::new(
                 Reason::CircuitOpen,
-                format!("every endpoint of service {service} is ejected by its circuit breaker"),
+                format!(
+                    "every endpoint of service {} is ejected by its circuit breaker",
+                    service.name
+                ),
             )
         })
 }

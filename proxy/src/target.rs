@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::uri::Authority;
+use proxy_core::balance;
 use proxy_core::breaker;
 use proxy_core::classify::Classifier;
 use proxy_core::retry::{self, Backoff, BudgetParams};
@@ -40,6 +41,8 @@ pub struct Service {
     pub retry: Option<Arc<retry::Policy>>,
     /// Its deadlines.
     pub timeouts: Timeouts,
+    /// How its endpoints are chosen.
+    pub balance: balance::Strategy,
 }
 
 /// Where one request goes.
@@ -140,6 +143,7 @@ fn build_routes(
             endpoints,
             retry: svc.retry.as_ref().map(|r| retry_policy(r, &target_metrics)),
             timeouts: timeouts(&svc.timeouts),
+            balance: svc.load_balancer.into(),
             metrics: target_metrics,
         });
         table.insert(name, namespace, svc.port, service.clone());
@@ -275,6 +279,7 @@ fn build_app(spec: &ProxySpec, pools: &Arc<Pools>, metrics: &Arc<HttpFamilies>) 
         identity: None,
         retry: None,
         timeouts: Timeouts::default(),
+        balance: balance::Strategy::RoundRobin,
         endpoints: Endpoints::fixed(&[addr], pools, None),
         metrics: metrics.target("inbound", "", &addr.to_string()),
     })

@@ -24,7 +24,7 @@ async fn a_dead_endpoint_is_ejected_and_then_no_request_fails() {
         .service_with(
             "web",
             &[a.addr, dead, b.addr],
-            "      breaker: {consecutiveFailures: 3, backoff: 30s, maxBackoff: 60s}\n",
+            "      loadBalancer: round-robin\n      breaker: {consecutiveFailures: 3, backoff: 30s, maxBackoff: 60s}\n",
         )
         .start()
         .await;

@@ -238,6 +238,31 @@ pub struct ServiceSpec {
     pub retry: Option<RetrySpec>,
     /// Circuit breaking per endpoint; none when absent.
     pub breaker: Option<BreakerSpec>,
+    /// How endpoints are chosen.
+    pub load_balancer: LoadBalancer,
+}
+
+/// How a service's endpoints are chosen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadBalancer {
+    /// Power of two choices over peak-EWMA latency and requests in flight.
+    #[default]
+    P2c,
+    /// Each endpoint in turn.
+    RoundRobin,
+    /// The fewest requests in flight.
+    LeastRequest,
+}
+
+impl From<LoadBalancer> for proxy_core::balance::Strategy {
+    fn from(lb: LoadBalancer) -> Self {
+        match lb {
+            LoadBalancer::P2c => Self::P2c,
+            LoadBalancer::RoundRobin => Self::RoundRobin,
+            LoadBalancer::LeastRequest => Self::LeastRequest,
+        }
+    }
 }
 
 /// Circuit breaking per endpoint: an endpoint failing `consecutiveFailures` requests in a
@@ -504,6 +529,8 @@ struct RawServiceSpec {
     retry: Option<RetrySpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     breaker: Option<BreakerSpec>,
+    #[serde(default)]
+    load_balancer: LoadBalancer,
 }
 
 fn default_service_port() -> u16 {
@@ -558,6 +585,7 @@ impl TryFrom<RawServiceSpec> for ServiceSpec {
             timeouts: raw.timeouts,
             retry: raw.retry,
             breaker: raw.breaker,
+            load_balancer: raw.load_balancer,
         })
     }
 }
@@ -581,6 +609,7 @@ impl From<ServiceSpec> for RawServiceSpec {
             timeouts: s.timeouts,
             retry: s.retry,
             breaker: s.breaker,
+            load_balancer: s.load_balancer,
         }
     }
 }
