@@ -40,6 +40,8 @@ pub enum Reason {
     NoEndpoints,
     /// The proxy shed load (concurrency limit).
     LoadShed,
+    /// A rate limit refused the request.
+    RateLimited,
     /// A bug or an impossible state in the proxy itself.
     Internal,
 }
@@ -60,6 +62,7 @@ impl Reason {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -78,6 +81,7 @@ impl Reason {
             Self::CircuitOpen => "circuit-open",
             Self::NoEndpoints => "no-endpoints",
             Self::LoadShed => "load-shed",
+            Self::RateLimited => "rate-limited",
             Self::Internal => "internal",
         }
     }
@@ -90,7 +94,8 @@ impl Reason {
             | Self::RequestTimeout
             | Self::BodyTooLarge
             | Self::HeadersTooLarge
-            | Self::NoRoute => Blame::Downstream,
+            | Self::NoRoute
+            | Self::RateLimited => Blame::Downstream,
             Self::UpstreamConnect
             | Self::UpstreamReset
             | Self::UpstreamTimeout
@@ -106,7 +111,7 @@ impl Reason {
     }
 }
 
-const ALL: [Reason; 13] = [
+const ALL: [Reason; 14] = [
     Reason::BadRequest,
     Reason::Forbidden,
     Reason::RequestTimeout,
@@ -119,6 +124,7 @@ const ALL: [Reason; 13] = [
     Reason::CircuitOpen,
     Reason::NoEndpoints,
     Reason::LoadShed,
+    Reason::RateLimited,
     Reason::Internal,
 ];
 
@@ -148,6 +154,7 @@ pub struct ProxyError {
     status: StatusCode,
     detail: Cow<'static, str>,
     retryable: bool,
+    retry_after: Option<std::time::Duration>,
     #[source]
     source: Option<BoxError>,
 }
@@ -161,6 +168,7 @@ impl ProxyError {
             detail: detail.into(),
             // Only a connection that never carried the request is safe to retry by default.
             retryable: matches!(reason, Reason::UpstreamConnect),
+            retry_after: None,
             source: None,
         }
     }
@@ -176,6 +184,17 @@ impl ProxyError {
     pub fn with_status(mut self, status: StatusCode) -> Self {
         self.status = status;
         self
+    }
+
+    /// Tells the client when to try again (`Retry-After`).
+    pub fn with_retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    /// When the client may try again, if known.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.retry_after
     }
 
     /// Marks whether a retry may help.

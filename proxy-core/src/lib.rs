@@ -9,6 +9,7 @@
 //! - [`retry`]: retries with a replay buffer, backoff and a budget.
 //! - [`balance`]: choosing an endpoint (P2C over peak-EWMA, round-robin, least-request).
 //! - [`breaker`]: circuit breaking per endpoint (Closed, Open, HalfOpen).
+//! - [`limit`]: local rate limits (429) and concurrency limits (503 load-shed).
 //! - [`respond`]: turns a failed request into the response the client sees (`skiff-error`).
 //! - [`future`]: the future of layers that pass a request on or refuse it.
 //! - [`error`]: the proxy's error type: what went wrong, who caused it, whether a retry may help.
@@ -24,6 +25,7 @@ pub mod breaker;
 pub mod classify;
 pub mod error;
 pub mod future;
+pub mod limit;
 pub mod normalize;
 pub mod respond;
 pub mod retry;

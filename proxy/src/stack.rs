@@ -9,6 +9,7 @@ use std::convert::Infallible;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use proxy_core::breaker::BreakerLayer;
+use proxy_core::limit::LimitLayer;
 use proxy_core::normalize::{Limits, NormalizeLayer};
 use proxy_core::respond::RespondLayer;
 use proxy_core::retry::RetryLayer;
@@ -34,6 +35,7 @@ pub fn outbound(state: &State) -> HttpService {
         .layer(RespondLayer)
         .layer(NormalizeLayer::new(limits(&state.spec.load())))
         .layer(RouteLayer::new(state.outbound.clone()))
+        .layer(LimitLayer)
         .layer(TimeoutLayer::request())
         .layer(RetryLayer)
         .layer(PickLayer::new(state.pools.clone()))
@@ -50,6 +52,7 @@ pub fn inbound(state: &State) -> HttpService {
         .layer(RespondLayer)
         .layer(NormalizeLayer::new(limits(&state.spec.load())))
         .layer(RouteLayer::new(state.inbound.clone()))
+        .layer(LimitLayer)
         .layer(PickLayer::new(state.pools.clone()))
         .service(Forward);
     BoxCloneService::new(chain)

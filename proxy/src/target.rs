@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -14,6 +15,7 @@ use http::uri::Authority;
 use proxy_core::balance;
 use proxy_core::breaker;
 use proxy_core::classify::Classifier;
+use proxy_core::limit::{Limits, MaxInFlight, RateLimit};
 use proxy_core::retry::{self, Backoff, BudgetParams};
 use proxy_core::route::{Resolve, Table};
 use proxy_core::timeout::Timeouts;
@@ -22,7 +24,8 @@ use proxy_metrics::http::{HttpFamilies, TargetMetrics};
 
 use crate::client::Pools;
 use crate::config::{
-    BreakerSpec, Dur, EndpointSource, ProxySpec, RetrySpec, ServiceSpec, TimeoutsSpec,
+    BreakerSpec, Dur, EndpointSource, InboundSpec, ProxySpec, RateLimitSpec, RetrySpec,
+    ServiceSpec, TimeoutsSpec,
 };
 use crate::endpoints::{BreakerConfig, Endpoints};
 
@@ -33,6 +36,8 @@ pub struct Service {
     pub name: String,
     /// Its config and fully qualified authority, to tell whether a reload changed it.
     identity: Option<(ServiceSpec, String)>,
+    /// For the inbound app target: the inbound config it was built from.
+    inbound: Option<InboundSpec>,
     /// Its endpoints.
     pub endpoints: Endpoints,
     /// Its metric handles.
@@ -43,6 +48,8 @@ pub struct Service {
     pub timeouts: Timeouts,
     /// How its endpoints are chosen.
     pub balance: balance::Strategy,
+    /// Its rate and concurrency limits.
+    pub limits: Option<Arc<Limits>>,
 }
 
 /// Where one request goes.
@@ -140,10 +147,12 @@ fn build_routes(
         let service = Arc::new(Service {
             name: name.clone(),
             identity,
+            inbound: None,
             endpoints,
             retry: svc.retry.as_ref().map(|r| retry_policy(r, &target_metrics)),
             timeouts: timeouts(&svc.timeouts),
             balance: svc.load_balancer.into(),
+            limits: limits(svc.rate_limit, svc.max_in_flight),
             metrics: target_metrics,
         });
         table.insert(name, namespace, svc.port, service.clone());
@@ -200,6 +209,16 @@ fn breaker_config(spec: &BreakerSpec, metrics: &Arc<TargetMetrics>) -> BreakerCo
     }
 }
 
+fn limits(rate: Option<RateLimitSpec>, max_in_flight: Option<NonZeroUsize>) -> Option<Arc<Limits>> {
+    if rate.is_none() && max_in_flight.is_none() {
+        return None;
+    }
+    Some(Arc::new(Limits {
+        rate: rate.map(|r| RateLimit::new(r.requests_per_second, r.burst)),
+        max_in_flight: max_in_flight.map(|m| MaxInFlight::new(m.get())),
+    }))
+}
+
 fn timeouts(spec: &TimeoutsSpec) -> Timeouts {
     // `0s` means no deadline, as in Gateway API.
     let enabled = |d: Option<Dur>| d.map(|d| d.0).filter(|d| !d.is_zero());
@@ -225,6 +244,9 @@ impl Resolve for OutboundResolver {
         if let Some(service) = routes.table.lookup(authority) {
             if let Some(retry) = &service.retry {
                 extensions.insert(retry.clone());
+            }
+            if let Some(limits) = &service.limits {
+                extensions.insert(limits.clone());
             }
             extensions.insert(service.timeouts);
             extensions.insert(Target::Service(service.clone()));
@@ -260,9 +282,11 @@ impl InboundResolver {
         }
     }
 
-    /// Follows a config reload.
+    /// Follows a config reload; an unchanged app target is kept, with its limits' state.
     pub fn update(&self, spec: &ProxySpec, pools: &Arc<Pools>, metrics: &Arc<HttpFamilies>) {
-        self.app.store(build_app(spec, pools, metrics));
+        if self.app.load().inbound.as_ref() != Some(&spec.inbound) {
+            self.app.store(build_app(spec, pools, metrics));
+        }
     }
 
     /// The application's address.
@@ -277,6 +301,8 @@ fn build_app(spec: &ProxySpec, pools: &Arc<Pools>, metrics: &Arc<HttpFamilies>) 
     Arc::new(Service {
         name: "app".into(),
         identity: None,
+        inbound: Some(spec.inbound.clone()),
+        limits: limits(spec.inbound.rate_limit, spec.inbound.max_in_flight),
         retry: None,
         timeouts: Timeouts::default(),
         balance: balance::Strategy::RoundRobin,
@@ -291,7 +317,11 @@ impl Resolve for InboundResolver {
         _authority: Option<&Authority>,
         extensions: &mut http::Extensions,
     ) -> Result<(), ProxyError> {
-        extensions.insert(Target::Service(self.app.load_full()));
+        let app = self.app.load_full();
+        if let Some(limits) = &app.limits {
+            extensions.insert(limits.clone());
+        }
+        extensions.insert(Target::Service(app));
         Ok(())
     }
 }

@@ -139,6 +139,8 @@ pub struct ProxyConfig {
     pub extra: String,
     /// `outbound.passthrough`.
     pub passthrough: bool,
+    /// More fields for the `inbound` map, e.g. `", maxInFlight: 2"`.
+    pub inbound_extra: String,
 }
 
 impl ProxyConfig {
@@ -171,8 +173,8 @@ impl ProxyConfig {
     /// The YAML text of this config.
     pub fn yaml(&self) -> String {
         let mut y = format!(
-            "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  outbound: {{listen: 127.0.0.1:0, passthrough: {}}}\n  inbound: {{listen: 127.0.0.1:0, appPort: {}}}\n  admin: {{listen: 127.0.0.1:0}}\n",
-            self.passthrough, self.app_port
+            "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  outbound: {{listen: 127.0.0.1:0, passthrough: {}}}\n  inbound: {{listen: 127.0.0.1:0, appPort: {}{}}}\n  admin: {{listen: 127.0.0.1:0}}\n",
+            self.passthrough, self.app_port, self.inbound_extra
         );
         y.push_str(&self.extra);
         if !self.services.is_empty() {

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
+use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::{Request, Response, Version};
 use tower::{Layer, Service};
 
@@ -120,6 +120,11 @@ pub fn error_response(err: &(dyn std::error::Error + 'static), version: Version)
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    if let Some(after) = proxy_err.retry_after() {
+        // Whole seconds, rounded up: `Retry-After: 0` would invite an immediate retry.
+        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        headers.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    }
     // After a framing or timeout error the HTTP/1 byte stream cannot be trusted to be at a
     // message boundary; close it rather than parse garbage as the next request.
     if version <= Version::HTTP_11
@@ -182,6 +187,16 @@ mod tests {
         let rsp = svc.oneshot(Request::new(())).await.unwrap();
         assert_eq!(rsp.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(rsp.headers()[SKIFF_ERROR], "internal");
+    }
+
+    #[test]
+    fn rate_limited_answers_say_when_to_come_back() {
+        let err = ProxyError::new(Reason::RateLimited, "x")
+            .with_retry_after(std::time::Duration::from_millis(100));
+        let rsp = error_response(&err, Version::HTTP_11);
+        assert_eq!(rsp.status(), http::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(rsp.headers()[RETRY_AFTER], "1");
+        assert_eq!(rsp.headers()[SKIFF_ERROR], "rate-limited");
     }
 
     #[test]

@@ -82,7 +82,7 @@ impl Default for ProxySpec {
 }
 
 /// The outbound listener.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct OutboundSpec {
     /// Where the application sends its calls.
@@ -102,7 +102,7 @@ impl Default for OutboundSpec {
 }
 
 /// The inbound listener and the local application behind it.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct InboundSpec {
     /// Where other workloads' calls arrive.
@@ -111,6 +111,12 @@ pub struct InboundSpec {
     pub app_host: IpAddr,
     /// The application's port.
     pub app_port: u16,
+    /// A local rate limit on calls to the application.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
+    /// The most calls to the application in flight; beyond it, 503 `load-shed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<NonZeroUsize>,
 }
 
 impl Default for InboundSpec {
@@ -119,6 +125,8 @@ impl Default for InboundSpec {
             listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 4143)),
             app_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
             app_port: 8080,
+            rate_limit: None,
+            max_in_flight: None,
         }
     }
 }
@@ -240,6 +248,49 @@ pub struct ServiceSpec {
     pub breaker: Option<BreakerSpec>,
     /// How endpoints are chosen.
     pub load_balancer: LoadBalancer,
+    /// A local rate limit on requests to the service.
+    pub rate_limit: Option<RateLimitSpec>,
+    /// The most requests in flight to the service; beyond it, 503 `load-shed`.
+    pub max_in_flight: Option<NonZeroUsize>,
+}
+
+/// A token bucket: `requestsPerSecond` refill, holding up to `burst` (default: one second's
+/// worth). Beyond it, 429 `rate-limited` with `Retry-After`.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(try_from = "RawRateLimit", rename_all = "camelCase")]
+pub struct RateLimitSpec {
+    /// Requests a second (more than 0).
+    pub requests_per_second: f64,
+    /// The most requests let through at once after a quiet spell.
+    pub burst: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawRateLimit {
+    requests_per_second: f64,
+    burst: Option<u32>,
+}
+
+impl TryFrom<RawRateLimit> for RateLimitSpec {
+    type Error = String;
+
+    fn try_from(raw: RawRateLimit) -> Result<Self, String> {
+        if !(raw.requests_per_second > 0.0 && raw.requests_per_second.is_finite()) {
+            return Err(format!(
+                "requestsPerSecond must be more than 0, got {}",
+                raw.requests_per_second
+            ));
+        }
+        let burst = raw
+            .burst
+            .unwrap_or(raw.requests_per_second.ceil().min(f64::from(u32::MAX)) as u32)
+            .max(1);
+        Ok(Self {
+            requests_per_second: raw.requests_per_second,
+            burst,
+        })
+    }
 }
 
 /// How a service's endpoints are chosen.
@@ -531,6 +582,10 @@ struct RawServiceSpec {
     breaker: Option<BreakerSpec>,
     #[serde(default)]
     load_balancer: LoadBalancer,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<RateLimitSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_in_flight: Option<NonZeroUsize>,
 }
 
 fn default_service_port() -> u16 {
@@ -586,6 +641,8 @@ impl TryFrom<RawServiceSpec> for ServiceSpec {
             retry: raw.retry,
             breaker: raw.breaker,
             load_balancer: raw.load_balancer,
+            rate_limit: raw.rate_limit,
+            max_in_flight: raw.max_in_flight,
         })
     }
 }
@@ -610,6 +667,8 @@ impl From<ServiceSpec> for RawServiceSpec {
             retry: s.retry,
             breaker: s.breaker,
             load_balancer: s.load_balancer,
+            rate_limit: s.rate_limit,
+            max_in_flight: s.max_in_flight,
         }
     }
 }

@@ -1,0 +1,86 @@
+//! Unit tests for [`super::Limit`], on tokio's paused clock.
+
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use tokio::time::advance;
+use tower::{Layer, ServiceExt};
+
+use super::*;
+
+fn upstream(
+) -> Limit<impl Service<Request<()>, Response = Response<Body>, Error = BoxError> + Clone> {
+    LimitLayer.layer(tower::service_fn(|_req: Request<()>| async {
+        Ok::<_, BoxError>(Response::new(body::full("ok")))
+    }))
+}
+
+fn with(limits: &Arc<Limits>) -> Request<()> {
+    let mut req = Request::new(());
+    req.extensions_mut().insert(limits.clone());
+    req
+}
+
+fn reason(result: Result<Response<Body>, BoxError>) -> (Reason, Option<Duration>) {
+    let err = result.expect_err("refused");
+    let e = err.downcast_ref::<ProxyError>().unwrap();
+    (e.reason(), e.retry_after())
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_bucket_allows_the_burst_then_the_rate() {
+    let limits = Arc::new(Limits {
+        rate: Some(RateLimit::new(10.0, 5)),
+        max_in_flight: None,
+    });
+    for _ in 0..5 {
+        assert!(upstream().oneshot(with(&limits)).await.is_ok());
+    }
+    let (r, after) = reason(upstream().oneshot(with(&limits)).await);
+    assert_eq!(r, Reason::RateLimited);
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        after,
+        Some(Duration::from_millis(100)),
+        "one token every 100ms"
+    );
+
+    advance(Duration::from_millis(100)).await;
+    assert!(upstream().oneshot(with(&limits)).await.is_ok());
+    assert!(upstream().oneshot(with(&limits)).await.is_err());
+
+    // Over one second at 10/s, ten more get through: the rate, not the burst, is the cap.
+    let mut ok = 0;
+    for _ in 0..100 {
+        advance(Duration::from_millis(10)).await;
+        ok += usize::from(upstream().oneshot(with(&limits)).await.is_ok());
+    }
+    assert_eq!(ok, 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_flight_beyond_the_cap_is_shed_until_bodies_end() {
+    let limits = Arc::new(Limits {
+        rate: None,
+        max_in_flight: Some(MaxInFlight::new(2)),
+    });
+    let a = upstream().oneshot(with(&limits)).await.unwrap();
+    let b = upstream().oneshot(with(&limits)).await.unwrap();
+    let (r, _) = reason(upstream().oneshot(with(&limits)).await);
+    assert_eq!(r, Reason::LoadShed);
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // Reading a body to its end (dropping it) frees the slot.
+    let _ = a.into_body().collect().await.unwrap();
+    let c = upstream().oneshot(with(&limits)).await.unwrap();
+    drop((b, c));
+    assert!(upstream().oneshot(with(&limits)).await.is_ok());
+}
+
+#[tokio::test]
+async fn requests_without_limits_pass() {
+    for _ in 0..100 {
+        assert!(upstream().oneshot(Request::new(())).await.is_ok());
+    }
+}
