@@ -145,3 +145,68 @@ fn syntax_errors_have_positions() {
     assert!(e[0].line.is_some(), "{e:?}");
     assert!(e[0].to_string().starts_with("skiff.yaml:"));
 }
+
+fn service_error(fields: &str) -> String {
+    let e = err(&format!(
+        "{HEAD}spec:\n  services:\n    web:\n      endpoints: [127.0.0.1:1]\n{fields}"
+    ));
+    assert!(e[0].line.is_some(), "{e:?}");
+    e[0].message.clone()
+}
+
+#[test]
+fn policies_reject_values_the_middleware_cannot_take() {
+    let cases = [
+        (
+            "      retry: {budget: {ttl: 0s}}\n",
+            "ttl must be between 1s and 60s",
+        ),
+        (
+            "      retry: {budget: {ratio: 11}}\n",
+            "ratio must be between 0 and 10",
+        ),
+        ("      retry: {codes: [700]}\n", "700 is not an HTTP status"),
+        (
+            "      retry: {backoff: 1s, maxBackoff: 10ms}\n",
+            "backoff must not exceed",
+        ),
+        ("      breaker: {consecutiveFailures: 0}\n", "at least 1"),
+        (
+            "      breaker: {failureRate: {threshold: 1.5}}\n",
+            "threshold must be over 0",
+        ),
+        (
+            "      rateLimit: {requestsPerSecond: 0}\n",
+            "requestsPerSecond must be more than 0",
+        ),
+        ("      loadBalancer: random\n", "unknown variant `random`"),
+        ("      maxInFlight: 0\n", "spec.services.web"),
+    ];
+    for (fields, expected) in cases {
+        let msg = service_error(fields);
+        assert!(msg.contains(expected), "{fields:?}: {msg}");
+        assert!(msg.starts_with("spec.services.web"), "{msg}");
+    }
+}
+
+#[test]
+fn policies_parse_with_their_defaults() {
+    let c = ok(&format!(
+        "{HEAD}spec:\n  services:\n    web:\n      endpoints: [127.0.0.1:1]\n      retry: {{}}\n      breaker: {{}}\n      rateLimit: {{requestsPerSecond: 2.5}}\n"
+    ));
+    let web = &c.proxy.services["web"];
+    let retry = web.retry.as_ref().unwrap();
+    assert_eq!(retry.attempts, 2);
+    assert_eq!(
+        retry.codes.iter().map(|c| c.0).collect::<Vec<_>>(),
+        [502, 503, 504]
+    );
+    assert_eq!(retry.budget.ttl, Dur::secs(10));
+    assert_eq!(web.breaker.as_ref().unwrap().consecutive_failures, 7);
+    assert_eq!(
+        web.rate_limit.unwrap().burst,
+        3,
+        "one second's worth, rounded up"
+    );
+    assert_eq!(web.load_balancer, LoadBalancer::P2c);
+}
