@@ -168,6 +168,50 @@ impl http_body::Body for Primed {
     }
 }
 
+/// Keeps `guard` alive until `body` ends (its last frame or an error) or is dropped: for
+/// what a request holds while its response still streams (an in-flight slot, a
+/// "request in progress" mark).
+pub fn hold_until_end<G: Send + 'static>(body: Body, guard: G) -> Body {
+    HoldUntilEnd {
+        inner: body,
+        guard: Some(guard),
+    }
+    .boxed_unsync()
+}
+
+pin_project_lite::pin_project! {
+    struct HoldUntilEnd<G> {
+        #[pin]
+        inner: Body,
+        guard: Option<G>,
+    }
+}
+
+impl<G> http_body::Body for HoldUntilEnd<G> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if !matches!(frame, Some(Ok(_))) {
+            *this.guard = None;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The status a client-side body failure maps to, if `err` is one.
 pub fn downstream_status(err: &(dyn std::error::Error + 'static)) -> Option<StatusCode> {
     crate::error::find_cause::<ProxyError>(err).map(ProxyError::status)
@@ -215,6 +259,28 @@ mod tests {
         assert_eq!(
             downstream_status(err.as_ref()),
             Some(StatusCode::BAD_REQUEST)
+        );
+    }
+
+    #[tokio::test]
+    async fn held_guards_go_at_the_end_of_the_body_or_when_it_is_dropped() {
+        let guard = std::sync::Arc::new(());
+        let mut b = hold_until_end(full("x"), guard.clone());
+        assert_eq!(std::sync::Arc::strong_count(&guard), 2);
+        assert!(b.frame().await.unwrap().is_ok());
+        assert!(b.frame().await.is_none());
+        assert_eq!(
+            std::sync::Arc::strong_count(&guard),
+            1,
+            "released at the end"
+        );
+
+        let b = hold_until_end(full("x"), guard.clone());
+        drop(b);
+        assert_eq!(
+            std::sync::Arc::strong_count(&guard),
+            1,
+            "released when dropped"
         );
     }
 

@@ -35,5 +35,10 @@ pub mod timeout;
 /// The error type crossing service boundaries; leaves use typed errors and box them here.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// An HTTP service of the stack, type-erased: what a layer holds when its own future must be
+/// an `async` block (generic inner futures there trip the compiler's `Send` inference).
+pub type BoxHttpService =
+    tower::util::BoxCloneService<http::Request<Body>, http::Response<Body>, BoxError>;
+
 pub use body::Body;
 pub use error::{Blame, ProxyError, Reason};

@@ -20,9 +20,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
-use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
-use proxy_core::{Body, BoxError};
+use proxy_core::Body;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::{sleep, Sleep};
 use tower::Service;
@@ -117,55 +116,17 @@ impl Service<Request<Incoming>> for InRequest {
         let fut = self.inner.call(req);
         Box::pin(async move {
             let rsp = fut.await?;
-            Ok(rsp.map(|inner| {
-                proxy_core::body::boxed(EndsRequest {
-                    inner,
-                    flag: Some(flag),
-                })
-            }))
+            Ok(rsp.map(|b| proxy_core::body::hold_until_end(b, EndsRequest(flag))))
         })
     }
 }
 
-pin_project_lite::pin_project! {
-    struct EndsRequest {
-        #[pin]
-        inner: Body,
-        flag: Option<Arc<AtomicBool>>,
-    }
+/// Clears the connection's "in a request" mark when dropped.
+#[derive(Debug)]
+struct EndsRequest(Arc<AtomicBool>);
 
-    impl PinnedDrop for EndsRequest {
-        fn drop(this: Pin<&mut Self>) {
-            if let Some(flag) = this.project().flag.take() {
-                flag.store(false, Ordering::Release);
-            }
-        }
-    }
-}
-
-impl http_body::Body for EndsRequest {
-    type Data = bytes::Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<bytes::Bytes>, BoxError>>> {
-        let this = self.project();
-        let frame = std::task::ready!(this.inner.poll_frame(cx));
-        if frame.is_none() {
-            if let Some(flag) = this.flag.take() {
-                flag.store(false, Ordering::Release);
-            }
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+impl Drop for EndsRequest {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }

@@ -15,7 +15,7 @@ use http::uri::Authority;
 use http::{Request, Response};
 use proxy_core::balance;
 use proxy_core::error::find_cause;
-use proxy_core::{Body, BoxError, ProxyError, Reason};
+use proxy_core::{Body, BoxError, BoxHttpService, ProxyError, Reason};
 use proxy_metrics::http::MetricsSlot;
 use tower::{Layer, Service};
 
@@ -23,13 +23,10 @@ use crate::client::Pools;
 use crate::endpoints::Endpoint;
 use crate::target::{Service as TargetService, Target};
 
-/// The service below, type-erased so the async pick is not generic.
-type Inner = tower::util::BoxCloneService<Request<Body>, Response<Body>, BoxError>;
-
 /// Picks an endpoint, then calls the service below.
 #[derive(Clone, Debug)]
 pub struct Pick {
-    inner: Inner,
+    inner: BoxHttpService,
     pools: Arc<Pools>,
 }
 
@@ -55,7 +52,7 @@ where
 
     fn layer(&self, inner: S) -> Pick {
         Pick {
-            inner: Inner::new(inner),
+            inner: BoxHttpService::new(inner),
             pools: self.pools.clone(),
         }
     }

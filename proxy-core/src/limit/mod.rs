@@ -16,9 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Frame, SizeHint};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
@@ -201,38 +199,8 @@ where
                     return Poll::Ready(Ok(rsp));
                 };
                 // The slot is held until the body ends: a long stream is still in flight.
-                Poll::Ready(Ok(
-                    rsp.map(|inner| body::boxed(HoldSlot { inner, _slot: slot }))
-                ))
+                Poll::Ready(Ok(rsp.map(|b| body::hold_until_end(b, slot))))
             }
         }
-    }
-}
-
-pin_project_lite::pin_project! {
-    struct HoldSlot {
-        #[pin]
-        inner: Body,
-        _slot: Slot,
-    }
-}
-
-impl http_body::Body for HoldSlot {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.project().inner.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

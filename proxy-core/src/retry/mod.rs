@@ -31,17 +31,14 @@ use http_body_util::BodyExt;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::body::{self, Body};
-use crate::BoxError;
+use crate::{BoxError, BoxHttpService};
 
 pub use policy::{Backoff, BudgetParams, Policy, RetryObserver, DEFAULT_MAX_REPLAY_BYTES};
-
-/// The service retries are sent through, type-erased so the retry loop is not generic.
-type Inner = tower::util::BoxCloneService<Request<Body>, Response<Body>, BoxError>;
 
 /// Retries requests to the inner service under their [`Policy`].
 #[derive(Clone, Debug)]
 pub struct Retry {
-    inner: Inner,
+    inner: BoxHttpService,
 }
 
 /// Applies [`Retry`].
@@ -57,7 +54,7 @@ where
 
     fn layer(&self, inner: S) -> Retry {
         Retry {
-            inner: Inner::new(inner),
+            inner: BoxHttpService::new(inner),
         }
     }
 }
@@ -75,18 +72,19 @@ impl Service<Request<Body>> for Retry {
     }
 
     fn call(&mut self, req: Request<Body>) -> ResponseFuture {
-        // Keep the service that was made ready; retries use clones made ready in turn.
+        let Some(policy) = req.extensions().get::<Arc<Policy>>().cloned() else {
+            return self.inner.call(req);
+        };
+        // The loop outlives this call: it takes the service made ready, and leaves a clone
+        // (made ready in turn) for the next request.
         let clone = self.inner.clone();
-        let mut ready = std::mem::replace(&mut self.inner, clone);
-        match req.extensions().get::<Arc<Policy>>().cloned() {
-            None => ready.call(req),
-            Some(policy) => Box::pin(run(ready, req, policy)),
-        }
+        let ready = std::mem::replace(&mut self.inner, clone);
+        Box::pin(run(ready, req, policy))
     }
 }
 
 async fn run(
-    mut svc: Inner,
+    mut svc: BoxHttpService,
     req: Request<Body>,
     policy: Arc<Policy>,
 ) -> Result<Response<Body>, BoxError> {
