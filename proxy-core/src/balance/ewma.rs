@@ -57,13 +57,13 @@ impl Load {
         let now = Instant::now();
         let rtt = rtt.as_nanos() as f64;
         let decayed = decay(guard.0, now.duration_since(guard.1));
-        // Peak: a slower sample replaces the average outright; faster ones pull it down
-        // gradually.
+        // Peak: a slower sample replaces the average outright; a faster one pulls it down by
+        // the weight time has earned it (`decayed` is the old average times that same decay).
+        let w = (-(now.duration_since(guard.1).as_secs_f64()) / DECAY.as_secs_f64()).exp();
         guard.0 = if rtt > decayed {
             rtt
         } else {
-            let w = (-(now.duration_since(guard.1).as_secs_f64()) / DECAY.as_secs_f64()).exp();
-            decayed * w + rtt * (1.0 - w).max(0.05)
+            decayed + rtt * (1.0 - w)
         };
         guard.1 = now;
     }

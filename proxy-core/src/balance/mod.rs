@@ -46,16 +46,12 @@ pub fn choose<T>(
         (_, 1) => Some(&items[0]).filter(|i| admit(i)),
         (Strategy::RoundRobin, _) => scan(items, turn, admit),
         (Strategy::LeastRequest, _) => {
-            // Fewest in flight, ties broken by position from `turn` so load spreads.
-            let mut best: Option<(&T, u64)> = None;
-            for i in 0..n {
-                let item = &items[(turn + i) % n];
-                let busy = load(item).in_flight();
-                if best.is_none_or(|(_, b)| busy < b) && admit(item) {
-                    best = Some((item, busy));
-                }
-            }
-            best.map(|(i, _)| i)
+            // Rank first, then ask `admit` in rank order: admitting has effects (a breaker
+            // hands out its one probe), so only the endpoint actually used may be asked.
+            // Ties keep their order from `turn`, so load spreads.
+            let mut ranked: Vec<&T> = (0..n).map(|i| &items[(turn + i) % n]).collect();
+            ranked.sort_by_key(|item| load(item).in_flight());
+            ranked.into_iter().find(|item| admit(item))
         }
         (Strategy::P2c, _) => {
             let a = (random() as usize) % n;

@@ -128,3 +128,29 @@ async fn a_refused_endpoint_is_avoided_after_one_failure() {
         .count();
     assert_eq!(dead, 0, "every pair holds a healthier endpoint");
 }
+
+#[tokio::test(start_paused = true)]
+async fn faster_samples_never_raise_the_average() {
+    let list = eps(&["a"]);
+    serve(&list[0], Duration::from_millis(10)).await;
+    let before = list[0].load.cost();
+    for _ in 0..1000 {
+        serve(&list[0], Duration::from_micros(100)).await;
+    }
+    let after = list[0].load.cost();
+    assert!(after < before, "the average rose from {before} to {after} ns on faster samples");
+}
+
+#[test]
+fn least_request_asks_admit_only_in_rank_order() {
+    let list = eps(&["busy", "idle", "busier"]);
+    let _a = list[0].load.start();
+    let _b = (list[2].load.start(), list[2].load.start());
+    let mut asked = Vec::new();
+    let pick = choose(Strategy::LeastRequest, &list, 0, |e| &e.load, |e| {
+        asked.push(e.name);
+        true
+    });
+    assert_eq!(pick.unwrap().name, "idle");
+    assert_eq!(asked, ["idle"], "only the winner is admitted");
+}
