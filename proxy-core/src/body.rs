@@ -53,8 +53,11 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         idle: Duration,
-        // Boxed because a sleeping timer is large; created only for bodies that have data.
+        // Boxed because a sleeping timer is large; created on the first wait and then reset,
+        // not reallocated, for each later one.
         timer: Option<Pin<Box<Sleep>>>,
+        // Whether the timer is counting the current wait (it is disarmed when a frame comes).
+        armed: bool,
     }
 }
 
@@ -65,6 +68,7 @@ impl<B> Guarded<B> {
             inner,
             idle,
             timer: None,
+            armed: false,
         }
     }
 }
@@ -84,12 +88,16 @@ where
         let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
-                *this.timer = None;
+                *this.armed = false;
                 Poll::Ready(frame.map(|f| f.map_err(downstream_body_error)))
             }
             Poll::Pending => {
                 let idle = *this.idle;
                 let timer = this.timer.get_or_insert_with(|| Box::pin(sleep(idle)));
+                if !*this.armed {
+                    timer.as_mut().reset(Instant::now() + idle);
+                    *this.armed = true;
+                }
                 ready!(timer.as_mut().poll(cx));
                 // Re-arm so a caller that polls again gets a fresh window rather than a
                 // timer stuck in the ready state.
@@ -246,6 +254,45 @@ mod tests {
         assert_eq!(err.reason(), Reason::RequestTimeout);
         assert_eq!(err.status(), StatusCode::REQUEST_TIMEOUT);
         assert_eq!(start.elapsed(), Duration::from_secs(5));
+    }
+
+    /// One frame after four seconds, then nothing.
+    struct OneLateFrame(Option<Pin<Box<Sleep>>>);
+
+    impl http_body::Body for OneLateFrame {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            match self.0.as_mut() {
+                Some(delay) => {
+                    ready!(delay.as_mut().poll(cx));
+                    self.0 = None;
+                    Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"late")))))
+                }
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timer_restarts_after_each_frame() {
+        let start = Instant::now();
+        let late = OneLateFrame(Some(Box::pin(sleep(Duration::from_secs(4)))));
+        let mut body = Guarded::new(late, Duration::from_secs(5));
+        assert!(
+            body.frame().await.unwrap().is_ok(),
+            "a 4s pause is within the 5s limit"
+        );
+        assert!(body.frame().await.unwrap().is_err());
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(9),
+            "5s after the last frame"
+        );
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! The one response classifier: success, failure, or failure that a retry may fix.
 //!
-//! Metrics label `classification` from it today; retries and the circuit breaker consult the
-//! same function so the three never disagree about what "failed" means.
+//! Metrics and the circuit breaker use the default classifier; a retry policy uses the same
+//! rules with its own list of retryable statuses (so a `codes: [429]` policy retries a 429
+//! that metrics count as a success).
 
 use http::{HeaderMap, StatusCode};
 
@@ -91,9 +92,10 @@ impl Classifier {
     }
 }
 
-/// Classifies with the default [`Classifier`].
+/// Classifies with the default [`Classifier`] (built once: this runs on every response).
 pub fn classify(status: StatusCode, grpc_status: Option<u32>, error: Option<Reason>) -> Class {
-    Classifier::default().classify(status, grpc_status, error)
+    static DEFAULT: std::sync::LazyLock<Classifier> = std::sync::LazyLock::new(Classifier::default);
+    DEFAULT.classify(status, grpc_status, error)
 }
 
 /// Reads `grpc-status` from a header or trailer map.

@@ -166,8 +166,12 @@ impl ProxyError {
             reason,
             status: reason.status(),
             detail: detail.into(),
-            // Only a connection that never carried the request is safe to retry by default.
-            retryable: matches!(reason, Reason::UpstreamConnect),
+            // Upstream transport failures may be retried; the retry policy adds the rule that
+            // only a refused connect is safe for requests that are not idempotent.
+            retryable: matches!(
+                reason,
+                Reason::UpstreamConnect | Reason::UpstreamReset | Reason::UpstreamTimeout
+            ),
             retry_after: None,
             source: None,
         }
@@ -184,6 +188,20 @@ impl ProxyError {
     pub fn with_status(mut self, status: StatusCode) -> Self {
         self.status = status;
         self
+    }
+
+    /// A copy without the source chain: for re-raising an error found inside another (a
+    /// client body error that surfaced through the upstream client, say) with its reason,
+    /// status and retry hints intact.
+    pub fn detached(&self) -> Self {
+        Self {
+            reason: self.reason,
+            status: self.status,
+            detail: self.detail.clone(),
+            retryable: self.retryable,
+            retry_after: self.retry_after,
+            source: None,
+        }
     }
 
     /// Tells the client when to try again (`Retry-After`).
@@ -213,8 +231,12 @@ impl ProxyError {
         self.status
     }
 
-    /// Who caused it.
+    /// Who caused it. A `request-timeout` answered 504 is a route deadline the upstream
+    /// did not meet, not a slow client.
     pub fn blame(&self) -> Blame {
+        if self.reason == Reason::RequestTimeout && self.status == StatusCode::GATEWAY_TIMEOUT {
+            return Blame::Upstream;
+        }
         self.reason.blame()
     }
 
@@ -272,8 +294,18 @@ mod tests {
     }
 
     #[test]
-    fn only_connect_errors_are_retryable_by_default() {
+    fn upstream_transport_errors_are_retryable_by_default() {
         assert!(ProxyError::new(Reason::UpstreamConnect, "x").is_retryable());
-        assert!(!ProxyError::new(Reason::UpstreamReset, "x").is_retryable());
+        assert!(ProxyError::new(Reason::UpstreamReset, "x").is_retryable());
+        assert!(!ProxyError::new(Reason::BadRequest, "x").is_retryable());
+        assert!(!ProxyError::new(Reason::NoEndpoints, "x").is_retryable());
+    }
+
+    #[test]
+    fn a_missed_route_deadline_is_the_upstreams_fault() {
+        let slow_client = ProxyError::new(Reason::RequestTimeout, "x");
+        assert_eq!(slow_client.blame(), Blame::Downstream);
+        let deadline = slow_client.with_status(StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(deadline.blame(), Blame::Upstream);
     }
 }

@@ -41,4 +41,15 @@ pub type BoxHttpService =
     tower::util::BoxCloneService<http::Request<Body>, http::Response<Body>, BoxError>;
 
 pub use body::Body;
+
+/// A random number without a dependency: the std hasher's per-process random keys over a
+/// counter. Good enough for jitter and load-balancer draws; not for anything secret.
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.finish()
+}
 pub use error::{Blame, ProxyError, Reason};

@@ -62,7 +62,6 @@ async fn forward(req: Request<Body>) -> Result<Response<Body>, ProxyError> {
     } else {
         Protocol::Http1
     };
-    let req = prime_chunked(req).await?;
     let rsp = pool
         .send(upstream_form(req, protocol, &pool), protocol)
         .await?;
@@ -71,7 +70,7 @@ async fn forward(req: Request<Body>) -> Result<Response<Body>, ProxyError> {
 
 /// Reads the first chunk of an HTTP/1 chunked body before contacting the upstream, so a
 /// malformed chunk is refused (400) without the upstream ever seeing the request.
-async fn prime_chunked(req: Request<Body>) -> Result<Request<Body>, ProxyError> {
+pub(crate) async fn prime_chunked(req: Request<Body>) -> Result<Request<Body>, ProxyError> {
     let chunked = req.version() <= Version::HTTP_11
         && !req.body().is_end_stream()
         && req.body().size_hint().exact().is_none();
@@ -81,9 +80,7 @@ async fn prime_chunked(req: Request<Body>) -> Result<Request<Body>, ProxyError> 
     let (parts, b) = req.into_parts();
     let b = body::prime(b).await.map_err(|e| {
         match proxy_core::error::find_cause::<ProxyError>(e.as_ref()) {
-            Some(pe) => {
-                ProxyError::new(pe.reason(), pe.detail().to_owned()).with_status(pe.status())
-            }
+            Some(pe) => pe.detached(),
             None => ProxyError::new(Reason::BadRequest, format!("malformed request body: {e}")),
         }
     })?;
@@ -103,10 +100,11 @@ fn upstream_form(req: Request<Body>, protocol: Protocol, pool: &Pool) -> Request
         Protocol::Http1 => {
             parts.uri = Uri::from(path);
             parts.version = Version::HTTP_11;
-            if let Some(a) = authority {
-                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                    parts.headers.insert(HOST, v);
-                }
+            // HTTP/1.1 requires a Host; a request that named no authority (HTTP/1.0 without
+            // one) gets the endpoint's address.
+            let host = authority.map_or_else(|| pool.addr().to_string(), |a| a.as_str().to_owned());
+            if let Ok(v) = HeaderValue::from_str(&host) {
+                parts.headers.insert(HOST, v);
             }
         }
         Protocol::Http2 => {

@@ -1,6 +1,6 @@
 //! Picking the endpoint for one try, with the service's balancing strategy (P2C over
 //! peak-EWMA by default), skipping any endpoint whose circuit breaker has ejected it. The
-//! chosen [`Endpoint`] (and its breaker gate) go in the request's extensions for the breaker
+//! chosen [`Endpoint`] (and its breaker admission) go in the request's extensions for the breaker
 //! and the forwarder below; the try's latency feeds the endpoint's load.
 //!
 //! Sits below retries, so each retry picks again and usually lands elsewhere.
@@ -14,13 +14,14 @@ use std::task::{Context, Poll};
 use http::uri::Authority;
 use http::{Request, Response};
 use proxy_core::balance;
+use proxy_core::breaker::Admission;
 use proxy_core::error::find_cause;
 use proxy_core::{Body, BoxError, BoxHttpService, ProxyError, Reason};
-use proxy_metrics::http::MetricsSlot;
 use tower::{Layer, Service};
 
 use crate::client::Pools;
 use crate::endpoints::Endpoint;
+use crate::forward::prime_chunked;
 use crate::target::{Service as TargetService, Target};
 
 /// Picks an endpoint, then calls the service below.
@@ -67,7 +68,7 @@ impl Service<Request<Body>> for Pick {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let pools = self.pools.clone();
@@ -75,19 +76,22 @@ impl Service<Request<Body>> for Pick {
             let target = req.extensions().get::<Target>().cloned().ok_or_else(|| {
                 ProxyError::new(Reason::Internal, "request reached the picker unrouted")
             })?;
-            if let Some(slot) = req.extensions().get::<MetricsSlot>() {
-                slot.start(target.metrics());
-            }
-            let endpoint = match &target {
+            // Before an endpoint is chosen: a client slow to send its first chunk must not
+            // count against the endpoint's breaker, latency or per-try deadline.
+            let mut req = prime_chunked(req).await?;
+            let (endpoint, admission) = match &target {
                 Target::Service(service) => choose(service)?,
-                Target::Passthrough { authority, .. } => Arc::new(Endpoint {
-                    pool: pools.get(resolve(authority).await?),
-                    gate: None,
-                    load: Default::default(),
-                }),
+                Target::Passthrough { authority, .. } => {
+                    let endpoint = Endpoint {
+                        pool: pools.get(resolve(authority).await?),
+                        gate: None,
+                        load: Default::default(),
+                    };
+                    (Arc::new(endpoint), None)
+                }
             };
-            if let Some(gate) = &endpoint.gate {
-                req.extensions_mut().insert(gate.clone());
+            if let Some(admission) = admission {
+                req.extensions_mut().insert(admission);
             }
             req.extensions_mut().insert(endpoint.clone());
             let flight = endpoint.load.start();
@@ -110,7 +114,7 @@ impl Service<Request<Body>> for Pick {
     }
 }
 
-fn choose(service: &TargetService) -> Result<Arc<Endpoint>, ProxyError> {
+fn choose(service: &TargetService) -> Result<(Arc<Endpoint>, Option<Admission>), ProxyError> {
     let (list, turn) = service.endpoints.snapshot();
     if list.is_empty() {
         return Err(ProxyError::new(
@@ -118,18 +122,24 @@ fn choose(service: &TargetService) -> Result<Arc<Endpoint>, ProxyError> {
             format!("service {} has no endpoints", service.name),
         ));
     }
-    let admit = |e: &Arc<Endpoint>| e.gate.as_ref().is_none_or(|g| g.admit());
-    balance::choose(service.balance, &list, turn, |e| &e.load, admit)
-        .cloned()
-        .ok_or_else(|| {
-            ProxyError::new(
-                Reason::CircuitOpen,
-                format!(
-                    "every endpoint of service {} is ejected by its circuit breaker",
-                    service.name
-                ),
-            )
-        })
+    let mut admission = None;
+    let admit = |e: &Arc<Endpoint>| match &e.gate {
+        None => true,
+        Some(gate) => {
+            admission = gate.admit();
+            admission.is_some()
+        }
+    };
+    let chosen = balance::choose(service.balance, &list, turn, |e| &e.load, admit).cloned();
+    chosen.map(|e| (e, admission)).ok_or_else(|| {
+        ProxyError::new(
+            Reason::CircuitOpen,
+            format!(
+                "every endpoint of service {} is ejected by its circuit breaker",
+                service.name
+            ),
+        )
+    })
 }
 
 /// Resolves a passthrough authority (port 80 when none is given).

@@ -20,7 +20,7 @@ use proxy_core::retry::{self, Backoff, BudgetParams};
 use proxy_core::route::{Resolve, Table};
 use proxy_core::timeout::Timeouts;
 use proxy_core::{ProxyError, Reason};
-use proxy_metrics::http::{HttpFamilies, TargetMetrics};
+use proxy_metrics::http::{HttpFamilies, MetricsSlot, TargetMetrics};
 
 use crate::client::Pools;
 use crate::config::{
@@ -38,8 +38,8 @@ pub struct Service {
     identity: Option<(ServiceSpec, String)>,
     /// For the inbound app target: the inbound config it was built from.
     inbound: Option<InboundSpec>,
-    /// Its endpoints.
-    pub endpoints: Endpoints,
+    /// Its endpoints, shared with the next config generation when only its policies change.
+    pub endpoints: Arc<Endpoints>,
     /// Its metric handles.
     pub metrics: Arc<TargetMetrics>,
     /// Its retry policy, with the live budget.
@@ -132,17 +132,29 @@ fn build_routes(
         }
         let target_addr = format!("{name}:{}", svc.port);
         let target_metrics = metrics.target("outbound", &authority, &target_addr);
-        let breaker = svc
-            .breaker
-            .as_ref()
-            .map(|b| breaker_config(b, &target_metrics));
-        let endpoints = match &svc.endpoints {
-            EndpointSource::Static(list) => Endpoints::fixed(list, pools, breaker),
-            EndpointSource::Dns {
-                host,
-                port,
-                refresh,
-            } => Endpoints::dns(host.clone(), *port, refresh.0, pools, breaker),
+        // Endpoints (with their DNS answers, breaker states and load averages) outlive an
+        // edit of the service's policies; only a new endpoint source or breaker rebuilds them.
+        let same_endpoints = |old: &&Arc<Service>| {
+            old.identity.as_ref().is_some_and(|(spec, auth)| {
+                spec.endpoints == svc.endpoints && spec.breaker == svc.breaker && *auth == authority
+            })
+        };
+        let endpoints = match old.and_then(|o| o.by_name.get(name)).filter(same_endpoints) {
+            Some(kept) => kept.endpoints.clone(),
+            None => {
+                let breaker = svc
+                    .breaker
+                    .as_ref()
+                    .map(|b| breaker_config(b, &target_metrics));
+                Arc::new(match &svc.endpoints {
+                    EndpointSource::Static(list) => Endpoints::fixed(list, pools, breaker),
+                    EndpointSource::Dns {
+                        host,
+                        port,
+                        refresh,
+                    } => Endpoints::dns(host.clone(), *port, refresh.0, pools, breaker),
+                })
+            }
         };
         let service = Arc::new(Service {
             name: name.clone(),
@@ -228,6 +240,15 @@ fn timeouts(spec: &TimeoutsSpec) -> Timeouts {
     }
 }
 
+/// Stores the target and counts the request against it from here on, so refusals further
+/// in (limits, deadlines) are labelled with the target too.
+fn routed(extensions: &mut http::Extensions, target: Target) {
+    if let Some(slot) = extensions.get::<MetricsSlot>() {
+        slot.start(target.metrics());
+    }
+    extensions.insert(target);
+}
+
 impl Resolve for OutboundResolver {
     fn resolve(
         &self,
@@ -249,15 +270,16 @@ impl Resolve for OutboundResolver {
                 extensions.insert(limits.clone());
             }
             extensions.insert(service.timeouts);
-            extensions.insert(Target::Service(service.clone()));
+            routed(extensions, Target::Service(service.clone()));
             return Ok(());
         }
         match &routes.passthrough {
             Some(metrics) => {
-                extensions.insert(Target::Passthrough {
+                let target = Target::Passthrough {
                     authority: authority.clone(),
                     metrics: metrics.clone(),
-                });
+                };
+                routed(extensions, target);
                 Ok(())
             }
             None => Err(ProxyError::new(
@@ -306,7 +328,7 @@ fn build_app(spec: &ProxySpec, pools: &Arc<Pools>, metrics: &Arc<HttpFamilies>) 
         retry: None,
         timeouts: Timeouts::default(),
         balance: balance::Strategy::RoundRobin,
-        endpoints: Endpoints::fixed(&[addr], pools, None),
+        endpoints: Arc::new(Endpoints::fixed(&[addr], pools, None)),
         metrics: metrics.target("inbound", "", &addr.to_string()),
     })
 }
@@ -321,7 +343,7 @@ impl Resolve for InboundResolver {
         if let Some(limits) = &app.limits {
             extensions.insert(limits.clone());
         }
-        extensions.insert(Target::Service(app));
+        routed(extensions, Target::Service(app));
         Ok(())
     }
 }

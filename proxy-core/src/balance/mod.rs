@@ -13,9 +13,6 @@ mod ewma;
 #[cfg(test)]
 mod tests;
 
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-
 pub use ewma::{InFlight, Load, FAILURE_PENALTY};
 
 /// How to choose among endpoints.
@@ -54,8 +51,8 @@ pub fn choose<T>(
             ranked.into_iter().find(|item| admit(item))
         }
         (Strategy::P2c, _) => {
-            let a = (random() as usize) % n;
-            let b = (a + 1 + (random() as usize) % (n - 1)) % n;
+            let a = (crate::random_u64() as usize) % n;
+            let b = (a + 1 + (crate::random_u64() as usize) % (n - 1)) % n;
             let (first, second) = if load(&items[a]).cost() <= load(&items[b]).cost() {
                 (&items[a], &items[b])
             } else {
@@ -76,11 +73,4 @@ fn scan<T>(items: &[T], start: usize, mut admit: impl FnMut(&T) -> bool) -> Opti
     (0..items.len())
         .map(|i| &items[(start + i) % items.len()])
         .find(|i| admit(i))
-}
-
-fn random() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.finish()
 }

@@ -138,7 +138,10 @@ async fn faster_samples_never_raise_the_average() {
         serve(&list[0], Duration::from_micros(100)).await;
     }
     let after = list[0].load.cost();
-    assert!(after < before, "the average rose from {before} to {after} ns on faster samples");
+    assert!(
+        after < before,
+        "the average rose from {before} to {after} ns on faster samples"
+    );
 }
 
 #[test]
@@ -147,10 +150,16 @@ fn least_request_asks_admit_only_in_rank_order() {
     let _a = list[0].load.start();
     let _b = (list[2].load.start(), list[2].load.start());
     let mut asked = Vec::new();
-    let pick = choose(Strategy::LeastRequest, &list, 0, |e| &e.load, |e| {
-        asked.push(e.name);
-        true
-    });
+    let pick = choose(
+        Strategy::LeastRequest,
+        &list,
+        0,
+        |e| &e.load,
+        |e| {
+            asked.push(e.name);
+            true
+        },
+    );
     assert_eq!(pick.unwrap().name, "idle");
     assert_eq!(asked, ["idle"], "only the winner is admitted");
 }

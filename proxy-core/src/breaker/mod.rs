@@ -3,8 +3,8 @@
 //!
 //! Each endpoint of a service has a [`Gate`]. Whoever picks the endpoint asks the gate to
 //! [`Gate::admit`] the request (an ejected endpoint is skipped; when every endpoint refuses,
-//! the request fails fast with 503 `circuit-open`) and puts the gate in the request's
-//! extensions; [`Breaker`] then records the outcome there, classified by the shared
+//! the request fails fast with 503 `circuit-open`) and puts the [`Admission`] in the
+//! request's extensions; [`Breaker`] then records the outcome there, classified by the shared
 //! [`crate::classify`] rules. Failures the client caused (a malformed body, say) are not held
 //! against the endpoint.
 //!
@@ -16,7 +16,6 @@ pub mod state;
 mod tests;
 
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -57,11 +56,14 @@ impl Gate {
         }
     }
 
-    /// Whether a request may be sent to the endpoint now.
-    pub fn admit(&self) -> bool {
-        let (ok, transition) = self.lock().admit(Instant::now());
+    /// Admits a request to the endpoint now, or refuses (`None`) while it is ejected.
+    pub fn admit(self: &Arc<Self>) -> Option<Admission> {
+        let (generation, transition) = self.lock().admit(Instant::now());
         self.announce(transition);
-        ok
+        generation.map(|generation| Admission {
+            gate: self.clone(),
+            generation,
+        })
     }
 
     /// The current state.
@@ -69,13 +71,11 @@ impl Gate {
         self.lock().state()
     }
 
-    fn record(&self, success: bool) {
-        let transition = self.lock().record(success, Instant::now(), jitter());
+    fn record(&self, success: bool, generation: u64) {
+        let transition = self
+            .lock()
+            .record(success, generation, Instant::now(), jitter);
         self.announce(transition);
-    }
-
-    fn release(&self) {
-        self.lock().release();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, state::Machine> {
@@ -84,23 +84,33 @@ impl Gate {
 
     fn announce(&self, transition: Option<Transition>) {
         let Some(t) = transition else { return };
-        let to = match t.to {
-            State::Closed => "Closed",
-            State::Open { .. } => "Open",
-            State::HalfOpen { .. } => "HalfOpen",
-        };
-        tracing::info!(endpoint = %self.endpoint, state = to, reason = %t.reason, "circuit breaker");
+        tracing::info!(endpoint = %self.endpoint, state = t.to.as_str(), reason = %t.reason, "circuit breaker");
         self.observer.transition(&self.endpoint, t.to);
     }
 }
 
 fn jitter() -> f64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u8(0);
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+    (crate::random_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Records each request's outcome on the [`Gate`] found in its extensions.
+/// A request let through a [`Gate`]: where [`Breaker`] records its outcome.
+#[derive(Clone, Debug)]
+pub struct Admission {
+    gate: Arc<Gate>,
+    generation: u64,
+}
+
+impl Admission {
+    fn record(self, success: bool) {
+        self.gate.record(success, self.generation);
+    }
+
+    fn release(self) {
+        self.gate.lock().release(self.generation);
+    }
+}
+
+/// Records each request's outcome on the [`Admission`] found in its extensions.
 #[derive(Clone, Debug)]
 pub struct Breaker<S> {
     inner: S,
@@ -131,10 +141,10 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let gate = req.extensions().get::<Arc<Gate>>().cloned();
+        let admission = req.extensions().get::<Admission>().cloned();
         ResponseFuture {
             inner: self.inner.call(req),
-            outcome: Outcome { gate },
+            outcome: Outcome { admission },
         }
     }
 }
@@ -142,13 +152,13 @@ where
 /// Releases an admitted request's slot if it ends without an outcome.
 #[derive(Debug)]
 struct Outcome {
-    gate: Option<Arc<Gate>>,
+    admission: Option<Admission>,
 }
 
 impl Drop for Outcome {
     fn drop(&mut self) {
-        if let Some(gate) = self.gate.take() {
-            gate.release();
+        if let Some(admission) = self.admission.take() {
+            admission.release();
         }
     }
 }
@@ -172,14 +182,16 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
-        if let Some(gate) = this.outcome.gate.take() {
+        if let Some(admission) = this.outcome.admission.take() {
             match &result {
-                Ok(rsp) => gate
-                    .record(classify(rsp.status(), grpc_status(rsp.headers()), None).is_success()),
+                Ok(rsp) => {
+                    let class = classify(rsp.status(), grpc_status(rsp.headers()), None);
+                    admission.record(class.is_success());
+                }
                 Err(e) => match find_cause::<ProxyError>(e.as_ref()).map(ProxyError::blame) {
                     // The client's own failures say nothing about the endpoint.
-                    Some(Blame::Downstream) => gate.release(),
-                    _ => gate.record(false),
+                    Some(Blame::Downstream) => admission.release(),
+                    _ => admission.record(false),
                 },
             }
         }

@@ -57,6 +57,17 @@ pub enum State {
     },
 }
 
+impl State {
+    /// The state's standard name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "Closed",
+            Self::Open { .. } => "Open",
+            Self::HalfOpen { .. } => "HalfOpen",
+        }
+    }
+}
+
 /// A state change and why it happened, for logs and metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
@@ -71,6 +82,9 @@ pub struct Transition {
 pub struct Machine {
     settings: Settings,
     state: State,
+    // Bumped on every state change; an outcome from an earlier generation (a request
+    // admitted before a trip, finishing during the next HalfOpen) is ignored.
+    generation: u64,
     consecutive: u32,
     trips: u32,
     // One-second buckets of (successes, failures), newest last.
@@ -83,6 +97,7 @@ impl Machine {
         Self {
             settings,
             state: State::Closed,
+            generation: 0,
             consecutive: 0,
             trips: 0,
             buckets: VecDeque::new(),
@@ -94,41 +109,62 @@ impl Machine {
         self.state
     }
 
-    /// Whether a request may go to the endpoint now. An expired ejection turns into HalfOpen
-    /// and admits exactly one probe.
-    pub fn admit(&mut self, now: Instant) -> (bool, Option<Transition>) {
+    /// The current generation (see [`Machine::record`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether a request may go to the endpoint now, and if so the generation its outcome
+    /// must be recorded with. An expired ejection turns into HalfOpen and admits exactly one
+    /// probe.
+    pub fn admit(&mut self, now: Instant) -> (Option<u64>, Option<Transition>) {
         match self.state {
-            State::Closed => (true, None),
+            State::Closed => (Some(self.generation), None),
             State::Open { until } if now >= until => {
-                self.state = State::HalfOpen { probing: true };
+                self.set(State::HalfOpen { probing: true });
                 let t = Transition {
                     to: self.state,
                     reason: "ejection over; sending one probe".into(),
                 };
-                (true, Some(t))
+                (Some(self.generation), Some(t))
             }
-            State::Open { .. } | State::HalfOpen { probing: true } => (false, None),
+            State::Open { .. } | State::HalfOpen { probing: true } => (None, None),
             State::HalfOpen { probing: false } => {
                 self.state = State::HalfOpen { probing: true };
-                (true, None)
+                (Some(self.generation), None)
             }
         }
     }
 
-    /// A request that was admitted ended without an outcome (cancelled): a probe slot is
-    /// freed so another request can probe.
-    pub fn release(&mut self) {
-        if self.state == (State::HalfOpen { probing: true }) {
+    /// A request admitted in `generation` ended without an outcome (cancelled): if it was
+    /// the probe, the slot is freed so another request can probe.
+    pub fn release(&mut self, generation: u64) {
+        if generation == self.generation && self.state == (State::HalfOpen { probing: true }) {
             self.state = State::HalfOpen { probing: false };
         }
     }
 
-    /// Records an outcome; `jitter` in `[0, 1)` spreads ejections of many endpoints apart.
-    pub fn record(&mut self, success: bool, now: Instant, jitter: f64) -> Option<Transition> {
+    fn set(&mut self, state: State) {
+        self.state = state;
+        self.generation += 1;
+    }
+
+    /// Records the outcome of a request admitted in `generation`; `jitter` (in `[0, 1)`,
+    /// asked for only on a trip) spreads ejections of many endpoints apart.
+    pub fn record(
+        &mut self,
+        success: bool,
+        generation: u64,
+        now: Instant,
+        jitter: impl FnOnce() -> f64,
+    ) -> Option<Transition> {
+        if generation != self.generation {
+            return None;
+        }
         match self.state {
             State::Open { .. } => None, // a request admitted before the trip
             State::HalfOpen { .. } if success => {
-                self.state = State::Closed;
+                self.set(State::Closed);
                 self.trips = 0;
                 self.consecutive = 0;
                 self.buckets.clear();
@@ -166,20 +202,20 @@ impl Machine {
         }
     }
 
-    fn trip(&mut self, now: Instant, jitter: f64, reason: String) -> Transition {
+    fn trip(&mut self, now: Instant, jitter: impl FnOnce() -> f64, reason: String) -> Transition {
         let exp = self
             .settings
             .backoff
             .saturating_mul(1u32 << self.trips.min(16))
             .min(self.settings.max_backoff);
         // Up to 10% extra, so endpoints ejected together do not return together.
-        let ejection = exp + exp.mul_f64(0.1 * jitter.clamp(0.0, 1.0));
+        let ejection = exp + exp.mul_f64(0.1 * jitter().clamp(0.0, 1.0));
         self.trips += 1;
         self.consecutive = 0;
         self.buckets.clear();
-        self.state = State::Open {
+        self.set(State::Open {
             until: now + ejection,
-        };
+        });
         Transition {
             to: self.state,
             reason: format!("{reason}; ejected for {ejection:?}"),

@@ -107,21 +107,23 @@ pub struct Limits {
 
 impl Limits {
     fn admit(&self) -> Result<Option<Slot>, ProxyError> {
+        // The in-flight cap first: a request shed there must not spend a rate token.
+        let slot = match &self.max_in_flight {
+            None => None,
+            Some(cap) => Some(cap.acquire().ok_or_else(|| {
+                ProxyError::new(
+                    Reason::LoadShed,
+                    format!("{} requests already in flight", cap.max),
+                )
+            })?),
+        };
         if let Some(rate) = &self.rate {
             rate.acquire().map_err(|wait| {
                 ProxyError::new(Reason::RateLimited, "the rate limit is reached")
                     .with_retry_after(wait)
             })?;
         }
-        match &self.max_in_flight {
-            None => Ok(None),
-            Some(cap) => cap.acquire().map(Some).ok_or_else(|| {
-                ProxyError::new(
-                    Reason::LoadShed,
-                    format!("{} requests already in flight", cap.max),
-                )
-            }),
-        }
+        Ok(slot)
     }
 }
 

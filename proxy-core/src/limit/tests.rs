@@ -78,6 +78,24 @@ async fn in_flight_beyond_the_cap_is_shed_until_bodies_end() {
     assert!(upstream().oneshot(with(&limits)).await.is_ok());
 }
 
+#[tokio::test(start_paused = true)]
+async fn shed_requests_do_not_spend_rate_tokens() {
+    let limits = Arc::new(Limits {
+        rate: Some(RateLimit::new(1.0, 2)),
+        max_in_flight: Some(MaxInFlight::new(1)),
+    });
+    let held = upstream().oneshot(with(&limits)).await.unwrap();
+    for _ in 0..5 {
+        let (r, _) = reason(upstream().oneshot(with(&limits)).await);
+        assert_eq!(r, Reason::LoadShed);
+    }
+    drop(held);
+    assert!(
+        upstream().oneshot(with(&limits)).await.is_ok(),
+        "the second token is still there"
+    );
+}
+
 #[tokio::test]
 async fn requests_without_limits_pass() {
     for _ in 0..100 {

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
-use http::{Request, Response, Version};
+use http::{Request, Response, StatusCode, Version};
 use tower::{Layer, Service};
 
 use crate::body::{self, Body};
@@ -127,12 +127,9 @@ pub fn error_response(err: &(dyn std::error::Error + 'static), version: Version)
     }
     // After a framing or timeout error the HTTP/1 byte stream cannot be trusted to be at a
     // message boundary; close it rather than parse garbage as the next request.
-    if version <= Version::HTTP_11
-        && matches!(
-            reason,
-            Reason::BadRequest | Reason::RequestTimeout | Reason::HeadersTooLarge
-        )
-    {
+    let client_stream_broken = matches!(reason, Reason::BadRequest | Reason::HeadersTooLarge)
+        || (reason == Reason::RequestTimeout && proxy_err.status() == StatusCode::REQUEST_TIMEOUT);
+    if version <= Version::HTTP_11 && client_stream_broken {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
     rsp.extensions_mut().insert(reason);
@@ -158,7 +155,6 @@ impl std::fmt::Display for DisplayChain<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::StatusCode;
     use tower::ServiceExt;
 
     #[tokio::test]

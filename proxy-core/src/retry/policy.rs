@@ -2,8 +2,6 @@
 //! and whether the budget allows it.
 
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,18 +40,9 @@ impl Backoff {
             .saturating_mul(1u32 << retry.saturating_sub(1).min(20))
             .min(self.max);
         let half = exp / 2;
-        let jitter = (u128::from(random()) % (half.as_nanos().max(1))) as u64;
+        let jitter = (u128::from(crate::random_u64()) % (half.as_nanos().max(1))) as u64;
         half + Duration::from_nanos(jitter)
     }
-}
-
-/// A random number without a dependency: the std hasher's per-process random keys, over a
-/// counter.
-fn random() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.finish()
 }
 
 /// How much extra load retries may add: `ratio` of the requests seen over `ttl`, plus
@@ -127,11 +116,9 @@ impl Policy {
         idempotent: bool,
     ) -> bool {
         match result {
-            Err(e) => match find_cause::<ProxyError>(e.as_ref()).map(ProxyError::reason) {
-                Some(Reason::UpstreamConnect) => true,
-                Some(Reason::UpstreamReset | Reason::UpstreamTimeout) => idempotent,
-                _ => false,
-            },
+            Err(e) => find_cause::<ProxyError>(e.as_ref()).is_some_and(|e| {
+                e.is_retryable() && (e.reason() == Reason::UpstreamConnect || idempotent)
+            }),
             Ok(rsp) => {
                 idempotent
                     && self

@@ -146,8 +146,7 @@ where
                 Scope::Backend => ProxyError::new(
                     Reason::UpstreamTimeout,
                     format!("the upstream did not answer within {limit:?}"),
-                )
-                .with_retryable(true),
+                ),
             };
             return Poll::Ready(Err(Box::new(err)));
         }

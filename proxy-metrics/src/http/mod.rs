@@ -151,10 +151,10 @@ impl proxy_core::retry::RetryObserver for TargetMetrics {
 impl proxy_core::breaker::BreakerObserver for TargetMetrics {
     fn transition(&self, endpoint: &str, to: proxy_core::breaker::State) {
         use proxy_core::breaker::State;
-        let (value, name) = match to {
-            State::Closed => (0, "Closed"),
-            State::Open { .. } => (1, "Open"),
-            State::HalfOpen { .. } => (2, "HalfOpen"),
+        let value = match to {
+            State::Closed => 0,
+            State::Open { .. } => 1,
+            State::HalfOpen { .. } => 2,
         };
         let mut labels = self.base.clone();
         labels.push(("endpoint", endpoint.to_owned()));
@@ -162,7 +162,7 @@ impl proxy_core::breaker::BreakerObserver for TargetMetrics {
             .breaker_state
             .get_or_create(&labels)
             .set(value);
-        labels.push(("to", name.to_owned()));
+        labels.push(("to", to.as_str().to_owned()));
         self.families
             .breaker_transitions
             .get_or_create(&labels)

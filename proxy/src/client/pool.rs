@@ -207,8 +207,7 @@ impl Pool {
     /// body keeps the client's blame (400 or 408), not the upstream's.
     fn exchange_error(&self, e: hyper::Error) -> ProxyError {
         if let Some(downstream) = find_cause::<ProxyError>(&e) {
-            return ProxyError::new(downstream.reason(), downstream.detail().to_owned())
-                .with_status(downstream.status());
+            return downstream.detached();
         }
         let reason = if e.is_timeout() {
             Reason::UpstreamTimeout
