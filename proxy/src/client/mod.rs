@@ -56,7 +56,7 @@ impl Pools {
         }
     }
 
-    /// Changes the settings for pools created from now on.
+    /// Changes the settings of every pool, existing ones included (they read them live).
     pub fn set_settings(&self, settings: Settings) {
         self.settings.store(Arc::new(settings));
     }
