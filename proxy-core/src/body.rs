@@ -58,6 +58,8 @@ pin_project_lite::pin_project! {
         timer: Option<Pin<Box<Sleep>>>,
         // Whether the timer is counting the current wait (it is disarmed when a frame comes).
         armed: bool,
+        // Whether this is a response body (the upstream's) rather than the client's.
+        upstream: bool,
     }
 }
 
@@ -69,6 +71,17 @@ impl<B> Guarded<B> {
             idle,
             timer: None,
             armed: false,
+            upstream: false,
+        }
+    }
+
+    /// Guards an upstream's response body: a stream idle for longer than `idle` ends with an
+    /// `upstream-timeout` error (the client sees the stream reset). Its own errors pass as
+    /// they are.
+    pub fn response(inner: B, idle: Duration) -> Self {
+        Self {
+            upstream: true,
+            ..Self::new(inner, idle)
         }
     }
 }
@@ -89,6 +102,9 @@ where
         match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
                 *this.armed = false;
+                if *this.upstream {
+                    return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+                }
                 Poll::Ready(frame.map(|f| f.map_err(downstream_body_error)))
             }
             Poll::Pending => {
@@ -102,10 +118,17 @@ where
                 // Re-arm so a caller that polls again gets a fresh window rather than a
                 // timer stuck in the ready state.
                 timer.as_mut().reset(Instant::now() + idle);
-                let err = ProxyError::new(
-                    Reason::RequestTimeout,
-                    format!("request body idle for more than {idle:?}"),
-                );
+                let err = if *this.upstream {
+                    ProxyError::new(
+                        Reason::UpstreamTimeout,
+                        format!("response stream idle for more than {idle:?}"),
+                    )
+                } else {
+                    ProxyError::new(
+                        Reason::RequestTimeout,
+                        format!("request body idle for more than {idle:?}"),
+                    )
+                };
                 Poll::Ready(Some(Err(Box::new(err))))
             }
         }

@@ -42,6 +42,8 @@ pub enum Reason {
     LoadShed,
     /// A rate limit refused the request.
     RateLimited,
+    /// A route's chosen backend is not a configured service (Gateway API: 500).
+    InvalidBackend,
     /// A bug or an impossible state in the proxy itself.
     Internal,
 }
@@ -61,7 +63,7 @@ impl Reason {
             Self::CircuitOpen | Self::NoEndpoints | Self::LoadShed => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Internal | Self::InvalidBackend => StatusCode::INTERNAL_SERVER_ERROR,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -82,6 +84,7 @@ impl Reason {
             Self::NoEndpoints => "no-endpoints",
             Self::LoadShed => "load-shed",
             Self::RateLimited => "rate-limited",
+            Self::InvalidBackend => "invalid-backend",
             Self::Internal => "internal",
         }
     }
@@ -101,7 +104,7 @@ impl Reason {
             | Self::UpstreamTimeout
             | Self::CircuitOpen
             | Self::NoEndpoints => Blame::Upstream,
-            Self::LoadShed | Self::Internal => Blame::Proxy,
+            Self::LoadShed | Self::Internal | Self::InvalidBackend => Blame::Proxy,
         }
     }
 
@@ -111,7 +114,7 @@ impl Reason {
     }
 }
 
-const ALL: [Reason; 14] = [
+const ALL: [Reason; 15] = [
     Reason::BadRequest,
     Reason::Forbidden,
     Reason::RequestTimeout,
@@ -125,6 +128,7 @@ const ALL: [Reason; 14] = [
     Reason::NoEndpoints,
     Reason::LoadShed,
     Reason::RateLimited,
+    Reason::InvalidBackend,
     Reason::Internal,
 ];
 

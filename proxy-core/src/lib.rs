@@ -4,7 +4,9 @@
 //! `ResponseFuture` where the layer needs one, and a typed error):
 //!
 //! - [`normalize`]: one authority per request, hop-by-hop stripping, header limits, body guards.
-//! - [`route`]: picks the logical service a request is for, by its authority.
+//! - [`route`]: picks the logical service a request is for, by its authority, and the route
+//!   within it, by method, path, headers and query.
+//! - [`split`]: weighted traffic split between a route's backends.
 //! - [`timeout`]: the whole-request and per-try deadlines.
 //! - [`retry`]: retries with a replay buffer, backoff and a budget.
 //! - [`balance`]: choosing an endpoint (P2C over peak-EWMA, round-robin, least-request).
@@ -30,6 +32,7 @@ pub mod normalize;
 pub mod respond;
 pub mod retry;
 pub mod route;
+pub mod split;
 pub mod timeout;
 
 /// The error type crossing service boundaries; leaves use typed errors and box them here.

@@ -1,10 +1,13 @@
-//! Routing: which logical service a request is for.
+//! Routing: which logical service, and which of its routes, a request is for.
 //!
 //! [`Route`] asks a [`Resolve`] implementation to route the request (by the authority that
-//! [`crate::normalize`] settled on): it stores the target and its policies in the request's
-//! extensions for the layers below, or refuses the request with `no-route`. [`Table`] is the name lookup most
-//! resolvers use: it knows the Kubernetes spellings of a service name.
+//! [`crate::normalize`] settled on, then by method, path, headers and query): it stores the
+//! target and its policies in the request's extensions for the layers below, or refuses the
+//! request with `no-route`. [`Table`] is the name lookup most resolvers use: it knows the
+//! Kubernetes spellings of a service name. [`RouteSet`] holds a service's HTTP routes in
+//! Gateway API precedence order.
 
+mod matcher;
 mod table;
 
 use std::task::{Context, Poll};
@@ -16,17 +19,19 @@ use tower::{Layer, Service};
 use crate::error::ProxyError;
 use crate::BoxError;
 
+pub use matcher::{anchored, Anchor, HttpMatch, PathMatch, RequestHead, RouteSet, ValueMatch};
 pub use table::Table;
 
 /// Finds the target of a request. Implemented by the binary over its live configuration, so a
 /// reload changes routing for the next request without touching open connections.
 pub trait Resolve: Send + Sync + 'static {
-    /// Resolves a request with the given authority (none for HTTP/1.0 without `Host`),
-    /// storing in `extensions` what the layers below need: the target, and its policies
-    /// (a [`crate::retry::Policy`], [`crate::timeout::Timeouts`]).
+    /// Resolves a request with the given authority (none for HTTP/1.0 without `Host`) and
+    /// head, storing in `extensions` what the layers below need: the target, and its
+    /// policies (a [`crate::retry::Policy`], [`crate::timeout::Timeouts`], limits, a split).
     fn resolve(
         &self,
         authority: Option<&Authority>,
+        head: &RequestHead<'_>,
         extensions: &mut http::Extensions,
     ) -> Result<(), ProxyError>;
 }
@@ -95,11 +100,18 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let authority = req.extensions().get::<Authority>().cloned();
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        let authority = parts.extensions.get::<Authority>().cloned();
+        let head = RequestHead {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+        };
         let routed = self
             .resolver
-            .resolve(authority.as_ref(), req.extensions_mut());
+            .resolve(authority.as_ref(), &head, &mut parts.extensions);
+        let req = Request::from_parts(parts, body);
         ResponseFuture::new(routed.map(|()| self.inner.call(req)))
     }
 }

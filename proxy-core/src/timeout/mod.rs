@@ -3,8 +3,10 @@
 //!
 //! The durations come from the [`Timeouts`] the router stored in the request's extensions,
 //! so each service (or route) carries its own. A deadline runs until the response headers
-//! arrive; an expired `request` deadline answers 504 `request-timeout`, an expired
-//! `backendRequest` deadline 504 `upstream-timeout`, which a retry may follow.
+//! arrive (so `backendRequest` is also the response-headers timeout); after them, the
+//! optional `streamIdle` deadline ends a response body that pauses too long between frames.
+//! An expired `request` deadline answers 504 `request-timeout`, an expired `backendRequest`
+//! deadline 504 `upstream-timeout`, which a retry may follow.
 
 #[cfg(test)]
 mod tests;
@@ -18,6 +20,7 @@ use http::{Request, StatusCode};
 use tokio::time::{sleep, Sleep};
 use tower::{Layer, Service};
 
+use crate::body::{Body, Guarded};
 use crate::error::{ProxyError, Reason};
 use crate::BoxError;
 
@@ -28,6 +31,20 @@ pub struct Timeouts {
     pub request: Option<Duration>,
     /// Each try.
     pub backend_request: Option<Duration>,
+    /// The longest pause between two frames of the response body (long streams).
+    pub stream_idle: Option<Duration>,
+}
+
+/// Responses whose body the request deadline can watch for idleness.
+pub trait IdleGuard {
+    /// Ends the body with `upstream-timeout` when no frame arrives for `idle`.
+    fn guard_idle(self, idle: Duration) -> Self;
+}
+
+impl IdleGuard for http::Response<Body> {
+    fn guard_idle(self, idle: Duration) -> Self {
+        self.map(|b| crate::body::boxed(Guarded::response(b, idle)))
+    }
 }
 
 /// Which deadline a [`Timeout`] enforces.
@@ -82,6 +99,7 @@ impl<S> Layer<S> for TimeoutLayer {
 impl<S, B> Service<Request<B>> for Timeout<S>
 where
     S: Service<Request<B>, Error = BoxError>,
+    S::Response: IdleGuard,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -101,11 +119,16 @@ where
             Scope::Request => timeouts.request,
             Scope::Backend => timeouts.backend_request,
         };
+        let stream_idle = match self.scope {
+            Scope::Request => timeouts.stream_idle,
+            Scope::Backend => None,
+        };
         ResponseFuture {
             inner: self.inner.call(req),
             sleep: limit.map(sleep),
             limit,
             scope: self.scope,
+            stream_idle,
         }
     }
 }
@@ -120,19 +143,24 @@ pin_project_lite::pin_project! {
         sleep: Option<Sleep>,
         limit: Option<Duration>,
         scope: Scope,
+        stream_idle: Option<Duration>,
     }
 }
 
 impl<F, T> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<T, BoxError>>,
+    T: IdleGuard,
 {
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if let Poll::Ready(result) = this.inner.poll(cx) {
-            return Poll::Ready(result);
+            return Poll::Ready(match *this.stream_idle {
+                Some(idle) => result.map(|rsp| rsp.guard_idle(idle)),
+                None => result,
+            });
         }
         if let Some(sleep) = this.sleep.as_pin_mut() {
             std::task::ready!(sleep.poll(cx));

@@ -1,0 +1,65 @@
+use std::sync::Arc;
+
+use http::{Request, Response};
+use tower::{service_fn, Layer, ServiceExt};
+
+use super::*;
+
+fn backends(weights: &[(&str, u32, bool)]) -> Backends<&'static str> {
+    Backends::new(
+        weights
+            .iter()
+            .map(|&(name, weight, valid)| Backend {
+                name: name.to_owned(),
+                weight,
+                target: valid.then(|| if name == "a" { "A" } else { "B" }),
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn draws_land_in_proportion_to_the_weights() {
+    let split = backends(&[("a", 90, true), ("b", 10, true)]);
+    let mut a = 0;
+    for draw in 0..1000 {
+        if split.pick(draw).unwrap().name == "a" {
+            a += 1;
+        }
+    }
+    assert_eq!(a, 900, "every residue of the total weight is counted once");
+}
+
+#[test]
+fn weight_zero_gets_nothing_and_all_zero_is_an_error() {
+    let split = backends(&[("a", 0, true), ("b", 3, true)]);
+    assert!((0..100).all(|d| split.pick(d).unwrap().name == "b"));
+    let none = backends(&[("a", 0, true)]);
+    assert_eq!(none.pick(7).unwrap_err().reason(), Reason::InvalidBackend);
+}
+
+#[tokio::test]
+async fn the_layer_stores_the_drawn_target_or_refuses_an_invalid_one() {
+    let svc = SplitLayer::<&'static str>::new().layer(service_fn(|req: Request<()>| async move {
+        let target = *req.extensions().get::<&'static str>().expect("a target");
+        Ok::<_, BoxError>(Response::new(target))
+    }));
+
+    let mut req = Request::new(());
+    req.extensions_mut()
+        .insert(Arc::new(backends(&[("a", 1, true)])));
+    assert_eq!(*svc.clone().oneshot(req).await.unwrap().body(), "A");
+
+    let mut req = Request::new(());
+    req.extensions_mut()
+        .insert(Arc::new(backends(&[("b", 1, false)])));
+    let err = svc.clone().oneshot(req).await.unwrap_err();
+    let err = err.downcast_ref::<ProxyError>().unwrap();
+    assert_eq!(err.reason(), Reason::InvalidBackend);
+    assert_eq!(err.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+
+    // Without a split, the request passes through untouched.
+    let mut req = Request::new(());
+    req.extensions_mut().insert("preset");
+    assert_eq!(*svc.oneshot(req).await.unwrap().body(), "preset");
+}
