@@ -37,7 +37,7 @@ pub struct Running {
 pub async fn start(config: Config) -> io::Result<Running> {
     let spec = config.proxy.clone();
     let (metrics, registry) = Metrics::new();
-    let state = Arc::new(State::new(spec.clone(), Arc::new(metrics)));
+    let state = Arc::new(State::new(&config, Arc::new(metrics)));
 
     let bind = |addr: SocketAddr, what: &'static str| async move {
         TcpListener::bind(addr).await.map_err(|e| {

@@ -81,7 +81,7 @@ impl Service<Request<Body>> for Pick {
             let mut req = prime_chunked(req).await?;
             let (endpoint, admission) = match &target {
                 Target::Service(service) => choose(service)?,
-                Target::Passthrough { authority, .. } => {
+                Target::Passthrough { authority } => {
                     let endpoint = Endpoint {
                         pool: pools.get(resolve(authority).await?),
                         gate: None,

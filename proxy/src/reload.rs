@@ -55,7 +55,7 @@ pub async fn watch(path: PathBuf, running: Vec<u8>, state: Arc<State>) {
         let text = String::from_utf8_lossy(&bytes);
         match config::parse(&text, Some(&path)) {
             Ok(cfg) => {
-                state.apply(cfg.proxy);
+                state.apply(cfg);
                 state.metrics.config_reload(true);
                 tracing::info!(file = %path.display(), "config reloaded");
             }

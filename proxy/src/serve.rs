@@ -18,6 +18,7 @@ use crate::detect::{detect, Prefixed, Protocol};
 use crate::drain::Drain;
 use crate::head_timeout::{HeadTimeoutIo, InRequest};
 use crate::stack::{self, HttpService};
+use proxy_core::limit::Client;
 use crate::state::State;
 
 /// Which side of the workload a listener serves.
@@ -98,8 +99,8 @@ async fn serve(
         }
     };
     let svc = || match direction {
-        Direction::Outbound => stack::outbound(state),
-        Direction::Inbound => stack::inbound(state),
+        Direction::Outbound => stack::outbound(state, Client::Addr(peer.ip())),
+        Direction::Inbound => stack::inbound(state, Client::Addr(peer.ip())),
     };
     match protocol {
         Protocol::Http1 => {

@@ -9,11 +9,12 @@ use std::convert::Infallible;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use proxy_core::breaker::BreakerLayer;
-use proxy_core::limit::LimitLayer;
+use proxy_core::limit::{Client, LimitLayer};
 use proxy_core::normalize::{Limits, NormalizeLayer};
 use proxy_core::respond::RespondLayer;
 use proxy_core::retry::RetryLayer;
 use proxy_core::route::RouteLayer;
+use proxy_core::split::SplitLayer;
 use proxy_core::timeout::TimeoutLayer;
 use proxy_core::Body;
 use proxy_metrics::http::MetricsLayer;
@@ -24,20 +25,23 @@ use crate::config::ProxySpec;
 use crate::forward::Forward;
 use crate::pick::PickLayer;
 use crate::state::State;
+use crate::target::Target;
 
 /// A direction's HTTP service, type-erased.
 pub type HttpService = BoxCloneService<Request<Incoming>, Response<Body>, Infallible>;
 
-/// The outbound chain: the app's calls to other services.
-pub fn outbound(state: &State) -> HttpService {
+/// The outbound chain: the app's calls to other services, from `client`.
+pub fn outbound(state: &State, client: Client) -> HttpService {
     let chain = ServiceBuilder::new()
         .layer(MetricsLayer::new(state.unrouted_outbound.clone()))
+        .map_request(from(client))
         .layer(RespondLayer)
         .layer(NormalizeLayer::new(limits(&state.spec.load())))
         .layer(RouteLayer::new(state.outbound.clone()))
         .layer(LimitLayer)
         .layer(TimeoutLayer::request())
         .layer(RetryLayer)
+        .layer(SplitLayer::<Target>::new())
         .layer(PickLayer::new(state.pools.clone()))
         .layer(BreakerLayer)
         .layer(TimeoutLayer::backend())
@@ -45,10 +49,11 @@ pub fn outbound(state: &State) -> HttpService {
     BoxCloneService::new(chain)
 }
 
-/// The inbound chain: other workloads' calls to the local app.
-pub fn inbound(state: &State) -> HttpService {
+/// The inbound chain: other workloads' calls to the local app, from `client`.
+pub fn inbound(state: &State, client: Client) -> HttpService {
     let chain = ServiceBuilder::new()
         .layer(MetricsLayer::new(state.unrouted_inbound.clone()))
+        .map_request(from(client))
         .layer(RespondLayer)
         .layer(NormalizeLayer::new(limits(&state.spec.load())))
         .layer(RouteLayer::new(state.inbound.clone()))
@@ -56,6 +61,14 @@ pub fn inbound(state: &State) -> HttpService {
         .layer(PickLayer::new(state.pools.clone()))
         .service(Forward);
     BoxCloneService::new(chain)
+}
+
+/// Marks each request of a connection with who sent it (for per-client limits).
+fn from(client: Client) -> impl Fn(Request<Incoming>) -> Request<Incoming> + Clone {
+    move |mut req| {
+        req.extensions_mut().insert(client.clone());
+        req
+    }
 }
 
 fn limits(spec: &ProxySpec) -> Limits {

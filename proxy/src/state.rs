@@ -10,7 +10,7 @@ use proxy_metrics::tcp::ListenerMetrics;
 use proxy_metrics::Metrics;
 
 use crate::client::{Pools, Settings};
-use crate::config::ProxySpec;
+use crate::config::{Config, ProxySpec};
 use crate::target::{InboundResolver, OutboundResolver};
 
 /// Shared by every listener and connection.
@@ -39,15 +39,16 @@ pub struct State {
 }
 
 impl State {
-    /// Builds the state for `spec`.
-    pub fn new(spec: ProxySpec, metrics: Arc<Metrics>) -> Self {
+    /// Builds the state for `config`.
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+        let spec = config.proxy.clone();
         let pools = Arc::new(Pools::new(client_settings(&spec)));
         let http = &metrics.http;
         Self {
-            outbound: Arc::new(OutboundResolver::new(&spec, &pools, http)),
+            outbound: Arc::new(OutboundResolver::new(&spec, &config.routes, &pools, http)),
             inbound: Arc::new(InboundResolver::new(&spec, &pools, http)),
-            unrouted_outbound: http.target("outbound", "", ""),
-            unrouted_inbound: http.target("inbound", "", ""),
+            unrouted_outbound: http.target("outbound", "", "", None),
+            unrouted_inbound: http.target("inbound", "", "", None),
             outbound_conns: metrics.tcp.listener("outbound"),
             inbound_conns: metrics.tcp.listener("inbound"),
             spec: ArcSwap::from_pointee(spec),
@@ -59,7 +60,8 @@ impl State {
 
     /// Applies a reloaded config. Listener addresses, the connection limit and worker count
     /// are fixed at start; a change to them is logged and takes effect on restart.
-    pub fn apply(&self, spec: ProxySpec) {
+    pub fn apply(&self, config: Config) {
+        let spec = config.proxy;
         let old = self.spec.load();
         let fixed = [
             (
@@ -80,7 +82,8 @@ impl State {
             }
         }
         self.pools.set_settings(client_settings(&spec));
-        self.outbound.update(&spec, &self.pools, &self.metrics.http);
+        self.outbound
+            .update(&spec, &config.routes, &self.pools, &self.metrics.http);
         self.inbound.update(&spec, &self.pools, &self.metrics.http);
         self.spec.store(Arc::new(spec));
     }

@@ -90,19 +90,24 @@ impl HttpFamilies {
         this
     }
 
-    /// Resolves the handles of one target.
+    /// Resolves the handles of one target: a service, or one of its routes (`route`
+    /// names it, and becomes the `route` label).
     pub fn target(
         self: &Arc<Self>,
         direction: &'static str,
         authority: &str,
         target_addr: &str,
+        route: Option<&str>,
     ) -> Arc<TargetMetrics> {
-        let base: Labels = vec![
+        let mut base: Labels = vec![
             ("direction", direction.to_owned()),
             ("authority", authority.to_owned()),
             ("target_addr", target_addr.to_owned()),
             ("tls", "disabled".to_owned()),
         ];
+        if let Some(route) = route {
+            base.push(("route", route.to_owned()));
+        }
         Arc::new(TargetMetrics {
             request_total: self.requests.get_or_create(&base).clone(),
             retries: self.retries.get_or_create(&base).clone(),

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::mesh::{self, Document};
 use super::{Config, ProxySpec};
 
 /// One problem in a config file.
@@ -98,7 +99,8 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
         }
     };
     let mut errors = Vec::new();
-    let mut proxy: Option<ProxySpec> = None;
+    let mut proxy: Option<(usize, ProxySpec)> = None;
+    let mut mesh_documents = Vec::new();
 
     // Two passes over the same text: the first reads each document's kind, the second parses
     // it as that kind, so errors keep their positions.
@@ -135,7 +137,7 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
                     Ok(_) if proxy.is_some() => {
                         errors.push(doc_error("more than one `kind: Proxy` document".into()));
                     }
-                    Ok(doc) => proxy = Some(doc.spec),
+                    Ok(doc) => proxy = Some((index, doc.spec)),
                     Err(e) => {
                         let path = e.path().to_string();
                         errors.push(yaml_error(e.into_inner(), Some(path)));
@@ -146,6 +148,32 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
                 "apiVersion: `kind: Proxy` needs apiVersion {PROXY_API_VERSION}, got {}",
                 v.unwrap_or("none")
             ))),
+            (Some(v), Some(kind)) if mesh::KINDS.contains(&(v, kind)) => {
+                let parsed = match kind {
+                    "TrafficSplit" => {
+                        serde_path_to_error::deserialize(document).map(Document::TrafficSplit)
+                    }
+                    "HTTPRouteGroup" => {
+                        serde_path_to_error::deserialize(document).map(Document::HttpRouteGroup)
+                    }
+                    _ => serde_path_to_error::deserialize(document).map(Document::HttpRoute),
+                };
+                match parsed {
+                    Ok(doc) => mesh_documents.push((index, doc)),
+                    Err(e) => {
+                        let path = e.path().to_string();
+                        errors.push(yaml_error(e.into_inner(), Some(path)));
+                    }
+                }
+            }
+            (v, Some(kind)) if mesh::KINDS.iter().any(|(_, k)| *k == kind) => {
+                let want = mesh::KINDS.iter().find(|(_, k)| *k == kind).map(|(v, _)| *v);
+                errors.push(doc_error(format!(
+                    "apiVersion: kind {kind} is read as apiVersion {}, got {}",
+                    want.unwrap_or_default(),
+                    v.unwrap_or("none")
+                )));
+            }
             (_, Some(kind)) => errors.push(doc_error(format!(
                 "kind: {kind} is not supported by this version of Skiff"
             ))),
@@ -165,10 +193,36 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
+    let (proxy_index, proxy) = proxy.expect("checked above");
+    let routes = mesh::resolve(&proxy, &mesh_documents).map_err(|problems| {
+        ConfigErrors(
+            problems
+                .into_iter()
+                .map(|(index, message)| {
+                    // Problems of the Proxy document's own fields carry no document index.
+                    let index = if index == usize::MAX { proxy_index } else { index };
+                    ConfigError {
+                        file: file.clone(),
+                        line: starts.get(index).copied(),
+                        column: None,
+                        message,
+                    }
+                })
+                .collect(),
+        )
+    })?;
+    // The mesh documents as written, for `/config`.
+    let written: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(text)
+        .enumerate()
+        .filter(|(i, _)| mesh_documents.iter().any(|(m, _)| m == i))
+        .filter_map(|(_, d)| serde_yaml_ng::Value::deserialize(d).ok())
+        .collect();
     Ok(Config {
         source: path.map(PathBuf::from),
         text: text.to_owned(),
-        proxy: proxy.expect("checked above"),
+        proxy,
+        routes,
+        mesh_documents: written,
     })
 }
 

@@ -6,6 +6,7 @@
 
 mod duration;
 mod load;
+mod mesh;
 mod policy;
 #[cfg(test)]
 mod tests;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::Dur;
 pub use load::{load_file, parse, ConfigError, ConfigErrors};
+pub use mesh::{BackendSpec, RoutePolicySpec, RouteSpec, ServiceRoutes};
 pub use policy::{
     BreakerSpec, BudgetSpec, FailureRateSpec, LoadBalancer, RateLimitSpec, RetrySpec, StatusCode,
     TimeoutsSpec,
@@ -36,6 +38,13 @@ pub struct Config {
     pub text: String,
     /// The `kind: Proxy` document's `spec`.
     pub proxy: ProxySpec,
+    /// The routes attached to services (from HTTPRoute, TrafficSplit and HTTPRouteGroup
+    /// documents), by service name.
+    #[serde(skip)]
+    pub routes: BTreeMap<String, ServiceRoutes>,
+    /// Those documents as written, for `/config`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mesh_documents: Vec<serde_yaml_ng::Value>,
 }
 
 /// The `spec` of the `kind: Proxy` document.
@@ -66,6 +75,9 @@ pub struct ProxySpec {
     pub reload_interval: Dur,
     /// The services the application may call, by name.
     pub services: BTreeMap<String, ServiceSpec>,
+    /// Skiff's own policies for routes (timeouts, retries, breaker, limits), by route name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub route_policies: BTreeMap<String, RoutePolicySpec>,
 }
 
 impl Default for ProxySpec {
@@ -82,6 +94,7 @@ impl Default for ProxySpec {
             shutdown: ShutdownSpec::default(),
             reload_interval: Dur::secs(1),
             services: BTreeMap::new(),
+            route_policies: BTreeMap::new(),
         }
     }
 }

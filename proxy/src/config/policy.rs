@@ -15,6 +15,10 @@ pub struct RateLimitSpec {
     pub requests_per_second: f64,
     /// The most requests let through at once after a quiet spell.
     pub burst: u32,
+    /// One bucket per client (its verified identity, else its IP address) instead of one
+    /// for everybody.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub per_client: bool,
 }
 
 #[derive(Deserialize)]
@@ -22,6 +26,8 @@ pub struct RateLimitSpec {
 struct RawRateLimit {
     requests_per_second: f64,
     burst: Option<u32>,
+    #[serde(default)]
+    per_client: bool,
 }
 
 impl TryFrom<RawRateLimit> for RateLimitSpec {
@@ -41,6 +47,7 @@ impl TryFrom<RawRateLimit> for RateLimitSpec {
         Ok(Self {
             requests_per_second: raw.requests_per_second,
             burst,
+            per_client: raw.per_client,
         })
     }
 }
@@ -180,6 +187,10 @@ pub struct TimeoutsSpec {
     /// Each try.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend_request: Option<Dur>,
+    /// The longest pause between two frames of a response body (long streams); the stream
+    /// is cut with `upstream-timeout` beyond it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_idle: Option<Dur>,
 }
 
 /// When and how failed requests are retried.

@@ -210,3 +210,161 @@ fn policies_parse_with_their_defaults() {
     );
     assert_eq!(web.load_balancer, LoadBalancer::P2c);
 }
+
+const MESH_HEAD: &str = "apiVersion: skiff.dev/v1alpha1
+kind: Proxy
+spec:
+  services:
+    web: {endpoints: [127.0.0.1:1]}
+    web-v2: {endpoints: [127.0.0.1:2]}
+";
+
+#[test]
+fn smi_and_gateway_spec_examples_parse() {
+    // The examples of the SMI spec (headers as a map, and as the CRD's list) and of the
+    // Gateway API mesh docs, against services of those names.
+    let c = ok(&format!(
+        "{MESH_HEAD}  routePolicies:
+    website-canary: {{rateLimit: {{requestsPerSecond: 5, perClient: true}}}}
+---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {{name: api-routes, namespace: default, labels: {{app: web}}}}
+spec:
+  matches:
+  - {{name: api, pathRegex: \"/api/.*\", methods: [\"*\"]}}
+  - {{name: metrics, pathRegex: \"/metrics\", methods: [GET]}}
+  - {{name: firefox, headers: {{user-agent: \".*Firefox.*\"}}}}
+  - {{name: listed, headers: [{{x-a: \"1\"}}, {{x-b: \"2\"}}]}}
+---
+apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata: {{name: canary, namespace: default}}
+spec:
+  service: web
+  matches: [{{kind: HTTPRouteGroup, name: api-routes}}]
+  backends:
+  - {{service: web, weight: 900}}
+  - {{service: web-v2, weight: 100}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: website-canary, namespace: default}}
+spec:
+  parentRefs: [{{group: core, kind: Service, name: web-v2, port: 80}}]
+  rules:
+  - backendRefs:
+    - {{name: web, port: 80, weight: 90}}
+    - {{name: web-v2, port: 80, weight: 10}}
+    timeouts: {{request: 10s, backendRequest: 2s}}
+    retry: {{codes: [500, 503], attempts: 3, backoff: 100ms}}
+"
+    ));
+    let split = &c.routes["web"];
+    assert!(split.fallback_to_service, "SMI: unmatched requests go to the apex");
+    let names: Vec<&str> = split.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["api-routes/api", "api-routes/metrics", "api-routes/firefox", "api-routes/listed"]
+    );
+    assert_eq!(split.routes[3].matches.len(), 2, "a list of header maps is alternatives");
+    let route = &c.routes["web-v2"].routes[0];
+    assert!(!c.routes["web-v2"].fallback_to_service);
+    assert_eq!(route.name, "website-canary");
+    let weights: Vec<(Option<&str>, u32)> = route
+        .backends
+        .iter()
+        .map(|b| (b.service.as_deref(), b.weight))
+        .collect();
+    assert_eq!(weights, [(Some("web"), 90), (Some("web-v2"), 10)]);
+    let retry = route.retry.as_ref().unwrap();
+    assert_eq!((retry.attempts, retry.codes.len(), retry.backoff), (3, 2, Dur::millis(100)));
+    assert_eq!(route.timeouts.as_ref().unwrap().request, Some(Dur::secs(10)));
+    assert!(route.policy.rate_limit.unwrap().per_client);
+    assert_eq!(c.mesh_documents.len(), 3, "kept as written for /config");
+}
+
+#[test]
+fn mesh_document_errors_name_the_line_and_field() {
+    let bad_regex = err(&format!(
+        "{MESH_HEAD}---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {{name: g}}
+spec:
+  matches:
+  - name: broken
+    pathRegex: \"/api/(\"
+"
+    ));
+    assert_eq!(bad_regex[0].line, Some(13));
+    assert!(bad_regex[0].message.starts_with("spec.matches[0].pathRegex"), "{}", bad_regex[0].message);
+
+    let filters = err(&format!(
+        "{MESH_HEAD}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r}}
+spec:
+  parentRefs: [{{kind: Service, name: web}}]
+  rules:
+  - filters: [{{type: RequestHeaderModifier}}]
+"
+    ));
+    assert!(filters[0].message.contains("filters are not supported"), "{}", filters[0].message);
+    assert_eq!(filters[0].line, Some(14));
+
+    let parent = err(&format!(
+        "{MESH_HEAD}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r}}
+spec:
+  parentRefs: [{{kind: Service, name: nowhere}}]
+"
+    ));
+    assert_eq!(parent[0].line, Some(7), "the document's first line");
+    assert!(parent[0].message.starts_with("spec.parentRefs[0]: no service nowhere"), "{}", parent[0].message);
+
+    let version = err(&format!(
+        "{MESH_HEAD}---
+apiVersion: split.smi-spec.io/v1alpha2
+kind: TrafficSplit
+metadata: {{name: s}}
+spec: {{service: web, backends: []}}
+"
+    ));
+    assert!(version[0].message.contains("split.smi-spec.io/v1alpha4"), "{}", version[0].message);
+
+    let policy = err(&format!("{MESH_HEAD}  routePolicies:\n    ghost: {{}}\n"));
+    assert!(policy[0].message.starts_with("routePolicies.ghost: no route"), "{}", policy[0].message);
+
+    let both = err(&format!(
+        "{MESH_HEAD}---
+apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata: {{name: s}}
+spec: {{service: web, backends: [{{service: web-v2, weight: 1}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r}}
+spec:
+  parentRefs: [{{kind: Service, name: web}}]
+"
+    ));
+    assert!(both[0].message.contains("either HTTPRoutes or one TrafficSplit"), "{}", both[0].message);
+
+    let method = err(&format!(
+        "{MESH_HEAD}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r}}
+spec:
+  parentRefs: [{{kind: Service, name: web}}]
+  rules:
+  - matches: [{{method: FETCH}}]
+"
+    ));
+    assert!(method[0].message.contains("FETCH"), "{}", method[0].message);
+}

@@ -1,0 +1,759 @@
+//! The mesh documents of a config file, as their specs publish them: SMI `TrafficSplit`
+//! (`split.smi-spec.io/v1alpha4`) and `HTTPRouteGroup` (`specs.smi-spec.io/v1alpha4`), and
+//! Gateway API `HTTPRoute` (`gateway.networking.k8s.io/v1`) attached to a Service.
+//!
+//! Each document parses into typed values (regular expressions compiled, methods and
+//! durations checked), so a typo is reported with its line and field. [`resolve`] then joins
+//! the documents with the `kind: Proxy` services into one [`ServiceRoutes`] per routed
+//! service, checking what can only be checked across documents (a route's parent service
+//! exists, a split's groups exist).
+
+use std::collections::{BTreeMap, HashMap};
+
+use proxy_core::route::{anchored, Anchor, HttpMatch, PathMatch, ValueMatch};
+use regex::Regex;
+use serde::{Deserialize, Deserializer};
+
+use super::{BreakerSpec, Dur, ProxySpec, RateLimitSpec, RetrySpec, TimeoutsSpec};
+
+/// `metadata` of a Kubernetes object: only the name and namespace matter here; labels,
+/// annotations and the rest are accepted and ignored.
+#[derive(Clone, Debug, Deserialize)]
+pub(super) struct Metadata {
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+/// A Kubernetes object whose `spec` is `S`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct Object<S> {
+    #[serde(rename = "apiVersion")]
+    _api_version: String,
+    #[serde(rename = "kind")]
+    _kind: String,
+    metadata: Metadata,
+    spec: S,
+    #[serde(default, rename = "status")]
+    _status: Option<serde_yaml_ng::Value>,
+}
+
+/// A mesh document, parsed.
+#[derive(Clone, Debug)]
+pub(super) enum Document {
+    TrafficSplit(Object<TrafficSplitSpec>),
+    HttpRouteGroup(Object<HttpRouteGroupSpec>),
+    HttpRoute(Object<HttpRouteSpec>),
+}
+
+/// The mesh kinds this version reads, by `apiVersion` and `kind`.
+pub(super) const KINDS: [(&str, &str); 3] = [
+    ("split.smi-spec.io/v1alpha4", "TrafficSplit"),
+    ("specs.smi-spec.io/v1alpha4", "HTTPRouteGroup"),
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+];
+
+// ---- SMI ----
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct TrafficSplitSpec {
+    service: String,
+    backends: Vec<SplitBackend>,
+    #[serde(default)]
+    matches: Vec<GroupRef>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SplitBackend {
+    service: String,
+    weight: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct GroupRef {
+    #[serde(rename = "kind")]
+    _kind: GroupKind,
+    name: String,
+    #[serde(default, rename = "apiGroup")]
+    _api_group: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+enum GroupKind {
+    #[serde(rename = "HTTPRouteGroup")]
+    HttpRouteGroup,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HttpRouteGroupSpec {
+    matches: Vec<GroupMatch>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct GroupMatch {
+    name: String,
+    #[serde(default)]
+    path_regex: Option<StartRegex>,
+    #[serde(default)]
+    methods: Vec<SmiMethod>,
+    #[serde(default)]
+    headers: Option<SmiHeaders>,
+}
+
+/// SMI `headers`: the docs and Go types say a map, the v1alpha4 CRD a list of maps.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+enum SmiHeaders {
+    Map(BTreeMap<String, WholeRegex>),
+    List(Vec<BTreeMap<String, WholeRegex>>),
+}
+
+/// An SMI method: one of the enum's values, `*` meaning any.
+#[derive(Clone, Debug)]
+struct SmiMethod(Option<http::Method>);
+
+impl<'de> Deserialize<'de> for SmiMethod {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const ALLOWED: [&str; 9] = [
+            "GET", "HEAD", "PUT", "POST", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+        ];
+        let s = String::deserialize(d)?;
+        if s == "*" {
+            return Ok(Self(None));
+        }
+        if !ALLOWED.contains(&s.as_str()) {
+            return Err(serde::de::Error::custom(format!(
+                "method {s:?} is not one of *, {}",
+                ALLOWED.join(", ")
+            )));
+        }
+        Ok(Self(Some(s.parse().map_err(serde::de::Error::custom)?)))
+    }
+}
+
+/// A regular expression anchored at the start (SMI `pathRegex`).
+#[derive(Clone, Debug)]
+struct StartRegex(Regex);
+
+impl<'de> Deserialize<'de> for StartRegex {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        anchored(&s, Anchor::Start)
+            .map(Self)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A regular expression that must match the whole value.
+#[derive(Clone, Debug)]
+struct WholeRegex(Regex);
+
+impl<'de> Deserialize<'de> for WholeRegex {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        anchored(&s, Anchor::Whole)
+            .map(Self)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+// ---- Gateway API ----
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct HttpRouteSpec {
+    parent_refs: Vec<ParentRef>,
+    /// Mesh routes attach to a Service; hostnames do not apply and are ignored.
+    #[serde(default, rename = "hostnames")]
+    _hostnames: Vec<String>,
+    #[serde(default = "default_rules")]
+    rules: Vec<Rule>,
+}
+
+fn default_rules() -> Vec<Rule> {
+    vec![Rule::default()]
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ParentRef {
+    #[serde(default, rename = "group")]
+    _group: Option<CoreGroup>,
+    #[serde(rename = "kind")]
+    _kind: ServiceKind,
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    port: Option<u16>,
+}
+
+/// The core API group, which Gateway API spells `""` and some docs `core`.
+#[derive(Clone, Copy, Debug)]
+struct CoreGroup;
+
+impl<'de> Deserialize<'de> for CoreGroup {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "" | "core" => Ok(Self),
+            other => Err(serde::de::Error::custom(format!(
+                "group {other:?}: only Services (group \"\" or core) can be referenced"
+            ))),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+enum ServiceKind {
+    Service,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Rule {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default = "default_matches")]
+    matches: Vec<GatewayMatch>,
+    #[serde(default)]
+    backend_refs: Vec<BackendRef>,
+    #[serde(default)]
+    timeouts: Option<GatewayTimeouts>,
+    #[serde(default)]
+    retry: Option<GatewayRetry>,
+    #[serde(default, rename = "filters")]
+    _filters: NoFilters,
+}
+
+fn default_matches() -> Vec<GatewayMatch> {
+    vec![GatewayMatch::default()]
+}
+
+/// `filters`: not supported yet, so any filter is refused rather than silently skipped.
+#[derive(Clone, Copy, Debug, Default)]
+struct NoFilters;
+
+impl<'de> Deserialize<'de> for NoFilters {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let list = Vec::<serde_yaml_ng::Value>::deserialize(d)?;
+        if list.is_empty() {
+            Ok(Self)
+        } else {
+            Err(serde::de::Error::custom(
+                "filters are not supported by this version of Skiff",
+            ))
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct GatewayMatch {
+    #[serde(default)]
+    path: Option<GatewayPath>,
+    #[serde(default)]
+    headers: Vec<GatewayValue<HeaderName>>,
+    #[serde(default)]
+    query_params: Vec<GatewayValue<String>>,
+    #[serde(default)]
+    method: Option<GatewayMethod>,
+}
+
+/// A path condition, checked and compiled when parsed.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(try_from = "RawGatewayPath")]
+struct GatewayPath(PathMatch);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGatewayPath {
+    #[serde(default, rename = "type")]
+    kind: PathKind,
+    #[serde(default = "root")]
+    value: String,
+}
+
+fn root() -> String {
+    "/".into()
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+enum PathKind {
+    Exact,
+    #[default]
+    PathPrefix,
+    RegularExpression,
+}
+
+impl TryFrom<RawGatewayPath> for GatewayPath {
+    type Error = String;
+
+    fn try_from(raw: RawGatewayPath) -> Result<Self, String> {
+        let must_be_absolute = || {
+            if raw.value.starts_with('/') {
+                Ok(())
+            } else {
+                Err(format!("path {:?} must start with /", raw.value))
+            }
+        };
+        Ok(Self(match raw.kind {
+            PathKind::Exact => {
+                must_be_absolute()?;
+                PathMatch::Exact(raw.value)
+            }
+            PathKind::PathPrefix => {
+                must_be_absolute()?;
+                PathMatch::Prefix(raw.value)
+            }
+            PathKind::RegularExpression => PathMatch::Regex(
+                anchored(&raw.value, Anchor::Whole).map_err(|e| e.to_string())?,
+            ),
+        }))
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+enum ValueKind {
+    #[default]
+    Exact,
+    RegularExpression,
+}
+
+/// A header or query parameter condition, compiled when parsed.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(try_from = "RawGatewayValue<N>")]
+struct GatewayValue<N> {
+    name: N,
+    value: ValueMatch,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGatewayValue<N> {
+    #[serde(default, rename = "type")]
+    kind: ValueKind,
+    name: N,
+    value: String,
+}
+
+impl<N> TryFrom<RawGatewayValue<N>> for GatewayValue<N> {
+    type Error = String;
+
+    fn try_from(raw: RawGatewayValue<N>) -> Result<Self, String> {
+        let value = match raw.kind {
+            ValueKind::Exact => ValueMatch::Exact(raw.value),
+            ValueKind::RegularExpression => {
+                ValueMatch::Regex(anchored(&raw.value, Anchor::Whole).map_err(|e| e.to_string())?)
+            }
+        };
+        Ok(Self {
+            name: raw.name,
+            value,
+        })
+    }
+}
+
+/// A header name, checked and lower-cased.
+#[derive(Clone, Debug)]
+struct HeaderName(http::HeaderName);
+
+impl<'de> Deserialize<'de> for HeaderName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        http::HeaderName::from_bytes(s.to_ascii_lowercase().as_bytes())
+            .map(Self)
+            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a header name")))
+    }
+}
+
+/// A Gateway API method: one of the HTTPMethod enum.
+#[derive(Clone, Debug)]
+struct GatewayMethod(http::Method);
+
+impl<'de> Deserialize<'de> for GatewayMethod {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match SmiMethod::deserialize(d)?.0 {
+            Some(m) => Ok(Self(m)),
+            None => Err(serde::de::Error::custom("method `*` is SMI's; omit `method` instead")),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct BackendRef {
+    #[serde(default, rename = "group")]
+    _group: Option<CoreGroup>,
+    #[serde(default, rename = "kind")]
+    _kind: Option<ServiceKind>,
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default = "one")]
+    weight: u32,
+    #[serde(default, rename = "filters")]
+    _filters: NoFilters,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct GatewayTimeouts {
+    #[serde(default)]
+    request: Option<Dur>,
+    #[serde(default)]
+    backend_request: Option<Dur>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayRetry {
+    #[serde(default)]
+    codes: Vec<super::StatusCode>,
+    #[serde(default)]
+    attempts: Option<u32>,
+    #[serde(default)]
+    backoff: Option<Dur>,
+}
+
+// ---- Resolved form ----
+
+/// What Skiff adds to a route: its own policies, by route name, from the Proxy document's
+/// `routePolicies`. Set fields replace the route's (or service's) own.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct RoutePolicySpec {
+    /// Deadlines (replacing an HTTPRoute rule's `timeouts` and the service's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<TimeoutsSpec>,
+    /// Retries (replacing an HTTPRoute rule's `retry` and the service's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+    /// Circuit breaking of the route's backends, for this route's requests only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerSpec>,
+    /// A rate limit on the route, on top of the service's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
+    /// The most requests in flight on the route, on top of the service's cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<std::num::NonZeroUsize>,
+}
+
+/// The routes attached to one service.
+#[derive(Clone, Debug)]
+pub struct ServiceRoutes {
+    /// In config order (precedence is applied when the route table is built).
+    pub routes: Vec<RouteSpec>,
+    /// Whether unmatched requests go to the service itself (SMI) rather than 404 (Gateway).
+    pub fallback_to_service: bool,
+}
+
+/// One route: its matches (any one suffices), its backends and its policies.
+#[derive(Clone, Debug)]
+pub struct RouteSpec {
+    /// Its name: the `route` metric label and the key of `routePolicies`.
+    pub name: String,
+    /// Its conditions.
+    pub matches: Vec<HttpMatch>,
+    /// Where matching requests go, by service name; empty means the parent service.
+    pub backends: Vec<BackendSpec>,
+    /// Timeouts from the route itself (HTTPRoute `timeouts`).
+    pub timeouts: Option<TimeoutsSpec>,
+    /// Retries from the route itself (HTTPRoute `retry`).
+    pub retry: Option<RetrySpec>,
+    /// Skiff's policies for it.
+    pub policy: RoutePolicySpec,
+}
+
+/// One weighted backend of a route.
+#[derive(Clone, Debug)]
+pub struct BackendSpec {
+    /// The name as written.
+    pub name: String,
+    /// The configured service it names, or `None` when it names none (answers 500).
+    pub service: Option<String>,
+    /// Its relative weight.
+    pub weight: u32,
+}
+
+/// A problem joining the documents: the document's index and what is wrong.
+pub(super) type Problem = (usize, String);
+
+/// Joins mesh documents (with their index in the file) with the Proxy document's services.
+pub(super) fn resolve(
+    proxy: &ProxySpec,
+    documents: &[(usize, Document)],
+) -> Result<BTreeMap<String, ServiceRoutes>, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let local_ns = proxy.namespace.as_str();
+    let find_service = |name: &str, namespace: &str| -> Option<String> {
+        proxy
+            .services
+            .get(name)
+            .filter(|s| s.namespace.as_deref().unwrap_or(local_ns) == namespace)
+            .map(|_| name.to_owned())
+    };
+    let mut groups: HashMap<(String, String), &Object<HttpRouteGroupSpec>> = HashMap::new();
+    for (_, doc) in documents {
+        if let Document::HttpRouteGroup(g) = doc {
+            let ns = g.metadata.namespace.clone().unwrap_or_else(|| local_ns.into());
+            groups.insert((ns, g.metadata.name.clone()), g);
+        }
+    }
+    let mut out: BTreeMap<String, (usize, bool, ServiceRoutes)> = BTreeMap::new();
+    let mut attach = |index: usize, service: String, smi: bool, routes: Vec<RouteSpec>| {
+        match out.get_mut(&service) {
+            Some((_, was_smi, existing)) if *was_smi == smi && !smi => {
+                existing.routes.extend(routes);
+                Ok(())
+            }
+            Some((first, was_smi, _)) => Err(format!(
+                "service {service} already has {} (document {}); a service takes either \
+                 HTTPRoutes or one TrafficSplit",
+                if *was_smi { "a TrafficSplit" } else { "HTTPRoutes" },
+                *first + 1
+            )),
+            None => {
+                let fallback_to_service = smi;
+                out.insert(
+                    service,
+                    (index, smi, ServiceRoutes { routes, fallback_to_service }),
+                );
+                Ok(())
+            }
+        }
+    };
+    for (index, doc) in documents {
+        let index = *index;
+        match doc {
+            Document::HttpRouteGroup(_) => {}
+            Document::TrafficSplit(split) => {
+                let ns = split.metadata.namespace.as_deref().unwrap_or(local_ns);
+                let Some(apex) = find_service(&split.spec.service, ns) else {
+                    problems.push((
+                        index,
+                        format!(
+                            "spec.service: no service {} in namespace {ns} in the Proxy document",
+                            split.spec.service
+                        ),
+                    ));
+                    continue;
+                };
+                let backends: Vec<BackendSpec> = split
+                    .spec
+                    .backends
+                    .iter()
+                    .map(|b| BackendSpec {
+                        name: b.service.clone(),
+                        service: find_service(&b.service, ns),
+                        weight: b.weight,
+                    })
+                    .collect();
+                let mut routes = Vec::new();
+                if split.spec.matches.is_empty() {
+                    routes.push(route(&split.metadata.name, vec![HttpMatch::default()], &backends));
+                }
+                for (i, m) in split.spec.matches.iter().enumerate() {
+                    let Some(group) = groups.get(&(ns.to_owned(), m.name.clone())) else {
+                        problems.push((
+                            index,
+                            format!("spec.matches[{i}]: no HTTPRouteGroup {} in namespace {ns}", m.name),
+                        ));
+                        continue;
+                    };
+                    for gm in &group.spec.matches {
+                        let name = format!("{}/{}", group.metadata.name, gm.name);
+                        routes.push(route(&name, smi_matches(gm), &backends));
+                    }
+                }
+                if let Err(e) = attach(index, apex, true, routes) {
+                    problems.push((index, format!("spec.service: {e}")));
+                }
+            }
+            Document::HttpRoute(r) => {
+                let ns = r.metadata.namespace.as_deref().unwrap_or(local_ns);
+                let mut routes = Vec::new();
+                for (i, rule) in r.spec.rules.iter().enumerate() {
+                    let name = match &rule.name {
+                        Some(rule) => format!("{}/{rule}", r.metadata.name),
+                        None => r.metadata.name.clone(),
+                    };
+                    let matches = rule.matches.iter().map(gateway_match).collect();
+                    let backends = rule
+                        .backend_refs
+                        .iter()
+                        .map(|b| {
+                            let ns = b.namespace.as_deref().unwrap_or(ns);
+                            let service = find_service(&b.name, ns)
+                                .filter(|s| b.port.is_none_or(|p| proxy.services[s].port == p));
+                            BackendSpec {
+                                name: b.name.clone(),
+                                service,
+                                weight: b.weight,
+                            }
+                        })
+                        .collect();
+                    let timeouts = rule.timeouts.map(|t| TimeoutsSpec {
+                        request: t.request,
+                        backend_request: t.backend_request,
+                        stream_idle: None,
+                    });
+                    if let Some(t) = &timeouts {
+                        let enabled = |d: Option<Dur>| d.filter(|d| !d.0.is_zero());
+                        if let (Some(req), Some(be)) = (enabled(t.request), enabled(t.backend_request)) {
+                            if be > req {
+                                problems.push((
+                                    index,
+                                    format!("spec.rules[{i}].timeouts: backendRequest must not exceed request"),
+                                ));
+                            }
+                        }
+                    }
+                    let retry = rule.retry.as_ref().map(|g| {
+                        let mut spec = RetrySpec::default();
+                        if !g.codes.is_empty() {
+                            spec.codes.clone_from(&g.codes);
+                        }
+                        if let Some(a) = g.attempts {
+                            spec.attempts = a;
+                        }
+                        if let Some(b) = g.backoff {
+                            spec.backoff = b;
+                            spec.max_backoff = spec.max_backoff.max(b);
+                        }
+                        spec
+                    });
+                    routes.push(RouteSpec {
+                        name,
+                        matches,
+                        backends,
+                        timeouts,
+                        retry,
+                        policy: RoutePolicySpec::default(),
+                    });
+                }
+                for (i, parent) in r.spec.parent_refs.iter().enumerate() {
+                    let pns = parent.namespace.as_deref().unwrap_or(ns);
+                    let found = find_service(&parent.name, pns)
+                        .filter(|s| parent.port.is_none_or(|p| proxy.services[s].port == p));
+                    let Some(service) = found else {
+                        problems.push((
+                            index,
+                            format!(
+                                "spec.parentRefs[{i}]: no service {} in namespace {pns}{} in the Proxy document",
+                                parent.name,
+                                parent.port.map(|p| format!(" on port {p}")).unwrap_or_default()
+                            ),
+                        ));
+                        continue;
+                    };
+                    if let Err(e) = attach(index, service, false, routes.clone()) {
+                        problems.push((index, format!("spec.parentRefs[{i}]: {e}")));
+                    }
+                }
+            }
+        }
+    }
+    // Skiff's own policies, by route name.
+    let mut known: Vec<&str> = Vec::new();
+    let mut out: BTreeMap<String, ServiceRoutes> =
+        out.into_iter().map(|(k, (_, _, v))| (k, v)).collect();
+    for routes in out.values_mut() {
+        for r in &mut routes.routes {
+            if let Some(p) = proxy.route_policies.get(&r.name) {
+                r.policy = p.clone();
+            }
+        }
+    }
+    for routes in out.values() {
+        known.extend(routes.routes.iter().map(|r| r.name.as_str()));
+    }
+    for name in proxy.route_policies.keys() {
+        if !known.contains(&name.as_str()) {
+            problems.push((
+                usize::MAX,
+                format!("routePolicies.{name}: no route of that name (routes are named `<HTTPRoute>` or `<HTTPRoute>/<rule>`, `<HTTPRouteGroup>/<match>`, or the TrafficSplit's name)"),
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}
+
+fn route(name: &str, matches: Vec<HttpMatch>, backends: &[BackendSpec]) -> RouteSpec {
+    RouteSpec {
+        name: name.to_owned(),
+        matches,
+        backends: backends.to_vec(),
+        timeouts: None,
+        retry: None,
+        policy: RoutePolicySpec::default(),
+    }
+}
+
+fn smi_matches(m: &GroupMatch) -> Vec<HttpMatch> {
+    let methods: Vec<http::Method> = if m.methods.iter().any(|m| m.0.is_none()) {
+        Vec::new()
+    } else {
+        m.methods.iter().filter_map(|m| m.0.clone()).collect()
+    };
+    let header = |(k, v): (&String, &WholeRegex)| {
+        http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
+            .ok()
+            .map(|name| (name, ValueMatch::Regex(v.0.clone())))
+    };
+    let base = HttpMatch {
+        path: m.path_regex.as_ref().map(|r| PathMatch::Regex(r.0.clone())),
+        methods,
+        headers: Vec::new(),
+        query: Vec::new(),
+    };
+    match &m.headers {
+        None => vec![base],
+        Some(SmiHeaders::Map(map)) => vec![HttpMatch {
+            headers: map.iter().filter_map(header).collect(),
+            ..base
+        }],
+        // Each map of the list is an alternative, as the CRD's array suggests.
+        Some(SmiHeaders::List(list)) if list.is_empty() => vec![base],
+        Some(SmiHeaders::List(list)) => list
+            .iter()
+            .map(|map| HttpMatch {
+                headers: map.iter().filter_map(header).collect(),
+                ..base.clone()
+            })
+            .collect(),
+    }
+}
+
+fn gateway_match(m: &GatewayMatch) -> HttpMatch {
+    HttpMatch {
+        path: m.path.as_ref().map(|p| p.0.clone()),
+        methods: m.method.iter().map(|m| m.0.clone()).collect(),
+        headers: m
+            .headers
+            .iter()
+            .map(|h| (h.name.0.clone(), h.value.clone()))
+            .collect(),
+        query: m
+            .query_params
+            .iter()
+            .map(|q| (q.name.clone(), q.value.clone()))
+            .collect(),
+    }
+}

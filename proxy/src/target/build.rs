@@ -1,0 +1,304 @@
+//! Building targets from config: services with their endpoints and policies, and the routes
+//! attached to them with their weighted backends.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use proxy_core::balance;
+use proxy_core::breaker;
+use proxy_core::classify::Classifier;
+use proxy_core::limit::{Limits, MaxInFlight, PerClientRateLimit, RateLimit};
+use proxy_core::retry::{self, Backoff, BudgetParams};
+use proxy_core::route::RouteSet;
+use proxy_core::split::{Backend, Backends};
+use proxy_core::timeout::Timeouts;
+use proxy_metrics::http::{HttpFamilies, TargetMetrics};
+
+use super::{Policies, Route, Service, Target};
+use crate::client::Pools;
+use crate::config::{
+    BreakerSpec, Dur, EndpointSource, ProxySpec, RateLimitSpec, RetrySpec, RouteSpec,
+    ServiceRoutes, ServiceSpec, TimeoutsSpec,
+};
+use crate::endpoints::{BreakerConfig, Endpoints};
+
+/// Clients tracked by one per-client rate limit before idle ones are forgotten.
+const MAX_TRACKED_CLIENTS: usize = 10_000;
+
+/// What every builder needs.
+pub(super) struct Context<'a> {
+    pub(super) spec: &'a ProxySpec,
+    pub(super) pools: &'a Arc<Pools>,
+    pub(super) metrics: &'a Arc<HttpFamilies>,
+}
+
+impl Context<'_> {
+    fn authority(&self, name: &str, svc: &ServiceSpec) -> String {
+        let namespace = svc.namespace.as_deref().unwrap_or(&self.spec.namespace);
+        format!(
+            "{name}.{namespace}.svc.{}:{}",
+            self.spec.cluster_domain, svc.port
+        )
+    }
+}
+
+/// Builds service `name`, or keeps `old` when its config is unchanged.
+pub(super) fn service(
+    ctx: &Context<'_>,
+    name: &str,
+    svc: &ServiceSpec,
+    old: Option<&Arc<Service>>,
+) -> Arc<Service> {
+    let authority = ctx.authority(name, svc);
+    let identity = Some((svc.clone(), authority.clone()));
+    if let Some(kept) = old.filter(|s| s.identity == identity) {
+        return kept.clone();
+    }
+    let target_addr = format!("{name}:{}", svc.port);
+    let metrics = ctx
+        .metrics
+        .target("outbound", &authority, &target_addr, None);
+    // Endpoints (with their DNS answers, breaker states and load averages) outlive an edit of
+    // the service's policies; only a new endpoint source or breaker rebuilds them.
+    let same_endpoints = |old: &&Arc<Service>| {
+        old.identity.as_ref().is_some_and(|(spec, auth)| {
+            spec.endpoints == svc.endpoints && spec.breaker == svc.breaker && *auth == authority
+        })
+    };
+    let endpoints = match old.filter(same_endpoints) {
+        Some(kept) => kept.endpoints.clone(),
+        None => endpoints(ctx, &svc.endpoints, svc.breaker.as_ref(), &metrics),
+    };
+    Arc::new(Service {
+        name: name.to_owned(),
+        identity,
+        inbound: None,
+        endpoints,
+        balance: svc.load_balancer.into(),
+        policies: Policies {
+            retry: svc.retry.as_ref().map(|r| retry_policy(r, &metrics)),
+            timeouts: timeouts(&svc.timeouts),
+            limits: limits(svc.rate_limit, svc.max_in_flight, None),
+            metrics,
+        },
+    })
+}
+
+fn endpoints(
+    ctx: &Context<'_>,
+    source: &EndpointSource,
+    breaker: Option<&BreakerSpec>,
+    metrics: &Arc<TargetMetrics>,
+) -> Arc<Endpoints> {
+    let breaker = breaker.map(|b| breaker_config(b, metrics));
+    Arc::new(match source {
+        EndpointSource::Static(list) => Endpoints::fixed(list, ctx.pools, breaker),
+        EndpointSource::Dns {
+            host,
+            port,
+            refresh,
+        } => Endpoints::dns(host.clone(), *port, refresh.0, ctx.pools, breaker),
+    })
+}
+
+/// Builds the routes attached to `apex`, in Gateway API precedence order.
+pub(super) fn route_set(
+    ctx: &Context<'_>,
+    apex: &Arc<Service>,
+    attached: &ServiceRoutes,
+    services: &HashMap<String, Arc<Service>>,
+) -> RouteSet<Arc<Route>> {
+    let mut entries = Vec::new();
+    for spec in &attached.routes {
+        let route = Arc::new(route(ctx, apex, spec, services));
+        for m in &spec.matches {
+            entries.push((m.clone(), route.clone()));
+        }
+    }
+    // SMI sends requests no match selects to the apex service, with its own policies.
+    let fallback = attached.fallback_to_service.then(|| {
+        Arc::new(Route {
+            policies: apex.policies.clone(),
+            backends: Arc::new(Backends::new(vec![Backend {
+                name: apex.name.clone(),
+                weight: 1,
+                target: Some(Target::Service(apex.clone())),
+            }])),
+        })
+    });
+    RouteSet::new(entries, fallback)
+}
+
+fn route(
+    ctx: &Context<'_>,
+    apex: &Arc<Service>,
+    spec: &RouteSpec,
+    services: &HashMap<String, Arc<Service>>,
+) -> Route {
+    let apex_spec = apex.identity.as_ref().map(|(s, _)| s);
+    let authority = apex_spec.map_or_else(String::new, |s| ctx.authority(&apex.name, s));
+    let target_addr = apex_spec.map_or_else(String::new, |s| format!("{}:{}", apex.name, s.port));
+    let metrics = ctx
+        .metrics
+        .target("outbound", &authority, &target_addr, Some(&spec.name));
+    let policy = &spec.policy;
+    // The route's own policies win over the service's; Skiff's `routePolicies` win over both.
+    let retry = match policy.retry.as_ref().or(spec.retry.as_ref()) {
+        Some(r) => Some(retry_policy(r, &metrics)),
+        None => apex.policies.retry.clone(),
+    };
+    let timeouts = match policy.timeouts.as_ref().or(spec.timeouts.as_ref()) {
+        Some(t) => self::timeouts(t),
+        None => apex.policies.timeouts,
+    };
+    let limits = limits(
+        policy.rate_limit,
+        policy.max_in_flight,
+        apex.policies.limits.clone(),
+    )
+    .or_else(|| apex.policies.limits.clone());
+    let backend = |service: &Arc<Service>| match &policy.breaker {
+        // A route's own breaker watches the backend's endpoints for this route's requests
+        // only: the same addresses and pooled connections, separate breaker states.
+        Some(b) => {
+            let source = service.identity.as_ref().map(|(s, _)| &s.endpoints);
+            let endpoints = source.map_or_else(
+                || service.endpoints.clone(),
+                |source| endpoints(ctx, source, Some(b), &metrics),
+            );
+            Arc::new(Service {
+                name: service.name.clone(),
+                identity: None,
+                inbound: None,
+                endpoints,
+                balance: service.balance,
+                policies: service.policies.clone(),
+            })
+        }
+        None => service.clone(),
+    };
+    let entries = if spec.backends.is_empty() {
+        // A rule without backendRefs sends to the service it is attached to.
+        vec![Backend {
+            name: apex.name.clone(),
+            weight: 1,
+            target: Some(Target::Service(backend(apex))),
+        }]
+    } else {
+        spec.backends
+            .iter()
+            .map(|b| Backend {
+                name: b.name.clone(),
+                weight: b.weight,
+                target: b
+                    .service
+                    .as_ref()
+                    .and_then(|s| services.get(s))
+                    .map(|s| Target::Service(backend(s))),
+            })
+            .collect()
+    };
+    Route {
+        policies: Policies {
+            metrics,
+            retry,
+            timeouts,
+            limits,
+        },
+        backends: Arc::new(Backends::new(entries)),
+    }
+}
+
+/// The inbound target: the local application.
+pub(super) fn app(
+    spec: &ProxySpec,
+    pools: &Arc<Pools>,
+    metrics: &Arc<HttpFamilies>,
+) -> Arc<Service> {
+    let addr = SocketAddr::new(spec.inbound.app_host, spec.inbound.app_port);
+    Arc::new(Service {
+        name: "app".into(),
+        identity: None,
+        inbound: Some(spec.inbound.clone()),
+        balance: balance::Strategy::RoundRobin,
+        endpoints: Arc::new(Endpoints::fixed(&[addr], pools, None)),
+        policies: Policies {
+            limits: limits(spec.inbound.rate_limit, spec.inbound.max_in_flight, None),
+            retry: None,
+            timeouts: Timeouts::default(),
+            metrics: metrics.target("inbound", "", &addr.to_string(), None),
+        },
+    })
+}
+
+fn retry_policy(spec: &RetrySpec, metrics: &Arc<TargetMetrics>) -> Arc<retry::Policy> {
+    let classifier = Classifier {
+        retryable_statuses: spec.codes.iter().map(|c| c.0).collect(),
+        retryable_grpc: spec.grpc_codes.clone(),
+    };
+    let backoff = Backoff {
+        base: spec.backoff.0,
+        max: spec.max_backoff.0,
+    };
+    let budget = BudgetParams {
+        ratio: spec.budget.ratio,
+        min_per_second: spec.budget.min_per_second,
+        ttl: spec.budget.ttl.0,
+    };
+    Arc::new(retry::Policy::new(
+        spec.attempts,
+        classifier,
+        backoff,
+        spec.non_idempotent,
+        budget,
+        metrics.clone(),
+    ))
+}
+
+fn breaker_config(spec: &BreakerSpec, metrics: &Arc<TargetMetrics>) -> BreakerConfig {
+    BreakerConfig {
+        settings: breaker::Settings {
+            consecutive_failures: spec.consecutive_failures,
+            failure_rate: spec.failure_rate.map(|r| breaker::FailureRate {
+                threshold: r.threshold,
+                min_requests: r.min_requests,
+                window: r.window.0,
+            }),
+            backoff: spec.backoff.0,
+            max_backoff: spec.max_backoff.0,
+        },
+        observer: metrics.clone(),
+    }
+}
+
+fn limits(
+    rate: Option<RateLimitSpec>,
+    max_in_flight: Option<NonZeroUsize>,
+    parent: Option<Arc<Limits>>,
+) -> Option<Arc<Limits>> {
+    if rate.is_none() && max_in_flight.is_none() {
+        return None;
+    }
+    let shared = rate.filter(|r| !r.per_client);
+    let per_client = rate.filter(|r| r.per_client);
+    Some(Arc::new(Limits {
+        rate: shared.map(|r| RateLimit::new(r.requests_per_second, r.burst)),
+        per_client: per_client.map(|r| {
+            PerClientRateLimit::new(r.requests_per_second, r.burst, MAX_TRACKED_CLIENTS)
+        }),
+        max_in_flight: max_in_flight.map(|m| MaxInFlight::new(m.get())),
+        parent,
+    }))
+}
+
+fn timeouts(spec: &TimeoutsSpec) -> Timeouts {
+    // `0s` means no deadline, as in Gateway API.
+    let enabled = |d: Option<Dur>| d.map(|d| d.0).filter(|d| !d.is_zero());
+    Timeouts {
+        request: enabled(spec.request),
+        backend_request: enabled(spec.backend_request),
+        stream_idle: enabled(spec.stream_idle),
+    }
+}

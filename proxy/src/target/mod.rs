@@ -1,0 +1,279 @@
+//! What requests are routed to, and the resolvers that pick it from the live config.
+//!
+//! Outbound, the [`OutboundResolver`] maps the request's authority to a configured service
+//! (or, with `passthrough`, to the authority itself), then, when routes are attached to the
+//! service, picks the first route matching the request and hands its weighted backends to
+//! the split below retries. Inbound, the [`InboundResolver`] sends
+//! everything to the local application. Both hold their state in an [`ArcSwap`], so a reload
+//! swaps routing for the next request while requests in flight keep the target they got.
+
+mod build;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::uri::Authority;
+use proxy_core::balance;
+use proxy_core::limit::Limits;
+use proxy_core::retry;
+use proxy_core::route::{RequestHead, Resolve, RouteSet, Table};
+use proxy_core::split::Backends;
+use proxy_core::timeout::Timeouts;
+use proxy_core::{ProxyError, Reason};
+use proxy_metrics::http::{HttpFamilies, MetricsSlot, TargetMetrics};
+
+use crate::client::Pools;
+use crate::config::{InboundSpec, ProxySpec, ServiceRoutes, ServiceSpec};
+use crate::endpoints::Endpoints;
+
+/// A service requests can be sent to.
+#[derive(Debug)]
+pub struct Service {
+    /// Its name in config.
+    pub name: String,
+    /// Its config and fully qualified authority, to tell whether a reload changed it.
+    identity: Option<(ServiceSpec, String)>,
+    /// For the inbound app target: the inbound config it was built from.
+    inbound: Option<InboundSpec>,
+    /// Its endpoints, shared with the next config generation when only its policies change.
+    pub endpoints: Arc<Endpoints>,
+    /// How its endpoints are chosen.
+    pub balance: balance::Strategy,
+    /// What requests sent straight to it (not through a route) get.
+    pub policies: Policies,
+}
+
+/// What the layers below the router apply to a request: its metric handles, retries,
+/// deadlines and limits. A service has one set; each of its routes has its own.
+#[derive(Clone, Debug)]
+pub struct Policies {
+    /// Metric handles (labelled with the route, for a route).
+    pub metrics: Arc<TargetMetrics>,
+    /// The retry policy, with its live budget.
+    pub retry: Option<Arc<retry::Policy>>,
+    /// Deadlines.
+    pub timeouts: Timeouts,
+    /// Rate and concurrency limits.
+    pub limits: Option<Arc<Limits>>,
+}
+
+impl Policies {
+    /// Stores the policies in a request's extensions and counts the request against the
+    /// metric handles from here on, so refusals further in (limits, deadlines) are labelled
+    /// with the target too.
+    fn apply(&self, extensions: &mut http::Extensions) {
+        if let Some(retry) = &self.retry {
+            extensions.insert(retry.clone());
+        }
+        if let Some(limits) = &self.limits {
+            extensions.insert(limits.clone());
+        }
+        extensions.insert(self.timeouts);
+        if let Some(slot) = extensions.get::<MetricsSlot>() {
+            slot.start(&self.metrics);
+        }
+    }
+}
+
+/// Where one try goes.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// A configured service (outbound) or the local app (inbound).
+    Service(Arc<Service>),
+    /// An unknown authority, forwarded to itself because `passthrough` is on.
+    Passthrough {
+        /// The authority to resolve and connect to.
+        authority: Authority,
+    },
+}
+
+/// A route of a service: its policies and its weighted backends.
+#[derive(Debug)]
+pub struct Route {
+    /// Its policies.
+    pub policies: Policies,
+    /// Its backends (one, unweighted, for a route to the parent service).
+    pub backends: Arc<Backends<Target>>,
+}
+
+/// A service as the router sees it: the service, and the routes attached to it.
+#[derive(Debug)]
+struct Apex {
+    service: Arc<Service>,
+    routes: Option<RouteSet<Arc<Route>>>,
+}
+
+/// Outbound routing state for one config generation.
+#[derive(Debug)]
+struct Routes {
+    table: Table<Arc<Apex>>,
+    by_name: HashMap<String, Arc<Service>>,
+    passthrough: Option<Policies>,
+}
+
+/// Routes outbound requests by authority, then by the routes attached to the service.
+#[derive(Debug)]
+pub struct OutboundResolver {
+    routes: ArcSwap<Routes>,
+}
+
+impl OutboundResolver {
+    /// Builds the routing state for `spec` and the routes attached to its services.
+    pub fn new(
+        spec: &ProxySpec,
+        routes: &BTreeMap<String, ServiceRoutes>,
+        pools: &Arc<Pools>,
+        metrics: &Arc<HttpFamilies>,
+    ) -> Self {
+        let ctx = build::Context { spec, pools, metrics };
+        Self {
+            routes: ArcSwap::from_pointee(build_routes(&ctx, routes, None)),
+        }
+    }
+
+    /// Replaces the routing state (a config reload). Services whose config is unchanged are
+    /// kept as they are, with their endpoints, DNS answers and balancing state.
+    pub fn update(
+        &self,
+        spec: &ProxySpec,
+        routes: &BTreeMap<String, ServiceRoutes>,
+        pools: &Arc<Pools>,
+        metrics: &Arc<HttpFamilies>,
+    ) {
+        let ctx = build::Context { spec, pools, metrics };
+        let old = self.routes.load();
+        self.routes
+            .store(Arc::new(build_routes(&ctx, routes, Some(&old))));
+    }
+}
+
+fn build_routes(
+    ctx: &build::Context<'_>,
+    attached: &BTreeMap<String, ServiceRoutes>,
+    old: Option<&Routes>,
+) -> Routes {
+    let spec = ctx.spec;
+    let mut by_name = HashMap::new();
+    for (name, svc) in &spec.services {
+        let old = old.and_then(|o| o.by_name.get(name));
+        by_name.insert(name.clone(), build::service(ctx, name, svc, old));
+    }
+    let mut table = Table::new(spec.cluster_domain.clone(), spec.namespace.clone());
+    for (name, svc) in &spec.services {
+        let namespace = svc.namespace.as_deref().unwrap_or(&spec.namespace);
+        let service = by_name[name].clone();
+        let routes = attached
+            .get(name)
+            .map(|r| build::route_set(ctx, &service, r, &by_name));
+        table.insert(name, namespace, svc.port, Arc::new(Apex { service, routes }));
+    }
+    let passthrough = spec.outbound.passthrough.then(|| Policies {
+        metrics: ctx.metrics.target("outbound", "passthrough", "passthrough", None),
+        retry: None,
+        timeouts: Timeouts::default(),
+        limits: None,
+    });
+    Routes {
+        table,
+        by_name,
+        passthrough,
+    }
+}
+
+impl Resolve for OutboundResolver {
+    fn resolve(
+        &self,
+        authority: Option<&Authority>,
+        head: &RequestHead<'_>,
+        extensions: &mut http::Extensions,
+    ) -> Result<(), ProxyError> {
+        let Some(authority) = authority else {
+            return Err(ProxyError::new(
+                Reason::NoRoute,
+                "the request names no authority (no Host header)",
+            ));
+        };
+        let routes = self.routes.load();
+        if let Some(apex) = routes.table.lookup(authority) {
+            let Some(set) = &apex.routes else {
+                apex.service.policies.apply(extensions);
+                extensions.insert(Target::Service(apex.service.clone()));
+                return Ok(());
+            };
+            let route = set.find(head).ok_or_else(|| {
+                ProxyError::new(
+                    Reason::NoRoute,
+                    format!(
+                        "no route of service {} matches {} {}",
+                        apex.service.name,
+                        head.method,
+                        head.uri.path()
+                    ),
+                )
+            })?;
+            route.policies.apply(extensions);
+            extensions.insert(route.backends.clone());
+            return Ok(());
+        }
+        match &routes.passthrough {
+            Some(policies) => {
+                policies.apply(extensions);
+                extensions.insert(Target::Passthrough {
+                    authority: authority.clone(),
+                });
+                Ok(())
+            }
+            None => Err(ProxyError::new(
+                Reason::NoRoute,
+                format!("no service matches authority {authority}"),
+            )),
+        }
+    }
+}
+
+/// Sends every inbound request to the local application.
+#[derive(Debug)]
+pub struct InboundResolver {
+    app: ArcSwap<Service>,
+}
+
+impl InboundResolver {
+    /// Targets the application `spec` names.
+    pub fn new(spec: &ProxySpec, pools: &Arc<Pools>, metrics: &Arc<HttpFamilies>) -> Self {
+        Self {
+            app: ArcSwap::new(build::app(spec, pools, metrics)),
+        }
+    }
+
+    /// Follows a config reload; an unchanged app target is kept, with its limits' state.
+    pub fn update(&self, spec: &ProxySpec, pools: &Arc<Pools>, metrics: &Arc<HttpFamilies>) {
+        if self.app.load().inbound.as_ref() != Some(&spec.inbound) {
+            self.app.store(build::app(spec, pools, metrics));
+        }
+    }
+
+    /// The application's address.
+    pub fn app_addr(&self) -> SocketAddr {
+        let (list, _) = self.app.load().endpoints.snapshot();
+        list[0].pool.addr()
+    }
+}
+
+impl Resolve for InboundResolver {
+    fn resolve(
+        &self,
+        _authority: Option<&Authority>,
+        _head: &RequestHead<'_>,
+        extensions: &mut http::Extensions,
+    ) -> Result<(), ProxyError> {
+        let app = self.app.load_full();
+        app.policies.apply(extensions);
+        extensions.insert(Target::Service(app));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

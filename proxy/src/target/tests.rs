@@ -1,0 +1,180 @@
+//! Unit tests of routing: service reuse across reloads, and route selection.
+
+use http::{HeaderMap, Method, Uri};
+
+use super::*;
+use crate::client::Settings;
+
+fn config(yaml: &str) -> crate::config::Config {
+    crate::config::parse(yaml, None).unwrap()
+}
+
+fn services(yaml_services: &str) -> crate::config::Config {
+    config(&format!(
+        "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  services:\n{yaml_services}"
+    ))
+}
+
+struct Fixture {
+    pools: Arc<Pools>,
+    metrics: Arc<HttpFamilies>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let (metrics, _registry) = proxy_metrics::Metrics::new();
+        Self {
+            pools: Arc::new(Pools::new(Settings::default())),
+            metrics: metrics.http.clone(),
+        }
+    }
+
+    fn resolver(&self, c: &crate::config::Config) -> OutboundResolver {
+        OutboundResolver::new(&c.proxy, &c.routes, &self.pools, &self.metrics)
+    }
+}
+
+/// Resolves a request and returns its extensions.
+fn resolve(
+    r: &OutboundResolver,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> Result<http::Extensions, ProxyError> {
+    let uri: Uri = uri.parse().unwrap();
+    let method: Method = method.parse().unwrap();
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        map.insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let head = RequestHead {
+        method: &method,
+        uri: &uri,
+        headers: &map,
+    };
+    let mut ext = http::Extensions::new();
+    r.resolve(uri.authority(), &head, &mut ext).map(|()| ext)
+}
+
+fn service(r: &OutboundResolver, host: &str) -> Arc<Service> {
+    let ext = resolve(r, "GET", &format!("http://{host}/"), &[]).unwrap();
+    match ext.get::<Target>().cloned().unwrap() {
+        Target::Service(s) => s,
+        Target::Passthrough { .. } => panic!("not a service"),
+    }
+}
+
+/// The backend names of the route a request lands on.
+fn backends(r: &OutboundResolver, method: &str, uri: &str, headers: &[(&str, &str)]) -> Vec<String> {
+    let ext = resolve(r, method, uri, headers).unwrap();
+    let split = ext.get::<Arc<Backends<Target>>>().expect("a routed request");
+    split
+        .entries()
+        .iter()
+        .map(|b| format!("{}={}", b.name, b.weight))
+        .collect()
+}
+
+#[test]
+fn reloads_keep_unchanged_services_and_rebuild_changed_ones() {
+    let f = Fixture::new();
+    let before = services("    a: {endpoints: [127.0.0.1:1]}\n    b: {endpoints: [127.0.0.1:2]}\n");
+    let r = f.resolver(&before);
+    let (a1, b1) = (service(&r, "a"), service(&r, "b"));
+
+    let after = services("    a: {endpoints: [127.0.0.1:1]}\n    b: {endpoints: [127.0.0.1:3]}\n");
+    r.update(&after.proxy, &after.routes, &f.pools, &f.metrics);
+    assert!(Arc::ptr_eq(&a1, &service(&r, "a")), "unchanged service kept");
+    assert!(!Arc::ptr_eq(&b1, &service(&r, "b")), "changed service rebuilt");
+    assert_eq!(service(&r, "b").endpoints.snapshot().0[0].pool.addr().port(), 3);
+}
+
+const SERVICES: &str = "apiVersion: skiff.dev/v1alpha1
+kind: Proxy
+spec:
+  services:
+    web: {endpoints: [127.0.0.1:1]}
+    web-v1: {endpoints: [127.0.0.1:2]}
+    web-v2: {endpoints: [127.0.0.1:3]}
+";
+
+#[test]
+fn http_routes_pick_by_precedence_and_refuse_unmatched_requests() {
+    let f = Fixture::new();
+    let c = config(&format!(
+        "{SERVICES}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web}}
+spec:
+  parentRefs: [{{group: '', kind: Service, name: web, port: 80}}]
+  rules:
+  - name: prefix
+    matches: [{{path: {{type: PathPrefix, value: /api}}}}]
+    backendRefs: [{{name: web-v1, port: 80}}]
+  - name: exact
+    matches: [{{path: {{type: Exact, value: /api/login}}}}]
+    backendRefs: [{{name: web-v2, port: 80}}]
+  - name: canary-header
+    matches:
+    - path: {{type: PathPrefix, value: /api}}
+      headers: [{{name: x-canary, value: 'yes'}}]
+    backendRefs: [{{name: web-v2, port: 80}}]
+  - name: search
+    matches: [{{path: {{value: /search}}, queryParams: [{{name: q, type: RegularExpression, value: '[a-z]+'}}], method: GET}}]
+"
+    ));
+    let r = f.resolver(&c);
+    assert_eq!(backends(&r, "GET", "http://web/api/users", &[]), ["web-v1=1"]);
+    assert_eq!(backends(&r, "POST", "http://web/api/login", &[]), ["web-v2=1"]);
+    assert_eq!(
+        backends(&r, "GET", "http://web/api/users", &[("x-canary", "yes")]),
+        ["web-v2=1"],
+        "the header condition makes the longer match win over the plain prefix"
+    );
+    assert_eq!(backends(&r, "GET", "http://web/search?q=abc", &[]), ["web=1"], "no backendRefs: the parent");
+    for (method, uri) in [("GET", "http://web/"), ("GET", "http://web/search?q=1"), ("POST", "http://web/search?q=abc")] {
+        let err = resolve(&r, method, uri, &[]).unwrap_err();
+        assert_eq!(err.reason(), Reason::NoRoute, "{method} {uri}");
+    }
+    // Services without routes are untouched.
+    assert_eq!(service(&r, "web-v1").name, "web-v1");
+}
+
+#[test]
+fn smi_splits_send_matching_requests_to_the_backends_and_the_rest_to_the_apex() {
+    let f = Fixture::new();
+    let c = config(&format!(
+        "{SERVICES}---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {{name: routes}}
+spec:
+  matches:
+  - {{name: firefox, headers: {{user-agent: '.*Firefox.*'}}}}
+  - {{name: api, pathRegex: /api, methods: [GET]}}
+---
+apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata: {{name: canary}}
+spec:
+  service: web
+  matches: [{{kind: HTTPRouteGroup, name: routes}}]
+  backends:
+  - {{service: web-v1, weight: 90}}
+  - {{service: web-v2, weight: 10}}
+  - {{service: web-gone, weight: 0}}
+"
+    ));
+    let r = f.resolver(&c);
+    let split = ["web-v1=90", "web-v2=10", "web-gone=0"];
+    assert_eq!(backends(&r, "GET", "http://web/api/x", &[]), split);
+    assert_eq!(backends(&r, "PUT", "http://web/", &[("user-agent", "Mozilla Firefox/1")]), split);
+    assert_eq!(backends(&r, "POST", "http://web/api/x", &[]), ["web=1"], "unmatched: the apex");
+    let ext = resolve(&r, "GET", "http://web/api/x", &[]).unwrap();
+    let b = ext.get::<Arc<Backends<Target>>>().unwrap();
+    assert!(b.entries()[2].target.is_none(), "an unknown backend is kept, invalid");
+}
