@@ -18,8 +18,8 @@ use crate::detect::{detect, Prefixed, Protocol};
 use crate::drain::Drain;
 use crate::head_timeout::{HeadTimeoutIo, InRequest};
 use crate::stack::{self, HttpService};
-use proxy_core::limit::Client;
 use crate::state::State;
+use proxy_core::limit::Client;
 
 /// Which side of the workload a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -141,6 +141,8 @@ pub struct ProxyConfig {
     pub passthrough: bool,
     /// More fields for the `inbound` map, e.g. `", maxInFlight: 2"`.
     pub inbound_extra: String,
+    /// More YAML documents (HTTPRoute, TrafficSplit, ...), each starting with `---`.
+    pub documents: String,
 }
 
 impl ProxyConfig {
@@ -170,6 +172,16 @@ impl ProxyConfig {
         self
     }
 
+    /// Appends a YAML document (a route or split) after the Proxy document.
+    pub fn document(mut self, yaml: &str) -> Self {
+        self.documents.push_str("---\n");
+        self.documents.push_str(yaml);
+        if !yaml.ends_with('\n') {
+            self.documents.push('\n');
+        }
+        self
+    }
+
     /// The YAML text of this config.
     pub fn yaml(&self) -> String {
         let mut y = format!(
@@ -187,6 +199,7 @@ impl ProxyConfig {
                 ));
             }
         }
+        y.push_str(&self.documents);
         y
     }
 
@@ -216,7 +229,12 @@ impl H1 {
 
 /// An HTTP/1.1 client connection.
 pub async fn h1(addr: SocketAddr) -> H1 {
-    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    h1_over(TcpStream::connect(addr).await.unwrap()).await
+}
+
+/// An HTTP/1.1 client over an established connection.
+pub async fn h1_over(stream: TcpStream) -> H1 {
+    let io = TokioIo::new(stream);
     let (tx, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
     tokio::spawn(conn);
     H1(tx)

@@ -121,7 +121,10 @@ async fn per_client_buckets_are_separate_and_bounded() {
         assert!(upstream().oneshot(from(&limits, ip(1))).await.is_ok());
     }
     let (r, after) = reason(upstream().oneshot(from(&limits, ip(1))).await);
-    assert_eq!((r, after), (Reason::RateLimited, Some(Duration::from_secs(1))));
+    assert_eq!(
+        (r, after),
+        (Reason::RateLimited, Some(Duration::from_secs(1)))
+    );
     // Another client still has its own burst.
     assert!(upstream().oneshot(from(&limits, ip(2))).await.is_ok());
     let id = Client::Identity("spiffe://td/ns/a/sa/b".into());
@@ -130,7 +133,10 @@ async fn per_client_buckets_are_separate_and_bounded() {
     assert!(upstream().oneshot(from(&limits, ip(3))).await.is_ok());
     assert!(upstream().oneshot(from(&limits, ip(4))).await.is_err());
     let per_client = limits.per_client.as_ref().unwrap();
-    assert!(per_client.tracked() <= 3, "two clients and the overflow bucket");
+    assert!(
+        per_client.tracked() <= 3,
+        "two clients and the overflow bucket"
+    );
 
     // Once buckets refill, idle clients are forgotten and new ones get their own.
     advance(Duration::from_secs(5)).await;
@@ -152,7 +158,11 @@ async fn a_route_enforces_its_service_limits_too() {
     });
     let held = upstream().oneshot(with(&route)).await.unwrap();
     let (r, _) = reason(upstream().oneshot(with(&service)).await);
-    assert_eq!(r, Reason::LoadShed, "the route's request holds the service's slot");
+    assert_eq!(
+        r,
+        Reason::LoadShed,
+        "the route's request holds the service's slot"
+    );
     drop(held);
     assert!(upstream().oneshot(with(&service)).await.is_ok());
 }

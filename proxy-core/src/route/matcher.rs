@@ -108,16 +108,16 @@ impl HttpMatch {
     }
 
     /// Gateway API's precedence between matches of competing rules: an exact path first,
-    /// then the longest prefix, then (our choice where the spec leaves it open) regular
-    /// expressions by length, then a method condition, then the most header conditions, then
-    /// the most query conditions. `Ordering::Less` means `self` is tried first; equal ones
+    /// then (where the spec leaves it to implementations, Linkerd's order) regular
+    /// expressions, longest first, then the longest prefix; then a method condition, then the
+    /// most header conditions, then the most query conditions. `Ordering::Less` means `self` is tried first; equal ones
     /// keep their config order.
     pub fn precedence(&self, other: &Self) -> Ordering {
         fn path_rank(m: &HttpMatch) -> (u8, usize) {
             match &m.path {
                 Some(PathMatch::Exact(v)) => (3, v.len()),
-                Some(PathMatch::Prefix(v)) => (2, v.len()),
-                Some(PathMatch::Regex(r)) => (1, r.as_str().len()),
+                Some(PathMatch::Regex(r)) => (2, r.as_str().len()),
+                Some(PathMatch::Prefix(v)) => (1, v.len()),
                 None => (0, 0),
             }
         }
@@ -237,18 +237,24 @@ mod tests {
     #[test]
     fn smi_regexes_anchor_at_the_start_only_and_gateway_ones_at_both_ends() {
         let smi = HttpMatch {
-            path: Some(PathMatch::Regex(anchored("/api/.*", Anchor::Start).unwrap())),
+            path: Some(PathMatch::Regex(
+                anchored("/api/.*", Anchor::Start).unwrap(),
+            )),
             ..Default::default()
         };
         assert!(check(&smi, "GET", "/api/users", &[]));
         assert!(!check(&smi, "GET", "/v1/api/users", &[]));
         let metrics = HttpMatch {
-            path: Some(PathMatch::Regex(anchored("/metrics", Anchor::Start).unwrap())),
+            path: Some(PathMatch::Regex(
+                anchored("/metrics", Anchor::Start).unwrap(),
+            )),
             ..Default::default()
         };
         assert!(check(&metrics, "GET", "/metrics/extra", &[]));
         let gateway = HttpMatch {
-            path: Some(PathMatch::Regex(anchored("/metrics", Anchor::Whole).unwrap())),
+            path: Some(PathMatch::Regex(
+                anchored("/metrics", Anchor::Whole).unwrap(),
+            )),
             ..Default::default()
         };
         assert!(!check(&gateway, "GET", "/metrics/extra", &[]));
@@ -270,7 +276,12 @@ mod tests {
         assert!(check(&m, "POST", "/login?a=b&debug=1", &ua));
         assert!(!check(&m, "GET", "/login?debug=1", &ua));
         assert!(!check(&m, "POST", "/login?debug=2", &ua));
-        assert!(!check(&m, "POST", "/login?debug=1", &[("user-agent", "curl")]));
+        assert!(!check(
+            &m,
+            "POST",
+            "/login?debug=1",
+            &[("user-agent", "curl")]
+        ));
         assert!(!check(&m, "POST", "/login?debug=1", &[]));
         assert!(!check(&m, "POST", "/login/x?debug=1", &ua));
     }
@@ -300,13 +311,25 @@ mod tests {
             )],
             ..with_method.clone()
         };
-        let mut list = [&short_prefix, &with_header, &exact, &with_method, &long_prefix];
+        let mut list = [
+            &short_prefix,
+            &with_header,
+            &exact,
+            &with_method,
+            &long_prefix,
+        ];
         list.sort_by(|a, b| a.precedence(b));
         let order: Vec<String> = list.iter().map(|m| format!("{m:?}")).collect();
-        let want: Vec<String> = [&exact, &long_prefix, &with_header, &with_method, &short_prefix]
-            .iter()
-            .map(|m| format!("{m:?}"))
-            .collect();
+        let want: Vec<String> = [
+            &exact,
+            &long_prefix,
+            &with_header,
+            &with_method,
+            &short_prefix,
+        ]
+        .iter()
+        .map(|m| format!("{m:?}"))
+        .collect();
         assert_eq!(order, want);
     }
 }

@@ -94,7 +94,9 @@ impl http_body::Body for OneThenStall {
         if std::mem::replace(&mut self.0, true) {
             Poll::Pending
         } else {
-            Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(b"x")))))
+            Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+                b"x",
+            )))))
         }
     }
 }

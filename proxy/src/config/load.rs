@@ -167,7 +167,10 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
                 }
             }
             (v, Some(kind)) if mesh::KINDS.iter().any(|(_, k)| *k == kind) => {
-                let want = mesh::KINDS.iter().find(|(_, k)| *k == kind).map(|(v, _)| *v);
+                let want = mesh::KINDS
+                    .iter()
+                    .find(|(_, k)| *k == kind)
+                    .map(|(v, _)| *v);
                 errors.push(doc_error(format!(
                     "apiVersion: kind {kind} is read as apiVersion {}, got {}",
                     want.unwrap_or_default(),
@@ -200,7 +203,11 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
                 .into_iter()
                 .map(|(index, message)| {
                     // Problems of the Proxy document's own fields carry no document index.
-                    let index = if index == usize::MAX { proxy_index } else { index };
+                    let index = if index == usize::MAX {
+                        proxy_index
+                    } else {
+                        index
+                    };
                     ConfigError {
                         file: file.clone(),
                         line: starts.get(index).copied(),

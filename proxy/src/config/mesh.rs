@@ -311,9 +311,9 @@ impl TryFrom<RawGatewayPath> for GatewayPath {
                 must_be_absolute()?;
                 PathMatch::Prefix(raw.value)
             }
-            PathKind::RegularExpression => PathMatch::Regex(
-                anchored(&raw.value, Anchor::Whole).map_err(|e| e.to_string())?,
-            ),
+            PathKind::RegularExpression => {
+                PathMatch::Regex(anchored(&raw.value, Anchor::Whole).map_err(|e| e.to_string())?)
+            }
         }))
     }
 }
@@ -380,7 +380,9 @@ impl<'de> Deserialize<'de> for GatewayMethod {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match SmiMethod::deserialize(d)?.0 {
             Some(m) => Ok(Self(m)),
-            None => Err(serde::de::Error::custom("method `*` is SMI's; omit `method` instead")),
+            None => Err(serde::de::Error::custom(
+                "method `*` is SMI's; omit `method` instead",
+            )),
         }
     }
 }
@@ -508,31 +510,46 @@ pub(super) fn resolve(
     let mut groups: HashMap<(String, String), &Object<HttpRouteGroupSpec>> = HashMap::new();
     for (_, doc) in documents {
         if let Document::HttpRouteGroup(g) = doc {
-            let ns = g.metadata.namespace.clone().unwrap_or_else(|| local_ns.into());
+            let ns = g
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| local_ns.into());
             groups.insert((ns, g.metadata.name.clone()), g);
         }
     }
     let mut out: BTreeMap<String, (usize, bool, ServiceRoutes)> = BTreeMap::new();
-    let mut attach = |index: usize, service: String, smi: bool, routes: Vec<RouteSpec>| {
-        match out.get_mut(&service) {
-            Some((_, was_smi, existing)) if *was_smi == smi && !smi => {
-                existing.routes.extend(routes);
-                Ok(())
-            }
-            Some((first, was_smi, _)) => Err(format!(
-                "service {service} already has {} (document {}); a service takes either \
+    let mut attach = |index: usize, service: String, smi: bool, routes: Vec<RouteSpec>| match out
+        .get_mut(&service)
+    {
+        Some((_, was_smi, existing)) if *was_smi == smi && !smi => {
+            existing.routes.extend(routes);
+            Ok(())
+        }
+        Some((first, was_smi, _)) => Err(format!(
+            "service {service} already has {} (document {}); a service takes either \
                  HTTPRoutes or one TrafficSplit",
-                if *was_smi { "a TrafficSplit" } else { "HTTPRoutes" },
-                *first + 1
-            )),
-            None => {
-                let fallback_to_service = smi;
-                out.insert(
-                    service,
-                    (index, smi, ServiceRoutes { routes, fallback_to_service }),
-                );
-                Ok(())
-            }
+            if *was_smi {
+                "a TrafficSplit"
+            } else {
+                "HTTPRoutes"
+            },
+            *first + 1
+        )),
+        None => {
+            let fallback_to_service = smi;
+            out.insert(
+                service,
+                (
+                    index,
+                    smi,
+                    ServiceRoutes {
+                        routes,
+                        fallback_to_service,
+                    },
+                ),
+            );
+            Ok(())
         }
     };
     for (index, doc) in documents {
@@ -563,13 +580,20 @@ pub(super) fn resolve(
                     .collect();
                 let mut routes = Vec::new();
                 if split.spec.matches.is_empty() {
-                    routes.push(route(&split.metadata.name, vec![HttpMatch::default()], &backends));
+                    routes.push(route(
+                        &split.metadata.name,
+                        vec![HttpMatch::default()],
+                        &backends,
+                    ));
                 }
                 for (i, m) in split.spec.matches.iter().enumerate() {
                     let Some(group) = groups.get(&(ns.to_owned(), m.name.clone())) else {
                         problems.push((
                             index,
-                            format!("spec.matches[{i}]: no HTTPRouteGroup {} in namespace {ns}", m.name),
+                            format!(
+                                "spec.matches[{i}]: no HTTPRouteGroup {} in namespace {ns}",
+                                m.name
+                            ),
                         ));
                         continue;
                     };
@@ -612,7 +636,9 @@ pub(super) fn resolve(
                     });
                     if let Some(t) = &timeouts {
                         let enabled = |d: Option<Dur>| d.filter(|d| !d.0.is_zero());
-                        if let (Some(req), Some(be)) = (enabled(t.request), enabled(t.backend_request)) {
+                        if let (Some(req), Some(be)) =
+                            (enabled(t.request), enabled(t.backend_request))
+                        {
                             if be > req {
                                 problems.push((
                                     index,

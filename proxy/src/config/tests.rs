@@ -261,13 +261,25 @@ spec:
 "
     ));
     let split = &c.routes["web"];
-    assert!(split.fallback_to_service, "SMI: unmatched requests go to the apex");
+    assert!(
+        split.fallback_to_service,
+        "SMI: unmatched requests go to the apex"
+    );
     let names: Vec<&str> = split.routes.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(
         names,
-        ["api-routes/api", "api-routes/metrics", "api-routes/firefox", "api-routes/listed"]
+        [
+            "api-routes/api",
+            "api-routes/metrics",
+            "api-routes/firefox",
+            "api-routes/listed"
+        ]
     );
-    assert_eq!(split.routes[3].matches.len(), 2, "a list of header maps is alternatives");
+    assert_eq!(
+        split.routes[3].matches.len(),
+        2,
+        "a list of header maps is alternatives"
+    );
     let route = &c.routes["web-v2"].routes[0];
     assert!(!c.routes["web-v2"].fallback_to_service);
     assert_eq!(route.name, "website-canary");
@@ -278,8 +290,14 @@ spec:
         .collect();
     assert_eq!(weights, [(Some("web"), 90), (Some("web-v2"), 10)]);
     let retry = route.retry.as_ref().unwrap();
-    assert_eq!((retry.attempts, retry.codes.len(), retry.backoff), (3, 2, Dur::millis(100)));
-    assert_eq!(route.timeouts.as_ref().unwrap().request, Some(Dur::secs(10)));
+    assert_eq!(
+        (retry.attempts, retry.codes.len(), retry.backoff),
+        (3, 2, Dur::millis(100))
+    );
+    assert_eq!(
+        route.timeouts.as_ref().unwrap().request,
+        Some(Dur::secs(10))
+    );
     assert!(route.policy.rate_limit.unwrap().per_client);
     assert_eq!(c.mesh_documents.len(), 3, "kept as written for /config");
 }
@@ -298,7 +316,13 @@ spec:
 "
     ));
     assert_eq!(bad_regex[0].line, Some(13));
-    assert!(bad_regex[0].message.starts_with("spec.matches[0].pathRegex"), "{}", bad_regex[0].message);
+    assert!(
+        bad_regex[0]
+            .message
+            .starts_with("spec.matches[0].pathRegex"),
+        "{}",
+        bad_regex[0].message
+    );
 
     let filters = err(&format!(
         "{MESH_HEAD}---
@@ -311,7 +335,11 @@ spec:
   - filters: [{{type: RequestHeaderModifier}}]
 "
     ));
-    assert!(filters[0].message.contains("filters are not supported"), "{}", filters[0].message);
+    assert!(
+        filters[0].message.contains("filters are not supported"),
+        "{}",
+        filters[0].message
+    );
     assert_eq!(filters[0].line, Some(14));
 
     let parent = err(&format!(
@@ -324,7 +352,13 @@ spec:
 "
     ));
     assert_eq!(parent[0].line, Some(7), "the document's first line");
-    assert!(parent[0].message.starts_with("spec.parentRefs[0]: no service nowhere"), "{}", parent[0].message);
+    assert!(
+        parent[0]
+            .message
+            .starts_with("spec.parentRefs[0]: no service nowhere"),
+        "{}",
+        parent[0].message
+    );
 
     let version = err(&format!(
         "{MESH_HEAD}---
@@ -334,10 +368,20 @@ metadata: {{name: s}}
 spec: {{service: web, backends: []}}
 "
     ));
-    assert!(version[0].message.contains("split.smi-spec.io/v1alpha4"), "{}", version[0].message);
+    assert!(
+        version[0].message.contains("split.smi-spec.io/v1alpha4"),
+        "{}",
+        version[0].message
+    );
 
     let policy = err(&format!("{MESH_HEAD}  routePolicies:\n    ghost: {{}}\n"));
-    assert!(policy[0].message.starts_with("routePolicies.ghost: no route"), "{}", policy[0].message);
+    assert!(
+        policy[0]
+            .message
+            .starts_with("routePolicies.ghost: no route"),
+        "{}",
+        policy[0].message
+    );
 
     let both = err(&format!(
         "{MESH_HEAD}---
@@ -353,7 +397,13 @@ spec:
   parentRefs: [{{kind: Service, name: web}}]
 "
     ));
-    assert!(both[0].message.contains("either HTTPRoutes or one TrafficSplit"), "{}", both[0].message);
+    assert!(
+        both[0]
+            .message
+            .contains("either HTTPRoutes or one TrafficSplit"),
+        "{}",
+        both[0].message
+    );
 
     let method = err(&format!(
         "{MESH_HEAD}---

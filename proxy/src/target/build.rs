@@ -285,9 +285,8 @@ fn limits(
     let per_client = rate.filter(|r| r.per_client);
     Some(Arc::new(Limits {
         rate: shared.map(|r| RateLimit::new(r.requests_per_second, r.burst)),
-        per_client: per_client.map(|r| {
-            PerClientRateLimit::new(r.requests_per_second, r.burst, MAX_TRACKED_CLIENTS)
-        }),
+        per_client: per_client
+            .map(|r| PerClientRateLimit::new(r.requests_per_second, r.burst, MAX_TRACKED_CLIENTS)),
         max_in_flight: max_in_flight.map(|m| MaxInFlight::new(m.get())),
         parent,
     }))

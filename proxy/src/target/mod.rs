@@ -127,7 +127,11 @@ impl OutboundResolver {
         pools: &Arc<Pools>,
         metrics: &Arc<HttpFamilies>,
     ) -> Self {
-        let ctx = build::Context { spec, pools, metrics };
+        let ctx = build::Context {
+            spec,
+            pools,
+            metrics,
+        };
         Self {
             routes: ArcSwap::from_pointee(build_routes(&ctx, routes, None)),
         }
@@ -142,7 +146,11 @@ impl OutboundResolver {
         pools: &Arc<Pools>,
         metrics: &Arc<HttpFamilies>,
     ) {
-        let ctx = build::Context { spec, pools, metrics };
+        let ctx = build::Context {
+            spec,
+            pools,
+            metrics,
+        };
         let old = self.routes.load();
         self.routes
             .store(Arc::new(build_routes(&ctx, routes, Some(&old))));
@@ -167,10 +175,17 @@ fn build_routes(
         let routes = attached
             .get(name)
             .map(|r| build::route_set(ctx, &service, r, &by_name));
-        table.insert(name, namespace, svc.port, Arc::new(Apex { service, routes }));
+        table.insert(
+            name,
+            namespace,
+            svc.port,
+            Arc::new(Apex { service, routes }),
+        );
     }
     let passthrough = spec.outbound.passthrough.then(|| Policies {
-        metrics: ctx.metrics.target("outbound", "passthrough", "passthrough", None),
+        metrics: ctx
+            .metrics
+            .target("outbound", "passthrough", "passthrough", None),
         retry: None,
         timeouts: Timeouts::default(),
         limits: None,

@@ -25,7 +25,7 @@ impl Fixture {
         let (metrics, _registry) = proxy_metrics::Metrics::new();
         Self {
             pools: Arc::new(Pools::new(Settings::default())),
-            metrics: metrics.http.clone(),
+            metrics: metrics.http,
         }
     }
 
@@ -68,9 +68,16 @@ fn service(r: &OutboundResolver, host: &str) -> Arc<Service> {
 }
 
 /// The backend names of the route a request lands on.
-fn backends(r: &OutboundResolver, method: &str, uri: &str, headers: &[(&str, &str)]) -> Vec<String> {
+fn backends(
+    r: &OutboundResolver,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> Vec<String> {
     let ext = resolve(r, method, uri, headers).unwrap();
-    let split = ext.get::<Arc<Backends<Target>>>().expect("a routed request");
+    let split = ext
+        .get::<Arc<Backends<Target>>>()
+        .expect("a routed request");
     split
         .entries()
         .iter()
@@ -87,9 +94,21 @@ fn reloads_keep_unchanged_services_and_rebuild_changed_ones() {
 
     let after = services("    a: {endpoints: [127.0.0.1:1]}\n    b: {endpoints: [127.0.0.1:3]}\n");
     r.update(&after.proxy, &after.routes, &f.pools, &f.metrics);
-    assert!(Arc::ptr_eq(&a1, &service(&r, "a")), "unchanged service kept");
-    assert!(!Arc::ptr_eq(&b1, &service(&r, "b")), "changed service rebuilt");
-    assert_eq!(service(&r, "b").endpoints.snapshot().0[0].pool.addr().port(), 3);
+    assert!(
+        Arc::ptr_eq(&a1, &service(&r, "a")),
+        "unchanged service kept"
+    );
+    assert!(
+        !Arc::ptr_eq(&b1, &service(&r, "b")),
+        "changed service rebuilt"
+    );
+    assert_eq!(
+        service(&r, "b").endpoints.snapshot().0[0]
+            .pool
+            .addr()
+            .port(),
+        3
+    );
 }
 
 const SERVICES: &str = "apiVersion: skiff.dev/v1alpha1
@@ -128,15 +147,29 @@ spec:
 "
     ));
     let r = f.resolver(&c);
-    assert_eq!(backends(&r, "GET", "http://web/api/users", &[]), ["web-v1=1"]);
-    assert_eq!(backends(&r, "POST", "http://web/api/login", &[]), ["web-v2=1"]);
+    assert_eq!(
+        backends(&r, "GET", "http://web/api/users", &[]),
+        ["web-v1=1"]
+    );
+    assert_eq!(
+        backends(&r, "POST", "http://web/api/login", &[]),
+        ["web-v2=1"]
+    );
     assert_eq!(
         backends(&r, "GET", "http://web/api/users", &[("x-canary", "yes")]),
         ["web-v2=1"],
         "the header condition makes the longer match win over the plain prefix"
     );
-    assert_eq!(backends(&r, "GET", "http://web/search?q=abc", &[]), ["web=1"], "no backendRefs: the parent");
-    for (method, uri) in [("GET", "http://web/"), ("GET", "http://web/search?q=1"), ("POST", "http://web/search?q=abc")] {
+    assert_eq!(
+        backends(&r, "GET", "http://web/search?q=abc", &[]),
+        ["web=1"],
+        "no backendRefs: the parent"
+    );
+    for (method, uri) in [
+        ("GET", "http://web/"),
+        ("GET", "http://web/search?q=1"),
+        ("POST", "http://web/search?q=abc"),
+    ] {
         let err = resolve(&r, method, uri, &[]).unwrap_err();
         assert_eq!(err.reason(), Reason::NoRoute, "{method} {uri}");
     }
@@ -172,9 +205,24 @@ spec:
     let r = f.resolver(&c);
     let split = ["web-v1=90", "web-v2=10", "web-gone=0"];
     assert_eq!(backends(&r, "GET", "http://web/api/x", &[]), split);
-    assert_eq!(backends(&r, "PUT", "http://web/", &[("user-agent", "Mozilla Firefox/1")]), split);
-    assert_eq!(backends(&r, "POST", "http://web/api/x", &[]), ["web=1"], "unmatched: the apex");
+    assert_eq!(
+        backends(
+            &r,
+            "PUT",
+            "http://web/",
+            &[("user-agent", "Mozilla Firefox/1")]
+        ),
+        split
+    );
+    assert_eq!(
+        backends(&r, "POST", "http://web/api/x", &[]),
+        ["web=1"],
+        "unmatched: the apex"
+    );
     let ext = resolve(&r, "GET", "http://web/api/x", &[]).unwrap();
     let b = ext.get::<Arc<Backends<Target>>>().unwrap();
-    assert!(b.entries()[2].target.is_none(), "an unknown backend is kept, invalid");
+    assert!(
+        b.entries()[2].target.is_none(),
+        "an unknown backend is kept, invalid"
+    );
 }
