@@ -79,8 +79,15 @@ pub async fn start(config: Config) -> io::Result<Running> {
         registry: Arc::new(registry),
         readiness: state.readiness.clone(),
         config: Arc::new(move || {
-            serde_json::to_string_pretty(&*view_state.spec.load())
-                .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+            // The Proxy spec, plus the mesh documents (routes, splits) under `documents`.
+            let mut view = serde_json::to_value(&*view_state.spec.load())
+                .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
+            let documents = view_state.documents.load();
+            if let (Some(map), false) = (view.as_object_mut(), documents.is_empty()) {
+                let documents = serde_json::to_value(&**documents).unwrap_or_default();
+                map.insert("documents".into(), documents);
+            }
+            serde_json::to_string_pretty(&view).unwrap_or_default()
         }),
     });
     tokio::spawn(admin::serve(admin_listener, admin, admin_stopped));

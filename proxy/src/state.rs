@@ -18,6 +18,8 @@ use crate::target::{InboundResolver, OutboundResolver};
 pub struct State {
     /// The running config.
     pub spec: ArcSwap<ProxySpec>,
+    /// The running mesh documents (routes, splits) as written, for `/config`.
+    pub documents: ArcSwap<Vec<serde_yaml_ng::Value>>,
     /// Outbound routing.
     pub outbound: Arc<OutboundResolver>,
     /// Inbound routing (the local app).
@@ -52,6 +54,7 @@ impl State {
             outbound_conns: metrics.tcp.listener("outbound"),
             inbound_conns: metrics.tcp.listener("inbound"),
             spec: ArcSwap::from_pointee(spec),
+            documents: ArcSwap::from_pointee(config.mesh_documents.clone()),
             pools,
             metrics,
             readiness: Arc::default(),
@@ -86,6 +89,7 @@ impl State {
             .update(&spec, &config.routes, &self.pools, &self.metrics.http);
         self.inbound.update(&spec, &self.pools, &self.metrics.http);
         self.spec.store(Arc::new(spec));
+        self.documents.store(Arc::new(config.mesh_documents));
     }
 }
 

@@ -418,3 +418,20 @@ spec:
     ));
     assert!(method[0].message.contains("FETCH"), "{}", method[0].message);
 }
+
+#[test]
+fn every_example_config_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            load_file(&path).unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2, "examples/ holds the dev and canary configs");
+    let canary = load_file(&dir.join("canary.yaml")).unwrap();
+    let routes = &canary.routes["web"].routes;
+    assert_eq!(routes[0].policy.max_in_flight.map(|m| m.get()), Some(100));
+}

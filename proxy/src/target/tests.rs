@@ -226,3 +226,46 @@ spec:
         "an unknown backend is kept, invalid"
     );
 }
+
+#[test]
+fn a_route_breaker_gets_its_own_endpoint_states_and_other_routes_share_the_services() {
+    let f = Fixture::new();
+    let c = config(&format!(
+        "{SERVICES}  routePolicies:
+    web/guarded: {{breaker: {{consecutiveFailures: 2}}, maxInFlight: 3}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web}}
+spec:
+  parentRefs: [{{kind: Service, name: web}}]
+  rules:
+  - name: guarded
+    matches: [{{path: {{value: /guarded}}}}]
+    backendRefs: [{{name: web-v1}}]
+  - name: open
+    matches: [{{path: {{value: /open}}}}]
+    backendRefs: [{{name: web-v1}}]
+"
+    ));
+    let r = f.resolver(&c);
+    let target = |path: &str| {
+        let ext = resolve(&r, "GET", &format!("http://web{path}"), &[]).unwrap();
+        let split = ext.get::<Arc<Backends<Target>>>().unwrap().clone();
+        let limits = ext.get::<Arc<Limits>>().cloned();
+        match split.entries()[0].target.clone().unwrap() {
+            Target::Service(s) => (s, limits),
+            Target::Passthrough { .. } => unreachable!(),
+        }
+    };
+    let (guarded, limits) = target("/guarded");
+    let (open, no_limits) = target("/open");
+    let shared = service(&r, "web-v1");
+    assert!(Arc::ptr_eq(&open, &shared), "a route without a breaker uses the service as is");
+    assert!(!Arc::ptr_eq(&guarded.endpoints, &shared.endpoints), "own breaker states");
+    let (list, _) = guarded.endpoints.snapshot();
+    assert!(list[0].gate.is_some(), "the route's breaker watches the endpoint");
+    assert_eq!(list[0].pool.addr(), shared.endpoints.snapshot().0[0].pool.addr());
+    assert!(limits.is_some_and(|l| l.max_in_flight.is_some()));
+    assert!(no_limits.is_none());
+}
