@@ -1,8 +1,35 @@
-//! Skiff's TLS side.
+//! Skiff's TLS side: mesh mutual TLS between proxies, with workload identities that are
+//! SPIFFE IDs carried in X.509-SVIDs.
 //!
-//! Today it recognises TLS on the wire, so protocol detection can tell a ClientHello from
-//! plaintext; inbound TLS is forwarded untouched to the application until Skiff terminates
-//! mesh mTLS itself. Credentials, SPIFFE identity checks and rustls configs will live here.
+//! - [`id`]: SPIFFE IDs, parsed by the SPIFFE rules.
+//! - [`svid`]: the X.509-SVID rules webpki does not check (one URI SAN, not a CA, no signing
+//!   key usages, both TLS usages).
+//! - [`creds`]: credential files (`tls.crt`, `tls.key`, `ca.crt`), checked before use, and the
+//!   rustls configs built from them: TLS 1.3 only, a client certificate required, the peer's
+//!   identity checked against the one expected rather than a DNS name.
+//! - [`devca`]: a local CA that issues workload certificates, for development and tests.
+//!
+//! Protocol detection also asks here whether a connection starts with a ClientHello.
+
+pub mod creds;
+pub mod devca;
+pub mod id;
+pub mod svid;
+mod verify;
+
+pub use creds::{CredError, Credentials, Identity, Reloaded};
+pub use id::SpiffeId;
+pub use verify::WrongIdentity;
+
+/// ALPN protocol between proxies: HTTP/2.
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// The identity in a peer's certificate chain (as rustls hands it over after a handshake
+/// that verified it).
+pub fn peer_id(chain: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> Option<SpiffeId> {
+    let leaf = chain?.first()?;
+    svid::check_leaf(leaf).ok().map(|s| s.id)
+}
 
 /// Whether `buf` starts like a TLS ClientHello: a handshake record (type 22) with a TLS
 /// major version of 3. Returns `None` while fewer than three bytes have arrived.
@@ -16,15 +43,4 @@ pub fn looks_like_client_hello(buf: &[u8]) -> Option<bool> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recognises_handshake_records() {
-        assert_eq!(looks_like_client_hello(b"\x16\x03\x01"), Some(true));
-        assert_eq!(looks_like_client_hello(b"\x16\x03"), None);
-        assert_eq!(looks_like_client_hello(b"\x16\x02\x00"), Some(false));
-        assert_eq!(looks_like_client_hello(b"GET "), Some(false));
-        assert_eq!(looks_like_client_hello(b""), None);
-    }
-}
+mod tests;

@@ -261,11 +261,23 @@ spec:
     let (guarded, limits) = target("/guarded");
     let (open, no_limits) = target("/open");
     let shared = service(&r, "web-v1");
-    assert!(Arc::ptr_eq(&open, &shared), "a route without a breaker uses the service as is");
-    assert!(!Arc::ptr_eq(&guarded.endpoints, &shared.endpoints), "own breaker states");
+    assert!(
+        Arc::ptr_eq(&open, &shared),
+        "a route without a breaker uses the service as is"
+    );
+    assert!(
+        !Arc::ptr_eq(&guarded.endpoints, &shared.endpoints),
+        "own breaker states"
+    );
     let (list, _) = guarded.endpoints.snapshot();
-    assert!(list[0].gate.is_some(), "the route's breaker watches the endpoint");
-    assert_eq!(list[0].pool.addr(), shared.endpoints.snapshot().0[0].pool.addr());
+    assert!(
+        list[0].gate.is_some(),
+        "the route's breaker watches the endpoint"
+    );
+    assert_eq!(
+        list[0].pool.addr(),
+        shared.endpoints.snapshot().0[0].pool.addr()
+    );
     assert!(limits.is_some_and(|l| l.max_in_flight.is_some()));
     assert!(no_limits.is_none());
 }
