@@ -23,12 +23,19 @@ use tokio::sync::watch;
 pub struct Readiness {
     loaded: AtomicBool,
     draining: AtomicBool,
+    awaiting_identity: AtomicBool,
 }
 
 impl Readiness {
     /// Marks config (and, later, identity) as loaded.
     pub fn set_loaded(&self) {
         self.loaded.store(true, Ordering::Release);
+    }
+
+    /// Whether the proxy still waits for its first valid credentials (`/ready` is 503 until
+    /// then: a proxy without them cannot serve mesh traffic).
+    pub fn set_awaiting_identity(&self, waiting: bool) {
+        self.awaiting_identity.store(waiting, Ordering::Release);
     }
 
     /// Marks the proxy as shutting down: `/ready` answers 503 from now on.
@@ -38,7 +45,9 @@ impl Readiness {
 
     /// Whether `/ready` answers 200.
     pub fn is_ready(&self) -> bool {
-        self.loaded.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+        self.loaded.load(Ordering::Acquire)
+            && !self.draining.load(Ordering::Acquire)
+            && !self.awaiting_identity.load(Ordering::Acquire)
     }
 }
 

@@ -9,10 +9,12 @@
 //!
 //! - [`http`]: request/response series and the [`http::MetricsLayer`] that records them.
 //! - [`tcp`]: connection series and protocol-detection outcomes.
+//! - [`identity`]: credential reloads and expiry, handshake failures, authorization.
 //! - [`admin`]: `/metrics`, `/ready`, `/live`, `/config`.
 
 pub mod admin;
 pub mod http;
+pub mod identity;
 pub mod tcp;
 
 use std::sync::Arc;
@@ -33,6 +35,8 @@ pub struct Metrics {
     pub tcp: Arc<tcp::TcpFamilies>,
     /// Config reload outcomes, by `result` (`ok`, `error`).
     pub config_reloads: Family<Labels, Counter>,
+    /// Identity and authorization series.
+    pub identity: Arc<identity::IdentityFamilies>,
 }
 
 impl Metrics {
@@ -41,6 +45,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let http = Arc::new(http::HttpFamilies::register(&mut registry));
         let tcp = Arc::new(tcp::TcpFamilies::register(&mut registry));
+        let identity = Arc::new(identity::IdentityFamilies::register(&mut registry));
         let config_reloads = Family::default();
         registry.register(
             "skiff_config_reloads",
@@ -52,6 +57,7 @@ impl Metrics {
                 http,
                 tcp,
                 config_reloads,
+                identity,
             },
             registry,
         )

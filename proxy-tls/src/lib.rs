@@ -31,6 +31,34 @@ pub fn peer_id(chain: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> Optio
     svid::check_leaf(leaf).ok().map(|s| s.id)
 }
 
+/// A short reason for a failed handshake, for a metric label: `unknown-ca`, `expired`,
+/// `not-yet-valid`, `wrong-identity`, `invalid-svid`, `no-client-cert`, `protocol-version`,
+/// `wrong-server-name`, or `other`.
+pub fn failure_reason(err: &std::io::Error) -> &'static str {
+    use rustls::{AlertDescription, CertificateError, Error};
+    let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<Error>()) else {
+        return "other";
+    };
+    match tls {
+        Error::InvalidCertificate(c) => match c {
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => "unknown-ca",
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "not-yet-valid"
+            }
+            CertificateError::Other(o) if o.0.is::<WrongIdentity>() => "wrong-identity",
+            CertificateError::Other(o) if o.0.is::<svid::SvidError>() => "invalid-svid",
+            _ => "other",
+        },
+        Error::NoCertificatesPresented => "no-client-cert",
+        Error::PeerIncompatible(_) | Error::AlertReceived(AlertDescription::ProtocolVersion) => {
+            "protocol-version"
+        }
+        Error::General(m) if m.contains("no server certificate") => "wrong-server-name",
+        _ => "other",
+    }
+}
+
 /// Whether `buf` starts like a TLS ClientHello: a handshake record (type 22) with a TLS
 /// major version of 3. Returns `None` while fewer than three bytes have arrived.
 pub fn looks_like_client_hello(buf: &[u8]) -> Option<bool> {

@@ -29,7 +29,7 @@ pub struct Running {
     state: Arc<State>,
     drain: drain::Controller,
     admin_stop: watch::Sender<bool>,
-    reload: Option<JoinHandle<()>>,
+    watchers: Vec<JoinHandle<()>>,
 }
 
 /// Binds the listeners of `config` and starts serving. Listen addresses with port 0 get an
@@ -37,7 +37,9 @@ pub struct Running {
 pub async fn start(config: Config) -> io::Result<Running> {
     let spec = config.proxy.clone();
     let (metrics, registry) = Metrics::new();
-    let state = Arc::new(State::new(&config, Arc::new(metrics)));
+    let state = State::new(&config, Arc::new(metrics))
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let state = Arc::new(state);
 
     let bind = |addr: SocketAddr, what: &'static str| async move {
         TcpListener::bind(addr).await.map_err(|e| {
@@ -92,13 +94,18 @@ pub async fn start(config: Config) -> io::Result<Running> {
     });
     tokio::spawn(admin::serve(admin_listener, admin, admin_stopped));
 
-    let reload = config.source.map(|path| {
-        tokio::spawn(crate::reload::watch(
+    // Background watchers, stopped when the drain starts.
+    let mut watchers = Vec::new();
+    if let Some(path) = config.source {
+        watchers.push(tokio::spawn(crate::reload::watch(
             path,
             config.text.into_bytes(),
             state.clone(),
-        ))
-    });
+        )));
+    }
+    if let Some(mesh) = &state.mesh {
+        watchers.push(tokio::spawn(mesh.clone().watch(state.readiness.clone())));
+    }
     state.readiness.set_loaded();
     tracing::info!(%outbound_addr, %inbound_addr, %admin_addr, "Skiff is ready");
     Ok(Running {
@@ -108,7 +115,7 @@ pub async fn start(config: Config) -> io::Result<Running> {
         state,
         drain,
         admin_stop,
-        reload,
+        watchers,
     })
 }
 
@@ -129,8 +136,8 @@ impl Running {
     /// [`Running::shutdown`] with an explicit grace period.
     pub async fn drain_with(self, grace: Duration) -> bool {
         self.state.readiness.set_draining();
-        if let Some(reload) = &self.reload {
-            reload.abort();
+        for watcher in &self.watchers {
+            watcher.abort();
         }
         tracing::info!(?grace, "draining");
         let clean = self.drain.drain(grace).await;

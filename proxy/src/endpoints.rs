@@ -12,7 +12,7 @@ use proxy_core::balance::Load;
 use proxy_core::breaker::{self, BreakerObserver, Gate};
 use tokio::task::JoinHandle;
 
-use crate::client::{Pool, Pools};
+use crate::client::{MeshPeer, Pool, Pools};
 
 /// One endpoint of one service.
 #[derive(Debug)]
@@ -38,6 +38,7 @@ pub struct BreakerConfig {
 #[derive(Clone, Debug)]
 struct Maker {
     pools: Arc<Pools>,
+    peer: Option<Arc<MeshPeer>>,
     breaker: Option<BreakerConfig>,
 }
 
@@ -57,7 +58,7 @@ impl Maker {
                     ))
                 });
                 Arc::new(Endpoint {
-                    pool: self.pools.get(*addr),
+                    pool: self.pools.get_for(*addr, self.peer.as_ref()),
                     gate,
                     load: Load::default(),
                 })
@@ -76,10 +77,16 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    /// A fixed list.
-    pub fn fixed(addrs: &[SocketAddr], pools: &Arc<Pools>, breaker: Option<BreakerConfig>) -> Self {
+    /// A fixed list (meshed with `peer`, when given).
+    pub fn fixed(
+        addrs: &[SocketAddr],
+        pools: &Arc<Pools>,
+        peer: Option<Arc<MeshPeer>>,
+        breaker: Option<BreakerConfig>,
+    ) -> Self {
         let maker = Maker {
             pools: pools.clone(),
+            peer,
             breaker,
         };
         Self {
@@ -96,10 +103,12 @@ impl Endpoints {
         port: u16,
         refresh: Duration,
         pools: &Arc<Pools>,
+        peer: Option<Arc<MeshPeer>>,
         breaker: Option<BreakerConfig>,
     ) -> Self {
         let maker = Maker {
             pools: pools.clone(),
+            peer,
             breaker,
         };
         let current: Arc<ArcSwap<Vec<Arc<Endpoint>>>> = Arc::default();
@@ -163,17 +172,27 @@ mod tests {
             "127.0.0.1:1".parse().unwrap(),
             "127.0.0.1:2".parse().unwrap(),
         ];
-        let e = Endpoints::fixed(&addrs, &pools, None);
+        let e = Endpoints::fixed(&addrs, &pools, None, None);
         let (list, _) = e.snapshot();
         let ports: Vec<u16> = list.iter().map(|e| e.pool.addr().port()).collect();
         assert_eq!(ports, [1, 2]);
-        assert!(Endpoints::fixed(&[], &pools, None).snapshot().0.is_empty());
+        assert!(Endpoints::fixed(&[], &pools, None, None)
+            .snapshot()
+            .0
+            .is_empty());
     }
 
     #[tokio::test]
     async fn dns_names_resolve_in_the_background() {
         let pools = Arc::new(Pools::new(Settings::default()));
-        let e = Endpoints::dns("localhost".into(), 9, Duration::from_secs(60), &pools, None);
+        let e = Endpoints::dns(
+            "localhost".into(),
+            9,
+            Duration::from_secs(60),
+            &pools,
+            None,
+            None,
+        );
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while e.snapshot().0.is_empty() {
             assert!(

@@ -57,15 +57,39 @@ async fn forward(req: Request<Body>) -> Result<Response<Body>, ProxyError> {
     if req.extensions().get::<WebSocketUpgrade>().is_some() {
         return upgrade(&pool, req).await;
     }
-    let protocol = if req.version() == Version::HTTP_2 {
+    let http1_at_origin =
+        req.version() < Version::HTTP_2 || req.extensions().get::<OrigHttp1>().is_some();
+    // Between proxies, always HTTP/2; elsewhere, the protocol the request had at its origin.
+    let protocol = if pool.is_meshed() || !http1_at_origin {
         Protocol::Http2
     } else {
         Protocol::Http1
     };
-    let rsp = pool
-        .send(upstream_form(req, protocol, &pool), protocol)
-        .await?;
+    let mut req = upstream_form(req, protocol, &pool);
+    if pool.is_meshed() && http1_at_origin {
+        req.headers_mut()
+            .insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+    }
+    let rsp = pool.send(req, protocol).await?;
     Ok(downstream_form(rsp))
+}
+
+/// Tells the receiving proxy that a request it gets over HTTP/2 was HTTP/1 at its origin,
+/// so it reaches the application as HTTP/1 again.
+pub const ORIG_PROTO: http::HeaderName = http::HeaderName::from_static("skiff-orig-proto");
+
+/// Marks a request that crossed the mesh as HTTP/2 but started as HTTP/1.
+#[derive(Clone, Copy, Debug)]
+pub struct OrigHttp1;
+
+/// On a request from a peer proxy (over verified mTLS only: from anyone else the header is
+/// just stripped), turns the [`ORIG_PROTO`] header into an [`OrigHttp1`] mark.
+pub fn take_orig_proto<B>(req: &mut Request<B>) {
+    if let Some(v) = req.headers_mut().remove(ORIG_PROTO) {
+        if v.as_bytes().starts_with(b"HTTP/1") {
+            req.extensions_mut().insert(OrigHttp1);
+        }
+    }
 }
 
 /// Reads the first chunk of an HTTP/1 chunked body before contacting the upstream, so a

@@ -57,6 +57,7 @@ pub mod drain;
 pub mod endpoints;
 pub mod forward;
 pub mod head_timeout;
+pub mod identity;
 pub mod pick;
 pub mod reload;
 pub mod runtime;

@@ -1,4 +1,4 @@
-//! The `skiff` command line: `run`, `check`, `demo`, `version`.
+//! The `skiff` command line: `run`, `check`, `demo`, `identity dev-ca`, `version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +14,10 @@ Usage:
   skiff run --config FILE [--workers N]   serve, reloading FILE when it changes
   skiff check --config FILE               validate FILE; report every error with its line
   skiff demo [--workers N] [--print-config]  built-in backends with Skiff in front of them
+  skiff identity dev-ca --dir DIR --workload NS/SA [--workload NS/SA ...]
+                [--trust-domain DOMAIN] [--days N]
+                                          a new local CA and workload credentials
+                                          (DIR/NS/SA/tls.crt, tls.key, ca.crt) for mTLS
   skiff version
 
 Logs go to stderr; set SKIFF_LOG (e.g. SKIFF_LOG=debug, SKIFF_LOG=skiff=debug,info).
@@ -74,6 +78,7 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
                 .transpose()?;
             serve(demo::config(), workers, Some(demo::TRY))
         }
+        "identity" if rest.first().map(String::as_str) == Some("dev-ca") => dev_ca(&rest[1..]),
         "version" | "--version" | "-V" => {
             println!("skiff {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
@@ -84,6 +89,54 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         }
         other => bail!("unknown command {other:?}\n\n{USAGE}"),
     }
+}
+
+/// `skiff identity dev-ca`: writes a fresh CA and credentials for each workload named.
+fn dev_ca(args: &[String]) -> anyhow::Result<ExitCode> {
+    let dir = PathBuf::from(flag(args, "--dir")?.context("dev-ca needs --dir DIR")?);
+    let domain = flag(args, "--trust-domain")?.unwrap_or("cluster.local");
+    let days: u64 = flag(args, "--days")?
+        .map(|d| d.parse().context("--days takes a whole number"))
+        .transpose()?
+        .unwrap_or(30);
+    let workloads = all_flags(args, "--workload");
+    if workloads.is_empty() {
+        bail!("dev-ca needs at least one --workload NAMESPACE/SERVICE_ACCOUNT");
+    }
+    let ca = proxy_tls::devca::DevCa::new(domain).context("cannot make a CA")?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(dir.join("ca.crt"), ca.ca_pem())?;
+    for w in workloads {
+        let (ns, sa) = w
+            .split_once('/')
+            .with_context(|| format!("--workload {w}: expected NAMESPACE/SERVICE_ACCOUNT"))?;
+        let id = ca.id(ns, sa).with_context(|| format!("--workload {w}"))?;
+        let target = dir.join(ns).join(sa);
+        ca.write_workload(
+            &target,
+            ns,
+            sa,
+            std::time::Duration::from_secs(days * 86_400),
+        )
+        .with_context(|| format!("cannot write {}", target.display()))?;
+        println!("{id}: {}", target.display());
+    }
+    println!("trust bundle: {}", dir.join("ca.crt").display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every value given for the repeatable flag `name`.
+fn all_flags<'a>(args: &'a [String], name: &str) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == name {
+            out.extend(it.next().map(String::as_str));
+        } else if let Some(v) = a.strip_prefix(name).and_then(|v| v.strip_prefix('=')) {
+            out.push(v);
+        }
+    }
+    out
 }
 
 /// The value after `name` in `args`, if present.

@@ -14,9 +14,11 @@ use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use crate::config::MtlsMode;
 use crate::detect::{detect, Prefixed, Protocol};
 use crate::drain::Drain;
 use crate::head_timeout::{HeadTimeoutIo, InRequest};
+use crate::identity::Mesh;
 use crate::stack::{self, HttpService};
 use crate::state::State;
 use proxy_core::limit::Client;
@@ -102,6 +104,22 @@ async fn serve(
         Direction::Outbound => stack::outbound(state, Client::Addr(peer.ip())),
         Direction::Inbound => stack::inbound(state, Client::Addr(peer.ip())),
     };
+    let mesh = state
+        .mesh
+        .as_ref()
+        .filter(|_| direction == Direction::Inbound);
+    if let Some(mesh) = mesh {
+        if protocol == Protocol::Tls {
+            conns.detect.tls.inc();
+            serve_mesh(io, peer, mesh, state, drain).await;
+            return;
+        }
+        if mesh.mtls == MtlsMode::Strict {
+            tracing::info!(%peer, ?protocol, "refusing a plaintext inbound connection (mTLS is strict)");
+            mesh.metrics.handshake_failure("inbound", "plaintext");
+            return;
+        }
+    }
     match protocol {
         Protocol::Http1 => {
             conns.detect.http1.inc();
@@ -132,30 +150,33 @@ async fn serve(
     }
 }
 
-type Io = TokioIo<Prefixed<TcpStream>>;
-type Svc = TowerToHyperService<HttpService>;
-type Http1Io = TokioIo<HeadTimeoutIo<Prefixed<TcpStream>>>;
 type Http1Svc = TowerToHyperService<InRequest>;
+type Svc = TowerToHyperService<HttpService>;
 
 /// A server connection that can be asked to finish gracefully.
 trait Graceful: std::future::Future<Output = hyper::Result<()>> {
     fn shutdown(self: std::pin::Pin<&mut Self>);
 }
 
-impl Graceful for http1::UpgradeableConnection<Http1Io, Http1Svc> {
+impl<I: Io> Graceful for http1::UpgradeableConnection<TokioIo<HeadTimeoutIo<I>>, Http1Svc> {
     fn shutdown(self: std::pin::Pin<&mut Self>) {
         self.graceful_shutdown();
     }
 }
 
-impl Graceful for http2::Connection<Io, Svc, TokioExecutor> {
+impl<I: Io> Graceful for http2::Connection<TokioIo<I>, Svc, TokioExecutor> {
     fn shutdown(self: std::pin::Pin<&mut Self>) {
         self.graceful_shutdown();
     }
 }
 
-async fn serve_http1(
-    io: Prefixed<TcpStream>,
+/// What a server connection can run over: TCP (after detection), or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+
+impl<I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for I {}
+
+async fn serve_http1<I: Io>(
+    io: I,
     svc: HttpService,
     spec: &crate::config::ProxySpec,
     drain: Drain,
@@ -185,8 +206,8 @@ async fn serve_http1(
     run_until_drained(conn, drain).await;
 }
 
-async fn serve_http2(
-    io: Prefixed<TcpStream>,
+async fn serve_http2<I: Io>(
+    io: I,
     svc: HttpService,
     spec: &crate::config::ProxySpec,
     drain: Drain,
@@ -199,6 +220,50 @@ async fn serve_http2(
         .max_pending_accept_reset_streams(h2.max_pending_reset_streams)
         .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
     run_until_drained(conn, drain).await;
+}
+
+/// Terminates mesh mTLS on an inbound connection, then serves HTTP/2 or HTTP/1 (by ALPN)
+/// with the caller's verified identity attached to each request.
+async fn serve_mesh(
+    io: Prefixed<TcpStream>,
+    peer: SocketAddr,
+    mesh: &Mesh,
+    state: &State,
+    drain: Drain,
+) {
+    let Some(creds) = mesh.identity.current() else {
+        tracing::warn!(%peer, "refusing a mesh connection: no valid credentials yet");
+        return;
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(creds.server_config()).accept(io);
+    let tls = match tokio::time::timeout(mesh.handshake_timeout, accept).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            let reason = proxy_tls::failure_reason(&e);
+            mesh.metrics.handshake_failure("inbound", reason);
+            tracing::info!(%peer, reason, error = %e, "mesh handshake refused");
+            return;
+        }
+        Err(_) => {
+            mesh.metrics.handshake_failure("inbound", "timeout");
+            tracing::info!(%peer, "mesh handshake timed out");
+            return;
+        }
+    };
+    let (_, conn) = tls.get_ref();
+    let Some(id) = proxy_tls::peer_id(conn.peer_certificates()) else {
+        tracing::warn!(%peer, "mesh connection without a peer identity");
+        return;
+    };
+    let h2 = conn.alpn_protocol() == Some(proxy_tls::ALPN_H2);
+    let client = Client::Identity(id.to_string().into());
+    let spec = state.spec.load_full();
+    let svc = stack::inbound(state, client);
+    if h2 {
+        serve_http2(tls, svc, &spec, drain).await;
+    } else {
+        serve_http1(tls, svc, &spec, drain).await;
+    }
 }
 
 /// Serves `conn`; when the drain starts, asks it to finish in-flight requests and close

@@ -63,9 +63,15 @@ pub fn inbound(state: &State, client: Client) -> HttpService {
     BoxCloneService::new(chain)
 }
 
-/// Marks each request of a connection with who sent it (for per-client limits).
+/// Marks each request of a connection with who sent it (for per-client limits and
+/// authorization). A peer proxy's note that the request began as HTTP/1 is read here,
+/// before normalisation strips every `skiff-*` header.
 fn from(client: Client) -> impl Fn(Request<Incoming>) -> Request<Incoming> + Clone {
+    let meshed = matches!(client, Client::Identity(_));
     move |mut req| {
+        if meshed {
+            crate::forward::take_orig_proto(&mut req);
+        }
         req.extensions_mut().insert(client.clone());
         req
     }

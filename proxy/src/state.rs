@@ -11,6 +11,7 @@ use proxy_metrics::Metrics;
 
 use crate::client::{Pools, Settings};
 use crate::config::{Config, ProxySpec};
+use crate::identity::Mesh;
 use crate::target::{InboundResolver, OutboundResolver};
 
 /// Shared by every listener and connection.
@@ -38,16 +39,27 @@ pub struct State {
     pub inbound_conns: ListenerMetrics,
     /// What `/ready` reports.
     pub readiness: Arc<Readiness>,
+    /// The mesh identity, when the config gives one (fixed until restart).
+    pub mesh: Option<Arc<Mesh>>,
 }
 
 impl State {
-    /// Builds the state for `config`.
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+    /// Builds the state for `config`, loading its identity's credentials if it has one.
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, String> {
         let spec = config.proxy.clone();
         let pools = Arc::new(Pools::new(client_settings(&spec)));
         let http = &metrics.http;
-        Self {
-            outbound: Arc::new(OutboundResolver::new(&spec, &config.routes, &pools, http)),
+        let readiness = Arc::<Readiness>::default();
+        let mesh = match &spec.identity {
+            None => None,
+            Some(identity) => Some(
+                Mesh::new(&spec, identity, &metrics.identity, &readiness)
+                    .map_err(|e| format!("spec.identity: {e}"))?,
+            ),
+        };
+        let outbound = OutboundResolver::new(&spec, &config.routes, &pools, http, mesh.as_ref());
+        Ok(Self {
+            outbound: Arc::new(outbound),
             inbound: Arc::new(InboundResolver::new(&spec, &pools, http)),
             unrouted_outbound: http.target("outbound", "", "", None),
             unrouted_inbound: http.target("inbound", "", "", None),
@@ -57,8 +69,9 @@ impl State {
             documents: ArcSwap::from_pointee(config.mesh_documents.clone()),
             pools,
             metrics,
-            readiness: Arc::default(),
-        }
+            readiness,
+            mesh,
+        })
     }
 
     /// Applies a reloaded config. Listener addresses, the connection limit and worker count
@@ -85,8 +98,21 @@ impl State {
             }
         }
         self.pools.set_settings(client_settings(&spec));
-        self.outbound
-            .update(&spec, &config.routes, &self.pools, &self.metrics.http);
+        if self.mesh.as_ref().is_some_and(|m| m.differs_from(&spec))
+            || (self.mesh.is_none() && spec.identity.is_some())
+        {
+            tracing::warn!(
+                field = "identity",
+                "changed in config; takes effect when Skiff restarts"
+            );
+        }
+        self.outbound.update(
+            &spec,
+            &config.routes,
+            &self.pools,
+            &self.metrics.http,
+            self.mesh.as_ref(),
+        );
         self.inbound.update(&spec, &self.pools, &self.metrics.http);
         self.spec.store(Arc::new(spec));
         self.documents.store(Arc::new(config.mesh_documents));

@@ -5,6 +5,10 @@
 //! endpoint gets a single connection that all requests share as streams. Failures are mapped
 //! here, where it is known whether anything was sent: a refused connect is
 //! `upstream-connect` (safe to retry), a connection lost mid-exchange is `upstream-reset`.
+//!
+//! A pool for a meshed endpoint (a service with an expected identity) speaks HTTP/2 over
+//! mutual TLS, with the credentials current when each connection is dialled, and refuses
+//! a peer that is not the expected identity.
 
 mod pool;
 
@@ -14,6 +18,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use proxy_metrics::identity::IdentityFamilies;
+use proxy_tls::{Identity, SpiffeId};
 
 pub use pool::{Pool, Protocol};
 
@@ -38,14 +44,31 @@ impl Default for Settings {
     }
 }
 
+/// What a meshed endpoint must be, and what we present to it.
+#[derive(Debug)]
+pub struct MeshPeer {
+    /// The identity the endpoint must prove.
+    pub id: SpiffeId,
+    /// Our credentials.
+    pub identity: Arc<Identity>,
+    /// The longest a handshake may take.
+    pub handshake_timeout: Duration,
+    /// Where failed handshakes are counted.
+    pub metrics: Arc<IdentityFamilies>,
+}
+
 /// Hands out the pool of each endpoint address.
 #[derive(Debug, Default)]
 pub struct Pools {
     // Shared with every pool, so a reload's new timeouts apply to warm endpoints too.
     settings: Arc<ArcSwap<Settings>>,
-    // Weak: a pool lives as long as some service's endpoint list holds it.
-    pools: Mutex<HashMap<SocketAddr, Weak<Pool>>>,
+    // Weak: a pool lives as long as some service's endpoint list holds it. Meshed and
+    // plaintext pools to one address are distinct.
+    pools: Mutex<HashMap<PoolKey, Weak<Pool>>>,
 }
+
+/// An endpoint address, and the identity expected there when the pool is meshed.
+type PoolKey = (SocketAddr, Option<SpiffeId>);
 
 impl Pools {
     /// Pools using `settings`.
@@ -61,15 +84,21 @@ impl Pools {
         self.settings.store(Arc::new(settings));
     }
 
-    /// The pool for `addr`, created if no one holds one.
+    /// The plaintext pool for `addr`, created if no one holds one.
     pub fn get(&self, addr: SocketAddr) -> Arc<Pool> {
+        self.get_for(addr, None)
+    }
+
+    /// The pool for `addr`, meshed with `peer` if given.
+    pub fn get_for(&self, addr: SocketAddr, peer: Option<&Arc<MeshPeer>>) -> Arc<Pool> {
+        let key = (addr, peer.map(|p| p.id.clone()));
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(pool) = pools.get(&addr).and_then(Weak::upgrade) {
+        if let Some(pool) = pools.get(&key).and_then(Weak::upgrade) {
             return pool;
         }
-        let pool = Arc::new(Pool::new(addr, self.settings.clone()));
+        let pool = Arc::new(Pool::new(addr, self.settings.clone(), peer.cloned()));
         pools.retain(|_, p| p.strong_count() > 0);
-        pools.insert(addr, Arc::downgrade(&pool));
+        pools.insert(key, Arc::downgrade(&pool));
         pool
     }
 }

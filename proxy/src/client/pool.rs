@@ -13,7 +13,7 @@ use proxy_core::{Body, ProxyError, Reason};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::Settings;
+use super::{MeshPeer, Settings};
 
 /// The protocol spoken to the upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +37,7 @@ pub struct Pool {
     // An async mutex: the first request to find no connection dials while the others wait
     // and then share it, instead of each opening its own.
     h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
+    mesh: Option<Arc<MeshPeer>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -48,13 +49,23 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    pub(super) fn new(addr: SocketAddr, settings: Arc<ArcSwap<Settings>>) -> Self {
+    pub(super) fn new(
+        addr: SocketAddr,
+        settings: Arc<ArcSwap<Settings>>,
+        mesh: Option<Arc<MeshPeer>>,
+    ) -> Self {
         Self {
             addr,
             settings,
             idle: Mutex::default(),
             h2: tokio::sync::Mutex::default(),
+            mesh,
         }
+    }
+
+    /// Whether requests go over mesh mTLS (and so always over HTTP/2).
+    pub fn is_meshed(&self) -> bool {
+        self.mesh.is_some()
     }
 
     /// The endpoint's address.
@@ -69,8 +80,8 @@ impl Pool {
         protocol: Protocol,
     ) -> Result<Response<Incoming>, ProxyError> {
         match protocol {
-            Protocol::Http1 => self.send_http1(req).await,
-            Protocol::Http2 => self.send_http2(req).await,
+            Protocol::Http1 if self.mesh.is_none() => self.send_http1(req).await,
+            _ => self.send_http2(req).await,
         }
     }
 
@@ -126,13 +137,11 @@ impl Pool {
             match shared.as_ref().filter(|s| !s.is_closed()) {
                 Some(s) => s.clone(),
                 None => {
-                    let io = self.connect().await?;
-                    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                        .timer(TokioTimer::new())
-                        .handshake(TokioIo::new(io))
-                        .await
-                        .map_err(|e| self.connect_error(e))?;
-                    tokio::spawn(conn);
+                    let tcp = self.connect().await?;
+                    let sender = match &self.mesh {
+                        None => self.h2_handshake(tcp).await?,
+                        Some(peer) => self.h2_handshake(self.tls(tcp, peer).await?).await?,
+                    };
                     *shared = Some(sender.clone());
                     sender
                 }
@@ -143,6 +152,58 @@ impl Pool {
             .send_request(req)
             .await
             .map_err(|e| self.exchange_error(e))
+    }
+
+    async fn h2_handshake<I>(&self, io: I) -> Result<http2::SendRequest<Body>, ProxyError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+
+    /// The mesh TLS handshake, with the credentials in use now.
+    async fn tls(
+        &self,
+        tcp: TcpStream,
+        peer: &MeshPeer,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProxyError> {
+        let fail = |what: String| {
+            ProxyError::new(
+                Reason::UpstreamConnect,
+                format!("mTLS to {} ({}): {what}", self.addr, peer.id),
+            )
+        };
+        let creds = peer
+            .identity
+            .current()
+            .ok_or_else(|| fail("this proxy has no valid credentials yet".into()))?;
+        let config = creds
+            .client_config(&peer.id)
+            .map_err(|e| fail(e.to_string()))?;
+        let name = rustls::pki_types::ServerName::try_from(peer.id.server_name())
+            .map_err(|e| fail(e.to_string()))?;
+        let connect = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+        match tokio::time::timeout(peer.handshake_timeout, connect).await {
+            Ok(Ok(tls)) => Ok(tls),
+            Ok(Err(e)) => {
+                let reason = proxy_tls::failure_reason(&e);
+                peer.metrics.handshake_failure("outbound", reason);
+                Err(fail(format!("handshake failed ({reason}): {e}")))
+            }
+            Err(_) => {
+                peer.metrics.handshake_failure("outbound", "timeout");
+                Err(fail(format!(
+                    "handshake timed out after {:?}",
+                    peer.handshake_timeout
+                )))
+            }
+        }
     }
 
     fn checkout(&self) -> Option<http1::SendRequest<Body>> {

@@ -197,6 +197,29 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
         return Err(ConfigErrors(errors));
     }
     let (proxy_index, proxy) = proxy.expect("checked above");
+    let proxy_error = |message: String| {
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            line: starts.get(proxy_index).copied(),
+            column: None,
+            message,
+        }])
+    };
+    match &proxy.identity {
+        Some(identity) => {
+            identity
+                .own_id(&proxy.namespace)
+                .map_err(|e| proxy_error(format!("spec.identity: {e}")))?;
+        }
+        None => {
+            if let Some((name, _)) = proxy.services.iter().find(|(_, s)| s.identity.is_some()) {
+                return Err(proxy_error(format!(
+                    "spec.services.{name}.identity: mTLS to a service needs this proxy's own \
+                     `spec.identity`"
+                )));
+            }
+        }
+    }
     let routes = mesh::resolve(&proxy, &mesh_documents).map_err(|problems| {
         ConfigErrors(
             problems

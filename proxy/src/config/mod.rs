@@ -16,6 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
+use proxy_tls::SpiffeId;
 use serde::{Deserialize, Serialize};
 
 pub use duration::Dur;
@@ -73,6 +74,9 @@ pub struct ProxySpec {
     pub shutdown: ShutdownSpec,
     /// How often the config file is checked for changes.
     pub reload_interval: Dur,
+    /// This workload's mesh identity; without it, no mTLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentitySpec>,
     /// The services the application may call, by name.
     pub services: BTreeMap<String, ServiceSpec>,
     /// Skiff's own policies for routes (timeouts, retries, breaker, limits), by route name.
@@ -93,6 +97,7 @@ impl Default for ProxySpec {
             limits: LimitsSpec::default(),
             shutdown: ShutdownSpec::default(),
             reload_interval: Dur::secs(1),
+            identity: None,
             services: BTreeMap::new(),
             route_policies: BTreeMap::new(),
         }
@@ -135,6 +140,70 @@ pub struct InboundSpec {
     /// The most calls to the application in flight; beyond it, 503 `load-shed`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<NonZeroUsize>,
+    /// With an identity: whether plaintext callers are still let in (during a migration).
+    pub mtls: MtlsMode,
+}
+
+/// Whether the inbound listener requires mutual TLS (when the proxy has an identity).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MtlsMode {
+    /// Only meshed callers, with a valid client certificate.
+    #[default]
+    Strict,
+    /// Meshed callers over mTLS, and plaintext callers too (their identity is unknown).
+    Permissive,
+}
+
+/// This workload's identity: where its credentials are and who it must be.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct IdentitySpec {
+    /// The directory holding `tls.crt`, `tls.key` and `ca.crt`.
+    pub dir: PathBuf,
+    /// The SPIFFE trust domain.
+    pub trust_domain: String,
+    /// The namespace in the identity; default: `POD_NAMESPACE`, else `spec.namespace`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The service account in the identity; default: `POD_SERVICE_ACCOUNT`, else `default`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    /// How often the credential files are checked for changes.
+    pub reload_interval: Dur,
+    /// The longest an inbound or outbound TLS handshake may take.
+    pub handshake_timeout: Dur,
+}
+
+impl Default for IdentitySpec {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/run/secrets/spiffe.io"),
+            trust_domain: "cluster.local".into(),
+            namespace: None,
+            service_account: None,
+            reload_interval: Dur::secs(1),
+            handshake_timeout: Dur::secs(10),
+        }
+    }
+}
+
+impl IdentitySpec {
+    /// The identity this proxy must have, from config, then the pod's environment.
+    pub fn own_id(&self, spec_namespace: &str) -> Result<SpiffeId, proxy_tls::id::IdError> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let ns = self
+            .namespace
+            .clone()
+            .or_else(|| env("POD_NAMESPACE"))
+            .unwrap_or_else(|| spec_namespace.to_owned());
+        let sa = self
+            .service_account
+            .clone()
+            .or_else(|| env("POD_SERVICE_ACCOUNT"))
+            .unwrap_or_else(|| "default".into());
+        SpiffeId::workload(&self.trust_domain, &ns, &sa)
+    }
 }
 
 impl Default for InboundSpec {
@@ -145,6 +214,7 @@ impl Default for InboundSpec {
             app_port: 8080,
             rate_limit: None,
             max_in_flight: None,
+            mtls: MtlsMode::Strict,
         }
     }
 }
@@ -270,6 +340,25 @@ pub struct ServiceSpec {
     pub rate_limit: Option<RateLimitSpec>,
     /// The most requests in flight to the service; beyond it, 503 `load-shed`.
     pub max_in_flight: Option<NonZeroUsize>,
+    /// The identity its endpoints must prove: requests to it go over mutual TLS and HTTP/2.
+    pub identity: Option<PeerId>,
+}
+
+/// A peer's expected SPIFFE ID, as written in config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerId(pub SpiffeId);
+
+impl<'de> Deserialize<'de> for PeerId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map(Self).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for PeerId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
 }
 
 /// Where a service's endpoints come from.
@@ -315,6 +404,8 @@ struct RawServiceSpec {
     rate_limit: Option<RateLimitSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     max_in_flight: Option<NonZeroUsize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    identity: Option<PeerId>,
 }
 
 fn default_service_port() -> u16 {
@@ -372,6 +463,7 @@ impl TryFrom<RawServiceSpec> for ServiceSpec {
             load_balancer: raw.load_balancer,
             rate_limit: raw.rate_limit,
             max_in_flight: raw.max_in_flight,
+            identity: raw.identity,
         })
     }
 }
@@ -398,6 +490,7 @@ impl From<ServiceSpec> for RawServiceSpec {
             load_balancer: s.load_balancer,
             rate_limit: s.rate_limit,
             max_in_flight: s.max_in_flight,
+            identity: s.identity,
         }
     }
 }

@@ -17,12 +17,13 @@ use proxy_core::timeout::Timeouts;
 use proxy_metrics::http::{HttpFamilies, TargetMetrics};
 
 use super::{Policies, Route, Service, Target};
-use crate::client::Pools;
+use crate::client::{MeshPeer, Pools};
 use crate::config::{
     BreakerSpec, Dur, EndpointSource, ProxySpec, RateLimitSpec, RetrySpec, RouteSpec,
     ServiceRoutes, ServiceSpec, TimeoutsSpec,
 };
 use crate::endpoints::{BreakerConfig, Endpoints};
+use crate::identity::Mesh;
 
 /// Clients tracked by one per-client rate limit before idle ones are forgotten.
 const MAX_TRACKED_CLIENTS: usize = 10_000;
@@ -32,6 +33,7 @@ pub(super) struct Context<'a> {
     pub(super) spec: &'a ProxySpec,
     pub(super) pools: &'a Arc<Pools>,
     pub(super) metrics: &'a Arc<HttpFamilies>,
+    pub(super) mesh: Option<&'a Arc<Mesh>>,
 }
 
 impl Context<'_> {
@@ -69,7 +71,13 @@ pub(super) fn service(
     };
     let endpoints = match old.filter(same_endpoints) {
         Some(kept) => kept.endpoints.clone(),
-        None => endpoints(ctx, &svc.endpoints, svc.breaker.as_ref(), &metrics),
+        None => {
+            let peer = svc
+                .identity
+                .as_ref()
+                .and_then(|id| Some(ctx.mesh?.peer(&id.0)));
+            endpoints(ctx, &svc.endpoints, peer, svc.breaker.as_ref(), &metrics)
+        }
     };
     Arc::new(Service {
         name: name.to_owned(),
@@ -89,17 +97,18 @@ pub(super) fn service(
 fn endpoints(
     ctx: &Context<'_>,
     source: &EndpointSource,
+    peer: Option<Arc<MeshPeer>>,
     breaker: Option<&BreakerSpec>,
     metrics: &Arc<TargetMetrics>,
 ) -> Arc<Endpoints> {
     let breaker = breaker.map(|b| breaker_config(b, metrics));
     Arc::new(match source {
-        EndpointSource::Static(list) => Endpoints::fixed(list, ctx.pools, breaker),
+        EndpointSource::Static(list) => Endpoints::fixed(list, ctx.pools, peer, breaker),
         EndpointSource::Dns {
             host,
             port,
             refresh,
-        } => Endpoints::dns(host.clone(), *port, refresh.0, ctx.pools, breaker),
+        } => Endpoints::dns(host.clone(), *port, refresh.0, ctx.pools, peer, breaker),
     })
 }
 
@@ -163,10 +172,16 @@ fn route(
         // A route's own breaker watches the backend's endpoints for this route's requests
         // only: the same addresses and pooled connections, separate breaker states.
         Some(b) => {
-            let source = service.identity.as_ref().map(|(s, _)| &s.endpoints);
-            let endpoints = source.map_or_else(
+            let spec = service.identity.as_ref().map(|(s, _)| s);
+            let endpoints = spec.map_or_else(
                 || service.endpoints.clone(),
-                |source| endpoints(ctx, source, Some(b), &metrics),
+                |spec| {
+                    let peer = spec
+                        .identity
+                        .as_ref()
+                        .and_then(|id| Some(ctx.mesh?.peer(&id.0)));
+                    endpoints(ctx, &spec.endpoints, peer, Some(b), &metrics)
+                },
             );
             Arc::new(Service {
                 name: service.name.clone(),
@@ -223,7 +238,7 @@ pub(super) fn app(
         identity: None,
         inbound: Some(spec.inbound.clone()),
         balance: balance::Strategy::RoundRobin,
-        endpoints: Arc::new(Endpoints::fixed(&[addr], pools, None)),
+        endpoints: Arc::new(Endpoints::fixed(&[addr], pools, None, None)),
         policies: Policies {
             limits: limits(spec.inbound.rate_limit, spec.inbound.max_in_flight, None),
             retry: None,

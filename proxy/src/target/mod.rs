@@ -27,6 +27,7 @@ use proxy_metrics::http::{HttpFamilies, MetricsSlot, TargetMetrics};
 use crate::client::Pools;
 use crate::config::{InboundSpec, ProxySpec, ServiceRoutes, ServiceSpec};
 use crate::endpoints::Endpoints;
+use crate::identity::Mesh;
 
 /// A service requests can be sent to.
 #[derive(Debug)]
@@ -126,11 +127,13 @@ impl OutboundResolver {
         routes: &BTreeMap<String, ServiceRoutes>,
         pools: &Arc<Pools>,
         metrics: &Arc<HttpFamilies>,
+        mesh: Option<&Arc<Mesh>>,
     ) -> Self {
         let ctx = build::Context {
             spec,
             pools,
             metrics,
+            mesh,
         };
         Self {
             routes: ArcSwap::from_pointee(build_routes(&ctx, routes, None)),
@@ -145,11 +148,13 @@ impl OutboundResolver {
         routes: &BTreeMap<String, ServiceRoutes>,
         pools: &Arc<Pools>,
         metrics: &Arc<HttpFamilies>,
+        mesh: Option<&Arc<Mesh>>,
     ) {
         let ctx = build::Context {
             spec,
             pools,
             metrics,
+            mesh,
         };
         let old = self.routes.load();
         self.routes

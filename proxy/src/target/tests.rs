@@ -30,7 +30,7 @@ impl Fixture {
     }
 
     fn resolver(&self, c: &crate::config::Config) -> OutboundResolver {
-        OutboundResolver::new(&c.proxy, &c.routes, &self.pools, &self.metrics)
+        OutboundResolver::new(&c.proxy, &c.routes, &self.pools, &self.metrics, None)
     }
 }
 
@@ -93,7 +93,7 @@ fn reloads_keep_unchanged_services_and_rebuild_changed_ones() {
     let (a1, b1) = (service(&r, "a"), service(&r, "b"));
 
     let after = services("    a: {endpoints: [127.0.0.1:1]}\n    b: {endpoints: [127.0.0.1:3]}\n");
-    r.update(&after.proxy, &after.routes, &f.pools, &f.metrics);
+    r.update(&after.proxy, &after.routes, &f.pools, &f.metrics, None);
     assert!(
         Arc::ptr_eq(&a1, &service(&r, "a")),
         "unchanged service kept"

@@ -1,0 +1,81 @@
+//! Identity series: credential reloads, the certificate's expiry, handshake failures by
+//! reason, and authorization decisions.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::Labels;
+
+/// The identity families.
+#[derive(Debug, Default)]
+pub struct IdentityFamilies {
+    reloads: Family<Labels, Counter>,
+    expiry: Gauge,
+    handshake_failures: Family<Labels, Counter>,
+    authz: Family<Labels, Counter>,
+}
+
+impl IdentityFamilies {
+    pub(crate) fn register(registry: &mut Registry) -> Self {
+        let this = Self::default();
+        registry.register(
+            "skiff_identity_reloads",
+            "Credential loads, by result (ok, error)",
+            this.reloads.clone(),
+        );
+        registry.register(
+            "skiff_identity_cert_expiry_timestamp_seconds",
+            "When the certificate in use expires, in seconds since the Unix epoch",
+            this.expiry.clone(),
+        );
+        registry.register(
+            "skiff_tls_handshake_failures",
+            "Failed mesh TLS handshakes, by direction and reason",
+            this.handshake_failures.clone(),
+        );
+        registry.register(
+            "skiff_authz",
+            "Authorization decisions on inbound requests and connections, by decision and route",
+            this.authz.clone(),
+        );
+        this
+    }
+
+    /// Counts a credential load; on success, records the new certificate's expiry.
+    pub fn reload(&self, expiry_unix_secs: Option<u64>) {
+        let result = if expiry_unix_secs.is_some() {
+            "ok"
+        } else {
+            "error"
+        };
+        self.reloads
+            .get_or_create(&vec![("result", result.to_owned())])
+            .inc();
+        if let Some(secs) = expiry_unix_secs {
+            self.expiry.set(i64::try_from(secs).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Counts a failed handshake.
+    pub fn handshake_failure(&self, direction: &'static str, reason: &'static str) {
+        self.handshake_failures
+            .get_or_create(&vec![
+                ("direction", direction.to_owned()),
+                ("reason", reason.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// Counts an authorization decision (`allow`, `deny`, or `audit-deny` when denials are
+    /// only logged).
+    pub fn authz(&self, decision: &'static str, route: &str) {
+        self.authz
+            .get_or_create(&vec![
+                ("decision", decision.to_owned()),
+                ("route", route.to_owned()),
+            ])
+            .inc();
+    }
+}
