@@ -149,3 +149,248 @@ async fn the_wrong_peer_identity_and_plaintext_are_refused() {
     let (_, metrics) = admin_get(b.admin_addr, "/metrics").await;
     assert!(metrics.contains(r#"reason="plaintext""#), "{metrics}");
 }
+
+/// Installs `files` in `dir` the way the kubelet updates a projected volume: a new
+/// timestamped directory, a `..data` symlink swapped to it atomically, and stable
+/// `tls.crt` / `tls.key` / `ca.crt` links through `..data`.
+fn kubelet_swap(dir: &Path, generation: usize, files: [(&str, &str); 3]) {
+    let name = format!("..2026_11_22_{generation}");
+    std::fs::create_dir_all(dir.join(&name)).unwrap();
+    for (file, content) in files {
+        std::fs::write(dir.join(&name).join(file), content).unwrap();
+    }
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&name, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for (file, _) in files {
+        let link = dir.join(file);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(Path::new("..data").join(file), &link).unwrap();
+        }
+    }
+}
+
+fn swap_workload(dir: &Path, generation: usize, issued: &proxy_tls::devca::Issued, bundle: &str) {
+    kubelet_swap(
+        dir,
+        generation,
+        [
+            ("tls.crt", &issued.cert_pem),
+            ("tls.key", &issued.key_pem),
+            ("ca.crt", bundle),
+        ],
+    );
+}
+
+/// A fresh mesh handshake with B, as a client holding `issued` and trusting `bundle`.
+async fn probe(
+    b: SocketAddr,
+    issued: &proxy_tls::devca::Issued,
+    bundle: &str,
+) -> Result<(), String> {
+    let creds = proxy_tls::Credentials::from_pem(
+        issued.cert_pem.as_bytes(),
+        issued.key_pem.as_bytes(),
+        bundle.as_bytes(),
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    let api: proxy_tls::SpiffeId = "spiffe://cluster.local/ns/shop/sa/api".parse().unwrap();
+    let config = creds.client_config(&api).map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(b)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from(api.server_name()).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    // TLS 1.3 client auth completes after the client's first flight; a refused client
+    // certificate shows as an alert on the next read.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 16];
+    match tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => Ok(()),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_and_trust_rotate_under_load_without_a_failed_request() {
+    let (ca1, ca2) = (
+        DevCa::new("cluster.local").unwrap(),
+        DevCa::new("cluster.local").unwrap(),
+    );
+    let (b1, b2) = (
+        ca1.issue("shop", "api", DAY).unwrap(),
+        ca2.issue("shop", "api", DAY).unwrap(),
+    );
+    let (w1, w2) = (
+        ca1.issue("shop", "web", DAY).unwrap(),
+        ca2.issue("shop", "web", DAY).unwrap(),
+    );
+    let (only1, both, only2) = (
+        ca1.ca_pem(),
+        format!("{}{}", ca1.ca_pem(), ca2.ca_pem()),
+        ca2.ca_pem(),
+    );
+
+    // B starts before its credentials exist: not ready until they do.
+    let app = hello("api").await;
+    let b_dir = temp_dir("rotate-b");
+    let b = ProxyConfig::new(app.addr.port())
+        .extra(&identity(&b_dir, "shop", "api"))
+        .start()
+        .await;
+    assert_eq!(
+        admin_get(b.admin_addr, "/ready").await.0,
+        503,
+        "no credentials yet"
+    );
+    swap_workload(&b_dir, 1, &b1, &only1);
+    let admin = b.admin_addr;
+    eventually(
+        Duration::from_secs(10),
+        "B ready once credentials load",
+        || async move { admin_get(admin, "/ready").await.0 == 200 },
+    )
+    .await;
+
+    let a_dir = temp_dir("rotate-a");
+    swap_workload(&a_dir, 1, &w1, &only1);
+    let a = ProxyConfig::new(1)
+        .extra(&identity(&a_dir, "shop", "web"))
+        .service_with(
+            "api",
+            &[b.inbound_addr],
+            "      identity: spiffe://cluster.local/ns/shop/sa/api\n",
+        )
+        .start()
+        .await;
+
+    // Load: requests through A and B for as long as the rotation takes (bounded).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let outbound = a.outbound_addr;
+    let load = tokio::spawn({
+        let (stop, done) = (stop.clone(), done.clone());
+        async move {
+            let mut c = h1(outbound).await;
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            for _ in 0..200_000 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst)
+                    || tokio::time::Instant::now() > deadline
+                {
+                    break;
+                }
+                match c.send_request(get("api", "/")).await {
+                    Ok(rsp) if rsp.status() == StatusCode::OK => {
+                        let _ = body_text(rsp).await;
+                        ok += 1;
+                        done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Ok(rsp) => failed.push(format!(
+                        "{} {:?}",
+                        rsp.status(),
+                        rsp.headers().get("skiff-error")
+                    )),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        }
+    });
+    let reloads_ok = |admin: SocketAddr, n: usize| async move {
+        let (_, m) = admin_get(admin, "/metrics").await;
+        m.lines()
+            .any(|l| l == format!("skiff_identity_reloads_total{{result=\"ok\"}} {n}"))
+    };
+
+    // 1. Both sides trust both CAs (overlap).
+    swap_workload(&b_dir, 2, &b1, &both);
+    swap_workload(&a_dir, 2, &w1, &both);
+    eventually(
+        Duration::from_secs(10),
+        "bundles with both CAs loaded",
+        || async move { reloads_ok(b.admin_addr, 2).await && reloads_ok(a.admin_addr, 2).await },
+    )
+    .await;
+    // 2. New certificates from CA2.
+    swap_workload(&b_dir, 3, &b2, &both);
+    swap_workload(&a_dir, 3, &w2, &both);
+    eventually(
+        Duration::from_secs(10),
+        "CA2 certificates loaded",
+        || async move { reloads_ok(b.admin_addr, 3).await && reloads_ok(a.admin_addr, 3).await },
+    )
+    .await;
+    // 3. CA1 retired.
+    swap_workload(&b_dir, 4, &b2, &only2);
+    swap_workload(&a_dir, 4, &w2, &only2);
+    eventually(Duration::from_secs(10), "CA1 removed", || async move {
+        reloads_ok(b.admin_addr, 4).await && reloads_ok(a.admin_addr, 4).await
+    })
+    .await;
+    // 4. A corrupt update (a truncated key) is refused; the CA2 credentials stay.
+    kubelet_swap(
+        &b_dir,
+        5,
+        [
+            ("tls.crt", &b2.cert_pem),
+            ("tls.key", "-----BEGIN PRIVATE KEY-----\nMIG"),
+            ("ca.crt", &only2),
+        ],
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the corrupt set is refused",
+        || async move {
+            let (_, m) = admin_get(admin, "/metrics").await;
+            m.contains("skiff_identity_reloads_total{result=\"error\"} 1")
+        },
+    )
+    .await;
+
+    // Keep the load going a little past the last change (bounded by the loop's own limits).
+    let seen = done.load(std::sync::atomic::Ordering::SeqCst);
+    let counter = done.clone();
+    eventually(
+        Duration::from_secs(30),
+        "more requests after the last change",
+        || {
+            let counter = counter.clone();
+            async move { counter.load(std::sync::atomic::Ordering::SeqCst) >= seen + 500 }
+        },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = load.await.unwrap();
+    println!(
+        "rotation under load: {ok} requests succeeded, {} failed",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "failed requests during rotation: {failed:?}"
+    );
+    assert!(ok > 0);
+
+    // New handshakes present the new certificate: a client trusting only CA2 (with a CA2
+    // certificate) gets through; a client with a CA1 certificate is refused now that B no
+    // longer trusts CA1.
+    probe(b.inbound_addr, &w2, &only2)
+        .await
+        .expect("B presents its CA2 certificate");
+    assert!(
+        probe(b.inbound_addr, &w1, &both).await.is_err(),
+        "CA1 clients refused after retirement"
+    );
+    // And traffic still flows after the corrupt update was refused.
+    let mut c = h1(a.outbound_addr).await;
+    let rsp = c.send_request(get("api", "/")).await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::OK);
+}
