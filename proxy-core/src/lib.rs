@@ -3,6 +3,7 @@
 //! Each behaviour lives in its own module, in tower's shape (`Foo<S>`, `FooLayer`, a
 //! `ResponseFuture` where the layer needs one, and a typed error):
 //!
+//! - [`authz`]: who may call which route (SMI TrafficTarget), 403 `forbidden` otherwise.
 //! - [`normalize`]: one authority per request, hop-by-hop stripping, header limits, body guards.
 //! - [`route`]: picks the logical service a request is for, by its authority, and the route
 //!   within it, by method, path, headers and query.
@@ -21,6 +22,7 @@
 //!
 //! The binary (`skiff`) assembles these into one `ServiceBuilder` chain per direction.
 
+pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod breaker;

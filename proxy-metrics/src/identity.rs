@@ -79,3 +79,9 @@ impl IdentityFamilies {
             .inc();
     }
 }
+
+impl proxy_core::authz::AuthzObserver for IdentityFamilies {
+    fn decided(&self, decision: &'static str, route: &str) {
+        self.authz(decision, route);
+    }
+}

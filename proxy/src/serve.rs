@@ -21,6 +21,7 @@ use crate::head_timeout::{HeadTimeoutIo, InRequest};
 use crate::identity::Mesh;
 use crate::stack::{self, HttpService};
 use crate::state::State;
+use proxy_core::authz::{Decision, Mode};
 use proxy_core::limit::Client;
 
 /// Which side of the workload a listener serves.
@@ -89,6 +90,9 @@ async fn serve(
 
     if let Some(target) = opaque_target.filter(|t| spec.opaque_ports.contains(&t.port())) {
         conns.detect.opaque_configured.inc();
+        if !tcp_allowed(state, direction, peer, target) {
+            return;
+        }
         let io = Prefixed::new(Default::default(), stream);
         crate::tcp::forward(io, target, spec.limits.connect_timeout.0).await;
         return;
@@ -136,7 +140,7 @@ async fn serve(
                 _ => &conns.detect.opaque,
             };
             counter.inc();
-            match opaque_target {
+            match opaque_target.filter(|t| tcp_allowed(state, direction, peer, *t)) {
                 Some(target) => {
                     crate::tcp::forward(io, target, spec.limits.connect_timeout.0).await
                 }
@@ -279,6 +283,35 @@ async fn run_until_drained<C: Graceful>(conn: C, mut drain: Drain) {
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Whether an opaque connection may go on: inbound, a TrafficTarget with TCPRoute rules
+/// must allow it. A plaintext caller has no identity, so once any TrafficTarget names this
+/// workload its plaintext TCP callers are closed (audit mode: logged, counted, let through).
+fn tcp_allowed(state: &State, direction: Direction, peer: SocketAddr, target: SocketAddr) -> bool {
+    if direction == Direction::Outbound {
+        return true;
+    }
+    let policy = state.authz.load();
+    let decision = policy.check_tcp(Some(&Client::Addr(peer.ip())), target.port());
+    let counts = &state.metrics.identity;
+    match decision {
+        Decision::Unrestricted => true,
+        Decision::Allowed { route } => {
+            counts.authz("allow", &route);
+            true
+        }
+        Decision::Denied if policy.mode == Mode::Audit => {
+            counts.authz("audit-deny", "");
+            tracing::warn!(%peer, port = target.port(), "authorization would close this TCP connection (audit mode)");
+            true
+        }
+        Decision::Denied => {
+            counts.authz("deny", "");
+            tracing::info!(%peer, port = target.port(), "authorization denied a TCP connection");
+            false
+        }
     }
 }
 

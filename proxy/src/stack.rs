@@ -8,6 +8,7 @@ use std::convert::Infallible;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use proxy_core::authz::AuthorizeLayer;
 use proxy_core::breaker::BreakerLayer;
 use proxy_core::limit::{Client, LimitLayer};
 use proxy_core::normalize::{Limits, NormalizeLayer};
@@ -56,6 +57,10 @@ pub fn inbound(state: &State, client: Client) -> HttpService {
         .map_request(from(client))
         .layer(RespondLayer)
         .layer(NormalizeLayer::new(limits(&state.spec.load())))
+        .layer(AuthorizeLayer::new(
+            state.authz.clone(),
+            state.metrics.identity.clone(),
+        ))
         .layer(RouteLayer::new(state.inbound.clone()))
         .layer(LimitLayer)
         .layer(PickLayer::new(state.pools.clone()))

@@ -10,9 +10,10 @@ use proxy_metrics::tcp::ListenerMetrics;
 use proxy_metrics::Metrics;
 
 use crate::client::{Pools, Settings};
-use crate::config::{Config, ProxySpec};
+use crate::config::{AuthzMode, Config, ProxySpec};
 use crate::identity::Mesh;
 use crate::target::{InboundResolver, OutboundResolver};
+use proxy_core::authz::{Mode, Policy};
 
 /// Shared by every listener and connection.
 #[derive(Debug)]
@@ -41,6 +42,8 @@ pub struct State {
     pub readiness: Arc<Readiness>,
     /// The mesh identity, when the config gives one (fixed until restart).
     pub mesh: Option<Arc<Mesh>>,
+    /// Who may call the application (TrafficTarget), swapped on reload.
+    pub authz: Arc<ArcSwap<Policy>>,
 }
 
 impl State {
@@ -71,12 +74,14 @@ impl State {
             metrics,
             readiness,
             mesh,
+            authz: Arc::new(ArcSwap::from_pointee(policy(config))),
         })
     }
 
     /// Applies a reloaded config. Listener addresses, the connection limit and worker count
     /// are fixed at start; a change to them is logged and takes effect on restart.
     pub fn apply(&self, config: Config) {
+        let authz = policy(&config);
         let spec = config.proxy;
         let old = self.spec.load();
         let fixed = [
@@ -114,8 +119,19 @@ impl State {
             self.mesh.as_ref(),
         );
         self.inbound.update(&spec, &self.pools, &self.metrics.http);
+        self.authz.store(Arc::new(authz));
         self.spec.store(Arc::new(spec));
         self.documents.store(Arc::new(config.mesh_documents));
+    }
+}
+
+fn policy(config: &Config) -> Policy {
+    Policy {
+        mode: match config.proxy.inbound.authorization {
+            AuthzMode::Enforce => Mode::Enforce,
+            AuthzMode::Audit => Mode::Audit,
+        },
+        rules: config.access.rules.clone(),
     }
 }
 

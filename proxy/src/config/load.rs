@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::mesh::{self, Document};
+use super::mesh;
 use super::{Config, ProxySpec};
 
 /// One problem in a config file.
@@ -149,16 +149,7 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
                 v.unwrap_or("none")
             ))),
             (Some(v), Some(kind)) if mesh::KINDS.contains(&(v, kind)) => {
-                let parsed = match kind {
-                    "TrafficSplit" => {
-                        serde_path_to_error::deserialize(document).map(Document::TrafficSplit)
-                    }
-                    "HTTPRouteGroup" => {
-                        serde_path_to_error::deserialize(document).map(Document::HttpRouteGroup)
-                    }
-                    _ => serde_path_to_error::deserialize(document).map(Document::HttpRoute),
-                };
-                match parsed {
+                match mesh::parse_document(kind, document) {
                     Ok(doc) => mesh_documents.push((index, doc)),
                     Err(e) => {
                         let path = e.path().to_string();
@@ -205,12 +196,12 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
             message,
         }])
     };
-    match &proxy.identity {
-        Some(identity) => {
+    let own_id = match &proxy.identity {
+        Some(identity) => Some(
             identity
                 .own_id(&proxy.namespace)
-                .map_err(|e| proxy_error(format!("spec.identity: {e}")))?;
-        }
+                .map_err(|e| proxy_error(format!("spec.identity: {e}")))?,
+        ),
         None => {
             if let Some((name, _)) = proxy.services.iter().find(|(_, s)| s.identity.is_some()) {
                 return Err(proxy_error(format!(
@@ -218,9 +209,12 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
                      `spec.identity`"
                 )));
             }
+            None
         }
-    }
-    let routes = mesh::resolve(&proxy, &mesh_documents).map_err(|problems| {
+    };
+    let access = mesh::resolve_access(own_id.as_ref(), &proxy.namespace, &mesh_documents);
+    let routes = mesh::resolve(&proxy, &mesh_documents).and_then(|r| access.map(|a| (r, a)));
+    let (routes, access) = routes.map_err(|problems| {
         ConfigErrors(
             problems
                 .into_iter()
@@ -252,6 +246,7 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
         text: text.to_owned(),
         proxy,
         routes,
+        access,
         mesh_documents: written,
     })
 }

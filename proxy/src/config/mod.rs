@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::Dur;
 pub use load::{load_file, parse, ConfigError, ConfigErrors};
-pub use mesh::{BackendSpec, RoutePolicySpec, RouteSpec, ServiceRoutes};
+pub use mesh::{AccessSpec, BackendSpec, RoutePolicySpec, RouteSpec, ServiceRoutes};
 pub use policy::{
     BreakerSpec, BudgetSpec, FailureRateSpec, LoadBalancer, RateLimitSpec, RetrySpec, StatusCode,
     TimeoutsSpec,
@@ -43,6 +43,9 @@ pub struct Config {
     /// documents), by service name.
     #[serde(skip)]
     pub routes: BTreeMap<String, ServiceRoutes>,
+    /// Who may call this workload (from TrafficTarget documents naming it).
+    #[serde(skip)]
+    pub access: AccessSpec,
     /// Those documents as written, for `/config`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mesh_documents: Vec<serde_yaml_ng::Value>,
@@ -142,6 +145,19 @@ pub struct InboundSpec {
     pub max_in_flight: Option<NonZeroUsize>,
     /// With an identity: whether plaintext callers are still let in (during a migration).
     pub mtls: MtlsMode,
+    /// Whether TrafficTarget denials are enforced (403) or only logged and counted.
+    pub authorization: AuthzMode,
+}
+
+/// Whether authorization denials are enforced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthzMode {
+    /// Denied calls get 403 `forbidden` (TCP: the connection is closed).
+    #[default]
+    Enforce,
+    /// Denied calls are logged and counted (`decision="audit-deny"`), then let through.
+    Audit,
 }
 
 /// Whether the inbound listener requires mutual TLS (when the proxy has an identity).
@@ -215,6 +231,7 @@ impl Default for InboundSpec {
             rate_limit: None,
             max_in_flight: None,
             mtls: MtlsMode::Strict,
+            authorization: AuthzMode::Enforce,
         }
     }
 }

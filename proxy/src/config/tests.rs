@@ -435,3 +435,85 @@ fn every_example_config_parses() {
     let routes = &canary.routes["web"].routes;
     assert_eq!(routes[0].policy.max_in_flight.map(|m| m.get()), Some(100));
 }
+
+#[test]
+fn traffic_targets_resolve_for_this_workload_only_and_check_their_references() {
+    let head = "apiVersion: skiff.dev/v1alpha1
+kind: Proxy
+spec:
+  namespace: shop
+  identity: {dir: /nonexistent, serviceAccount: api}
+---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {name: g}
+spec:
+  matches:
+  - {name: m, pathRegex: /x, headers: [{x-a: '1'}, {x-b: '2'}]}
+---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: TCPRoute
+metadata: {name: db}
+spec: {matches: {ports: [5432]}}
+";
+    let tt = |dest: &str, rules: &str| {
+        format!(
+            "---
+apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {{name: t}}
+spec:
+  destination: {{kind: ServiceAccount, name: {dest}}}
+  rules: [{rules}]
+  sources: [{{kind: ServiceAccount, name: web}}]
+"
+        )
+    };
+    let none = ok(&format!(
+        "{head}{}",
+        tt("other", "{kind: HTTPRouteGroup, name: g}")
+    ));
+    assert!(
+        none.access.rules.is_none(),
+        "a TrafficTarget for another workload"
+    );
+    let c = ok(&format!(
+        "{head}{}",
+        tt(
+            "api",
+            "{kind: HTTPRouteGroup, name: g, matches: [m]}, {kind: TCPRoute, name: db}"
+        )
+    ));
+    let rules = c.access.rules.unwrap();
+    assert_eq!(rules[0].sources, ["spiffe://cluster.local/ns/shop/sa/web"]);
+    assert_eq!(rules[0].routes.len(), 2, "one per header alternative");
+    assert_eq!(rules[0].ports, [5432]);
+
+    let missing = err(&format!(
+        "{head}{}",
+        tt("api", "{kind: HTTPRouteGroup, name: nope}")
+    ));
+    assert!(
+        missing[0].message.contains("no HTTPRouteGroup nope"),
+        "{}",
+        missing[0].message
+    );
+    let bad_match = err(&format!(
+        "{head}{}",
+        tt("api", "{kind: HTTPRouteGroup, name: g, matches: [zzz]}")
+    ));
+    assert!(
+        bad_match[0].message.contains("has no match zzz"),
+        "{}",
+        bad_match[0].message
+    );
+    let no_identity = err(&format!(
+        "{HEAD}{}",
+        tt("api", "{kind: HTTPRouteGroup, name: g}")
+    ));
+    assert!(
+        no_identity[0].message.contains("needs `spec.identity`"),
+        "{}",
+        no_identity[0].message
+    );
+}

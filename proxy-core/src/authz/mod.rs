@@ -1,0 +1,202 @@
+//! Authorization of inbound calls: who may call which route, as SMI `TrafficTarget` says.
+//!
+//! A [`Policy`] lists allow rules: a set of source identities and the routes they may call.
+//! Once any rule exists for this workload, everything not allowed is denied (403
+//! `forbidden`); with no rule at all, every caller is allowed, as SMI specifies. The caller's
+//! identity is the verified peer identity of its mTLS connection ([`Client::Identity`]); a
+//! plaintext caller has none and matches no source. In audit mode a denial is logged and
+//! counted but the request goes through, so a policy can be tried before it is enforced.
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use http::Request;
+use tower::{Layer, Service};
+
+use crate::error::{ProxyError, Reason};
+use crate::limit::Client;
+use crate::route::{HttpMatch, RequestHead};
+use crate::BoxError;
+
+/// Whether denials are enforced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Denied requests get 403.
+    #[default]
+    Enforce,
+    /// Denied requests are logged and counted, then let through.
+    Audit,
+}
+
+/// One allow rule (one `TrafficTarget`).
+#[derive(Clone, Debug)]
+pub struct Rule {
+    /// Its name, for logs.
+    pub name: String,
+    /// The SPIFFE IDs allowed.
+    pub sources: Vec<String>,
+    /// The routes allowed, by name; an empty list allows no HTTP route.
+    pub routes: Vec<(String, HttpMatch)>,
+    /// The TCP ports allowed (from TCPRoutes); an empty list with `any_port` allows all.
+    pub ports: Vec<u16>,
+    /// Whether a TCPRoute allowed every port.
+    pub any_port: bool,
+}
+
+/// The inbound authorization policy of this workload.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    /// Enforce or audit.
+    pub mode: Mode,
+    /// The allow rules; `None` when no TrafficTarget selects this workload (allow all).
+    pub rules: Option<Vec<Rule>>,
+}
+
+/// The outcome of a check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// No policy applies.
+    Unrestricted,
+    /// Allowed by a rule, on a route.
+    Allowed {
+        /// The route that matched.
+        route: String,
+    },
+    /// Not allowed.
+    Denied,
+}
+
+impl Policy {
+    /// Decides an HTTP request from `client`.
+    pub fn check_http(&self, client: Option<&Client>, head: &RequestHead<'_>) -> Decision {
+        let Some(rules) = &self.rules else {
+            return Decision::Unrestricted;
+        };
+        let Some(Client::Identity(id)) = client else {
+            return Decision::Denied;
+        };
+        rules
+            .iter()
+            .filter(|r| r.sources.iter().any(|s| **s == **id))
+            .flat_map(|r| &r.routes)
+            .find(|(_, m)| m.matches(head))
+            .map_or(Decision::Denied, |(name, _)| Decision::Allowed {
+                route: name.clone(),
+            })
+    }
+
+    /// Decides a TCP connection from `client` to `port`.
+    pub fn check_tcp(&self, client: Option<&Client>, port: u16) -> Decision {
+        let Some(rules) = &self.rules else {
+            return Decision::Unrestricted;
+        };
+        let Some(Client::Identity(id)) = client else {
+            return Decision::Denied;
+        };
+        let allowed = rules
+            .iter()
+            .filter(|r| r.sources.iter().any(|s| **s == **id))
+            .any(|r| r.any_port || r.ports.contains(&port));
+        if allowed {
+            Decision::Allowed {
+                route: format!("tcp:{port}"),
+            }
+        } else {
+            Decision::Denied
+        }
+    }
+}
+
+/// Where decisions are counted.
+pub trait AuthzObserver: Send + Sync + std::fmt::Debug + 'static {
+    /// One decision: `allow`, `deny` or `audit-deny`, on `route` (empty when none matched).
+    fn decided(&self, decision: &'static str, route: &str);
+}
+
+/// Refuses requests the live [`Policy`] does not allow.
+#[derive(Clone, Debug)]
+pub struct Authorize<S> {
+    inner: S,
+    policy: Arc<ArcSwap<Policy>>,
+    observer: Arc<dyn AuthzObserver>,
+}
+
+/// Applies [`Authorize`].
+#[derive(Clone, Debug)]
+pub struct AuthorizeLayer {
+    policy: Arc<ArcSwap<Policy>>,
+    observer: Arc<dyn AuthzObserver>,
+}
+
+impl AuthorizeLayer {
+    /// Checks requests against `policy` (swapped on config reload), counting in `observer`.
+    pub fn new(policy: Arc<ArcSwap<Policy>>, observer: Arc<dyn AuthzObserver>) -> Self {
+        Self { policy, observer }
+    }
+}
+
+impl<S> Layer<S> for AuthorizeLayer {
+    type Service = Authorize<S>;
+
+    fn layer(&self, inner: S) -> Authorize<S> {
+        Authorize {
+            inner,
+            policy: self.policy.clone(),
+            observer: self.observer.clone(),
+        }
+    }
+}
+
+/// The future of [`Authorize`]: the inner future, or a `forbidden` rejection.
+pub type ResponseFuture<F> = crate::future::MaybeRejected<F>;
+
+impl<S, B> Service<Request<B>> for Authorize<S>
+where
+    S: Service<Request<B>, Error = BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let policy = self.policy.load();
+        let head = RequestHead {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+        };
+        let client = req.extensions().get::<Client>();
+        match policy.check_http(client, &head) {
+            Decision::Unrestricted => {}
+            Decision::Allowed { route } => self.observer.decided("allow", &route),
+            Decision::Denied => {
+                let source = match client {
+                    Some(Client::Identity(id)) => id.to_string(),
+                    _ => "unauthenticated".to_owned(),
+                };
+                let path = head.uri.path();
+                if policy.mode == Mode::Audit {
+                    self.observer.decided("audit-deny", "");
+                    tracing::warn!(%source, method = %head.method, path, "authorization would deny (audit mode)");
+                } else {
+                    self.observer.decided("deny", "");
+                    tracing::info!(%source, method = %head.method, path, "authorization denied");
+                    let err = ProxyError::new(
+                        Reason::Forbidden,
+                        format!("{source} may not call {} {path}", head.method),
+                    );
+                    return ResponseFuture::new(Err(err));
+                }
+            }
+        }
+        ResponseFuture::new(Ok(self.inner.call(req)))
+    }
+}

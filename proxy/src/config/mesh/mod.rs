@@ -1,0 +1,459 @@
+//! The mesh documents of a config file, as their specs publish them: SMI `TrafficSplit`
+//! (`split.smi-spec.io/v1alpha4`) and `HTTPRouteGroup` (`specs.smi-spec.io/v1alpha4`), and
+//! Gateway API `HTTPRoute` (`gateway.networking.k8s.io/v1`) attached to a Service.
+//!
+//! Each document parses into typed values (regular expressions compiled, methods and
+//! durations checked), so a typo is reported with its line and field. [`resolve`] then joins
+//! the documents with the `kind: Proxy` services into one [`ServiceRoutes`] per routed
+//! service, checking what can only be checked across documents (a route's parent service
+//! exists, a split's groups exist).
+
+use std::collections::BTreeMap;
+
+use proxy_core::route::{anchored, Anchor, PathMatch, ValueMatch};
+use regex::Regex;
+use serde::{Deserialize, Deserializer};
+
+use super::{BreakerSpec, Dur, RateLimitSpec};
+
+mod access;
+mod resolve;
+
+pub(super) use access::resolve as resolve_access;
+pub use access::AccessSpec;
+pub(super) use resolve::resolve;
+use resolve::smi_matches as smi_group_matches;
+pub use resolve::{BackendSpec, RoutePolicySpec, RouteSpec, ServiceRoutes};
+
+/// `metadata` of a Kubernetes object: only the name and namespace matter here; labels,
+/// annotations and the rest are accepted and ignored.
+#[derive(Clone, Debug, Deserialize)]
+pub(super) struct Metadata {
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+/// A Kubernetes object whose `spec` is `S`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct Object<S> {
+    #[serde(rename = "apiVersion")]
+    _api_version: String,
+    #[serde(rename = "kind")]
+    _kind: String,
+    metadata: Metadata,
+    spec: S,
+    #[serde(default, rename = "status")]
+    _status: Option<serde_yaml_ng::Value>,
+}
+
+/// A mesh document, parsed.
+#[derive(Clone, Debug)]
+pub(super) enum Document {
+    TrafficSplit(Object<TrafficSplitSpec>),
+    HttpRouteGroup(Object<HttpRouteGroupSpec>),
+    HttpRoute(Object<HttpRouteSpec>),
+    TrafficTarget(Object<access::TrafficTargetSpec>),
+    TcpRoute(Object<access::TcpRouteSpec>),
+}
+
+/// The mesh kinds this version reads, by `apiVersion` and `kind`.
+pub(super) const KINDS: [(&str, &str); 5] = [
+    ("split.smi-spec.io/v1alpha4", "TrafficSplit"),
+    ("specs.smi-spec.io/v1alpha4", "HTTPRouteGroup"),
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+    ("access.smi-spec.io/v1alpha3", "TrafficTarget"),
+    ("specs.smi-spec.io/v1alpha4", "TCPRoute"),
+];
+
+/// Parses `document` as `kind` (one of [`KINDS`]).
+pub(super) fn parse_document<'de, D: Deserializer<'de>>(
+    kind: &str,
+    document: D,
+) -> Result<Document, serde_path_to_error::Error<D::Error>> {
+    match kind {
+        "TrafficSplit" => serde_path_to_error::deserialize(document).map(Document::TrafficSplit),
+        "HTTPRouteGroup" => {
+            serde_path_to_error::deserialize(document).map(Document::HttpRouteGroup)
+        }
+        "TrafficTarget" => serde_path_to_error::deserialize(document).map(Document::TrafficTarget),
+        "TCPRoute" => serde_path_to_error::deserialize(document).map(Document::TcpRoute),
+        _ => serde_path_to_error::deserialize(document).map(Document::HttpRoute),
+    }
+}
+
+// ---- SMI ----
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct TrafficSplitSpec {
+    service: String,
+    backends: Vec<SplitBackend>,
+    #[serde(default)]
+    matches: Vec<GroupRef>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SplitBackend {
+    service: String,
+    weight: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct GroupRef {
+    #[serde(rename = "kind")]
+    _kind: GroupKind,
+    name: String,
+    #[serde(default, rename = "apiGroup")]
+    _api_group: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+enum GroupKind {
+    #[serde(rename = "HTTPRouteGroup")]
+    HttpRouteGroup,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HttpRouteGroupSpec {
+    matches: Vec<GroupMatch>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct GroupMatch {
+    name: String,
+    #[serde(default)]
+    path_regex: Option<StartRegex>,
+    #[serde(default)]
+    methods: Vec<SmiMethod>,
+    #[serde(default)]
+    headers: Option<SmiHeaders>,
+}
+
+/// SMI `headers`: the docs and Go types say a map, the v1alpha4 CRD a list of maps.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+enum SmiHeaders {
+    Map(BTreeMap<String, WholeRegex>),
+    List(Vec<BTreeMap<String, WholeRegex>>),
+}
+
+/// An SMI method: one of the enum's values, `*` meaning any.
+#[derive(Clone, Debug)]
+struct SmiMethod(Option<http::Method>);
+
+impl<'de> Deserialize<'de> for SmiMethod {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const ALLOWED: [&str; 9] = [
+            "GET", "HEAD", "PUT", "POST", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+        ];
+        let s = String::deserialize(d)?;
+        if s == "*" {
+            return Ok(Self(None));
+        }
+        if !ALLOWED.contains(&s.as_str()) {
+            return Err(serde::de::Error::custom(format!(
+                "method {s:?} is not one of *, {}",
+                ALLOWED.join(", ")
+            )));
+        }
+        Ok(Self(Some(s.parse().map_err(serde::de::Error::custom)?)))
+    }
+}
+
+/// A regular expression anchored at the start (SMI `pathRegex`).
+#[derive(Clone, Debug)]
+struct StartRegex(Regex);
+
+impl<'de> Deserialize<'de> for StartRegex {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        anchored(&s, Anchor::Start)
+            .map(Self)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A regular expression that must match the whole value.
+#[derive(Clone, Debug)]
+struct WholeRegex(Regex);
+
+impl<'de> Deserialize<'de> for WholeRegex {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        anchored(&s, Anchor::Whole)
+            .map(Self)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+// ---- Gateway API ----
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct HttpRouteSpec {
+    parent_refs: Vec<ParentRef>,
+    /// Mesh routes attach to a Service; hostnames do not apply and are ignored.
+    #[serde(default, rename = "hostnames")]
+    _hostnames: Vec<String>,
+    #[serde(default = "default_rules")]
+    rules: Vec<Rule>,
+}
+
+fn default_rules() -> Vec<Rule> {
+    vec![Rule::default()]
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ParentRef {
+    #[serde(default, rename = "group")]
+    _group: Option<CoreGroup>,
+    #[serde(rename = "kind")]
+    _kind: ServiceKind,
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    port: Option<u16>,
+}
+
+/// The core API group, which Gateway API spells `""` and some docs `core`.
+#[derive(Clone, Copy, Debug)]
+struct CoreGroup;
+
+impl<'de> Deserialize<'de> for CoreGroup {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "" | "core" => Ok(Self),
+            other => Err(serde::de::Error::custom(format!(
+                "group {other:?}: only Services (group \"\" or core) can be referenced"
+            ))),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+enum ServiceKind {
+    Service,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Rule {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default = "default_matches")]
+    matches: Vec<GatewayMatch>,
+    #[serde(default)]
+    backend_refs: Vec<BackendRef>,
+    #[serde(default)]
+    timeouts: Option<GatewayTimeouts>,
+    #[serde(default)]
+    retry: Option<GatewayRetry>,
+    #[serde(default, rename = "filters")]
+    _filters: NoFilters,
+}
+
+fn default_matches() -> Vec<GatewayMatch> {
+    vec![GatewayMatch::default()]
+}
+
+/// `filters`: not supported yet, so any filter is refused rather than silently skipped.
+#[derive(Clone, Copy, Debug, Default)]
+struct NoFilters;
+
+impl<'de> Deserialize<'de> for NoFilters {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let list = Vec::<serde_yaml_ng::Value>::deserialize(d)?;
+        if list.is_empty() {
+            Ok(Self)
+        } else {
+            Err(serde::de::Error::custom(
+                "filters are not supported by this version of Skiff",
+            ))
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct GatewayMatch {
+    #[serde(default)]
+    path: Option<GatewayPath>,
+    #[serde(default)]
+    headers: Vec<GatewayValue<HeaderName>>,
+    #[serde(default)]
+    query_params: Vec<GatewayValue<String>>,
+    #[serde(default)]
+    method: Option<GatewayMethod>,
+}
+
+/// A path condition, checked and compiled when parsed.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(try_from = "RawGatewayPath")]
+struct GatewayPath(PathMatch);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGatewayPath {
+    #[serde(default, rename = "type")]
+    kind: PathKind,
+    #[serde(default = "root")]
+    value: String,
+}
+
+fn root() -> String {
+    "/".into()
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+enum PathKind {
+    Exact,
+    #[default]
+    PathPrefix,
+    RegularExpression,
+}
+
+impl TryFrom<RawGatewayPath> for GatewayPath {
+    type Error = String;
+
+    fn try_from(raw: RawGatewayPath) -> Result<Self, String> {
+        let must_be_absolute = || {
+            if raw.value.starts_with('/') {
+                Ok(())
+            } else {
+                Err(format!("path {:?} must start with /", raw.value))
+            }
+        };
+        Ok(Self(match raw.kind {
+            PathKind::Exact => {
+                must_be_absolute()?;
+                PathMatch::Exact(raw.value)
+            }
+            PathKind::PathPrefix => {
+                must_be_absolute()?;
+                PathMatch::Prefix(raw.value)
+            }
+            PathKind::RegularExpression => {
+                PathMatch::Regex(anchored(&raw.value, Anchor::Whole).map_err(|e| e.to_string())?)
+            }
+        }))
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+enum ValueKind {
+    #[default]
+    Exact,
+    RegularExpression,
+}
+
+/// A header or query parameter condition, compiled when parsed.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(try_from = "RawGatewayValue<N>")]
+struct GatewayValue<N> {
+    name: N,
+    value: ValueMatch,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGatewayValue<N> {
+    #[serde(default, rename = "type")]
+    kind: ValueKind,
+    name: N,
+    value: String,
+}
+
+impl<N> TryFrom<RawGatewayValue<N>> for GatewayValue<N> {
+    type Error = String;
+
+    fn try_from(raw: RawGatewayValue<N>) -> Result<Self, String> {
+        let value = match raw.kind {
+            ValueKind::Exact => ValueMatch::Exact(raw.value),
+            ValueKind::RegularExpression => {
+                ValueMatch::Regex(anchored(&raw.value, Anchor::Whole).map_err(|e| e.to_string())?)
+            }
+        };
+        Ok(Self {
+            name: raw.name,
+            value,
+        })
+    }
+}
+
+/// A header name, checked and lower-cased.
+#[derive(Clone, Debug)]
+struct HeaderName(http::HeaderName);
+
+impl<'de> Deserialize<'de> for HeaderName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        http::HeaderName::from_bytes(s.to_ascii_lowercase().as_bytes())
+            .map(Self)
+            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a header name")))
+    }
+}
+
+/// A Gateway API method: one of the HTTPMethod enum.
+#[derive(Clone, Debug)]
+struct GatewayMethod(http::Method);
+
+impl<'de> Deserialize<'de> for GatewayMethod {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match SmiMethod::deserialize(d)?.0 {
+            Some(m) => Ok(Self(m)),
+            None => Err(serde::de::Error::custom(
+                "method `*` is SMI's; omit `method` instead",
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct BackendRef {
+    #[serde(default, rename = "group")]
+    _group: Option<CoreGroup>,
+    #[serde(default, rename = "kind")]
+    _kind: Option<ServiceKind>,
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default = "one")]
+    weight: u32,
+    #[serde(default, rename = "filters")]
+    _filters: NoFilters,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct GatewayTimeouts {
+    #[serde(default)]
+    request: Option<Dur>,
+    #[serde(default)]
+    backend_request: Option<Dur>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayRetry {
+    #[serde(default)]
+    codes: Vec<super::StatusCode>,
+    #[serde(default)]
+    attempts: Option<u32>,
+    #[serde(default)]
+    backoff: Option<Dur>,
+}
