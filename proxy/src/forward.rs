@@ -71,8 +71,19 @@ async fn forward(req: Request<Body>) -> Result<Response<Body>, ProxyError> {
             .insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
     }
     let rsp = pool.send(req, protocol).await?;
-    Ok(downstream_form(rsp))
+    // A peer proxy's `skiff-error` is kept: it is authenticated, and says why it refused.
+    let peer_error = pool
+        .is_meshed()
+        .then(|| rsp.headers().get(SKIFF_ERROR).cloned())
+        .flatten();
+    let mut rsp = downstream_form(rsp);
+    if let Some(reason) = peer_error {
+        rsp.headers_mut().insert(SKIFF_ERROR, reason);
+    }
+    Ok(rsp)
 }
+
+const SKIFF_ERROR: http::HeaderName = http::HeaderName::from_static("skiff-error");
 
 /// Tells the receiving proxy that a request it gets over HTTP/2 was HTTP/1 at its origin,
 /// so it reaches the application as HTTP/1 again.

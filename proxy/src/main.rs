@@ -76,6 +76,7 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
             let workers = flag(rest, "--workers")?
                 .map(|w| w.parse().context("--workers takes a positive number"))
                 .transpose()?;
+            demo::write_credentials().context("cannot write the demo's credentials")?;
             serve(demo::config(), workers, Some(demo::TRY))
         }
         "identity" if rest.first().map(String::as_str) == Some("dev-ca") => dev_ca(&rest[1..]),
@@ -176,6 +177,11 @@ fn serve(
             demo::serve_backend(app, Backend::Hello).await?;
             demo::serve_backend(echo, Backend::Echo).await?;
         }
+        // The demo's second proxy: the server side of its meshed hop.
+        let peer = match banner {
+            Some(_) => Some(skiff::start(demo::peer_config()).await?),
+            None => None,
+        };
         let running = skiff::start(config).await?;
         tracing::info!(workers = threads, "serving");
         if let Some(b) = banner {
@@ -183,6 +189,9 @@ fn serve(
         }
         wait_for_signal().await?;
         running.shutdown().await;
+        if let Some(peer) = peer {
+            peer.shutdown().await;
+        }
         Ok(ExitCode::SUCCESS)
     })
 }
