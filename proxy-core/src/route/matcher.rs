@@ -118,7 +118,8 @@ impl HttpMatch {
                 Some(PathMatch::Exact(v)) => (3, v.len()),
                 Some(PathMatch::Regex(r)) => (2, r.as_str().len()),
                 Some(PathMatch::Prefix(v)) => (1, v.len()),
-                None => (0, 0),
+                // No path condition is the same as the prefix `/`.
+                None => (1, 1),
             }
         }
         path_rank(other)

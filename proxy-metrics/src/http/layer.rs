@@ -186,9 +186,14 @@ impl http_body::Body for RecordBody {
                     p.grpc_status = grpc_status(trailers).or(p.grpc_status);
                 }
             }
-            Some(Err(_)) => {
+            Some(Err(e)) => {
                 if let Some(p) = this.pending.as_mut() {
-                    p.error = p.error.or(Some(Reason::UpstreamReset));
+                    // The proxy's own reason when it cut the stream (a stream idle timeout),
+                    // else the upstream broke it.
+                    let reason =
+                        proxy_core::error::find_cause::<proxy_core::ProxyError>(e.as_ref())
+                            .map_or(Reason::UpstreamReset, proxy_core::ProxyError::reason);
+                    p.error = p.error.or(Some(reason));
                 }
             }
             None => {}

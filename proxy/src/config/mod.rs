@@ -466,10 +466,9 @@ impl TryFrom<RawServiceSpec> for ServiceSpec {
             }
         };
         if let Some(r) = &raw.retry {
-            if r.backoff > r.max_backoff {
-                return Err("retry.backoff must not exceed retry.maxBackoff".into());
-            }
+            r.check()?;
         }
+        raw.timeouts.check()?;
         Ok(Self {
             port: raw.port,
             namespace: raw.namespace,

@@ -193,6 +193,19 @@ pub struct TimeoutsSpec {
     pub stream_idle: Option<Dur>,
 }
 
+impl TimeoutsSpec {
+    /// Gateway API's rule: a try cannot outlast the whole request.
+    pub fn check(&self) -> Result<(), String> {
+        let enabled = |d: Option<Dur>| d.filter(|d| !d.0.is_zero());
+        match (enabled(self.request), enabled(self.backend_request)) {
+            (Some(request), Some(backend)) if backend > request => {
+                Err("timeouts.backendRequest must not exceed timeouts.request".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// When and how failed requests are retried.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
@@ -224,6 +237,16 @@ impl Default for RetrySpec {
             non_idempotent: false,
             budget: BudgetSpec::default(),
         }
+    }
+}
+
+impl RetrySpec {
+    /// Checks what the fields cannot check alone.
+    pub fn check(&self) -> Result<(), String> {
+        if self.backoff > self.max_backoff {
+            return Err("retry.backoff must not exceed retry.maxBackoff".into());
+        }
+        Ok(())
     }
 }
 

@@ -113,15 +113,30 @@ fn endpoints(
 }
 
 /// Builds the routes attached to `apex`, in Gateway API precedence order.
+///
+/// A route whose config, service and backends are unchanged since the last generation is
+/// kept from `cache` (its limits, retry budget and breaker states with it), and every route
+/// built is recorded in `next`.
 pub(super) fn route_set(
     ctx: &Context<'_>,
     apex: &Arc<Service>,
     attached: &ServiceRoutes,
     services: &HashMap<String, Arc<Service>>,
+    cache: Option<&RouteCache>,
+    next: &mut RouteCache,
 ) -> RouteSet<Arc<Route>> {
     let mut entries = Vec::new();
-    for spec in &attached.routes {
-        let route = Arc::new(route(ctx, apex, spec, services));
+    for (index, spec) in attached.routes.iter().enumerate() {
+        let key = (apex.name.clone(), index);
+        let fingerprint = fingerprint(apex, spec, services);
+        let route = match cache
+            .and_then(|c| c.get(&key))
+            .filter(|(f, _)| *f == fingerprint)
+        {
+            Some((_, kept)) => kept.clone(),
+            None => Arc::new(route(ctx, apex, spec, services)),
+        };
+        next.insert(key, (fingerprint, route.clone()));
         for m in &spec.matches {
             entries.push((m.clone(), route.clone()));
         }
@@ -138,6 +153,30 @@ pub(super) fn route_set(
         })
     });
     RouteSet::new(entries, fallback)
+}
+
+/// Routes of the last config generation, by service and position, with what they were
+/// built from.
+pub(super) type RouteCache = HashMap<(String, usize), (String, Arc<Route>)>;
+
+/// Everything a route is built from, as text: its spec (regexes print their patterns) and
+/// the specs of the services it sends to.
+fn fingerprint(
+    apex: &Service,
+    spec: &RouteSpec,
+    services: &HashMap<String, Arc<Service>>,
+) -> String {
+    let backends: Vec<_> = spec
+        .backends
+        .iter()
+        .map(|b| {
+            b.service
+                .as_ref()
+                .and_then(|s| services.get(s))
+                .map(|s| &s.identity)
+        })
+        .collect();
+    format!("{spec:?}|{:?}|{backends:?}", apex.identity)
 }
 
 fn route(

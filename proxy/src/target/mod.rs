@@ -111,6 +111,7 @@ struct Apex {
 struct Routes {
     table: Table<Arc<Apex>>,
     by_name: HashMap<String, Arc<Service>>,
+    routes: build::RouteCache,
     passthrough: Option<Policies>,
 }
 
@@ -174,12 +175,14 @@ fn build_routes(
         by_name.insert(name.clone(), build::service(ctx, name, svc, old));
     }
     let mut table = Table::new(spec.cluster_domain.clone(), spec.namespace.clone());
+    let mut route_cache = build::RouteCache::new();
     for (name, svc) in &spec.services {
         let namespace = svc.namespace.as_deref().unwrap_or(&spec.namespace);
         let service = by_name[name].clone();
-        let routes = attached
-            .get(name)
-            .map(|r| build::route_set(ctx, &service, r, &by_name));
+        let routes = attached.get(name).map(|r| {
+            let old = old.map(|o| &o.routes);
+            build::route_set(ctx, &service, r, &by_name, old, &mut route_cache)
+        });
         table.insert(
             name,
             namespace,
@@ -198,6 +201,7 @@ fn build_routes(
     Routes {
         table,
         by_name,
+        routes: route_cache,
         passthrough,
     }
 }

@@ -281,3 +281,44 @@ spec:
     assert!(limits.is_some_and(|l| l.max_in_flight.is_some()));
     assert!(no_limits.is_none());
 }
+
+#[test]
+fn a_reload_keeps_unchanged_routes_and_rebuilds_changed_ones() {
+    let f = Fixture::new();
+    let yaml = |weight: u32| {
+        format!(
+            "{SERVICES}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web}}
+spec:
+  parentRefs: [{{kind: Service, name: web}}]
+  rules:
+  - name: steady
+    matches: [{{path: {{value: /steady}}}}]
+    backendRefs: [{{name: web-v1}}]
+  - name: canary
+    matches: [{{path: {{value: /canary}}}}]
+    backendRefs: [{{name: web-v1, weight: 100}}, {{name: web-v2, weight: {weight}}}]
+"
+        )
+    };
+    let split = |r: &OutboundResolver, path: &str| {
+        let ext = resolve(r, "GET", &format!("http://web{path}"), &[]).unwrap();
+        ext.get::<Arc<Backends<Target>>>().unwrap().clone()
+    };
+    let first = config(&yaml(1));
+    let r = f.resolver(&first);
+    let (steady, canary) = (split(&r, "/steady"), split(&r, "/canary"));
+    let second = config(&yaml(50));
+    r.update(&second.proxy, &second.routes, &f.pools, &f.metrics, None);
+    assert!(
+        Arc::ptr_eq(&steady, &split(&r, "/steady")),
+        "untouched route kept"
+    );
+    assert!(
+        !Arc::ptr_eq(&canary, &split(&r, "/canary")),
+        "reweighted route rebuilt"
+    );
+    assert_eq!(split(&r, "/canary").entries()[1].weight, 50);
+}

@@ -139,8 +139,8 @@ struct GroupMatch {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(untagged)]
 enum SmiHeaders {
-    Map(BTreeMap<String, WholeRegex>),
-    List(Vec<BTreeMap<String, WholeRegex>>),
+    Map(BTreeMap<HeaderName, WholeRegex>),
+    List(Vec<BTreeMap<HeaderName, WholeRegex>>),
 }
 
 /// An SMI method: one of the enum's values, `*` meaning any.
@@ -389,8 +389,21 @@ impl<N> TryFrom<RawGatewayValue<N>> for GatewayValue<N> {
 }
 
 /// A header name, checked and lower-cased.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct HeaderName(http::HeaderName);
+
+// Ordered by name, so SMI's header maps (`BTreeMap`) can hold checked names.
+impl Ord for HeaderName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.as_str().cmp(other.0.as_str())
+    }
+}
+
+impl PartialOrd for HeaderName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl<'de> Deserialize<'de> for HeaderName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use proxy_core::route::{HttpMatch, PathMatch, ValueMatch};
 
 use super::*;
-use crate::config::{Dur, ProxySpec, RetrySpec, TimeoutsSpec};
+use crate::config::{ProxySpec, RetrySpec, TimeoutsSpec};
 
 /// What Skiff adds to a route: its own policies, by route name, from the Proxy document's
 /// `routePolicies`. Set fields replace the route's (or service's) own.
@@ -186,12 +186,23 @@ pub(in crate::config) fn resolve(
             Document::HttpRoute(r) => {
                 let ns = r.metadata.namespace.as_deref().unwrap_or(local_ns);
                 let mut routes = Vec::new();
-                for (i, rule) in r.spec.rules.iter().enumerate() {
+                // Gateway API: no rules, or a rule without matches, match every request.
+                let default_rules = super::default_rules();
+                let rules = if r.spec.rules.is_empty() {
+                    &default_rules
+                } else {
+                    &r.spec.rules
+                };
+                for (i, rule) in rules.iter().enumerate() {
                     let name = match &rule.name {
                         Some(rule) => format!("{}/{rule}", r.metadata.name),
                         None => r.metadata.name.clone(),
                     };
-                    let matches = rule.matches.iter().map(gateway_match).collect();
+                    let matches = if rule.matches.is_empty() {
+                        vec![gateway_match(&GatewayMatch::default())]
+                    } else {
+                        rule.matches.iter().map(gateway_match).collect()
+                    };
                     let backends = rule
                         .backend_refs
                         .iter()
@@ -211,18 +222,8 @@ pub(in crate::config) fn resolve(
                         backend_request: t.backend_request,
                         stream_idle: None,
                     });
-                    if let Some(t) = &timeouts {
-                        let enabled = |d: Option<Dur>| d.filter(|d| !d.0.is_zero());
-                        if let (Some(req), Some(be)) =
-                            (enabled(t.request), enabled(t.backend_request))
-                        {
-                            if be > req {
-                                problems.push((
-                                    index,
-                                    format!("spec.rules[{i}].timeouts: backendRequest must not exceed request"),
-                                ));
-                            }
-                        }
+                    if let Some(Err(e)) = timeouts.as_ref().map(TimeoutsSpec::check) {
+                        problems.push((index, format!("spec.rules[{i}].{e}")));
                     }
                     let retry = rule.retry.as_ref().map(|g| {
                         let mut spec = RetrySpec::default();
@@ -280,6 +281,15 @@ pub(in crate::config) fn resolve(
             }
         }
     }
+    for (name, p) in &proxy.route_policies {
+        let checks = [
+            p.timeouts.as_ref().map(TimeoutsSpec::check),
+            p.retry.as_ref().map(RetrySpec::check),
+        ];
+        for e in checks.into_iter().flatten().filter_map(Result::err) {
+            problems.push((usize::MAX, format!("spec.routePolicies.{name}.{e}")));
+        }
+    }
     for routes in out.values() {
         known.extend(routes.routes.iter().map(|r| r.name.as_str()));
     }
@@ -315,11 +325,7 @@ pub(super) fn smi_matches(m: &GroupMatch) -> Vec<HttpMatch> {
     } else {
         m.methods.iter().filter_map(|m| m.0.clone()).collect()
     };
-    let header = |(k, v): (&String, &WholeRegex)| {
-        http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
-            .ok()
-            .map(|name| (name, ValueMatch::Regex(v.0.clone())))
-    };
+    let header = |(k, v): (&HeaderName, &WholeRegex)| (k.0.clone(), ValueMatch::Regex(v.0.clone()));
     let base = HttpMatch {
         path: m.path_regex.as_ref().map(|r| PathMatch::Regex(r.0.clone())),
         methods,
@@ -329,7 +335,7 @@ pub(super) fn smi_matches(m: &GroupMatch) -> Vec<HttpMatch> {
     match &m.headers {
         None => vec![base],
         Some(SmiHeaders::Map(map)) => vec![HttpMatch {
-            headers: map.iter().filter_map(header).collect(),
+            headers: map.iter().map(header).collect(),
             ..base
         }],
         // Each map of the list is an alternative, as the CRD's array suggests.
@@ -337,7 +343,7 @@ pub(super) fn smi_matches(m: &GroupMatch) -> Vec<HttpMatch> {
         Some(SmiHeaders::List(list)) => list
             .iter()
             .map(|map| HttpMatch {
-                headers: map.iter().filter_map(header).collect(),
+                headers: map.iter().map(header).collect(),
                 ..base.clone()
             })
             .collect(),
