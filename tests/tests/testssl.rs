@@ -1,0 +1,70 @@
+//! External check of the mesh listener with testssl.sh (Debian package `testssl.sh`, which
+//! `.ci/run` installs): the inbound mTLS port offers TLS 1.3 only, with AEAD suites only.
+//! Without the tool on the machine the check says so and passes; with it, it must hold.
+
+use std::time::Duration;
+
+use proxy_tls::devca::DevCa;
+use skiff_e2e::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_port_offers_only_tls_1_3_with_aead_suites() {
+    if std::process::Command::new("testssl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("testssl is not installed (apt-get install testssl.sh); check skipped");
+        return;
+    }
+    let ca = DevCa::new("cluster.local").unwrap();
+    let dir = temp_dir("testssl");
+    ca.write_workload(&dir, "shop", "api", Duration::from_secs(86_400))
+        .unwrap();
+    let app = hello("api").await;
+    let proxy = ProxyConfig::new(app.addr.port())
+        .extra(&format!(
+            "  identity: {{dir: '{}', namespace: shop, serviceAccount: api}}\n",
+            dir.display()
+        ))
+        .start()
+        .await;
+    let target = proxy.inbound_addr.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("timeout")
+            .args([
+                "120", "testssl", "--quiet", "--color", "0", "-p", "-E", &target,
+            ])
+            .output()
+            .expect("testssl runs")
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    println!("{text}");
+    let line = |prefix: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line in:\n{text}"))
+            .to_owned()
+    };
+    for old in ["SSLv2 ", "SSLv3 ", "TLS 1 ", "TLS 1.1 ", "TLS 1.2 "] {
+        assert!(line(old).contains("not offered"), "{}", line(old));
+    }
+    assert!(
+        line("TLS 1.3 ").contains("offered (OK)"),
+        "{}",
+        line("TLS 1.3 ")
+    );
+    let suites: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("x13"))
+        .collect();
+    assert!(!suites.is_empty(), "no TLS 1.3 suites listed:\n{text}");
+    for s in suites {
+        assert!(
+            s.contains("AESGCM") || s.contains("ChaCha20"),
+            "a non-AEAD suite: {s}"
+        );
+    }
+}
