@@ -52,9 +52,19 @@ pub fn outbound(state: &State, client: Client) -> HttpService {
 
 /// The inbound chain: other workloads' calls to the local app, from `client`.
 pub fn inbound(state: &State, client: Client) -> HttpService {
+    let peer_metrics = match &client {
+        Client::Identity(id) => Some(state.inbound.peer_metrics(id)),
+        _ => None,
+    };
     let chain = ServiceBuilder::new()
         .layer(MetricsLayer::new(state.unrouted_inbound.clone()))
         .map_request(from(client))
+        .map_request(move |mut req: Request<Incoming>| {
+            if let Some(m) = &peer_metrics {
+                req.extensions_mut().insert(m.clone());
+            }
+            req
+        })
         .layer(RespondLayer)
         .layer(NormalizeLayer::new(limits(&state.spec.load())))
         .layer(AuthorizeLayer::new(

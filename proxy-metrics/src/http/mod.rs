@@ -108,6 +108,10 @@ impl HttpFamilies {
         if let Some(route) = route {
             base.push(("route", route.to_owned()));
         }
+        self.with_labels(base)
+    }
+
+    fn with_labels(self: &Arc<Self>, base: Labels) -> Arc<TargetMetrics> {
         Arc::new(TargetMetrics {
             request_total: self.requests.get_or_create(&base).clone(),
             retries: self.retries.get_or_create(&base).clone(),
@@ -176,6 +180,20 @@ impl proxy_core::breaker::BreakerObserver for TargetMetrics {
 }
 
 impl TargetMetrics {
+    /// The same target's series for traffic over mesh mTLS with a verified peer: `tls="true"`
+    /// and the peer's identity under `key` (`client_id` inbound, `server_id` outbound).
+    /// Resolved once per connection or service, never per request.
+    pub fn with_peer(&self, key: &'static str, id: &str) -> Arc<TargetMetrics> {
+        let mut base = self.base.clone();
+        for (k, v) in &mut base {
+            if *k == "tls" {
+                "true".clone_into(v);
+            }
+        }
+        base.push((key, id.to_owned()));
+        self.families.with_labels(base)
+    }
+
     /// Counts a request sent to this target.
     pub fn request(&self) {
         self.request_total.inc();

@@ -62,6 +62,10 @@ pub(super) fn service(
     let metrics = ctx
         .metrics
         .target("outbound", &authority, &target_addr, None);
+    let metrics = match (&svc.identity, ctx.mesh) {
+        (Some(id), Some(_)) => metrics.with_peer("server_id", &id.0.to_string()),
+        _ => metrics,
+    };
     // Endpoints (with their DNS answers, breaker states and load averages) outlive an edit of
     // the service's policies; only a new endpoint source or breaker rebuilds them.
     let same_endpoints = |old: &&Arc<Service>| {

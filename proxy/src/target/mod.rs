@@ -257,6 +257,10 @@ impl Resolve for OutboundResolver {
     }
 }
 
+/// The application's series for one meshed caller, carried on its requests.
+#[derive(Clone, Debug)]
+pub struct PeerMetrics(Arc<TargetMetrics>);
+
 /// Sends every inbound request to the local application.
 #[derive(Debug)]
 pub struct InboundResolver {
@@ -278,6 +282,18 @@ impl InboundResolver {
         }
     }
 
+    /// The application's series for calls from the verified peer `client_id` (resolved
+    /// once per connection).
+    pub fn peer_metrics(&self, client_id: &str) -> PeerMetrics {
+        PeerMetrics(
+            self.app
+                .load()
+                .policies
+                .metrics
+                .with_peer("client_id", client_id),
+        )
+    }
+
     /// The application's address.
     pub fn app_addr(&self) -> SocketAddr {
         let (list, _) = self.app.load().endpoints.snapshot();
@@ -293,6 +309,13 @@ impl Resolve for InboundResolver {
         extensions: &mut http::Extensions,
     ) -> Result<(), ProxyError> {
         let app = self.app.load_full();
+        // A meshed caller's requests count under its identity (the slot keeps the first).
+        if let (Some(PeerMetrics(m)), Some(slot)) = (
+            extensions.get::<PeerMetrics>(),
+            extensions.get::<MetricsSlot>(),
+        ) {
+            slot.start(m);
+        }
         app.policies.apply(extensions);
         extensions.insert(Target::Service(app));
         Ok(())
