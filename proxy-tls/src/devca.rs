@@ -114,7 +114,14 @@ impl DevCa {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("tls.crt"), issued.cert_pem)?;
-        std::fs::write(dir.join("tls.key"), issued.key_pem)?;
+        // The private key is readable by its owner only.
+        let key = dir.join("tls.key");
+        std::fs::write(&key, issued.key_pem)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        }
         std::fs::write(dir.join("ca.crt"), self.ca_pem())?;
         Ok(())
     }
