@@ -439,3 +439,65 @@ pub async fn streaming_backend(
     .await;
     (b, feed_rx)
 }
+
+/// A request left streaming across a config change: its headers have come back from the
+/// streaming backend labelled `label`, its body has sent `first;`, and [`LongRequest::finish`]
+/// sends `second` and checks the whole body arrived intact.
+pub struct LongRequest {
+    response: Response<Incoming>,
+    feed: tokio::sync::mpsc::Sender<hyper::body::Frame<Bytes>>,
+    _connection: H1,
+}
+
+impl LongRequest {
+    /// Starts `GET /long` for `host` through `outbound`, answered by the streaming backend
+    /// whose body senders arrive on `bodies`.
+    pub async fn start(
+        outbound: SocketAddr,
+        host: &str,
+        label: &str,
+        bodies: &mut tokio::sync::mpsc::Receiver<
+            tokio::sync::mpsc::Sender<hyper::body::Frame<Bytes>>,
+        >,
+    ) -> Self {
+        let mut connection = h1(outbound).await;
+        let response = connection.send_request(get(host, "/long")).await.unwrap();
+        assert_eq!(response.headers()["x-backend"], label);
+        let feed = bodies.recv().await.unwrap();
+        feed.send(hyper::body::Frame::data(Bytes::from_static(b"first;")))
+            .await
+            .unwrap();
+        Self {
+            response,
+            feed,
+            _connection: connection,
+        }
+    }
+
+    /// Ends the body and checks the client got all of it.
+    pub async fn finish(self) {
+        self.feed
+            .send(hyper::body::Frame::data(Bytes::from_static(b"second")))
+            .await
+            .unwrap();
+        drop(self.feed);
+        let body = self
+            .response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(
+            &body[..],
+            b"first;second",
+            "the long request completed intact"
+        );
+    }
+}
+
+impl std::fmt::Debug for LongRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LongRequest").finish_non_exhaustive()
+    }
+}

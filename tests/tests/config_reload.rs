@@ -4,10 +4,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::StatusCode;
-use http_body_util::BodyExt;
-use hyper::body::Frame;
 use skiff_e2e::*;
 
 #[test]
@@ -84,25 +81,12 @@ async fn reload_reroutes_new_requests_while_a_long_request_completes() {
     .await;
 
     // A long request to A: headers back, body still streaming.
-    let mut long = h1(proxy.outbound_addr).await;
-    let rsp = long.send_request(get("web", "/long")).await.unwrap();
-    assert_eq!(rsp.headers()["x-backend"], "a");
-    let a_body = a_bodies.recv().await.unwrap();
-    a_body
-        .send(Frame::data(Bytes::from_static(b"first;")))
-        .await
-        .unwrap();
+    let long = LongRequest::start(proxy.outbound_addr, "web", "a", &mut a_bodies).await;
 
     route_web_to(&path, &b, fast_reload, proxy.outbound_addr).await;
 
     // The request in flight on the old route still completes, intact.
-    a_body
-        .send(Frame::data(Bytes::from_static(b"second")))
-        .await
-        .unwrap();
-    drop(a_body);
-    let body = rsp.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(&body[..], b"first;second");
+    long.finish().await;
     let ok = metric_line(
         proxy.admin_addr,
         r#"skiff_config_reloads_total{result="ok"}"#,

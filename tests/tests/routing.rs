@@ -414,14 +414,7 @@ spec:
         .await
         .unwrap();
 
-    let mut long = h1(proxy.outbound_addr).await;
-    let rsp = long.send_request(get("web", "/long")).await.unwrap();
-    assert_eq!(rsp.headers()["x-backend"], "a");
-    let a_body = a_bodies.recv().await.unwrap();
-    a_body
-        .send(Frame::data(Bytes::from_static(b"first;")))
-        .await
-        .unwrap();
+    let long = LongRequest::start(proxy.outbound_addr, "web", "a", &mut a_bodies).await;
 
     std::fs::write(&path, config(0, 100)).unwrap();
     let outbound = proxy.outbound_addr;
@@ -438,15 +431,5 @@ spec:
     let after = tally(outbound, "web", "/", 50).await;
     assert_eq!(after.get("b"), Some(&50), "{after:?}");
 
-    a_body
-        .send(Frame::data(Bytes::from_static(b"second")))
-        .await
-        .unwrap();
-    drop(a_body);
-    let body = rsp.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(
-        &body[..],
-        b"first;second",
-        "the long request on the old weights completed"
-    );
+    long.finish().await;
 }
