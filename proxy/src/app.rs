@@ -107,7 +107,16 @@ pub async fn start(config: Config) -> io::Result<Running> {
         watchers.push(tokio::spawn(mesh.clone().watch(state.readiness.clone())));
     }
     state.readiness.set_loaded();
-    tracing::info!(%outbound_addr, %inbound_addr, %admin_addr, "Skiff is ready");
+    if state.readiness.is_ready() {
+        tracing::info!(%outbound_addr, %inbound_addr, %admin_addr, "Skiff is ready");
+    } else {
+        tracing::info!(
+            %outbound_addr,
+            %inbound_addr,
+            %admin_addr,
+            "Skiff is listening; not ready until its credentials load"
+        );
+    }
     Ok(Running {
         outbound_addr,
         inbound_addr,

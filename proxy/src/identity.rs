@@ -29,6 +29,8 @@ pub struct Mesh {
     /// Identity metrics.
     pub metrics: Arc<IdentityFamilies>,
     spec: IdentitySpec,
+    // The last refusal reported, so each distinct problem is logged and counted once.
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Mesh {
@@ -47,9 +49,10 @@ impl Mesh {
             handshake_timeout: identity.handshake_timeout.0,
             metrics: metrics.clone(),
             spec: identity.clone(),
+            last_error: std::sync::Mutex::default(),
         });
         readiness.set_awaiting_identity(true);
-        mesh.reload(readiness, &mut None);
+        mesh.reload(readiness);
         Ok(mesh)
     }
 
@@ -70,14 +73,16 @@ impl Mesh {
 
     /// Polls the credential files until the task is aborted.
     pub async fn watch(self: Arc<Self>, readiness: Arc<Readiness>) {
-        let mut last_error = None;
+        // A floor, so `0s` cannot turn the watcher into a busy loop.
+        let interval = self.spec.reload_interval.0.max(Duration::from_millis(10));
         loop {
-            tokio::time::sleep(self.spec.reload_interval.0).await;
-            self.reload(&readiness, &mut last_error);
+            tokio::time::sleep(interval).await;
+            self.reload(&readiness);
         }
     }
 
-    fn reload(&self, readiness: &Readiness, last_error: &mut Option<String>) {
+    fn reload(&self, readiness: &Readiness) {
+        let mut last_error = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
         match self.identity.reload() {
             Ok(Reloaded::Unchanged) => {}
             Ok(Reloaded::Installed(id)) => {

@@ -100,6 +100,9 @@ fn dev_ca(args: &[String]) -> anyhow::Result<ExitCode> {
         .map(|d| d.parse().context("--days takes a whole number"))
         .transpose()?
         .unwrap_or(30);
+    if days == 0 {
+        bail!("--days must be at least 1");
+    }
     let workloads = all_flags(args, "--workload");
     if workloads.is_empty() {
         bail!("dev-ca needs at least one --workload NAMESPACE/SERVICE_ACCOUNT");

@@ -54,11 +54,16 @@ pub async fn watch(path: PathBuf, running: Vec<u8>, state: Arc<State>) {
         last = Some(bytes.clone());
         let text = String::from_utf8_lossy(&bytes);
         match config::parse(&text, Some(&path)) {
-            Ok(cfg) => {
-                state.apply(cfg);
-                state.metrics.config_reload(true);
-                tracing::info!(file = %path.display(), "config reloaded");
-            }
+            Ok(cfg) => match state.apply(cfg) {
+                Ok(()) => {
+                    state.metrics.config_reload(true);
+                    tracing::info!(file = %path.display(), "config reloaded");
+                }
+                Err(e) => {
+                    state.metrics.config_reload(false);
+                    tracing::error!(file = %path.display(), "config rejected, the running config keeps serving: {e}");
+                }
+            },
             Err(errors) => {
                 state.metrics.config_reload(false);
                 for e in &errors.0 {

@@ -90,6 +90,13 @@ async fn serve(
 
     if let Some(target) = opaque_target.filter(|t| spec.opaque_ports.contains(&t.port())) {
         conns.detect.opaque_configured.inc();
+        if let Some(mesh) = strict_mesh(state, direction) {
+            // Opaque TCP over the mesh is not carried in mTLS yet: strict mode cannot admit
+            // a caller it cannot identify.
+            tracing::info!(%peer, port = target.port(), "refusing plaintext TCP to an opaque port (mTLS is strict)");
+            mesh.metrics.handshake_failure("inbound", "plaintext");
+            return;
+        }
         if !tcp_allowed(state, direction, peer, target) {
             return;
         }
@@ -140,10 +147,11 @@ async fn serve(
                 _ => &conns.detect.opaque,
             };
             counter.inc();
-            match opaque_target.filter(|t| tcp_allowed(state, direction, peer, *t)) {
-                Some(target) => {
+            match opaque_target {
+                Some(target) if tcp_allowed(state, direction, peer, target) => {
                     crate::tcp::forward(io, target, spec.limits.connect_timeout.0).await
                 }
+                Some(_) => {} // refused and logged by the authorization check
                 None => tracing::info!(
                     %peer,
                     ?protocol,
@@ -284,6 +292,14 @@ async fn run_until_drained<C: Graceful>(conn: C, mut drain: Drain) {
     if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");
     }
+}
+
+/// The mesh, when this is an inbound connection and mTLS is strict.
+fn strict_mesh(state: &State, direction: Direction) -> Option<&Arc<Mesh>> {
+    state
+        .mesh
+        .as_ref()
+        .filter(|m| direction == Direction::Inbound && m.mtls == MtlsMode::Strict)
 }
 
 /// Whether an opaque connection may go on: inbound, a TrafficTarget with TCPRoute rules

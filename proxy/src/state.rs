@@ -80,7 +80,21 @@ impl State {
 
     /// Applies a reloaded config. Listener addresses, the connection limit and worker count
     /// are fixed at start; a change to them is logged and takes effect on restart.
-    pub fn apply(&self, config: Config) {
+    ///
+    /// A change of identity or mTLS mode is refused as a whole (the running config keeps
+    /// serving): applied halfway, it would send meshed services' traffic in plaintext or
+    /// enforce authorization on callers that cannot prove who they are.
+    pub fn apply(&self, config: Config) -> Result<(), String> {
+        let identity_changed = match &self.mesh {
+            Some(mesh) => mesh.differs_from(&config.proxy),
+            None => config.proxy.identity.is_some(),
+        };
+        if identity_changed {
+            return Err(
+                "spec.identity and spec.inbound.mtls apply only at start: restart Skiff to change them"
+                    .into(),
+            );
+        }
         let authz = policy(&config);
         let spec = config.proxy;
         let old = self.spec.load();
@@ -103,14 +117,6 @@ impl State {
             }
         }
         self.pools.set_settings(client_settings(&spec));
-        if self.mesh.as_ref().is_some_and(|m| m.differs_from(&spec))
-            || (self.mesh.is_none() && spec.identity.is_some())
-        {
-            tracing::warn!(
-                field = "identity",
-                "changed in config; takes effect when Skiff restarts"
-            );
-        }
         self.outbound.update(
             &spec,
             &config.routes,
@@ -122,6 +128,7 @@ impl State {
         self.authz.store(Arc::new(authz));
         self.spec.store(Arc::new(spec));
         self.documents.store(Arc::new(config.mesh_documents));
+        Ok(())
     }
 }
 

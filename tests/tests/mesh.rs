@@ -576,3 +576,36 @@ async fn traffic_targets_allow_only_listed_sources_on_listed_routes() {
     );
     assert!(metrics.contains(r#"error="forbidden""#), "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_identity_is_refused_whole() {
+    let ca = DevCa::new("cluster.local").unwrap();
+    let app = hello("app").await;
+    let creds = credentials(&ca, "shop", "api");
+    let dir = temp_dir("identity-reload");
+    let path = dir.join("skiff.yaml");
+    let plain = ProxyConfig::new(app.addr.port()).extra("  reloadInterval: 20ms\n");
+    std::fs::write(&path, plain.yaml()).unwrap();
+    let proxy = skiff::start(skiff::config::load_file(&path).unwrap())
+        .await
+        .unwrap();
+    let meshed = ProxyConfig::new(app.addr.port())
+        .extra("  reloadInterval: 20ms\n")
+        .extra(&identity(&creds, "shop", "api"));
+    std::fs::write(&path, meshed.yaml()).unwrap();
+    let admin = proxy.admin_addr;
+    eventually(
+        Duration::from_secs(10),
+        "the reload is refused",
+        || async move {
+            let (_, m) = admin_get(admin, "/metrics").await;
+            m.contains(r#"skiff_config_reloads_total{result="error"} 1"#)
+        },
+    )
+    .await;
+    // Still the plaintext config: plain HTTP inbound works, and /config has no identity.
+    let rsp = raw(proxy.inbound_addr, b"GET / HTTP/1.1\r\nHost: app\r\n\r\n").await;
+    assert_eq!(rsp.status, 200);
+    let (_, config) = admin_get(admin, "/config").await;
+    assert!(!config.contains("\"identity\""), "{config}");
+}

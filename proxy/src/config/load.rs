@@ -212,7 +212,12 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
             None
         }
     };
-    let access = mesh::resolve_access(own_id.as_ref(), &proxy.namespace, &mesh_documents);
+    // TrafficTargets live in their destination's namespace: this proxy's own.
+    let own_ns = own_id
+        .as_ref()
+        .and_then(|id| id.workload_parts())
+        .map_or(proxy.namespace.as_str(), |(ns, _)| ns);
+    let access = mesh::resolve_access(own_id.as_ref(), own_ns, &mesh_documents);
     let routes = mesh::resolve(&proxy, &mesh_documents).and_then(|r| access.map(|a| (r, a)));
     let (routes, access) = routes.map_err(|problems| {
         ConfigErrors(

@@ -70,7 +70,10 @@ pub(super) fn service(
     // the service's policies; only a new endpoint source or breaker rebuilds them.
     let same_endpoints = |old: &&Arc<Service>| {
         old.identity.as_ref().is_some_and(|(spec, auth)| {
-            spec.endpoints == svc.endpoints && spec.breaker == svc.breaker && *auth == authority
+            spec.endpoints == svc.endpoints
+                && spec.breaker == svc.breaker
+                && spec.identity == svc.identity
+                && *auth == authority
         })
     };
     let endpoints = match old.filter(same_endpoints) {
