@@ -13,6 +13,7 @@
 //! - [`balance`]: choosing an endpoint (P2C over peak-EWMA, round-robin, least-request).
 //! - [`breaker`]: circuit breaking per endpoint (Closed, Open, HalfOpen).
 //! - [`limit`]: local rate limits (429) and concurrency limits (503 load-shed).
+//! - [`notes`]: why a request went where it did, for the tap and the access log.
 //! - [`respond`]: turns a failed request into the response the client sees (`skiff-error`).
 //! - [`future`]: the future of layers that pass a request on or refuse it.
 //! - [`error`]: the proxy's error type: what went wrong, who caused it, whether a retry may help.
@@ -31,6 +32,7 @@ pub mod error;
 pub mod future;
 pub mod limit;
 pub mod normalize;
+pub mod notes;
 pub mod respond;
 pub mod retry;
 pub mod route;

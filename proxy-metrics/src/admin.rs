@@ -1,22 +1,29 @@
-//! The admin server: `/metrics`, `/ready`, `/live`, `/config`.
+//! The admin server: `/metrics`, `/ready`, `/live`, `/config`, `/stats`, `/tap`,
+//! `PUT /log-level` and `POST /shutdown`.
 //!
 //! It runs on its own listener (`127.0.0.1:4191` by default) so scrapes and probes never queue
-//! behind application traffic, and it answers only GET/HEAD on fixed paths.
+//! behind application traffic. `/tap` and the two mutating endpoints answer loopback callers
+//! only unless the config allows others; `/shutdown` is off unless the config turns it on.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+use crate::http::HttpFamilies;
+use crate::tap::{Filter, Subscription, TapHub};
 
 /// Whether the proxy should receive traffic.
 #[derive(Debug, Default)]
@@ -54,6 +61,9 @@ impl Readiness {
 /// Renders the running config as JSON for `/config`.
 pub type ConfigView = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// Changes the log filter at run time (`PUT /log-level`); returns the filter in force.
+pub type LogLevel = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+
 /// What the admin server serves.
 pub struct Admin {
     /// The metrics registry, fully registered.
@@ -62,6 +72,16 @@ pub struct Admin {
     pub readiness: Arc<Readiness>,
     /// The running config for `/config`.
     pub config: ConfigView,
+    /// Where `/stats` reads its windows.
+    pub http: Arc<HttpFamilies>,
+    /// The tap clients of `/tap`.
+    pub tap: Arc<TapHub>,
+    /// `PUT /log-level`, when the process owns its logging.
+    pub log_level: Option<LogLevel>,
+    /// `POST /shutdown`, when enabled in config.
+    pub shutdown: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// Whether `/tap`, `/log-level` and `/shutdown` answer callers off loopback.
+    pub allow_remote: bool,
 }
 
 impl std::fmt::Debug for Admin {
@@ -72,10 +92,13 @@ impl std::fmt::Debug for Admin {
     }
 }
 
+/// The admin server's response body: a whole buffer, or the tap stream.
+type AdminBody = UnsyncBoxBody<Bytes, Infallible>;
+
 /// Serves the admin API on `listener` until `shutdown` flips to true.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -86,60 +109,159 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
         let admin = admin.clone();
+        let mut stop = shutdown.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(handle(&admin, &req)) }
+                async move { Ok::<_, Infallible>(handle(&admin, req, peer.ip()).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "admin connection ended");
+            // A tap stream never ends by itself: it ends with the admin server.
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(error = %e, "admin connection ended");
+                },
+                _ = stop.wait_for(|s| *s) => {}
             }
         });
     }
 }
 
-fn handle(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-    }
-    match req.uri().path() {
-        "/metrics" => {
+async fn handle(admin: &Admin, req: Request<Incoming>, peer: IpAddr) -> Response<AdminBody> {
+    let local = peer.is_loopback() || admin.allow_remote;
+    let path = req.uri().path();
+    match (req.method().clone(), path) {
+        (Method::GET | Method::HEAD, "/metrics") => {
             let mut out = String::with_capacity(16 * 1024);
             if prometheus_client::encoding::text::encode(&mut out, &admin.registry).is_err() {
                 return text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n");
             }
-            let mut rsp = Response::new(Full::new(Bytes::from(out)));
-            rsp.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            rsp
+            with_type(
+                full(out),
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
         }
-        "/ready" if admin.readiness.is_ready() => text(StatusCode::OK, "ready\n"),
-        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-        "/live" => text(StatusCode::OK, "live\n"),
-        "/config" => {
-            let mut rsp = Response::new(Full::new(Bytes::from((admin.config)())));
-            rsp.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            rsp
+        (Method::GET | Method::HEAD, "/ready") if admin.readiness.is_ready() => {
+            text(StatusCode::OK, "ready\n")
         }
+        (Method::GET | Method::HEAD, "/ready") => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        }
+        (Method::GET | Method::HEAD, "/live") => text(StatusCode::OK, "live\n"),
+        (Method::GET | Method::HEAD, "/config") => {
+            with_type(full((admin.config)()), "application/json")
+        }
+        (Method::GET | Method::HEAD, "/stats") => {
+            with_type(full(stats_json(&admin.http)), "application/json")
+        }
+        (Method::GET, "/tap") if !local => {
+            text(StatusCode::FORBIDDEN, "tap answers loopback callers only\n")
+        }
+        (Method::GET, "/tap") => match Filter::from_query(req.uri().query().unwrap_or("")) {
+            Ok(filter) => {
+                let sub = admin.tap.subscribe(filter);
+                with_type(TapBody(sub).boxed_unsync(), "application/x-ndjson")
+            }
+            Err(e) => owned_text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        },
+        (Method::PUT, "/log-level") if !local => {
+            text(StatusCode::FORBIDDEN, "loopback callers only\n")
+        }
+        (Method::PUT, "/log-level") => {
+            let Some(set) = &admin.log_level else {
+                return text(StatusCode::NOT_FOUND, "not found\n");
+            };
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return text(StatusCode::BAD_REQUEST, "unreadable body\n"),
+            };
+            let filter = String::from_utf8_lossy(&body).trim().to_owned();
+            match set(&filter) {
+                Ok(now) => owned_text(StatusCode::OK, format!("{now}\n")),
+                Err(e) => owned_text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            }
+        }
+        (Method::POST, "/shutdown") => match &admin.shutdown {
+            None => text(
+                StatusCode::NOT_FOUND,
+                "POST /shutdown is off (admin.shutdownEndpoint)\n",
+            ),
+            Some(_) if !local => text(StatusCode::FORBIDDEN, "loopback callers only\n"),
+            Some(stop) => {
+                stop();
+                text(StatusCode::ACCEPTED, "shutting down\n")
+            }
+        },
+        (
+            _,
+            "/metrics" | "/ready" | "/live" | "/config" | "/stats" | "/tap" | "/log-level"
+            | "/shutdown",
+        ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut rsp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+/// `/stats`: every target's window, its labels flattened beside the numbers.
+fn stats_json(http: &HttpFamilies) -> String {
+    let rows: Vec<serde_json::Value> = http
+        .stats()
+        .into_iter()
+        .map(|(labels, summary)| {
+            let mut row = serde_json::Map::new();
+            for (k, v) in labels {
+                if !v.is_empty() {
+                    row.insert(k.to_owned(), serde_json::Value::String(v));
+                }
+            }
+            if let Ok(serde_json::Value::Object(numbers)) = serde_json::to_value(summary) {
+                row.extend(numbers);
+            }
+            serde_json::Value::Object(row)
+        })
+        .collect();
+    let mut out = serde_json::json!({ "stats": rows }).to_string();
+    out.push('\n');
+    out
+}
+
+/// The tap stream as a response body.
+struct TapBody(Subscription);
+
+impl http_body::Body for TapBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .events
+            .poll_recv(cx)
+            .map(|e| e.map(|line| Ok(http_body::Frame::data(line))))
+    }
+}
+
+fn full(body: impl Into<Bytes>) -> AdminBody {
+    Full::new(body.into()).boxed_unsync()
+}
+
+fn with_type(body: AdminBody, content_type: &'static str) -> Response<AdminBody> {
+    let mut rsp = Response::new(body);
+    rsp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    rsp
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<AdminBody> {
+    owned_text(status, body.to_owned())
+}
+
+fn owned_text(status: StatusCode, body: String) -> Response<AdminBody> {
+    let mut rsp = with_type(full(body), "text/plain; charset=utf-8");
     *rsp.status_mut() = status;
-    rsp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
     rsp
 }

@@ -10,11 +10,15 @@
 //! - [`http`]: request/response series and the [`http::MetricsLayer`] that records them.
 //! - [`tcp`]: connection series and protocol-detection outcomes.
 //! - [`identity`]: credential reloads and expiry, handshake failures, authorization.
+//! - [`stats`]: success rate and latency quantiles over a sliding window, for `/stats`.
+//! - [`tap`]: the live stream of request events behind `/tap`.
 //! - [`admin`]: `/metrics`, `/ready`, `/live`, `/config`.
 
 pub mod admin;
 pub mod http;
 pub mod identity;
+pub mod stats;
+pub mod tap;
 pub mod tcp;
 
 use std::sync::Arc;
@@ -37,6 +41,8 @@ pub struct Metrics {
     pub config_reloads: Family<Labels, Counter>,
     /// Identity and authorization series.
     pub identity: Arc<identity::IdentityFamilies>,
+    /// The tap clients.
+    pub tap: Arc<tap::TapHub>,
 }
 
 impl Metrics {
@@ -46,6 +52,13 @@ impl Metrics {
         let http = Arc::new(http::HttpFamilies::register(&mut registry));
         let tcp = Arc::new(tcp::TcpFamilies::register(&mut registry));
         let identity = Arc::new(identity::IdentityFamilies::register(&mut registry));
+        let tap_dropped = Counter::default();
+        registry.register(
+            "skiff_tap_dropped_events",
+            "Tap events not delivered: the client's queue was full or its max rate reached",
+            tap_dropped.clone(),
+        );
+        let tap = Arc::new(tap::TapHub::new(tap_dropped));
         let config_reloads = Family::default();
         registry.register(
             "skiff_config_reloads",
@@ -58,6 +71,7 @@ impl Metrics {
                 tcp,
                 config_reloads,
                 identity,
+                tap,
             },
             registry,
         )

@@ -30,6 +30,7 @@ pub struct Running {
     drain: drain::Controller,
     admin_stop: watch::Sender<bool>,
     watchers: Vec<JoinHandle<()>>,
+    shutdown_requested: Arc<tokio::sync::Notify>,
 }
 
 /// Binds the listeners of `config` and starts serving. Listen addresses with port 0 get an
@@ -77,7 +78,19 @@ pub async fn start(config: Config) -> io::Result<Running> {
 
     let (admin_stop, admin_stopped) = watch::channel(false);
     let view_state = state.clone();
+    let shutdown_requested = Arc::new(tokio::sync::Notify::new());
+    let stop = shutdown_requested.clone();
+    let log_level: Option<proxy_metrics::admin::LogLevel> = crate::logging::installed()
+        .then(|| Arc::new(crate::logging::set_filter) as proxy_metrics::admin::LogLevel);
     let admin = Arc::new(Admin {
+        http: state.metrics.http.clone(),
+        tap: state.metrics.tap.clone(),
+        log_level,
+        shutdown: spec
+            .admin
+            .shutdown_endpoint
+            .then(|| Arc::new(move || stop.notify_one()) as Arc<dyn Fn() + Send + Sync>),
+        allow_remote: spec.admin.allow_remote,
         registry: Arc::new(registry),
         readiness: state.readiness.clone(),
         config: Arc::new(move || {
@@ -125,10 +138,16 @@ pub async fn start(config: Config) -> io::Result<Running> {
         drain,
         admin_stop,
         watchers,
+        shutdown_requested,
     })
 }
 
 impl Running {
+    /// Waits until `POST /shutdown` asks the proxy to stop (never, unless enabled).
+    pub async fn shutdown_requested(&self) {
+        self.shutdown_requested.notified().await;
+    }
+
     /// The live state (for tests and the admin view).
     pub fn state(&self) -> &Arc<State> {
         &self.state

@@ -134,6 +134,9 @@ Skiff demo is running. Try, in another terminal:
   curl -s http://127.0.0.1:4191/metrics | grep -E '^(request|response)_total'
   curl -s http://127.0.0.1:4191/ready; curl -s http://127.0.0.1:4191/config
   curl -s http://127.0.0.1:4291/metrics | grep -E '^skiff_(authz|tls)'   # the peer's view
+  skiff stat                           # success rate, RPS and latency per service
+  skiff tap --authority hello          # live request events (Ctrl-C to stop)
+  skiff top                            # the busiest paths, live
 
 Ctrl-C drains and stops.
 ";

@@ -49,6 +49,7 @@ macro_rules! delegate_async_write {
 }
 
 pub mod app;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
@@ -58,6 +59,7 @@ pub mod endpoints;
 pub mod forward;
 pub mod head_timeout;
 pub mod identity;
+pub mod logging;
 pub mod pick;
 pub mod reload;
 pub mod runtime;

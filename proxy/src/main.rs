@@ -18,6 +18,12 @@ Usage:
                 [--trust-domain DOMAIN] [--days N]
                                           a new local CA and workload credentials
                                           (DIR/NS/SA/tls.crt, tls.key, ca.crt) for mTLS
+  skiff stat [--admin ADDR]                the /stats table: success rate, RPS, latency
+  skiff top [--admin ADDR] [FILTERS]      the busiest paths, live
+  skiff tap [--admin ADDR] [FILTERS]      live request events; FILTERS: --direction,
+                                          --authority, --path (prefix), --method, --route,
+                                          --status (2xx..5xx), --max-rate, --body (bytes)
+                                          (ADDR default 127.0.0.1:4191)
   skiff version
 
 Logs go to stderr; set SKIFF_LOG (e.g. SKIFF_LOG=debug, SKIFF_LOG=skiff=debug,info).
@@ -80,6 +86,7 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
             serve(demo::config(), workers, Some(demo::TRY))
         }
         "identity" if rest.first().map(String::as_str) == Some("dev-ca") => dev_ca(&rest[1..]),
+        "stat" | "top" | "tap" => tool(command, rest),
         "version" | "--version" | "-V" => {
             println!("skiff {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
@@ -89,6 +96,36 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         other => bail!("unknown command {other:?}\n\n{USAGE}"),
+    }
+}
+
+/// `skiff stat`, `top`, `tap`: clients of a running proxy's admin listener.
+fn tool(command: &str, args: &[String]) -> anyhow::Result<ExitCode> {
+    let admin: std::net::SocketAddr = flag(args, "--admin")?
+        .unwrap_or("127.0.0.1:4191")
+        .parse()
+        .context("--admin takes ip:port")?;
+    let query = match command {
+        "stat" => String::new(),
+        _ => skiff::cli::tap_query(args).map_err(anyhow::Error::msg)?,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let result = rt.block_on(async {
+        match command {
+            "stat" => skiff::cli::stat(admin).await.map(|t| print!("{t}")),
+            "top" => skiff::cli::top(admin, &query).await,
+            _ => skiff::cli::tap(admin, &query).await,
+        }
+    });
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("skiff {command}: {e}");
+            Ok(ExitCode::from(1))
+        }
     }
 }
 
@@ -165,7 +202,7 @@ fn serve(
     workers: Option<std::num::NonZeroUsize>,
     banner: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    init_logging();
+    skiff::logging::init();
     let threads = skiff::runtime::worker_threads(workers.or(config.proxy.workers));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
@@ -190,7 +227,10 @@ fn serve(
         if let Some(b) = banner {
             println!("{b}");
         }
-        wait_for_signal().await?;
+        tokio::select! {
+            r = wait_for_signal() => r?,
+            () = running.shutdown_requested() => tracing::info!("POST /shutdown received"),
+        }
         running.shutdown().await;
         if let Some(peer) = peer {
             peer.shutdown().await;
@@ -215,15 +255,4 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     };
     tracing::info!("{name} received");
     Ok(())
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
 }

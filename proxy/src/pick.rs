@@ -90,6 +90,11 @@ impl Service<Request<Body>> for Pick {
                     (Arc::new(endpoint), None)
                 }
             };
+            proxy_core::notes::note(req.extensions(), |n| {
+                n.tries += 1;
+                n.endpoint = Some(endpoint.pool.addr());
+                n.breaker = endpoint.gate.as_ref().map(|g| g.state().as_str());
+            });
             if let Some(admission) = admission {
                 req.extensions_mut().insert(admission);
             }

@@ -34,8 +34,11 @@ pub type HttpService = BoxCloneService<Request<Incoming>, Response<Body>, Infall
 /// The outbound chain: the app's calls to other services, from `client`.
 pub fn outbound(state: &State, client: Client) -> HttpService {
     let chain = ServiceBuilder::new()
-        .layer(MetricsLayer::new(state.unrouted_outbound.clone()))
         .map_request(from(client))
+        .layer(MetricsLayer::new(
+            state.unrouted_outbound.clone(),
+            state.outbound_observe.clone(),
+        ))
         .layer(RespondLayer)
         .layer(NormalizeLayer::new(limits(&state.spec.load())))
         .layer(RouteLayer::new(state.outbound.clone()))
@@ -57,8 +60,11 @@ pub fn inbound(state: &State, client: Client) -> HttpService {
         _ => None,
     };
     let chain = ServiceBuilder::new()
-        .layer(MetricsLayer::new(state.unrouted_inbound.clone()))
         .map_request(from(client))
+        .layer(MetricsLayer::new(
+            state.unrouted_inbound.clone(),
+            state.inbound_observe.clone(),
+        ))
         .map_request(move |mut req: Request<Incoming>| {
             if let Some(m) = &peer_metrics {
                 req.extensions_mut().insert(m.clone());

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use proxy_metrics::admin::Readiness;
-use proxy_metrics::http::TargetMetrics;
+use proxy_metrics::http::{
+    access_log_writer, Observe, ObserveSettings, TargetMetrics, DEFAULT_ACCESS_LOG_FIELDS,
+};
 use proxy_metrics::tcp::ListenerMetrics;
 use proxy_metrics::Metrics;
 
@@ -44,6 +46,12 @@ pub struct State {
     pub mesh: Option<Arc<Mesh>>,
     /// Who may call the application (TrafficTarget), swapped on reload.
     pub authz: Arc<ArcSwap<Policy>>,
+    /// Tap redaction and access log settings, swapped on reload.
+    pub observe_settings: Arc<ArcSwap<ObserveSettings>>,
+    /// The outbound tap and access log.
+    pub outbound_observe: Arc<Observe>,
+    /// The inbound tap and access log.
+    pub inbound_observe: Arc<Observe>,
 }
 
 impl State {
@@ -61,6 +69,17 @@ impl State {
             ),
         };
         let outbound = OutboundResolver::new(&spec, &config.routes, &pools, http, mesh.as_ref());
+        let observe_settings = Arc::new(ArcSwap::from_pointee(observe_settings(&spec)));
+        let log = access_log_writer();
+        let observe = |direction| {
+            Arc::new(Observe::new(
+                direction,
+                metrics.tap.clone(),
+                observe_settings.clone(),
+                Some(log.clone()),
+            ))
+        };
+        let (outbound_observe, inbound_observe) = (observe("outbound"), observe("inbound"));
         Ok(Self {
             outbound: Arc::new(outbound),
             inbound: Arc::new(InboundResolver::new(&spec, &pools, http)),
@@ -75,6 +94,9 @@ impl State {
             readiness,
             mesh,
             authz: Arc::new(ArcSwap::from_pointee(policy(config))),
+            outbound_observe,
+            inbound_observe,
+            observe_settings,
         })
     }
 
@@ -126,9 +148,40 @@ impl State {
         );
         self.inbound.update(&spec, &self.pools, &self.metrics.http);
         self.authz.store(Arc::new(authz));
+        self.observe_settings
+            .store(Arc::new(observe_settings(&spec)));
         self.spec.store(Arc::new(spec));
         self.documents.store(Arc::new(config.mesh_documents));
         Ok(())
+    }
+}
+
+fn observe_settings(spec: &ProxySpec) -> ObserveSettings {
+    ObserveSettings {
+        redact_headers: spec
+            .admin
+            .tap
+            .redact_headers
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        redact_body: spec
+            .admin
+            .tap
+            .redact_body
+            .iter()
+            .map(|p| p.0.clone())
+            .collect(),
+        access_log: spec
+            .access_log
+            .enabled
+            .then(|| match &spec.access_log.fields {
+                Some(fields) => fields.iter().map(|f| f.as_str().to_owned()).collect(),
+                None => DEFAULT_ACCESS_LOG_FIELDS
+                    .iter()
+                    .map(|f| (*f).to_owned())
+                    .collect(),
+            }),
     }
 }
 

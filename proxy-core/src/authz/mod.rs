@@ -176,7 +176,12 @@ where
         let client = req.extensions().get::<Client>();
         match policy.check_http(client, &head) {
             Decision::Unrestricted => {}
-            Decision::Allowed { route } => self.observer.decided("allow", &route),
+            Decision::Allowed { route } => {
+                self.observer.decided("allow", &route);
+                crate::notes::note(req.extensions(), |n| {
+                    n.authz = Some(format!("allow {route}"))
+                });
+            }
             Decision::Denied => {
                 let source = match client {
                     Some(Client::Identity(id)) => id.to_string(),
@@ -185,6 +190,7 @@ where
                 let path = head.uri.path();
                 if policy.mode == Mode::Audit {
                     self.observer.decided("audit-deny", "");
+                    crate::notes::note(req.extensions(), |n| n.authz = Some("audit-deny".into()));
                     tracing::warn!(%source, method = %head.method, path, "authorization would deny (audit mode)");
                 } else {
                     self.observer.decided("deny", "");

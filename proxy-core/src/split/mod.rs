@@ -141,6 +141,7 @@ where
             return ResponseFuture::new(Ok(self.inner.call(req)));
         };
         let chosen = backends.pick(crate::random_u64()).and_then(|b| {
+            crate::notes::note(req.extensions(), |n| n.backend = Some(b.name.clone()));
             b.target.clone().ok_or_else(|| {
                 ProxyError::new(
                     Reason::InvalidBackend,

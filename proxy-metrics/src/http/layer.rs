@@ -19,6 +19,7 @@ use proxy_core::{Body, BoxError, Reason};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
+use super::observe::{Ending, Observe, Watched};
 use super::TargetMetrics;
 
 /// Where the routing layer records which target a request went to.
@@ -34,23 +35,26 @@ impl MetricsSlot {
     }
 }
 
-/// Records HTTP metrics around `S`.
+/// Records HTTP metrics (and, when wanted, tap events and the access log) around `S`.
 #[derive(Clone, Debug)]
 pub struct Metrics<S> {
     inner: S,
     unrouted: Arc<TargetMetrics>,
+    observe: Arc<Observe>,
 }
 
 /// Applies [`Metrics`].
 #[derive(Clone, Debug)]
 pub struct MetricsLayer {
     unrouted: Arc<TargetMetrics>,
+    observe: Arc<Observe>,
 }
 
 impl MetricsLayer {
-    /// A layer recording requests no target claims against `unrouted`.
-    pub fn new(unrouted: Arc<TargetMetrics>) -> Self {
-        Self { unrouted }
+    /// A layer recording requests no target claims against `unrouted`, and feeding the
+    /// direction's tap and access log through `observe`.
+    pub fn new(unrouted: Arc<TargetMetrics>, observe: Arc<Observe>) -> Self {
+        Self { unrouted, observe }
     }
 }
 
@@ -61,6 +65,7 @@ impl<S> Layer<S> for MetricsLayer {
         Metrics {
             inner,
             unrouted: self.unrouted.clone(),
+            observe: self.observe.clone(),
         }
     }
 }
@@ -80,11 +85,14 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let slot = MetricsSlot::default();
         req.extensions_mut().insert(slot.clone());
+        let watched = self.observe.watch(&mut req);
         ResponseFuture {
             inner: self.inner.call(req),
             slot,
             unrouted: self.unrouted.clone(),
             start: Instant::now(),
+            watched,
+            observe: self.observe.clone(),
         }
     }
 }
@@ -98,6 +106,8 @@ pin_project_lite::pin_project! {
         slot: MetricsSlot,
         unrouted: Arc<TargetMetrics>,
         start: Instant,
+        watched: Option<Arc<Watched>>,
+        observe: Arc<Observe>,
     }
 }
 
@@ -122,6 +132,16 @@ where
         target.latency(status.as_u16(), millis);
         let error = rsp.extensions().get::<Reason>().copied();
         let header_grpc = grpc_status(rsp.headers());
+        let watch = this.watched.take().map(|w| {
+            w.response(status.as_u16(), millis, rsp.headers());
+            Watch {
+                watched: w,
+                start: *this.start,
+                bytes: 0,
+                sample: Vec::new(),
+                sample_limit: this.observe.body_bytes(),
+            }
+        });
         Poll::Ready(Ok(rsp.map(|inner| {
             proxy_core::body::boxed(RecordBody {
                 inner,
@@ -130,6 +150,8 @@ where
                     status,
                     grpc_status: header_grpc,
                     error,
+                    latency_ms: millis,
+                    watch,
                 }),
             })
         })))
@@ -143,6 +165,18 @@ struct Pending {
     status: StatusCode,
     grpc_status: Option<u32>,
     error: Option<Reason>,
+    latency_ms: f64,
+    watch: Option<Watch>,
+}
+
+/// A watched request's body as it streams: its size, and the sample tap asked for.
+#[derive(Debug)]
+struct Watch {
+    watched: Arc<Watched>,
+    start: Instant,
+    bytes: u64,
+    sample: Vec<u8>,
+    sample_limit: usize,
 }
 
 impl Pending {
@@ -150,6 +184,17 @@ impl Pending {
         let class = classify(self.status, self.grpc_status, self.error);
         self.target
             .response(self.status.as_u16(), class, self.grpc_status, self.error);
+        self.target.window(class.is_success(), self.latency_ms);
+        if let Some(w) = self.watch {
+            w.watched.end(&Ending {
+                status: self.status.as_u16(),
+                duration_ms: w.start.elapsed().as_secs_f64() * 1000.0,
+                response_bytes: w.bytes,
+                grpc_status: self.grpc_status,
+                error: self.error.map(Reason::as_str),
+                body: &w.sample,
+            });
+        }
     }
 }
 
@@ -184,6 +229,14 @@ impl http_body::Body for RecordBody {
             Some(Ok(f)) => {
                 if let (Some(trailers), Some(p)) = (f.trailers_ref(), this.pending.as_mut()) {
                     p.grpc_status = grpc_status(trailers).or(p.grpc_status);
+                }
+                if let (Some(data), Some(w)) = (
+                    f.data_ref(),
+                    this.pending.as_mut().and_then(|p| p.watch.as_mut()),
+                ) {
+                    w.bytes += data.len() as u64;
+                    let room = w.sample_limit.saturating_sub(w.sample.len());
+                    w.sample.extend_from_slice(&data[..data.len().min(room)]);
                 }
             }
             Some(Err(e)) => {

@@ -5,6 +5,7 @@
 //! touches only its counters and a small cache keyed by status, never a label-string lookup.
 
 mod layer;
+mod observe;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,12 +18,14 @@ use prometheus_client::registry::Registry;
 use proxy_core::classify::Class;
 use proxy_core::Reason;
 
+use crate::stats::{Summary, Window};
 use crate::Labels;
 
 pub use layer::{Metrics, MetricsLayer, MetricsSlot, ResponseFuture};
+pub use observe::{access_log_writer, Observe, ObserveSettings, DEFAULT_ACCESS_LOG_FIELDS};
 
 /// Linkerd's latency buckets, in milliseconds.
-const LATENCY_BUCKETS_MS: [f64; 25] = [
+pub(crate) const LATENCY_BUCKETS_MS: [f64; 25] = [
     1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0,
     1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 10000.0, 20000.0, 30000.0, 40000.0, 50000.0,
 ];
@@ -43,11 +46,17 @@ pub struct HttpFamilies {
     budget_exhausted: Family<Labels, Counter>,
     breaker_state: Family<Labels, Gauge>,
     breaker_transitions: Family<Labels, Counter>,
+    // Sliding windows for `/stats`, one per label set, shared by every handle with those
+    // labels (per-connection handles included), so nothing is lost when a handle goes.
+    windows: Mutex<HashMap<Labels, Arc<Mutex<Window>>>>,
+    window: std::time::Duration,
 }
 
 impl HttpFamilies {
     pub(crate) fn register(registry: &mut Registry) -> Self {
         let this = Self {
+            windows: Mutex::default(),
+            window: std::time::Duration::from_secs(30),
             requests: Family::default(),
             responses: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
@@ -90,6 +99,22 @@ impl HttpFamilies {
         this
     }
 
+    /// Every target's numbers over the sliding window, by label set (targets that have seen
+    /// no response in the window are left out).
+    pub fn stats(&self) -> Vec<(Labels, Summary)> {
+        let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<(Labels, Summary)> = windows
+            .iter()
+            .map(|(labels, w)| {
+                let summary = w.lock().unwrap_or_else(|e| e.into_inner()).summary();
+                (labels.clone(), summary)
+            })
+            .filter(|(_, s)| s.success_count + s.failure_count > 0)
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Resolves the handles of one target: a service, or one of its routes (`route`
     /// names it, and becomes the `route` label).
     pub fn target(
@@ -112,7 +137,15 @@ impl HttpFamilies {
     }
 
     fn with_labels(self: &Arc<Self>, base: Labels) -> Arc<TargetMetrics> {
+        let window = self
+            .windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(base.clone())
+            .or_insert_with(|| Arc::new(Mutex::new(Window::new(self.window))))
+            .clone();
         Arc::new(TargetMetrics {
+            window,
             request_total: self.requests.get_or_create(&base).clone(),
             retries: self.retries.get_or_create(&base).clone(),
             budget_exhausted: self.budget_exhausted.get_or_create(&base).clone(),
@@ -145,6 +178,7 @@ pub struct TargetMetrics {
     // and the family's label hashing happens once per status, not per request.
     responses: Mutex<HashMap<ResponseKey, Counter>>,
     latencies: Mutex<HashMap<u16, Histogram>>,
+    window: Arc<Mutex<Window>>,
 }
 
 impl proxy_core::retry::RetryObserver for TargetMetrics {
@@ -209,6 +243,13 @@ impl TargetMetrics {
                 self.families.latency.get_or_create(&labels).clone()
             })
             .observe(millis);
+    }
+
+    fn window(&self, success: bool, latency_ms: f64) {
+        self.window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(success, latency_ms);
     }
 
     fn response(&self, status: u16, class: Class, grpc_status: Option<u32>, error: Option<Reason>) {

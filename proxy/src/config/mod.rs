@@ -77,6 +77,8 @@ pub struct ProxySpec {
     pub shutdown: ShutdownSpec,
     /// How often the config file is checked for changes.
     pub reload_interval: Dur,
+    /// The access log.
+    pub access_log: AccessLogSpec,
     /// This workload's mesh identity; without it, no mTLS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<IdentitySpec>,
@@ -100,6 +102,7 @@ impl Default for ProxySpec {
             limits: LimitsSpec::default(),
             shutdown: ShutdownSpec::default(),
             reload_interval: Dur::secs(1),
+            access_log: AccessLogSpec::default(),
             identity: None,
             services: BTreeMap::new(),
             route_policies: BTreeMap::new(),
@@ -240,14 +243,138 @@ impl Default for InboundSpec {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct AdminSpec {
-    /// Where `/metrics`, `/ready`, `/live` and `/config` are served.
+    /// Where `/metrics`, `/ready`, `/live`, `/config`, `/stats` and `/tap` are served.
     pub listen: SocketAddr,
+    /// Whether `/tap`, `PUT /log-level` and `POST /shutdown` answer callers off loopback.
+    pub allow_remote: bool,
+    /// Whether `POST /shutdown` is served (for Jobs on clusters without native sidecars).
+    pub shutdown_endpoint: bool,
+    /// What tap never shows.
+    pub tap: TapSpec,
 }
 
 impl Default for AdminSpec {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 4191)),
+            allow_remote: false,
+            shutdown_endpoint: false,
+            tap: TapSpec::default(),
+        }
+    }
+}
+
+/// Tap redaction. `authorization`, `proxy-authorization`, `cookie` and `set-cookie` are
+/// always hidden.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct TapSpec {
+    /// More header names whose values are hidden.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redact_headers: Vec<String>,
+    /// Regular expressions whose matches are hidden in sampled bodies.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redact_body: Vec<BodyPattern>,
+}
+
+/// A regular expression for body redaction, compiled when the config is read.
+#[derive(Clone, Debug)]
+pub struct BodyPattern(pub regex::Regex);
+
+impl<'de> Deserialize<'de> for BodyPattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        regex::Regex::new(&s)
+            .map(Self)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for BodyPattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.as_str())
+    }
+}
+
+/// The access log: one JSON line per response on stdout, off by default.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct AccessLogSpec {
+    /// Whether lines are written.
+    pub enabled: bool,
+    /// Which fields, in order; default: ts, direction, method, authority, path, status,
+    /// duration_ms, response_bytes, client, route, backend, endpoint, error, trace_id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Vec<AccessLogField>>,
+}
+
+/// A field of the access log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogField {
+    /// Seconds since the Unix epoch when the request arrived.
+    Ts,
+    /// A per-process request number.
+    Id,
+    /// `inbound` or `outbound`.
+    Direction,
+    /// The method.
+    Method,
+    /// The authority as the client sent it.
+    Authority,
+    /// The path.
+    Path,
+    /// The caller: its verified identity, else its IP address.
+    Client,
+    /// The route taken.
+    Route,
+    /// The status sent to the client.
+    Status,
+    /// Milliseconds to the end of the response.
+    DurationMs,
+    /// Response body bytes.
+    ResponseBytes,
+    /// The gRPC status.
+    GrpcStatus,
+    /// Skiff's error reason, when it answered itself.
+    Error,
+    /// Tries made.
+    Tries,
+    /// The backend the split chose.
+    Backend,
+    /// The endpoint of the last try.
+    Endpoint,
+    /// The breaker state when the last try was admitted.
+    Breaker,
+    /// The authorization decision.
+    Authz,
+    /// The trace id (W3C traceparent, B3, or x-request-id).
+    TraceId,
+}
+
+impl AccessLogField {
+    /// Its name in a log line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ts => "ts",
+            Self::Id => "id",
+            Self::Direction => "direction",
+            Self::Method => "method",
+            Self::Authority => "authority",
+            Self::Path => "path",
+            Self::Client => "client",
+            Self::Route => "route",
+            Self::Status => "status",
+            Self::DurationMs => "duration_ms",
+            Self::ResponseBytes => "response_bytes",
+            Self::GrpcStatus => "grpc_status",
+            Self::Error => "error",
+            Self::Tries => "tries",
+            Self::Backend => "backend",
+            Self::Endpoint => "endpoint",
+            Self::Breaker => "breaker",
+            Self::Authz => "authz",
+            Self::TraceId => "trace_id",
         }
     }
 }

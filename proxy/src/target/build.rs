@@ -93,6 +93,7 @@ pub(super) fn service(
         endpoints,
         balance: svc.load_balancer.into(),
         policies: Policies {
+            route: None,
             retry: svc.retry.as_ref().map(|r| retry_policy(r, &metrics)),
             timeouts: timeouts(&svc.timeouts),
             limits: limits(svc.rate_limit, svc.max_in_flight, None),
@@ -263,6 +264,7 @@ fn route(
     };
     Route {
         policies: Policies {
+            route: Some(spec.name.as_str().into()),
             metrics,
             retry,
             timeouts,
@@ -286,6 +288,7 @@ pub(super) fn app(
         balance: balance::Strategy::RoundRobin,
         endpoints: Arc::new(Endpoints::fixed(&[addr], pools, None, None)),
         policies: Policies {
+            route: None,
             limits: limits(spec.inbound.rate_limit, spec.inbound.max_in_flight, None),
             retry: None,
             timeouts: Timeouts::default(),

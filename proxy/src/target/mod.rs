@@ -50,6 +50,8 @@ pub struct Service {
 /// deadlines and limits. A service has one set; each of its routes has its own.
 #[derive(Clone, Debug)]
 pub struct Policies {
+    /// The route's name, for a route.
+    pub route: Option<Arc<str>>,
     /// Metric handles (labelled with the route, for a route).
     pub metrics: Arc<TargetMetrics>,
     /// The retry policy, with its live budget.
@@ -74,6 +76,9 @@ impl Policies {
         extensions.insert(self.timeouts);
         if let Some(slot) = extensions.get::<MetricsSlot>() {
             slot.start(&self.metrics);
+        }
+        if let Some(route) = &self.route {
+            proxy_core::notes::note(extensions, |n| n.route = Some(route.clone()));
         }
     }
 }
@@ -191,6 +196,7 @@ fn build_routes(
         );
     }
     let passthrough = spec.outbound.passthrough.then(|| Policies {
+        route: None,
         metrics: ctx
             .metrics
             .target("outbound", "passthrough", "passthrough", None),

@@ -1,0 +1,190 @@
+//! Success rate and latency over a sliding window, per target, for `/stats` (and `skiff
+//! stat`): the numbers Linkerd's `viz stat` computes from Prometheus, served by the proxy
+//! itself so they are there without a Prometheus.
+//!
+//! A [`Window`] keeps one slot per second for the window's length; a slot counts successes
+//! and failures and holds a latency histogram with the `response_latency_ms` buckets.
+//! Quantiles are interpolated within their bucket, as `histogram_quantile` does.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::http::LATENCY_BUCKETS_MS;
+
+/// Buckets, plus one for latencies beyond the last bound.
+const BUCKETS: usize = LATENCY_BUCKETS_MS.len() + 1;
+
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    second: u64,
+    success: u64,
+    failure: u64,
+    latency: [u64; BUCKETS],
+}
+
+impl Slot {
+    fn empty(second: u64) -> Self {
+        Self {
+            second,
+            success: 0,
+            failure: 0,
+            latency: [0; BUCKETS],
+        }
+    }
+}
+
+/// A target's last `len` seconds.
+#[derive(Debug)]
+pub struct Window {
+    epoch: Instant,
+    slots: Vec<Slot>,
+}
+
+/// What `/stats` reports for one target.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Summary {
+    /// The window the numbers cover, in seconds (shorter while the proxy is young).
+    pub window_seconds: f64,
+    /// Responses that succeeded.
+    pub success_count: u64,
+    /// Responses that failed.
+    pub failure_count: u64,
+    /// Responses a second.
+    pub request_rate: f64,
+    /// Successes over all responses; absent with no responses.
+    pub success_rate: Option<f64>,
+    /// Median latency to response headers, in milliseconds.
+    pub p50_response_latency_ms: Option<f64>,
+    /// 95th percentile, in milliseconds.
+    pub p95_response_latency_ms: Option<f64>,
+    /// 99th percentile, in milliseconds.
+    pub p99_response_latency_ms: Option<f64>,
+}
+
+impl Window {
+    /// A window of `len` (at least one second).
+    pub fn new(len: Duration) -> Self {
+        let seconds = len.as_secs().max(1) as usize;
+        Self {
+            epoch: Instant::now(),
+            slots: vec![Slot::empty(u64::MAX); seconds],
+        }
+    }
+
+    fn now_second(&self) -> u64 {
+        self.epoch.elapsed().as_secs()
+    }
+
+    /// Records one response.
+    pub fn record(&mut self, success: bool, latency_ms: f64) {
+        let second = self.now_second();
+        let len = self.slots.len();
+        let slot = &mut self.slots[(second % len as u64) as usize];
+        if slot.second != second {
+            *slot = Slot::empty(second);
+        }
+        if success {
+            slot.success += 1;
+        } else {
+            slot.failure += 1;
+        }
+        let bucket = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|b| latency_ms <= *b)
+            .unwrap_or(BUCKETS - 1);
+        slot.latency[bucket] += 1;
+    }
+
+    /// The numbers for the window ending now.
+    pub fn summary(&self) -> Summary {
+        let now = self.now_second();
+        let len = self.slots.len() as u64;
+        let mut total = Slot::empty(now);
+        for slot in self
+            .slots
+            .iter()
+            .filter(|s| s.second != u64::MAX && now - s.second.min(now) < len)
+        {
+            total.success += slot.success;
+            total.failure += slot.failure;
+            for (t, c) in total.latency.iter_mut().zip(slot.latency) {
+                *t += c;
+            }
+        }
+        let elapsed = self.epoch.elapsed().as_secs_f64();
+        let window_seconds = elapsed.clamp(1.0, len as f64);
+        let count = total.success + total.failure;
+        let quantile = |q: f64| quantile(&total.latency, count, q);
+        Summary {
+            window_seconds,
+            success_count: total.success,
+            failure_count: total.failure,
+            request_rate: count as f64 / window_seconds,
+            success_rate: (count > 0).then(|| total.success as f64 / count as f64),
+            p50_response_latency_ms: quantile(0.5),
+            p95_response_latency_ms: quantile(0.95),
+            p99_response_latency_ms: quantile(0.99),
+        }
+    }
+}
+
+/// The `q` quantile of a bucketed histogram holding `count` values, interpolated linearly
+/// within its bucket (the last, open bucket reports its lower bound).
+fn quantile(buckets: &[u64; BUCKETS], count: u64, q: f64) -> Option<f64> {
+    if count == 0 {
+        return None;
+    }
+    let rank = q * count as f64;
+    let mut seen = 0u64;
+    for (i, c) in buckets.iter().enumerate() {
+        if *c > 0 && (seen + c) as f64 >= rank {
+            let lower = if i == 0 {
+                0.0
+            } else {
+                LATENCY_BUCKETS_MS[i - 1]
+            };
+            let Some(upper) = LATENCY_BUCKETS_MS.get(i) else {
+                return Some(lower);
+            };
+            let within = (rank - seen as f64) / *c as f64;
+            return Some(lower + (upper - lower) * within);
+        }
+        seen += c;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_window_slides_and_quantiles_land_in_their_buckets() {
+        let mut w = Window::new(Duration::from_secs(10));
+        for _ in 0..90 {
+            w.record(true, 3.5); // bucket (3, 4]
+        }
+        for _ in 0..10 {
+            w.record(false, 450.0); // bucket (400, 500]
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let s = w.summary();
+        assert_eq!((s.success_count, s.failure_count), (90, 10));
+        assert_eq!(s.success_rate, Some(0.9));
+        assert_eq!(s.window_seconds, 5.0);
+        assert_eq!(s.request_rate, 20.0);
+        let p50 = s.p50_response_latency_ms.unwrap();
+        assert!((3.0..=4.0).contains(&p50), "{p50}");
+        let p99 = s.p99_response_latency_ms.unwrap();
+        assert!((400.0..=500.0).contains(&p99), "{p99}");
+
+        // Ten seconds on, those responses have left the window.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        w.record(true, 1.0);
+        let s = w.summary();
+        assert_eq!((s.success_count, s.failure_count), (1, 0));
+        assert_eq!(s.window_seconds, 10.0);
+    }
+}
