@@ -61,6 +61,45 @@ impl Readiness {
 /// Renders the running config as JSON for `/config`.
 pub type ConfigView = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// Which metric families `/metrics` shows.
+#[derive(Clone, Debug, Default)]
+pub struct FamilyFilter {
+    /// If not empty, only these.
+    pub include: Vec<String>,
+    /// Never these.
+    pub exclude: Vec<String>,
+}
+
+impl FamilyFilter {
+    fn keep(&self, family: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|f| f == family))
+            && !self.exclude.iter().any(|f| f == family)
+    }
+
+    /// Drops the lines of filtered-out families from an OpenMetrics text scrape.
+    pub fn apply(&self, text: String) -> String {
+        if self.include.is_empty() && self.exclude.is_empty() {
+            return text;
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut keep = true;
+        for line in text.split_inclusive('\n') {
+            if let Some(rest) = line
+                .strip_prefix("# HELP ")
+                .or_else(|| line.strip_prefix("# TYPE "))
+            {
+                keep = self.keep(rest.split(' ').next().unwrap_or(""));
+            } else if line.starts_with("# EOF") {
+                keep = true;
+            }
+            if keep {
+                out.push_str(line);
+            }
+        }
+        out
+    }
+}
+
 /// Changes the log filter at run time (`PUT /log-level`); returns the filter in force.
 pub type LogLevel = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
 
@@ -82,6 +121,8 @@ pub struct Admin {
     pub shutdown: Option<Arc<dyn Fn() + Send + Sync>>,
     /// Whether `/tap`, `/log-level` and `/shutdown` answer callers off loopback.
     pub allow_remote: bool,
+    /// Which families `/metrics` shows (swapped on reload).
+    pub families: Arc<arc_swap::ArcSwap<FamilyFilter>>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -140,7 +181,7 @@ async fn handle(admin: &Admin, req: Request<Incoming>, peer: IpAddr) -> Response
                 return text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n");
             }
             with_type(
-                full(out),
+                full(admin.families.load().apply(out)),
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )
         }

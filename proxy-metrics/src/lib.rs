@@ -12,11 +12,13 @@
 //! - [`identity`]: credential reloads and expiry, handshake failures, authorization.
 //! - [`stats`]: success rate and latency quantiles over a sliding window, for `/stats`.
 //! - [`tap`]: the live stream of request events behind `/tap`.
+//! - [`process`]: CPU, memory, file descriptors and start time of the process.
 //! - [`admin`]: `/metrics`, `/ready`, `/live`, `/config`.
 
 pub mod admin;
 pub mod http;
 pub mod identity;
+pub mod process;
 pub mod stats;
 pub mod tap;
 pub mod tcp;
@@ -52,6 +54,7 @@ impl Metrics {
         let http = Arc::new(http::HttpFamilies::register(&mut registry));
         let tcp = Arc::new(tcp::TcpFamilies::register(&mut registry));
         let identity = Arc::new(identity::IdentityFamilies::register(&mut registry));
+        registry.register_collector(Box::new(process::ProcessCollector));
         let tap_dropped = Counter::default();
         registry.register(
             "skiff_tap_dropped_events",

@@ -91,6 +91,7 @@ pub async fn start(config: Config) -> io::Result<Running> {
             .shutdown_endpoint
             .then(|| Arc::new(move || stop.notify_one()) as Arc<dyn Fn() + Send + Sync>),
         allow_remote: spec.admin.allow_remote,
+        families: state.families.clone(),
         registry: Arc::new(registry),
         readiness: state.readiness.clone(),
         config: Arc::new(move || {
@@ -116,6 +117,16 @@ pub async fn start(config: Config) -> io::Result<Running> {
             state.clone(),
         )));
     }
+    // Idle series of capped labels go, checked at half the expiry.
+    let sweeper = state.clone();
+    watchers.push(tokio::spawn(async move {
+        loop {
+            let expiry = sweeper.metrics.http.limits().idle();
+            let every = (expiry / 2).clamp(Duration::from_millis(10), Duration::from_secs(60));
+            tokio::time::sleep(every).await;
+            sweeper.metrics.http.sweep_idle();
+        }
+    }));
     if let Some(mesh) = &state.mesh {
         watchers.push(tokio::spawn(mesh.clone().watch(state.readiness.clone())));
     }

@@ -24,6 +24,9 @@ use crate::state::State;
 use proxy_core::authz::{Decision, Mode};
 use proxy_core::limit::Client;
 
+/// An accepted connection, its bytes counted.
+type Accepted = proxy_metrics::tcp::Counted<TcpStream>;
+
 /// Which side of the workload a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -87,6 +90,7 @@ async fn serve(
     let spec = state.spec.load_full();
     let orig_dst = original_dst(&stream);
     let opaque_target = opaque_target(direction, orig_dst, state);
+    let stream = conns.count(stream);
 
     if let Some(target) = opaque_target.filter(|t| spec.opaque_ports.contains(&t.port())) {
         conns.detect.opaque_configured.inc();
@@ -237,7 +241,7 @@ async fn serve_http2<I: Io>(
 /// Terminates mesh mTLS on an inbound connection, then serves HTTP/2 or HTTP/1 (by ALPN)
 /// with the caller's verified identity attached to each request.
 async fn serve_mesh(
-    io: Prefixed<TcpStream>,
+    io: Prefixed<Accepted>,
     peer: SocketAddr,
     mesh: &Mesh,
     state: &State,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use proxy_metrics::admin::Readiness;
+use proxy_metrics::admin::{FamilyFilter, Readiness};
 use proxy_metrics::http::{
     access_log_writer, Observe, ObserveSettings, TargetMetrics, DEFAULT_ACCESS_LOG_FIELDS,
 };
@@ -52,6 +52,8 @@ pub struct State {
     pub outbound_observe: Arc<Observe>,
     /// The inbound tap and access log.
     pub inbound_observe: Arc<Observe>,
+    /// Which metric families `/metrics` shows, swapped on reload.
+    pub families: Arc<ArcSwap<FamilyFilter>>,
 }
 
 impl State {
@@ -61,6 +63,7 @@ impl State {
         let pools = Arc::new(Pools::new(client_settings(&spec)));
         let http = &metrics.http;
         let readiness = Arc::<Readiness>::default();
+        cardinality(&spec, &metrics);
         let mesh = match &spec.identity {
             None => None,
             Some(identity) => Some(
@@ -96,6 +99,7 @@ impl State {
             authz: Arc::new(ArcSwap::from_pointee(policy(config))),
             outbound_observe,
             inbound_observe,
+            families: Arc::new(ArcSwap::from_pointee(family_filter(&config.proxy))),
             observe_settings,
         })
     }
@@ -154,6 +158,20 @@ impl State {
         self.documents.store(Arc::new(config.mesh_documents));
         Ok(())
     }
+}
+
+fn family_filter(spec: &ProxySpec) -> FamilyFilter {
+    FamilyFilter {
+        include: spec.metrics.include.clone(),
+        exclude: spec.metrics.exclude.clone(),
+    }
+}
+
+fn cardinality(spec: &ProxySpec, metrics: &Metrics) {
+    metrics.http.limits().set(
+        spec.metrics.max_label_values.get(),
+        spec.metrics.idle_expiry.0,
+    );
 }
 
 fn observe_settings(spec: &ProxySpec) -> ObserveSettings {

@@ -4,6 +4,7 @@
 //! inbound). It is built when the target is built from config; the per-request path then
 //! touches only its counters and a small cache keyed by status, never a label-string lookup.
 
+mod capped;
 mod layer;
 mod observe;
 
@@ -21,6 +22,7 @@ use proxy_core::Reason;
 use crate::stats::{Summary, Window};
 use crate::Labels;
 
+pub use capped::{Limits as CardinalityLimits, OTHER};
 pub use layer::{Metrics, MetricsLayer, MetricsSlot, ResponseFuture};
 pub use observe::{access_log_writer, Observe, ObserveSettings, DEFAULT_ACCESS_LOG_FIELDS};
 
@@ -50,6 +52,11 @@ pub struct HttpFamilies {
     // labels (per-connection handles included), so nothing is lost when a handle goes.
     windows: Mutex<HashMap<Labels, Arc<Mutex<Window>>>>,
     window: std::time::Duration,
+    caps: capped::Limits,
+    passthrough: capped::Capped,
+    clients: capped::Capped,
+    servers: capped::Capped,
+    epoch: tokio::time::Instant,
 }
 
 impl HttpFamilies {
@@ -57,6 +64,11 @@ impl HttpFamilies {
         let this = Self {
             windows: Mutex::default(),
             window: std::time::Duration::from_secs(30),
+            caps: capped::Limits::default(),
+            passthrough: capped::Capped::default(),
+            clients: capped::Capped::default(),
+            servers: capped::Capped::default(),
+            epoch: tokio::time::Instant::now(),
             requests: Family::default(),
             responses: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
@@ -146,6 +158,7 @@ impl HttpFamilies {
             .clone();
         Arc::new(TargetMetrics {
             window,
+            last_used: std::sync::atomic::AtomicU64::new(0),
             request_total: self.requests.get_or_create(&base).clone(),
             retries: self.retries.get_or_create(&base).clone(),
             budget_exhausted: self.budget_exhausted.get_or_create(&base).clone(),
@@ -155,6 +168,28 @@ impl HttpFamilies {
             latencies: Mutex::default(),
         })
     }
+}
+
+fn latency_labels(base: &Labels, status: u16) -> Labels {
+    let mut labels = base.clone();
+    labels.push(("status_code", status.to_string()));
+    labels
+}
+
+fn response_labels(base: &Labels, key: &ResponseKey) -> Labels {
+    let mut labels = base.clone();
+    labels.push(("status_code", key.status.to_string()));
+    let class = if key.success { "success" } else { "failure" };
+    labels.push(("classification", class.to_owned()));
+    labels.push((
+        "grpc_status",
+        key.grpc_status.map(|c| c.to_string()).unwrap_or_default(),
+    ));
+    labels.push((
+        "error",
+        key.error.map(|r| r.as_str()).unwrap_or("").to_owned(),
+    ));
+    labels
 }
 
 /// What distinguishes one `response_total` series of a target from another.
@@ -179,6 +214,8 @@ pub struct TargetMetrics {
     responses: Mutex<HashMap<ResponseKey, Counter>>,
     latencies: Mutex<HashMap<u16, Histogram>>,
     window: Arc<Mutex<Window>>,
+    // Milliseconds since the families' epoch when last used (for idle expiry).
+    last_used: std::sync::atomic::AtomicU64,
 }
 
 impl proxy_core::retry::RetryObserver for TargetMetrics {
@@ -218,6 +255,10 @@ impl TargetMetrics {
     /// and the peer's identity under `key` (`client_id` inbound, `server_id` outbound).
     /// Resolved once per connection or service, never per request.
     pub fn with_peer(&self, key: &'static str, id: &str) -> Arc<TargetMetrics> {
+        self.families.peer(self, key, id)
+    }
+
+    fn peer_labels(&self, key: &'static str, id: &str) -> Arc<TargetMetrics> {
         let mut base = self.base.clone();
         for (k, v) in &mut base {
             if *k == "tls" {
@@ -226,6 +267,51 @@ impl TargetMetrics {
         }
         base.push((key, id.to_owned()));
         self.families.with_labels(base)
+    }
+
+    fn base_key(&self) -> String {
+        let parts: Vec<String> = self.base.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        parts.join(",")
+    }
+
+    fn touch(&self) {
+        let now = capped::now_ms(self.families.epoch);
+        self.last_used
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> std::time::Duration {
+        let now = capped::now_ms(self.families.epoch);
+        let last = self.last_used.load(std::sync::atomic::Ordering::Relaxed);
+        std::time::Duration::from_millis(now.saturating_sub(last))
+    }
+
+    /// Takes every series of this target out of the scrape.
+    fn remove_series(&self) {
+        let f = &self.families;
+        f.requests.remove(&self.base);
+        f.retries.remove(&self.base);
+        f.budget_exhausted.remove(&self.base);
+        for key in self
+            .responses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+        {
+            f.responses.remove(&response_labels(&self.base, key));
+        }
+        for status in self
+            .latencies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+        {
+            f.latency.remove(&latency_labels(&self.base, *status));
+        }
+        f.windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.base);
     }
 
     /// Counts a request sent to this target.
@@ -238,8 +324,7 @@ impl TargetMetrics {
         cache
             .entry(status)
             .or_insert_with(|| {
-                let mut labels = self.base.clone();
-                labels.push(("status_code", status.to_string()));
+                let labels = latency_labels(&self.base, status);
                 self.families.latency.get_or_create(&labels).clone()
             })
             .observe(millis);
@@ -263,14 +348,7 @@ impl TargetMetrics {
         cache
             .entry(key)
             .or_insert_with(|| {
-                let mut labels = self.base.clone();
-                labels.push(("status_code", status.to_string()));
-                labels.push(("classification", class.as_label().to_owned()));
-                labels.push((
-                    "grpc_status",
-                    grpc_status.map(|c| c.to_string()).unwrap_or_default(),
-                ));
-                labels.push(("error", error.map(|r| r.as_str()).unwrap_or("").to_owned()));
+                let labels = response_labels(&self.base, &key);
                 self.families.responses.get_or_create(&labels).clone()
             })
             .inc();

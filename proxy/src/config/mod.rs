@@ -79,6 +79,8 @@ pub struct ProxySpec {
     pub reload_interval: Dur,
     /// The access log.
     pub access_log: AccessLogSpec,
+    /// Metric cardinality and selection.
+    pub metrics: MetricsSpec,
     /// This workload's mesh identity; without it, no mTLS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<IdentitySpec>,
@@ -103,6 +105,7 @@ impl Default for ProxySpec {
             shutdown: ShutdownSpec::default(),
             reload_interval: Dur::secs(1),
             access_log: AccessLogSpec::default(),
+            metrics: MetricsSpec::default(),
             identity: None,
             services: BTreeMap::new(),
             route_policies: BTreeMap::new(),
@@ -293,6 +296,35 @@ impl<'de> Deserialize<'de> for BodyPattern {
 impl Serialize for BodyPattern {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.0.as_str())
+    }
+}
+
+/// Metric cardinality and which families `/metrics` shows.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricsSpec {
+    /// Most distinct values of a label the proxy does not choose (passthrough authorities,
+    /// peer identities); beyond it, `other`.
+    pub max_label_values: NonZeroUsize,
+    /// Series of such values unused for this long are removed.
+    pub idle_expiry: Dur,
+    /// If not empty, only these families are shown (names as in `# TYPE`, e.g. `request`,
+    /// `response_latency_ms`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// Families never shown.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+}
+
+impl Default for MetricsSpec {
+    fn default() -> Self {
+        Self {
+            max_label_values: NonZeroUsize::new(1000).expect("non-zero"),
+            idle_expiry: Dur::secs(600),
+            include: Vec::new(),
+            exclude: Vec::new(),
+        }
     }
 }
 

@@ -117,7 +117,8 @@ struct Routes {
     table: Table<Arc<Apex>>,
     by_name: HashMap<String, Arc<Service>>,
     routes: build::RouteCache,
-    passthrough: Option<Policies>,
+    // With `passthrough` on: where its per-authority (capped) handles come from.
+    passthrough: Option<Arc<HttpFamilies>>,
 }
 
 /// Routes outbound requests by authority, then by the routes attached to the service.
@@ -195,15 +196,7 @@ fn build_routes(
             Arc::new(Apex { service, routes }),
         );
     }
-    let passthrough = spec.outbound.passthrough.then(|| Policies {
-        route: None,
-        metrics: ctx
-            .metrics
-            .target("outbound", "passthrough", "passthrough", None),
-        retry: None,
-        timeouts: Timeouts::default(),
-        limits: None,
-    });
+    let passthrough = spec.outbound.passthrough.then(|| ctx.metrics.clone());
     Routes {
         table,
         by_name,
@@ -248,7 +241,14 @@ impl Resolve for OutboundResolver {
             return Ok(());
         }
         match &routes.passthrough {
-            Some(policies) => {
+            Some(families) => {
+                let policies = Policies {
+                    route: None,
+                    metrics: families.passthrough(authority.as_str()),
+                    retry: None,
+                    timeouts: Timeouts::default(),
+                    limits: None,
+                };
                 policies.apply(extensions);
                 extensions.insert(Target::Passthrough {
                     authority: authority.clone(),

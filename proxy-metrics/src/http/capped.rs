@@ -1,0 +1,155 @@
+//! Cardinality control at the source, for the label values the proxy does not choose: the
+//! authorities of passthrough traffic, and the identities of meshed callers.
+//!
+//! Each such label keeps at most `max` distinct values; beyond that, new values are counted
+//! as `other`. A value's series that have not been touched for `idle` are removed (from
+//! the scrape, and from the count, so a new value can take the place). Users of both anchor
+//! proxies run into millions of series without this.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{HttpFamilies, TargetMetrics};
+
+/// The limits, settable at run time (config reload).
+#[derive(Debug)]
+pub struct Limits {
+    max: AtomicUsize,
+    idle_ms: AtomicU64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max: AtomicUsize::new(1000),
+            idle_ms: AtomicU64::new(600_000),
+        }
+    }
+}
+
+impl Limits {
+    /// At most `max` values per label; series idle for `idle` go.
+    pub fn set(&self, max: usize, idle: Duration) {
+        self.max.store(max.max(1), Ordering::Relaxed);
+        self.idle_ms.store(
+            u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// How long a series may sit idle.
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(self.idle_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// The label value series are folded into beyond the cap.
+pub const OTHER: &str = "other";
+
+/// Handles by capped label value.
+#[derive(Debug, Default)]
+pub(super) struct Capped {
+    entries: Mutex<HashMap<String, Arc<TargetMetrics>>>,
+}
+
+impl Capped {
+    /// The handle for `value` within `scope` (the rest of its labels), or for `other` when
+    /// `max` values are already tracked; `make` builds a missing one from the value.
+    pub(super) fn get(
+        &self,
+        scope: &str,
+        value: &str,
+        max: usize,
+        make: impl Fn(&str) -> Arc<TargetMetrics>,
+    ) -> Arc<TargetMetrics> {
+        let key = format!("{scope}|{value}");
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = entries.get(&key) {
+            m.touch();
+            return m.clone();
+        }
+        // `other` does not count against the cap.
+        let others = entries.keys().filter(|k| k.ends_with("|other")).count();
+        let (key, value) = if entries.len() - others < max {
+            (key, value)
+        } else {
+            (format!("{scope}|{OTHER}"), OTHER)
+        };
+        let m = entries.entry(key).or_insert_with(|| make(value)).clone();
+        m.touch();
+        m
+    }
+
+    /// Removes values whose series have been idle for `idle`; returns how many.
+    pub(super) fn sweep(&self, idle: Duration) -> usize {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let before = entries.len();
+        entries.retain(|_, m| {
+            // Still held elsewhere (an open connection), or used lately: kept.
+            let keep = Arc::strong_count(m) > 1 || m.idle_for() < idle;
+            if !keep {
+                m.remove_series();
+            }
+            keep
+        });
+        before - entries.len()
+    }
+
+    /// How many values are tracked (`other` included).
+    pub(super) fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+impl HttpFamilies {
+    /// The handles for passthrough traffic to `authority`, capped.
+    pub fn passthrough(self: &Arc<Self>, authority: &str) -> Arc<TargetMetrics> {
+        let max = self.caps.max.load(Ordering::Relaxed);
+        let authority = authority.to_ascii_lowercase();
+        self.passthrough.get("outbound", &authority, max, |a| {
+            self.target("outbound", a, "passthrough", None)
+        })
+    }
+
+    /// The handles of `base` for meshed traffic from or to `id`, capped.
+    pub(super) fn peer(
+        &self,
+        base: &TargetMetrics,
+        key: &'static str,
+        id: &str,
+    ) -> Arc<TargetMetrics> {
+        let max = self.caps.max.load(Ordering::Relaxed);
+        let peers = if key == "client_id" {
+            &self.clients
+        } else {
+            &self.servers
+        };
+        peers.get(&base.base_key(), id, max, |v| base.peer_labels(key, v))
+    }
+
+    /// Removes series idle longer than the configured expiry; returns how many label values
+    /// went.
+    pub fn sweep_idle(&self) -> usize {
+        let idle = self.caps.idle();
+        self.passthrough.sweep(idle) + self.clients.sweep(idle) + self.servers.sweep(idle)
+    }
+
+    /// The cap and expiry.
+    pub fn limits(&self) -> &Limits {
+        &self.caps
+    }
+
+    /// How many passthrough authorities are tracked (`other` included).
+    pub fn passthrough_tracked(&self) -> usize {
+        self.passthrough.len()
+    }
+}
+
+/// Milliseconds since `epoch`, for idle tracking.
+pub(super) fn now_ms(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
