@@ -143,6 +143,8 @@ pub struct ProxyConfig {
     pub inbound_extra: String,
     /// More YAML documents (HTTPRoute, TrafficSplit, ...), each starting with `---`.
     pub documents: String,
+    /// More fields for the `admin` map, e.g. `", allowRemote: true"`.
+    pub admin_extra: String,
 }
 
 impl ProxyConfig {
@@ -185,8 +187,8 @@ impl ProxyConfig {
     /// The YAML text of this config.
     pub fn yaml(&self) -> String {
         let mut y = format!(
-            "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  outbound: {{listen: 127.0.0.1:0, passthrough: {}}}\n  inbound: {{listen: 127.0.0.1:0, appPort: {}{}}}\n  admin: {{listen: 127.0.0.1:0}}\n",
-            self.passthrough, self.app_port, self.inbound_extra
+            "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  outbound: {{listen: 127.0.0.1:0, passthrough: {}}}\n  inbound: {{listen: 127.0.0.1:0, appPort: {}{}}}\n  admin: {{listen: 127.0.0.1:0{}}}\n",
+            self.passthrough, self.app_port, self.inbound_extra, self.admin_extra
         );
         y.push_str(&self.extra);
         if !self.services.is_empty() {

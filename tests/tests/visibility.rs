@@ -1,0 +1,356 @@
+//! Metrics, cardinality and tap through the real proxy: counters equal to what was sent,
+//! latency in the right bucket, a scrape a Prometheus parser reads, capped label values
+//! that expire, and tap clients that see exactly what they asked for without slowing
+//! anything when they stop reading.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use prometheus_parse::{Scrape, Value};
+use skiff_e2e::*;
+
+/// The scrape, parsed by a Prometheus text parser.
+async fn scrape(admin: SocketAddr) -> Scrape {
+    let (status, text) = admin_get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("the scrape parses")
+}
+
+fn value(v: &Value) -> f64 {
+    match v {
+        Value::Counter(x) | Value::Gauge(x) | Value::Untyped(x) => *x,
+        other => panic!("not a scalar: {other:?}"),
+    }
+}
+
+/// The sum of `metric` over samples whose labels include every pair of `want`.
+fn total(s: &Scrape, metric: &str, want: &[(&str, &str)]) -> f64 {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == metric)
+        .filter(|x| want.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| value(&x.value))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_and_histograms_equal_what_was_sent() {
+    let good = hello("fine").await;
+    let bad = backend(|_req| async {
+        let mut rsp = ok("broken");
+        *rsp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        rsp
+    })
+    .await;
+    let slow = backend(|_req| async {
+        // A deliberately slow answer: 150 ms lands in the (100, 200] bucket.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        ok("slow")
+    })
+    .await;
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = ProxyConfig::new(1)
+        .service("good", &[good.addr])
+        .service("bad", &[bad.addr])
+        .service("slow", &[slow.addr])
+        .service("down", &[dead])
+        .start()
+        .await;
+    let (n, m, k) = (20, 5, 3);
+    let mut c = h1(proxy.outbound_addr).await;
+    for (host, count) in [("good", n), ("bad", m), ("down", k), ("slow", 1)] {
+        for _ in 0..count {
+            let rsp = c.send_request(get(host, "/")).await.unwrap();
+            let _ = rsp.into_body().collect().await;
+        }
+    }
+    let admin = proxy.admin_addr;
+    eventually(
+        Duration::from_secs(5),
+        "the last response is recorded",
+        || async move {
+            let s = scrape(admin).await;
+            total(
+                &s,
+                "response_total",
+                &[("authority", "slow.default.svc.cluster.local:80")],
+            ) == 1.0
+        },
+    )
+    .await;
+    let s = scrape(admin).await;
+    let auth = |name: &str| format!("{name}.default.svc.cluster.local:80");
+    let (good_a, bad_a, down_a, slow_a) = (auth("good"), auth("bad"), auth("down"), auth("slow"));
+    assert_eq!(
+        total(&s, "request_total", &[("authority", &good_a)]),
+        f64::from(n)
+    );
+    assert_eq!(
+        total(&s, "request_total", &[("authority", &bad_a)]),
+        f64::from(m)
+    );
+    assert_eq!(
+        total(&s, "request_total", &[("authority", &down_a)]),
+        f64::from(k)
+    );
+    let success = [
+        ("authority", good_a.as_str()),
+        ("status_code", "200"),
+        ("classification", "success"),
+        ("error", ""),
+    ];
+    assert_eq!(total(&s, "response_total", &success), f64::from(n));
+    let failure = [
+        ("authority", bad_a.as_str()),
+        ("status_code", "500"),
+        ("classification", "failure"),
+    ];
+    assert_eq!(total(&s, "response_total", &failure), f64::from(m));
+    let refused = [
+        ("authority", down_a.as_str()),
+        ("status_code", "502"),
+        ("error", "upstream-connect"),
+    ];
+    assert_eq!(total(&s, "response_total", &refused), f64::from(k));
+
+    // The histogram: every response counted, the slow one in (100, 200].
+    let hist = |authority: &str| {
+        s.samples
+            .iter()
+            .find(|x| {
+                x.metric == "response_latency_ms" && x.labels.get("authority") == Some(authority)
+            })
+            .map(|x| match &x.value {
+                Value::Histogram(b) => b.clone(),
+                other => panic!("{other:?}"),
+            })
+            .unwrap_or_else(|| panic!("no histogram for {authority}"))
+    };
+    let good_hist = hist(&good_a);
+    assert_eq!(
+        good_hist.last().unwrap().count,
+        f64::from(n),
+        "+Inf counts every response"
+    );
+    let slow_hist = hist(&slow_a);
+    let at = |le: f64| slow_hist.iter().find(|b| b.less_than == le).unwrap().count;
+    assert_eq!((at(100.0), at(200.0)), (0.0, 1.0), "{slow_hist:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_authorities_fold_into_the_cap_and_idle_series_expire() {
+    let passthrough = |expiry: &str| {
+        let mut cfg = ProxyConfig::new(1).extra(&format!(
+            "  metrics: {{maxLabelValues: 50, idleExpiry: {expiry}}}\n"
+        ));
+        cfg.passthrough = true;
+        cfg
+    };
+    let proxy = passthrough("1h").start().await;
+    // 10,000 distinct authorities: closed loopback ports, each refused at once (502).
+    let mut tasks = Vec::new();
+    for t in 0..4u16 {
+        let out = proxy.outbound_addr;
+        tasks.push(tokio::spawn(async move {
+            let mut c = h1(out).await;
+            for i in 0..2500u16 {
+                let authority = format!("127.0.0.1:{}", 20000 + t * 2500 + i);
+                let rsp = c.send_request(get(&authority, "/")).await.unwrap();
+                let _ = rsp.into_body().collect().await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let s = scrape(proxy.admin_addr).await;
+    let values: HashSet<&str> = s
+        .samples
+        .iter()
+        .filter(|x| {
+            x.metric == "request_total" && x.labels.get("target_addr") == Some("passthrough")
+        })
+        .filter_map(|x| x.labels.get("authority"))
+        .collect();
+    assert!(
+        values.len() <= 51,
+        "at most the cap plus other: {}",
+        values.len()
+    );
+    assert!(values.contains("other"));
+    let counted = total(&s, "request_total", &[("target_addr", "passthrough")]);
+    assert_eq!(counted, 10_000.0, "folded, not lost");
+
+    // With a short expiry, a value's series go once it is idle.
+    let proxy = passthrough("300ms").start().await;
+    let mut c = h1(proxy.outbound_addr).await;
+    for port in 20_000..20_060 {
+        let rsp = c
+            .send_request(get(&format!("127.0.0.1:{port}"), "/"))
+            .await
+            .unwrap();
+        let _ = rsp.into_body().collect().await;
+    }
+    let admin = proxy.admin_addr;
+    eventually(
+        Duration::from_secs(10),
+        "idle series expire",
+        || async move {
+            let (_, text) = admin_get(admin, "/metrics").await;
+            !text.contains(r#"target_addr="passthrough""#)
+        },
+    )
+    .await;
+}
+
+/// Reads a tap stream's JSON lines.
+struct TapClient {
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+    _conn: H1,
+}
+
+impl TapClient {
+    async fn open(admin: SocketAddr, query: &str) -> Self {
+        let mut conn = h1(admin).await;
+        let req = Request::get(format!("/tap?{query}"))
+            .header("host", "admin")
+            .body(text(""))
+            .unwrap();
+        let rsp = conn.send_request(req).await.unwrap();
+        assert_eq!(rsp.status(), StatusCode::OK);
+        Self {
+            body: rsp.into_body(),
+            buf: Vec::new(),
+            _conn: conn,
+        }
+    }
+
+    /// The next event, within a bound.
+    async fn next(&mut self) -> serde_json::Value {
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                return serde_json::from_slice(&line).unwrap();
+            }
+            let frame = tokio::time::timeout(Duration::from_secs(10), self.body.frame())
+                .await
+                .expect("an event within 10s")
+                .unwrap()
+                .unwrap();
+            if let Some(d) = frame.data_ref() {
+                self.buf.extend_from_slice(d);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tap_clients_see_what_they_asked_for_with_secrets_hidden() {
+    let web = hello("web").await;
+    let api = hello("api").await;
+    let mut cfg = ProxyConfig::new(1)
+        .service("web", &[web.addr])
+        .service("api", &[api.addr]);
+    cfg.admin_extra = ", tap: {redactHeaders: [x-api-key], redactBody: ['w.b']}".into();
+    let proxy = cfg.start().await;
+    let admin = proxy.admin_addr;
+    let mut web_tap = TapClient::open(admin, "authority=web&max_rate=1000&body=16").await;
+    let mut api_tap = TapClient::open(admin, "authority=api&max_rate=1000").await;
+
+    let mut c = h1(proxy.outbound_addr).await;
+    for (host, path) in [("web", "/a"), ("api", "/b"), ("web", "/c")] {
+        let req = Request::get(path)
+            .header("host", host)
+            .header("authorization", "Bearer secret")
+            .header("cookie", "session=1")
+            .header("x-api-key", "k")
+            .header("x-visible", "yes")
+            .body(text(""))
+            .unwrap();
+        let rsp = c.send_request(req).await.unwrap();
+        let _ = rsp.into_body().collect().await;
+    }
+    let mut seen: HashMap<&str, Vec<serde_json::Value>> = HashMap::new();
+    for _ in 0..6 {
+        seen.entry("web").or_default().push(web_tap.next().await);
+    }
+    for _ in 0..3 {
+        seen.entry("api").or_default().push(api_tap.next().await);
+    }
+    let kinds: Vec<(String, String)> = seen["web"]
+        .iter()
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap().to_owned(),
+                e["path"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("request", "/a"),
+            ("response", "/a"),
+            ("end", "/a"),
+            ("request", "/c"),
+            ("response", "/c"),
+            ("end", "/c")
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+    assert!(seen["api"]
+        .iter()
+        .all(|e| e["authority"] == "api" && e["path"] == "/b"));
+    let request = &seen["web"][0];
+    for secret in ["authorization", "cookie", "x-api-key"] {
+        assert_eq!(request["headers"][secret], "[redacted]", "{secret}");
+    }
+    assert_eq!(request["headers"]["x-visible"], "yes");
+    let end = &seen["web"][2];
+    assert_eq!(end["status"], 200);
+    assert_eq!(
+        end["body"], "[redacted]",
+        "the body sample is redacted by pattern"
+    );
+    assert_eq!(end["endpoint"], web.addr.to_string());
+    assert_eq!(end["tries"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tap_client_that_stops_reading_costs_dropped_events_not_requests() {
+    let web = hello("web").await;
+    let proxy = ProxyConfig::new(1)
+        .service("web", &[web.addr])
+        .start()
+        .await;
+    // Subscribed, never read.
+    let _stalled = TapClient::open(proxy.admin_addr, "max_rate=100000").await;
+    let mut c = h1(proxy.outbound_addr).await;
+    // Large events (a 4 KiB header in each request event) fill the socket buffers too.
+    let pad = "x".repeat(4096);
+    for _ in 0..3000 {
+        let req = Request::get("/")
+            .header("host", "web")
+            .header("x-pad", &pad)
+            .body(text(""))
+            .unwrap();
+        let rsp = c.send_request(req).await.unwrap();
+        assert_eq!(rsp.status(), StatusCode::OK);
+        let _ = rsp.into_body().collect().await;
+    }
+    let s = scrape(proxy.admin_addr).await;
+    let dropped = total(&s, "skiff_tap_dropped_events_total", &[]);
+    assert!(
+        dropped > 0.0,
+        "the stalled client's overflow is dropped and counted"
+    );
+    assert!(dropped < 9000.0, "its bounded queue held some: {dropped}");
+}
