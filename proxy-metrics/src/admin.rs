@@ -263,7 +263,8 @@ fn stats_json(http: &HttpFamilies) -> String {
             serde_json::Value::Object(row)
         })
         .collect();
-    let mut out = serde_json::json!({ "stats": rows }).to_string();
+    // SMI TrafficMetrics names; latencies in milliseconds.
+    let mut out = serde_json::json!({ "latency_unit": "ms", "stats": rows }).to_string();
     out.push('\n');
     out
 }

@@ -50,7 +50,18 @@ pub struct Metrics {
 impl Metrics {
     /// Registers every family in a new registry.
     pub fn new() -> (Self, Registry) {
-        let mut registry = Registry::default();
+        // In a pod, every series says which (from the downward API); elsewhere, none.
+        let pod_labels: Vec<(
+            std::borrow::Cow<'static, str>,
+            std::borrow::Cow<'static, str>,
+        )> = [("namespace", "POD_NAMESPACE"), ("pod", "POD_NAME")]
+            .into_iter()
+            .filter_map(|(label, var)| {
+                let value = std::env::var(var).ok().filter(|v| !v.is_empty())?;
+                Some((label.into(), value.into()))
+            })
+            .collect();
+        let mut registry = Registry::with_labels(pod_labels.into_iter());
         let http = Arc::new(http::HttpFamilies::register(&mut registry));
         let tcp = Arc::new(tcp::TcpFamilies::register(&mut registry));
         let identity = Arc::new(identity::IdentityFamilies::register(&mut registry));

@@ -55,12 +55,12 @@ pub struct Summary {
     pub request_rate: f64,
     /// Successes over all responses; absent with no responses.
     pub success_rate: Option<f64>,
-    /// Median latency to response headers, in milliseconds.
-    pub p50_response_latency_ms: Option<f64>,
+    /// Median latency to response headers, in milliseconds (SMI TrafficMetrics name).
+    pub p50_response_latency: Option<f64>,
     /// 95th percentile, in milliseconds.
-    pub p95_response_latency_ms: Option<f64>,
+    pub p95_response_latency: Option<f64>,
     /// 99th percentile, in milliseconds.
-    pub p99_response_latency_ms: Option<f64>,
+    pub p99_response_latency: Option<f64>,
 }
 
 impl Window {
@@ -123,9 +123,9 @@ impl Window {
             failure_count: total.failure,
             request_rate: count as f64 / window_seconds,
             success_rate: (count > 0).then(|| total.success as f64 / count as f64),
-            p50_response_latency_ms: quantile(0.5),
-            p95_response_latency_ms: quantile(0.95),
-            p99_response_latency_ms: quantile(0.99),
+            p50_response_latency: quantile(0.5),
+            p95_response_latency: quantile(0.95),
+            p99_response_latency: quantile(0.99),
         }
     }
 }
@@ -175,9 +175,9 @@ mod tests {
         assert_eq!(s.success_rate, Some(0.9));
         assert_eq!(s.window_seconds, 5.0);
         assert_eq!(s.request_rate, 20.0);
-        let p50 = s.p50_response_latency_ms.unwrap();
+        let p50 = s.p50_response_latency.unwrap();
         assert!((3.0..=4.0).contains(&p50), "{p50}");
-        let p99 = s.p99_response_latency_ms.unwrap();
+        let p99 = s.p99_response_latency.unwrap();
         assert!((400.0..=500.0).contains(&p99), "{p99}");
 
         // Ten seconds on, those responses have left the window.

@@ -131,9 +131,9 @@ fn stat_table(rows: &[Value]) -> String {
             r["request_rate"]
                 .as_f64()
                 .map_or_else(|| "-".to_owned(), |v| format!("{v:.1}")),
-            ms("p50_response_latency_ms"),
-            ms("p95_response_latency_ms"),
-            ms("p99_response_latency_ms"),
+            ms("p50_response_latency"),
+            ms("p95_response_latency"),
+            ms("p99_response_latency"),
             s("tls"),
         ]);
     }
@@ -392,7 +392,7 @@ mod tests {
     #[test]
     fn the_stat_table_lines_up() {
         let rows: Vec<Value> = serde_json::from_str(
-            r#"[{"direction":"outbound","authority":"web:80","route":"web/api","success_rate":0.995,"request_rate":12.5,"p50_response_latency_ms":3.2,"p95_response_latency_ms":9.1,"p99_response_latency_ms":20.0,"tls":"true","server_id":"spiffe://td/ns/a/sa/web"}]"#,
+            r#"[{"direction":"outbound","authority":"web:80","route":"web/api","success_rate":0.995,"request_rate":12.5,"p50_response_latency":3.2,"p95_response_latency":9.1,"p99_response_latency":20.0,"tls":"true","server_id":"spiffe://td/ns/a/sa/web"}]"#,
         )
         .unwrap();
         let t = stat_table(&rows);

@@ -214,9 +214,19 @@ async fn tap_stat_access_log_log_level_and_shutdown_work_against_a_running_proxy
     // POST /shutdown (enabled, loopback caller) drains and ends the proxy.
     let mut tap = Command::new(SKIFF)
         .args(["tap", "--admin", &admin.to_string()])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    let tapped = lines(tap.stdout.take().unwrap());
+    let mut connected = false;
+    for _ in 0..200 {
+        http(outbound, &get("/again")).await;
+        if wait_line(&tapped, Duration::from_millis(50), |l| l.contains("/again")).is_some() {
+            connected = true;
+            break;
+        }
+    }
+    assert!(connected, "the second tap connects");
     let rsp = http(
         admin,
         "POST /shutdown HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
