@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 /// What was decided about one request.
 #[derive(Clone, Debug, Default)]
 pub struct Noted {
-    /// The route taken (a route name, or the service's name when it has no routes).
+    /// The route taken, when the service has routes.
     pub route: Option<Arc<str>>,
     /// The backend the split chose (for the last try).
     pub backend: Option<String>,
@@ -19,7 +19,7 @@ pub struct Noted {
     pub endpoint: Option<SocketAddr>,
     /// Tries made (1 without retries).
     pub tries: u32,
-    /// The breaker's state when the last try was admitted (`closed`, `half-open`).
+    /// The breaker's state when the last try was admitted (`Closed`, `HalfOpen`).
     pub breaker: Option<&'static str>,
     /// The authorization decision (`allow <route>`, `deny`, `audit-deny`).
     pub authz: Option<String>,

@@ -13,7 +13,8 @@
 //! - [`stats`]: success rate and latency quantiles over a sliding window, for `/stats`.
 //! - [`tap`]: the live stream of request events behind `/tap`.
 //! - [`process`]: CPU, memory, file descriptors and start time of the process.
-//! - [`admin`]: `/metrics`, `/ready`, `/live`, `/config`.
+//! - [`admin`]: `/metrics`, `/ready`, `/live`, `/config`, `/stats`, `/tap`, `PUT /log-level`,
+//!   `POST /shutdown`.
 
 pub mod admin;
 pub mod http;

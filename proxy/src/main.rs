@@ -1,4 +1,5 @@
-//! The `skiff` command line: `run`, `check`, `demo`, `identity dev-ca`, `version`.
+//! The `skiff` command line: `run`, `check`, `demo`, `identity dev-ca`, the terminal tools
+//! `stat`, `top` and `tap`, `bench-backend` (for the load harness) and `version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -87,6 +88,23 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         }
         "identity" if rest.first().map(String::as_str) == Some("dev-ca") => dev_ca(&rest[1..]),
         "stat" | "top" | "tap" => tool(command, rest),
+        // For benchmarks: the demo's fixed-body backend alone (HTTP/1.1 and h2c).
+        "bench-backend" => {
+            let addr: std::net::SocketAddr = flag(rest, "--listen")?
+                .context("bench-backend needs --listen ADDR")?
+                .parse()
+                .context("--listen takes ip:port")?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .context("cannot start the runtime")?;
+            rt.block_on(async {
+                demo::serve_backend(addr, Backend::Hello).await?;
+                wait_for_signal().await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         "version" | "--version" | "-V" => {
             println!("skiff {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

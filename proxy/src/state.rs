@@ -136,6 +136,14 @@ impl State {
                 old.limits.max_connections != spec.limits.max_connections,
             ),
             ("workers", old.workers != spec.workers),
+            (
+                "admin.allowRemote",
+                old.admin.allow_remote != spec.admin.allow_remote,
+            ),
+            (
+                "admin.shutdownEndpoint",
+                old.admin.shutdown_endpoint != spec.admin.shutdown_endpoint,
+            ),
         ];
         for (field, changed) in fixed {
             if changed {
@@ -154,6 +162,8 @@ impl State {
         self.authz.store(Arc::new(authz));
         self.observe_settings
             .store(Arc::new(observe_settings(&spec)));
+        self.families.store(Arc::new(family_filter(&spec)));
+        cardinality(&spec, &self.metrics);
         self.spec.store(Arc::new(spec));
         self.documents.store(Arc::new(config.mesh_documents));
         Ok(())
