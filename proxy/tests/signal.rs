@@ -2,14 +2,15 @@
 //! `skiff run` (in-flight request completes, new connections refused, exit 0).
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
+mod common;
+
+use common::{addr_in, SKIFF};
 
 fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("skiff-bin-{}-{name}", std::process::id()));
@@ -48,17 +49,6 @@ fn check_reports_every_bad_document_with_line_and_field() {
         "{err}"
     );
     assert!(err.contains(&format!("{file}:6: kind: Mystery")), "{err}");
-}
-
-/// Parses `outbound_addr=...` out of the "Skiff is ready" log line.
-fn addr_in(line: &str, key: &str) -> SocketAddr {
-    let start = line.find(&format!("{key}=")).unwrap() + key.len() + 1;
-    line[start..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
+mod common;
+
+use common::{addr_in, SKIFF};
 
 /// A backend answering `ok` to every request, one request per connection.
 async fn backend() -> SocketAddr {
@@ -82,16 +84,6 @@ fn wait_line(
         }
     }
     None
-}
-
-fn addr_in(line: &str, key: &str) -> SocketAddr {
-    let start = line.find(&format!("{key}=")).unwrap() + key.len() + 1;
-    line[start..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
