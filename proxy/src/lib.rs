@@ -59,6 +59,7 @@ pub mod endpoints;
 pub mod forward;
 pub mod head_timeout;
 pub mod identity;
+pub mod inject;
 pub mod logging;
 pub mod pick;
 pub mod reload;

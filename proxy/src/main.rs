@@ -25,6 +25,9 @@ Usage:
                                           --authority, --path (prefix), --method, --route,
                                           --status (2xx..5xx), --max-rate, --body (bytes)
                                           (ADDR default 127.0.0.1:4191)
+  skiff inject [FILE...] [--uninject] [--image IMAGE] [--config-map NAME]
+               [--identity-secret NAME]   add Skiff as a native sidecar to every pod
+                                          template (stdin when no FILE, or -); YAML out
   skiff version
 
 Logs go to stderr; set SKIFF_LOG (e.g. SKIFF_LOG=debug, SKIFF_LOG=skiff=debug,info).
@@ -88,6 +91,7 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         }
         "identity" if rest.first().map(String::as_str) == Some("dev-ca") => dev_ca(&rest[1..]),
         "stat" | "top" | "tap" => tool(command, rest),
+        "inject" => inject(rest),
         // For benchmarks: the demo's fixed-body backend alone (HTTP/1.1 and h2c).
         "bench-backend" => {
             let addr: std::net::SocketAddr = flag(rest, "--listen")?
@@ -114,6 +118,59 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         other => bail!("unknown command {other:?}\n\n{USAGE}"),
+    }
+}
+
+/// `skiff inject`: Kubernetes YAML in (files or stdin), the same YAML with Skiff added out.
+fn inject(args: &[String]) -> anyhow::Result<ExitCode> {
+    let mut options = skiff::inject::Options::default();
+    let mut uninject = false;
+    let mut files = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{name} needs a value"))
+        };
+        match a.as_str() {
+            "--uninject" => uninject = true,
+            "--image" => options.image = value("--image")?,
+            "--config-map" => options.config_map = value("--config-map")?,
+            "--identity-secret" => options.identity_secret = Some(value("--identity-secret")?),
+            f if f.starts_with("--") => bail!("unknown flag {f}"),
+            f => files.push(f.to_owned()),
+        }
+    }
+    let mut input = String::new();
+    if files.is_empty() || files.iter().any(|f| f == "-") {
+        use std::io::Read;
+        std::io::stdin().read_to_string(&mut input)?;
+    }
+    for f in files.iter().filter(|f| *f != "-") {
+        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read {f}"))?;
+        if !input.is_empty() && !input.ends_with('\n') {
+            input.push('\n');
+        }
+        if !input.is_empty() {
+            input.push_str("---\n");
+        }
+        input.push_str(&text);
+    }
+    match skiff::inject::transform(&input, &options, uninject) {
+        Ok((out, report)) => {
+            print!("{out}");
+            let verb = if uninject { "uninjected" } else { "injected" };
+            eprintln!(
+                "skiff inject: {} pod template(s) {verb}, {} left as they were",
+                report.changed, report.skipped
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("skiff inject: {e}");
+            Ok(ExitCode::from(1))
+        }
     }
 }
 
