@@ -53,7 +53,20 @@ pub const OTHER: &str = "other";
 /// Handles by capped label value.
 #[derive(Debug, Default)]
 pub(super) struct Capped {
-    entries: Mutex<HashMap<String, Arc<TargetMetrics>>>,
+    entries: Mutex<Entries>,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    by_key: HashMap<String, Arc<TargetMetrics>>,
+    // How many entries are real values (not `other`): what the cap counts. Kept as a count
+    // so a miss beyond the cap, which passthrough traffic can hit on every request, does not
+    // scan the map.
+    values: usize,
+}
+
+fn is_other(key: &str) -> bool {
+    key.ends_with(OTHER) && key[..key.len() - OTHER.len()].ends_with('|')
 }
 
 impl Capped {
@@ -68,18 +81,25 @@ impl Capped {
     ) -> Arc<TargetMetrics> {
         let key = format!("{scope}|{value}");
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = entries.get(&key) {
+        if let Some(m) = entries.by_key.get(&key) {
             m.touch();
             return m.clone();
         }
-        // `other` does not count against the cap.
-        let others = entries.keys().filter(|k| k.ends_with("|other")).count();
-        let (key, value) = if entries.len() - others < max {
+        let (key, value) = if entries.values < max {
             (key, value)
         } else {
             (format!("{scope}|{OTHER}"), OTHER)
         };
-        let m = entries.entry(key).or_insert_with(|| make(value)).clone();
+        let Entries { by_key, values } = &mut *entries;
+        let m = by_key
+            .entry(key)
+            .or_insert_with_key(|key| {
+                if !is_other(key) {
+                    *values += 1;
+                }
+                make(value)
+            })
+            .clone();
         m.touch();
         m
     }
@@ -87,21 +107,29 @@ impl Capped {
     /// Removes values whose series have been idle for `idle`; returns how many.
     pub(super) fn sweep(&self, idle: Duration) -> usize {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let before = entries.len();
-        entries.retain(|_, m| {
+        let Entries { by_key, values } = &mut *entries;
+        let before = by_key.len();
+        by_key.retain(|key, m| {
             // Still held elsewhere (an open connection), or used lately: kept.
             let keep = Arc::strong_count(m) > 1 || m.idle_for() < idle;
             if !keep {
                 m.remove_series();
+                if !is_other(key) {
+                    *values -= 1;
+                }
             }
             keep
         });
-        before - entries.len()
+        before - by_key.len()
     }
 
     /// How many values are tracked (`other` included).
     pub(super) fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_key
+            .len()
     }
 }
 
