@@ -15,6 +15,13 @@ fn err(text: &str) -> Vec<ConfigError> {
         .0
 }
 
+/// The first error for `text`, which must contain `needle`.
+fn rejected(text: &str, needle: &str) -> ConfigError {
+    let e = err(text).remove(0);
+    assert!(e.message.contains(needle), "{}", e.message);
+    e
+}
+
 const HEAD: &str = "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\n";
 
 #[test]
@@ -115,10 +122,12 @@ fn service_needs_exactly_one_endpoint_source() {
     );
     assert!(e[0].line.is_some());
 
-    let e = err(&format!(
-        "{HEAD}spec:\n  services:\n    web:\n      endpoints: [127.0.0.1:1]\n      dns: a:1\n"
-    ));
-    assert!(e[0].message.contains("not both"), "{}", e[0].message);
+    rejected(
+        &format!(
+            "{HEAD}spec:\n  services:\n    web:\n      endpoints: [127.0.0.1:1]\n      dns: a:1\n"
+        ),
+        "not both",
+    );
 }
 
 #[test]
@@ -324,8 +333,9 @@ spec:
         bad_regex[0].message
     );
 
-    let filters = err(&format!(
-        "{MESH_HEAD}---
+    let filters = rejected(
+        &format!(
+            "{MESH_HEAD}---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {{name: r}}
@@ -334,13 +344,10 @@ spec:
   rules:
   - filters: [{{type: RequestHeaderModifier}}]
 "
-    ));
-    assert!(
-        filters[0].message.contains("filters are not supported"),
-        "{}",
-        filters[0].message
+        ),
+        "filters are not supported",
     );
-    assert_eq!(filters[0].line, Some(14));
+    assert_eq!(filters.line, Some(14));
 
     let parent = err(&format!(
         "{MESH_HEAD}---
@@ -360,18 +367,16 @@ spec:
         parent[0].message
     );
 
-    let version = err(&format!(
-        "{MESH_HEAD}---
+    rejected(
+        &format!(
+            "{MESH_HEAD}---
 apiVersion: split.smi-spec.io/v1alpha2
 kind: TrafficSplit
 metadata: {{name: s}}
 spec: {{service: web, backends: []}}
 "
-    ));
-    assert!(
-        version[0].message.contains("split.smi-spec.io/v1alpha4"),
-        "{}",
-        version[0].message
+        ),
+        "split.smi-spec.io/v1alpha4",
     );
 
     let policy = err(&format!("{MESH_HEAD}  routePolicies:\n    ghost: {{}}\n"));
@@ -405,8 +410,9 @@ spec:
         both[0].message
     );
 
-    let method = err(&format!(
-        "{MESH_HEAD}---
+    rejected(
+        &format!(
+            "{MESH_HEAD}---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {{name: r}}
@@ -415,8 +421,9 @@ spec:
   rules:
   - matches: [{{method: FETCH}}]
 "
-    ));
-    assert!(method[0].message.contains("FETCH"), "{}", method[0].message);
+        ),
+        "FETCH",
+    );
 }
 
 #[test]
@@ -493,31 +500,19 @@ spec:
     assert_eq!(rules[0].routes.len(), 2, "one per header alternative");
     assert_eq!(rules[0].ports, [5432]);
 
-    let missing = err(&format!(
-        "{head}{}",
-        tt("api", "{kind: HTTPRouteGroup, name: nope}")
-    ));
-    assert!(
-        missing[0].message.contains("no HTTPRouteGroup nope"),
-        "{}",
-        missing[0].message
+    rejected(
+        &format!("{head}{}", tt("api", "{kind: HTTPRouteGroup, name: nope}")),
+        "no HTTPRouteGroup nope",
     );
-    let bad_match = err(&format!(
-        "{head}{}",
-        tt("api", "{kind: HTTPRouteGroup, name: g, matches: [zzz]}")
-    ));
-    assert!(
-        bad_match[0].message.contains("has no match zzz"),
-        "{}",
-        bad_match[0].message
+    rejected(
+        &format!(
+            "{head}{}",
+            tt("api", "{kind: HTTPRouteGroup, name: g, matches: [zzz]}")
+        ),
+        "has no match zzz",
     );
-    let no_identity = err(&format!(
-        "{HEAD}{}",
-        tt("api", "{kind: HTTPRouteGroup, name: g}")
-    ));
-    assert!(
-        no_identity[0].message.contains("needs `spec.identity`"),
-        "{}",
-        no_identity[0].message
+    rejected(
+        &format!("{HEAD}{}", tt("api", "{kind: HTTPRouteGroup, name: g}")),
+        "needs `spec.identity`",
     );
 }
