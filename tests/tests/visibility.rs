@@ -354,3 +354,52 @@ async fn a_tap_client_that_stops_reading_costs_dropped_events_not_requests() {
     );
     assert!(dropped < 9000.0, "its bounded queue held some: {dropped}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_bytes_and_durations_are_counted_and_family_filters_follow_a_reload() {
+    let web = hello("web").await;
+    let dir = temp_dir("metrics-reload");
+    let path = dir.join("skiff.yaml");
+    let cfg = |exclude: &str| {
+        ProxyConfig::new(1)
+            .service("web", &[web.addr])
+            .extra(&format!(
+                "  reloadInterval: 20ms\n  metrics: {{exclude: [{exclude}]}}\n"
+            ))
+            .yaml()
+    };
+    std::fs::write(&path, cfg("")).unwrap();
+    let proxy = skiff::start(skiff::config::load_file(&path).unwrap())
+        .await
+        .unwrap();
+    {
+        let mut c = h1(proxy.outbound_addr).await;
+        let rsp = c.send_request(get("web", "/")).await.unwrap();
+        let _ = rsp.into_body().collect().await;
+    } // the connection closes here
+    let admin = proxy.admin_addr;
+    eventually(Duration::from_secs(5), "the closed connection is recorded", || async move {
+        let s = scrape(admin).await;
+        let out = [("direction", "outbound")];
+        total(&s, "tcp_read_bytes_total", &out) > 0.0
+            && total(&s, "tcp_write_bytes_total", &out) > 0.0
+            && s.samples.iter().any(|x| {
+                x.metric == "tcp_connection_duration_ms"
+                    && x.labels.get("direction") == Some("outbound")
+                    && matches!(&x.value, Value::Histogram(b) if b.last().is_some_and(|b| b.count >= 1.0))
+            })
+    })
+    .await;
+    std::fs::write(&path, cfg("request, tcp_read_bytes")).unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "excluded families leave the scrape",
+        || async move {
+            let (_, text) = admin_get(admin, "/metrics").await;
+            !text.contains("request_total")
+                && !text.contains("tcp_read_bytes_total")
+                && text.contains("response_total")
+        },
+    )
+    .await;
+}

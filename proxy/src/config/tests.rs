@@ -516,3 +516,20 @@ spec:
         "needs `spec.identity`",
     );
 }
+
+#[test]
+fn smi_header_names_are_checked_at_load() {
+    rejected(
+        &format!(
+            "{MESH_HEAD}---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {{name: g}}
+spec:
+  matches:
+  - {{name: m, headers: {{'bad header': '.*'}}}}
+"
+        ),
+        "is not a header name",
+    );
+}

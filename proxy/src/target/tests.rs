@@ -322,3 +322,30 @@ spec:
     );
     assert_eq!(split(&r, "/canary").entries()[1].weight, 50);
 }
+
+#[test]
+fn empty_rules_or_matches_match_every_request() {
+    let f = Fixture::new();
+    for rules in [
+        "rules: []",
+        "rules: [{matches: [], backendRefs: [{name: web-v1}]}]",
+    ] {
+        let c = config(&format!(
+            "{SERVICES}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web}}
+spec:
+  parentRefs: [{{kind: Service, name: web}}]
+  {rules}
+"
+        ));
+        let r = f.resolver(&c);
+        for path in ["/", "/any/thing"] {
+            assert!(
+                resolve(&r, "POST", &format!("http://web{path}"), &[]).is_ok(),
+                "{rules}: {path}"
+            );
+        }
+    }
+}

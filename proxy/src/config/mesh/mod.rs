@@ -136,11 +136,29 @@ struct GroupMatch {
 }
 
 /// SMI `headers`: the docs and Go types say a map, the v1alpha4 CRD a list of maps.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Clone, Debug)]
 enum SmiHeaders {
     Map(BTreeMap<HeaderName, WholeRegex>),
     List(Vec<BTreeMap<HeaderName, WholeRegex>>),
+}
+
+// By hand rather than `untagged`, so a bad name or regex inside says what is wrong instead of
+// "did not match any variant".
+impl<'de> Deserialize<'de> for SmiHeaders {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let headers = |v: serde_yaml_ng::Value| {
+            BTreeMap::<HeaderName, WholeRegex>::deserialize(v).map_err(D::Error::custom)
+        };
+        match serde_yaml_ng::Value::deserialize(d)? {
+            serde_yaml_ng::Value::Sequence(list) => list
+                .into_iter()
+                .map(headers)
+                .collect::<Result<_, _>>()
+                .map(Self::List),
+            other => headers(other).map(Self::Map),
+        }
+    }
 }
 
 /// An SMI method: one of the enum's values, `*` meaning any.
