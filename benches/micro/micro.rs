@@ -227,7 +227,7 @@ fn full_request(c: &mut Criterion) {
         let config = skiff::config::parse(&yaml, None).unwrap();
         let (metrics, _registry) = proxy_metrics::Metrics::new();
         let state = Arc::new(skiff::state::State::new(&config, Arc::new(metrics)).unwrap());
-        let stack = skiff::stack::outbound(&state, proxy_core::limit::Client::Addr([127, 0, 0, 1].into()));
+        let stack = skiff::stack::outbound(&state, proxy_core::limit::Client::Addr([127, 0, 0, 1].into()), None);
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         tokio::spawn(async move {
             let _keep = state;

@@ -1,6 +1,6 @@
-//! A service's endpoints: a fixed list, or a DNS name re-resolved in the background (a
-//! headless Kubernetes Service resolves to its pods). Each endpoint has its connection pool
-//! and, when the service has a breaker, its own circuit-breaker [`Gate`].
+//! A service's endpoints: a fixed list, or a DNS name re-resolved in the background as its
+//! TTL runs out (a headless Kubernetes Service resolves to its pods). Each endpoint has its
+//! connection pool and, when the service has a breaker, its own circuit-breaker [`Gate`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,6 +13,8 @@ use proxy_core::breaker::{self, BreakerObserver, Gate};
 use tokio::task::JoinHandle;
 
 use crate::client::{MeshPeer, Pool, Pools};
+use crate::config::DnsSpec;
+use crate::dns::Resolver;
 
 /// One endpoint of one service.
 #[derive(Debug)]
@@ -72,6 +74,7 @@ impl Maker {
 pub struct Endpoints {
     current: Arc<ArcSwap<Vec<Arc<Endpoint>>>>,
     next: AtomicUsize,
+    dns: Option<DnsSpec>,
     // Stops re-resolution when the service is replaced by a reload.
     _resolver: Option<AbortOnDrop>,
 }
@@ -92,16 +95,22 @@ impl Endpoints {
         Self {
             current: Arc::new(ArcSwap::from_pointee(maker.build(addrs, &[]))),
             next: AtomicUsize::new(0),
+            dns: None,
             _resolver: None,
         }
     }
 
-    /// `host:port`, resolved now and every `refresh`. Until the first answer the service has
-    /// no endpoints (503 `no-endpoints`); a failed lookup keeps the last good answer.
+    /// `host:port`, resolved now and again when the answer's TTL runs out (or every
+    /// `refresh`, when set). Until the first answer the service has no endpoints (503
+    /// `no-endpoints`); a failed lookup keeps the last good answer and asks again after
+    /// `minTtl`. A name that stops existing leaves the service without endpoints. Endpoints
+    /// that stay keep their pools and breaker states; requests in flight to one that goes
+    /// hold it until they finish.
     pub fn dns(
         host: String,
         port: u16,
-        refresh: Duration,
+        refresh: Option<Duration>,
+        resolver: Arc<Resolver>,
         pools: &Arc<Pools>,
         peer: Option<Arc<MeshPeer>>,
         breaker: Option<BreakerConfig>,
@@ -113,33 +122,44 @@ impl Endpoints {
         };
         let current: Arc<ArcSwap<Vec<Arc<Endpoint>>>> = Arc::default();
         let target = current.clone();
+        let settings = resolver.settings().clone();
         let task = tokio::spawn(async move {
-            let mut last: Vec<SocketAddr> = Vec::new();
+            let mut last: Option<Vec<SocketAddr>> = None;
             loop {
-                match tokio::net::lookup_host((host.as_str(), port)).await {
-                    Ok(addrs) => {
-                        let mut addrs: Vec<SocketAddr> = addrs.collect();
-                        addrs.sort();
-                        addrs.dedup();
-                        if addrs != last {
-                            tracing::info!(%host, endpoints = ?addrs, "DNS endpoints changed");
+                let wait = match resolver.lookup(&host).await {
+                    Ok(answer) => {
+                        let addrs: Vec<SocketAddr> = answer
+                            .addrs
+                            .iter()
+                            .map(|ip| SocketAddr::new(*ip, port))
+                            .collect();
+                        if last.as_ref() != Some(&addrs) {
+                            tracing::info!(%host, endpoints = ?addrs, ttl = ?answer.ttl, "DNS endpoints changed");
                             let old = target.load_full();
                             target.store(Arc::new(maker.build(&addrs, &old)));
-                            last = addrs;
+                            last = Some(addrs);
                         }
+                        answer.ttl
                     }
                     Err(e) => {
-                        tracing::warn!(%host, error = %e, "DNS lookup failed; keeping the last answer")
+                        tracing::warn!(%host, error = %e, "DNS lookup failed; keeping the last answer");
+                        resolver.settings().min_ttl.0
                     }
-                }
-                tokio::time::sleep(refresh).await;
+                };
+                tokio::time::sleep(refresh.unwrap_or(wait)).await;
             }
         });
         Self {
             current,
             next: AtomicUsize::new(0),
+            dns: Some(settings),
             _resolver: Some(AbortOnDrop(task)),
         }
+    }
+
+    /// The resolver settings of DNS endpoints (a reload changing them rebuilds the service).
+    pub fn dns_settings(&self) -> Option<&DnsSpec> {
+        self.dns.as_ref()
     }
 
     /// The current endpoints and a round-robin starting index.
@@ -185,14 +205,8 @@ mod tests {
     #[tokio::test]
     async fn dns_names_resolve_in_the_background() {
         let pools = Arc::new(Pools::new(Settings::default()));
-        let e = Endpoints::dns(
-            "localhost".into(),
-            9,
-            Duration::from_secs(60),
-            &pools,
-            None,
-            None,
-        );
+        let resolver = Arc::new(Resolver::new(&DnsSpec::default()));
+        let e = Endpoints::dns("localhost".into(), 9, None, resolver, &pools, None, None);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while e.snapshot().0.is_empty() {
             assert!(

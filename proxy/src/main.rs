@@ -28,6 +28,11 @@ Usage:
   skiff inject [FILE...] [--uninject] [--image IMAGE] [--config-map NAME]
                [--identity-secret NAME]   add Skiff as a native sidecar to every pod
                                           template (stdin when no FILE, or -); YAML out
+  skiff init-iptables [--backend nft|iptables] [--inbound-port 4143] [--outbound-port 4140]
+               [--admin-port 4191] [--proxy-uid 2102] [--skip-inbound-ports P,A-B]
+               [--skip-outbound-ports P,A-B] [--skip-outbound-cidrs NET,...] [--no-ipv6]
+               [--dry-run] [--cleanup]    redirect this network namespace's TCP through
+                                          Skiff (transparent mode; needs NET_ADMIN)
   skiff version
 
 Logs go to stderr; set SKIFF_LOG (e.g. SKIFF_LOG=debug, SKIFF_LOG=skiff=debug,info).
@@ -92,6 +97,19 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         "identity" if rest.first().map(String::as_str) == Some("dev-ca") => dev_ca(&rest[1..]),
         "stat" | "top" | "tap" => tool(command, rest),
         "inject" => inject(rest),
+        "init-iptables" => {
+            let options = skiff::init_iptables::Options::parse(rest)?;
+            skiff::init_iptables::apply(&options)?;
+            if !options.dry_run {
+                let done = if options.cleanup {
+                    "removed"
+                } else {
+                    "installed"
+                };
+                eprintln!("skiff: redirect rules {done} ({:?})", options.backend);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         // For benchmarks: the demo's fixed-body backend alone (HTTP/1.1 and h2c).
         "bench-backend" => {
             let addr: std::net::SocketAddr = flag(rest, "--listen")?

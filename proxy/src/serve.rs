@@ -116,8 +116,8 @@ async fn serve(
         }
     };
     let svc = || match direction {
-        Direction::Outbound => stack::outbound(state, Client::Addr(peer.ip())),
-        Direction::Inbound => stack::inbound(state, Client::Addr(peer.ip())),
+        Direction::Outbound => stack::outbound(state, Client::Addr(peer.ip()), orig_dst),
+        Direction::Inbound => stack::inbound(state, Client::Addr(peer.ip()), orig_dst),
     };
     let mesh = state
         .mesh
@@ -126,7 +126,7 @@ async fn serve(
     if let Some(mesh) = mesh {
         if protocol == Protocol::Tls {
             conns.detect.tls.inc();
-            serve_mesh(io, peer, mesh, state, drain).await;
+            serve_mesh(io, peer, orig_dst, mesh, state, drain).await;
             return;
         }
         if mesh.mtls == MtlsMode::Strict {
@@ -243,6 +243,7 @@ async fn serve_http2<I: Io>(
 async fn serve_mesh(
     io: Prefixed<Accepted>,
     peer: SocketAddr,
+    orig_dst: Option<SocketAddr>,
     mesh: &Mesh,
     state: &State,
     drain: Drain,
@@ -274,7 +275,7 @@ async fn serve_mesh(
     let h2 = conn.alpn_protocol() == Some(proxy_tls::ALPN_H2);
     let client = Client::Identity(id.to_string().into());
     let spec = state.spec.load_full();
-    let svc = stack::inbound(state, client);
+    let svc = stack::inbound(state, client, orig_dst);
     if h2 {
         serve_http2(tls, svc, &spec, drain).await;
     } else {

@@ -5,6 +5,7 @@
 //! to new connections while routing changes apply to the very next request.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -26,15 +27,16 @@ use crate::config::ProxySpec;
 use crate::forward::Forward;
 use crate::pick::PickLayer;
 use crate::state::State;
-use crate::target::Target;
+use crate::target::{OriginalDst, Target};
 
 /// A direction's HTTP service, type-erased.
 pub type HttpService = BoxCloneService<Request<Incoming>, Response<Body>, Infallible>;
 
-/// The outbound chain: the app's calls to other services, from `client`.
-pub fn outbound(state: &State, client: Client) -> HttpService {
+/// The outbound chain: the app's calls to other services, from `client`, on a connection
+/// redirected from `orig_dst` (transparent mode) or made straight to the listener (`None`).
+pub fn outbound(state: &State, client: Client, orig_dst: Option<SocketAddr>) -> HttpService {
     let chain = ServiceBuilder::new()
-        .map_request(from(client))
+        .map_request(from(client, orig_dst))
         .layer(MetricsLayer::new(
             state.unrouted_outbound.clone(),
             state.outbound_observe.clone(),
@@ -53,14 +55,15 @@ pub fn outbound(state: &State, client: Client) -> HttpService {
     BoxCloneService::new(chain)
 }
 
-/// The inbound chain: other workloads' calls to the local app, from `client`.
-pub fn inbound(state: &State, client: Client) -> HttpService {
+/// The inbound chain: other workloads' calls to the local app, from `client`, sent to
+/// `orig_dst` when the connection was redirected.
+pub fn inbound(state: &State, client: Client, orig_dst: Option<SocketAddr>) -> HttpService {
     let peer_metrics = match &client {
         Client::Identity(id) => Some(state.inbound.peer_metrics(id)),
         _ => None,
     };
     let chain = ServiceBuilder::new()
-        .map_request(from(client))
+        .map_request(from(client, orig_dst))
         .layer(MetricsLayer::new(
             state.unrouted_inbound.clone(),
             state.inbound_observe.clone(),
@@ -85,15 +88,22 @@ pub fn inbound(state: &State, client: Client) -> HttpService {
 }
 
 /// Marks each request of a connection with who sent it (for per-client limits and
-/// authorization). A peer proxy's note that the request began as HTTP/1 is read here,
-/// before normalisation strips every `skiff-*` header.
-fn from(client: Client) -> impl Fn(Request<Incoming>) -> Request<Incoming> + Clone {
+/// authorization) and where the connection was going (for routing). A peer proxy's note
+/// that the request began as HTTP/1 is read here, before normalisation strips every
+/// `skiff-*` header.
+fn from(
+    client: Client,
+    orig_dst: Option<SocketAddr>,
+) -> impl Fn(Request<Incoming>) -> Request<Incoming> + Clone {
     let meshed = matches!(client, Client::Identity(_));
     move |mut req| {
         if meshed {
             crate::forward::take_orig_proto(&mut req);
         }
         req.extensions_mut().insert(client.clone());
+        if let Some(dst) = orig_dst {
+            req.extensions_mut().insert(OriginalDst(dst));
+        }
         req
     }
 }

@@ -212,6 +212,17 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
             None
         }
     };
+    let mut by_vip = std::collections::HashMap::new();
+    for (name, svc) in &proxy.services {
+        for ip in &svc.cluster_ips {
+            if let Some(other) = by_vip.insert((*ip, svc.port), name) {
+                return Err(proxy_error(format!(
+                    "spec.services.{name}.clusterIP: {ip} port {} is also service {other}'s",
+                    svc.port
+                )));
+            }
+        }
+    }
     // TrafficTargets live in their destination's namespace: this proxy's own.
     let own_ns = own_id
         .as_ref()

@@ -8,6 +8,7 @@ mod duration;
 mod load;
 mod mesh;
 mod policy;
+mod service;
 #[cfg(test)]
 mod tests;
 
@@ -26,6 +27,7 @@ pub use policy::{
     BreakerSpec, BudgetSpec, FailureRateSpec, LoadBalancer, RateLimitSpec, RetrySpec, StatusCode,
     TimeoutsSpec,
 };
+pub use service::{DnsSpec, EndpointSource, PeerId, ServiceSpec};
 
 /// A loaded configuration.
 #[derive(Clone, Debug, Serialize)]
@@ -84,6 +86,8 @@ pub struct ProxySpec {
     /// This workload's mesh identity; without it, no mTLS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<IdentitySpec>,
+    /// How services' DNS names are resolved.
+    pub dns: DnsSpec,
     /// The services the application may call, by name.
     pub services: BTreeMap<String, ServiceSpec>,
     /// Skiff's own policies for routes (timeouts, retries, breaker, limits), by route name.
@@ -107,6 +111,7 @@ impl Default for ProxySpec {
             access_log: AccessLogSpec::default(),
             metrics: MetricsSpec::default(),
             identity: None,
+            dns: DnsSpec::default(),
             services: BTreeMap::new(),
             route_policies: BTreeMap::new(),
         }
@@ -486,186 +491,6 @@ impl Default for ShutdownSpec {
     fn default() -> Self {
         Self {
             grace_period: Dur::secs(30),
-        }
-    }
-}
-
-/// One service the application may call.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(
-    try_from = "RawServiceSpec",
-    into = "RawServiceSpec",
-    rename_all = "camelCase"
-)]
-pub struct ServiceSpec {
-    /// The port clients address it on (`Host: name:port`).
-    pub port: u16,
-    /// The namespace it lives in; default: the proxy's.
-    pub namespace: Option<String>,
-    /// Where its endpoints come from.
-    pub endpoints: EndpointSource,
-    /// Deadlines for its requests.
-    pub timeouts: TimeoutsSpec,
-    /// Retries of its failed requests; none when absent.
-    pub retry: Option<RetrySpec>,
-    /// Circuit breaking per endpoint; none when absent.
-    pub breaker: Option<BreakerSpec>,
-    /// How endpoints are chosen.
-    pub load_balancer: LoadBalancer,
-    /// A local rate limit on requests to the service.
-    pub rate_limit: Option<RateLimitSpec>,
-    /// The most requests in flight to the service; beyond it, 503 `load-shed`.
-    pub max_in_flight: Option<NonZeroUsize>,
-    /// The identity its endpoints must prove: requests to it go over mutual TLS and HTTP/2.
-    pub identity: Option<PeerId>,
-}
-
-/// A peer's expected SPIFFE ID, as written in config.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerId(pub SpiffeId);
-
-impl<'de> Deserialize<'de> for PeerId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map(Self).map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for PeerId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
-    }
-}
-
-/// Where a service's endpoints come from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EndpointSource {
-    /// A fixed list.
-    Static(Vec<SocketAddr>),
-    /// A DNS name, re-resolved every `refresh` (a headless Kubernetes Service resolves to its
-    /// pods' addresses).
-    Dns {
-        /// The name to resolve.
-        host: String,
-        /// The port endpoints listen on.
-        port: u16,
-        /// How often to re-resolve.
-        refresh: Dur,
-    },
-}
-
-/// The service entry as written; converted into [`ServiceSpec`] when parsed.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawServiceSpec {
-    #[serde(default = "default_service_port")]
-    port: u16,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    endpoints: Vec<SocketAddr>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    dns: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    dns_refresh: Option<Dur>,
-    #[serde(default)]
-    timeouts: TimeoutsSpec,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    retry: Option<RetrySpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    breaker: Option<BreakerSpec>,
-    #[serde(default)]
-    load_balancer: LoadBalancer,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    rate_limit: Option<RateLimitSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    max_in_flight: Option<NonZeroUsize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    identity: Option<PeerId>,
-}
-
-fn default_service_port() -> u16 {
-    80
-}
-
-impl TryFrom<RawServiceSpec> for ServiceSpec {
-    type Error = String;
-
-    fn try_from(raw: RawServiceSpec) -> Result<Self, String> {
-        let endpoints = match (raw.endpoints.is_empty(), raw.dns) {
-            (false, Some(_)) => {
-                return Err("set either `endpoints` or `dns`, not both".into());
-            }
-            (true, None) => {
-                return Err(
-                    "a service needs `endpoints` (a list of ip:port) or `dns` (host:port)".into(),
-                );
-            }
-            (false, None) => {
-                if raw.dns_refresh.is_some() {
-                    return Err("`dnsRefresh` applies only with `dns`".into());
-                }
-                EndpointSource::Static(raw.endpoints)
-            }
-            (true, Some(dns)) => {
-                let (host, port) = dns
-                    .rsplit_once(':')
-                    .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
-                    .filter(|(h, _)| !h.is_empty())
-                    .ok_or_else(|| format!("`dns` must be host:port, got {dns:?}"))?;
-                let refresh = raw.dns_refresh.unwrap_or(Dur::secs(5));
-                if refresh.0.is_zero() {
-                    return Err("`dnsRefresh` must be more than 0s".into());
-                }
-                EndpointSource::Dns {
-                    host: host.to_owned(),
-                    port,
-                    refresh,
-                }
-            }
-        };
-        if let Some(r) = &raw.retry {
-            r.check()?;
-        }
-        raw.timeouts.check()?;
-        Ok(Self {
-            port: raw.port,
-            namespace: raw.namespace,
-            endpoints,
-            timeouts: raw.timeouts,
-            retry: raw.retry,
-            breaker: raw.breaker,
-            load_balancer: raw.load_balancer,
-            rate_limit: raw.rate_limit,
-            max_in_flight: raw.max_in_flight,
-            identity: raw.identity,
-        })
-    }
-}
-
-impl From<ServiceSpec> for RawServiceSpec {
-    fn from(s: ServiceSpec) -> Self {
-        let (endpoints, dns, dns_refresh) = match s.endpoints {
-            EndpointSource::Static(list) => (list, None, None),
-            EndpointSource::Dns {
-                host,
-                port,
-                refresh,
-            } => (Vec::new(), Some(format!("{host}:{port}")), Some(refresh)),
-        };
-        Self {
-            port: s.port,
-            namespace: s.namespace,
-            endpoints,
-            dns,
-            dns_refresh,
-            timeouts: s.timeouts,
-            retry: s.retry,
-            breaker: s.breaker,
-            load_balancer: s.load_balancer,
-            rate_limit: s.rate_limit,
-            max_in_flight: s.max_in_flight,
-            identity: s.identity,
         }
     }
 }

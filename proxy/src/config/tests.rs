@@ -56,7 +56,7 @@ fn services_parse_into_endpoint_sources() {
         EndpointSource::Dns {
             host: "db-headless.prod.svc.cluster.local".into(),
             port: 5432,
-            refresh: Dur::secs(2)
+            refresh: Some(Dur::secs(2))
         }
     );
 }

@@ -22,6 +22,7 @@ use crate::config::{
     BreakerSpec, Dur, EndpointSource, ProxySpec, RateLimitSpec, RetrySpec, RouteSpec,
     ServiceRoutes, ServiceSpec, TimeoutsSpec,
 };
+use crate::dns::Resolver;
 use crate::endpoints::{BreakerConfig, Endpoints};
 use crate::identity::Mesh;
 
@@ -71,6 +72,10 @@ pub(super) fn service(
     let same_endpoints = |old: &&Arc<Service>| {
         old.identity.as_ref().is_some_and(|(spec, auth)| {
             spec.endpoints == svc.endpoints
+                && old
+                    .endpoints
+                    .dns_settings()
+                    .is_none_or(|dns| *dns == ctx.spec.dns)
                 && spec.breaker == svc.breaker
                 && spec.identity == svc.identity
                 && *auth == authority
@@ -116,7 +121,15 @@ fn endpoints(
             host,
             port,
             refresh,
-        } => Endpoints::dns(host.clone(), *port, refresh.0, ctx.pools, peer, breaker),
+        } => Endpoints::dns(
+            host.clone(),
+            *port,
+            refresh.map(|r| r.0),
+            Arc::new(Resolver::new(&ctx.spec.dns)),
+            ctx.pools,
+            peer,
+            breaker,
+        ),
     })
 }
 

@@ -83,6 +83,11 @@ impl Policies {
     }
 }
 
+/// Where a connection redirected to Skiff (transparent mode) was going, read with
+/// `SO_ORIGINAL_DST`. Carried on each of its requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OriginalDst(pub SocketAddr);
+
 /// Where one try goes.
 #[derive(Clone, Debug)]
 pub enum Target {
@@ -115,10 +120,13 @@ struct Apex {
 #[derive(Debug)]
 struct Routes {
     table: Table<Arc<Apex>>,
+    // Services by cluster IP and port, for redirected connections.
+    by_vip: HashMap<SocketAddr, Arc<Apex>>,
     by_name: HashMap<String, Arc<Service>>,
     routes: build::RouteCache,
-    // With `passthrough` on: where its per-authority (capped) handles come from.
-    passthrough: Option<Arc<HttpFamilies>>,
+    // Where passthrough's per-authority (capped) handles come from.
+    families: Arc<HttpFamilies>,
+    passthrough: bool,
 }
 
 /// Routes outbound requests by authority, then by the routes attached to the service.
@@ -181,6 +189,7 @@ fn build_routes(
         by_name.insert(name.clone(), build::service(ctx, name, svc, old));
     }
     let mut table = Table::new(spec.cluster_domain.clone(), spec.namespace.clone());
+    let mut by_vip = HashMap::new();
     let mut route_cache = build::RouteCache::new();
     for (name, svc) in &spec.services {
         let namespace = svc.namespace.as_deref().unwrap_or(&spec.namespace);
@@ -189,19 +198,19 @@ fn build_routes(
             let old = old.map(|o| &o.routes);
             build::route_set(ctx, &service, r, &by_name, old, &mut route_cache)
         });
-        table.insert(
-            name,
-            namespace,
-            svc.port,
-            Arc::new(Apex { service, routes }),
-        );
+        let apex = Arc::new(Apex { service, routes });
+        for ip in &svc.cluster_ips {
+            by_vip.insert(SocketAddr::new(*ip, svc.port), apex.clone());
+        }
+        table.insert(name, namespace, svc.port, apex);
     }
-    let passthrough = spec.outbound.passthrough.then(|| ctx.metrics.clone());
     Routes {
         table,
+        by_vip,
         by_name,
         routes: route_cache,
-        passthrough,
+        families: ctx.metrics.clone(),
+        passthrough: spec.outbound.passthrough,
     }
 }
 
@@ -212,14 +221,14 @@ impl Resolve for OutboundResolver {
         head: &RequestHead<'_>,
         extensions: &mut http::Extensions,
     ) -> Result<(), ProxyError> {
-        let Some(authority) = authority else {
-            return Err(ProxyError::new(
-                Reason::NoRoute,
-                "the request names no authority (no Host header)",
-            ));
-        };
+        // A redirected connection goes where the app sent it: to the service owning that
+        // cluster IP, else to the service its authority names, else to the address itself.
+        let orig_dst = extensions.get::<OriginalDst>().map(|d| d.0);
         let routes = self.routes.load();
-        if let Some(apex) = routes.table.lookup(authority) {
+        let apex = orig_dst
+            .and_then(|dst| routes.by_vip.get(&dst))
+            .or_else(|| authority.and_then(|a| routes.table.lookup(a)));
+        if let Some(apex) = apex {
             let Some(set) = &apex.routes else {
                 apex.service.policies.apply(extensions);
                 extensions.insert(Target::Service(apex.service.clone()));
@@ -240,27 +249,41 @@ impl Resolve for OutboundResolver {
             extensions.insert(route.backends.clone());
             return Ok(());
         }
-        match &routes.passthrough {
-            Some(families) => {
-                let policies = Policies {
-                    route: None,
-                    metrics: families.passthrough(authority.as_str()),
-                    retry: None,
-                    timeouts: Timeouts::default(),
-                    limits: None,
-                };
-                policies.apply(extensions);
-                extensions.insert(Target::Passthrough {
-                    authority: authority.clone(),
-                });
-                Ok(())
+        let destination = match (orig_dst, authority) {
+            (Some(dst), _) => address_authority(dst),
+            (None, Some(a)) if routes.passthrough => a.clone(),
+            (None, Some(a)) => {
+                return Err(ProxyError::new(
+                    Reason::NoRoute,
+                    format!("no service matches authority {a}"),
+                ))
             }
-            None => Err(ProxyError::new(
-                Reason::NoRoute,
-                format!("no service matches authority {authority}"),
-            )),
-        }
+            (None, None) => {
+                return Err(ProxyError::new(
+                    Reason::NoRoute,
+                    "the request names no authority (no Host header)",
+                ))
+            }
+        };
+        let label = authority.unwrap_or(&destination);
+        let policies = Policies {
+            route: None,
+            metrics: routes.families.passthrough(label.as_str()),
+            retry: None,
+            timeouts: Timeouts::default(),
+            limits: None,
+        };
+        policies.apply(extensions);
+        extensions.insert(Target::Passthrough {
+            authority: destination,
+        });
+        Ok(())
     }
+}
+
+/// `ip:port` as an authority (IPv6 in brackets).
+fn address_authority(addr: SocketAddr) -> Authority {
+    Authority::try_from(addr.to_string()).expect("a socket address is a valid authority")
 }
 
 /// The application's series for one meshed caller, carried on its requests.
@@ -323,7 +346,19 @@ impl Resolve for InboundResolver {
             slot.start(m);
         }
         app.policies.apply(extensions);
-        extensions.insert(Target::Service(app));
+        // A redirected connection goes to the port it was sent to; the app may listen on
+        // several.
+        let app_addr = app.endpoints.snapshot().0.first().map(|e| e.pool.addr());
+        let other_port = extensions
+            .get::<OriginalDst>()
+            .zip(app_addr)
+            .filter(|(dst, app)| dst.0.port() != app.port());
+        match other_port {
+            Some((dst, app)) => extensions.insert(Target::Passthrough {
+                authority: address_authority(SocketAddr::new(app.ip(), dst.0.port())),
+            }),
+            None => extensions.insert(Target::Service(app)),
+        };
         Ok(())
     }
 }

@@ -1,0 +1,500 @@
+//! `skiff init-iptables`: the rules that make interception transparent. Run once per pod by
+//! an init container with `NET_ADMIN`, they redirect the pod's inbound TCP to Skiff's inbound
+//! port and its outbound TCP to the outbound port, except:
+//!
+//! - connections Skiff itself makes (its user id), or it would proxy its own upstream calls
+//!   back into itself;
+//! - traffic over the loopback interface (the app talking to itself, or to Skiff directly);
+//! - Skiff's admin port inbound (probes and scrapes reach it as they are), and any ports or
+//!   destination networks the operator lists (the Kubernetes API, a database).
+//!
+//! Skiff then reads each connection's original destination (`SO_ORIGINAL_DST`).
+//!
+//! Two backends write the same rules: `nft` (one atomic transaction on a table `skiff` of its
+//! own) and `iptables` (chains `SKIFF_INBOUND` and `SKIFF_OUTBOUND` in the nat table, filled by
+//! `iptables-restore`, jumped to from PREROUTING and OUTPUT). Both are idempotent: running
+//! again replaces the rules, and `--cleanup` removes exactly what was added.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+
+/// What rules to install.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Which tool writes the rules.
+    pub backend: Backend,
+    /// Where inbound connections are sent.
+    pub inbound_port: u16,
+    /// Where outbound connections are sent.
+    pub outbound_port: u16,
+    /// Skiff's user id: its own connections are left alone.
+    pub proxy_uid: u32,
+    /// Skiff's admin port, left alone inbound so probes and scrapes reach it.
+    pub admin_port: u16,
+    /// Inbound destination ports left alone.
+    pub skip_inbound_ports: Vec<Ports>,
+    /// Outbound destination ports left alone.
+    pub skip_outbound_ports: Vec<Ports>,
+    /// Outbound destination networks left alone.
+    pub skip_outbound_cidrs: Vec<Cidr>,
+    /// Whether to write IPv6 rules too.
+    pub ipv6: bool,
+    /// Print the rules instead of installing them.
+    pub dry_run: bool,
+    /// Remove the rules instead.
+    pub cleanup: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Nft,
+            inbound_port: 4143,
+            outbound_port: 4140,
+            proxy_uid: 2102,
+            admin_port: 4191,
+            skip_inbound_ports: Vec::new(),
+            skip_outbound_ports: Vec::new(),
+            skip_outbound_cidrs: Vec::new(),
+            ipv6: true,
+            dry_run: false,
+            cleanup: false,
+        }
+    }
+}
+
+/// The tool that writes the rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// `nft`, with a table of Skiff's own.
+    Nft,
+    /// `iptables-restore` and `iptables` (and the `ip6` variants); on current distributions
+    /// these write nftables rules through the iptables-nft compatibility layer.
+    Iptables,
+}
+
+/// A port or an inclusive range of ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ports(pub u16, pub u16);
+
+/// A network: an address and a prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr(pub IpAddr, pub u8);
+
+/// Why the rules could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// A flag or its value is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// A tool could not be run.
+    #[error("cannot run {tool}: {source} (is it installed, and are we root or NET_ADMIN?)")]
+    Spawn {
+        /// The tool.
+        tool: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A tool refused the rules.
+    #[error("{tool} failed: {stderr}")]
+    Failed {
+        /// The tool and its arguments.
+        tool: String,
+        /// What it said.
+        stderr: String,
+    },
+}
+
+impl Options {
+    /// Reads the command's flags.
+    pub fn parse(args: &[String]) -> Result<Self, InitError> {
+        let mut o = Self::default();
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            let (name, inline) = match arg.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_owned())),
+                None => (arg.as_str(), None),
+            };
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| it.next().cloned())
+                    .ok_or_else(|| InitError::Usage(format!("{name} needs a value")))
+            };
+            match name {
+                "--backend" => {
+                    o.backend = match value()?.as_str() {
+                        "nft" => Backend::Nft,
+                        "iptables" => Backend::Iptables,
+                        other => {
+                            return Err(usage(format!(
+                                "--backend is nft or iptables, not {other:?}"
+                            )))
+                        }
+                    }
+                }
+                "--inbound-port" => o.inbound_port = port(name, &value()?)?,
+                "--outbound-port" => o.outbound_port = port(name, &value()?)?,
+                "--admin-port" => o.admin_port = port(name, &value()?)?,
+                "--proxy-uid" => {
+                    o.proxy_uid = value()?
+                        .parse()
+                        .map_err(|_| usage(format!("{name} takes a user id")))?
+                }
+                "--skip-inbound-ports" => {
+                    o.skip_inbound_ports.extend(list(name, &value()?, ports)?)
+                }
+                "--skip-outbound-ports" => {
+                    o.skip_outbound_ports.extend(list(name, &value()?, ports)?)
+                }
+                "--skip-outbound-cidrs" => {
+                    o.skip_outbound_cidrs.extend(list(name, &value()?, cidr)?)
+                }
+                "--no-ipv6" => o.ipv6 = false,
+                "--dry-run" => o.dry_run = true,
+                "--cleanup" => o.cleanup = true,
+                other => return Err(usage(format!("unknown flag {other:?}"))),
+            }
+        }
+        if o.inbound_port == o.outbound_port {
+            return Err(usage(
+                "--inbound-port and --outbound-port must differ".into(),
+            ));
+        }
+        Ok(o)
+    }
+}
+
+impl Options {
+    /// Inbound ports never redirected: the admin port, the inbound port itself (already
+    /// Skiff's), and the operator's.
+    fn inbound_skips(&self) -> Vec<Ports> {
+        let mut skips = vec![
+            Ports(self.admin_port, self.admin_port),
+            Ports(self.inbound_port, self.inbound_port),
+        ];
+        skips.extend(&self.skip_inbound_ports);
+        skips
+    }
+}
+
+fn usage(message: String) -> InitError {
+    InitError::Usage(message)
+}
+
+fn port(name: &str, value: &str) -> Result<u16, InitError> {
+    value
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| usage(format!("{name} takes a port (1-65535), not {value:?}")))
+}
+
+fn list<T>(name: &str, value: &str, item: fn(&str) -> Option<T>) -> Result<Vec<T>, InitError> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| item(v).ok_or_else(|| usage(format!("{name}: {v:?} is not valid"))))
+        .collect()
+}
+
+fn ports(v: &str) -> Option<Ports> {
+    let (lo, hi) = v.split_once('-').unwrap_or((v, v));
+    let (lo, hi): (u16, u16) = (lo.parse().ok()?, hi.parse().ok()?);
+    (lo != 0 && lo <= hi).then_some(Ports(lo, hi))
+}
+
+fn cidr(v: &str) -> Option<Cidr> {
+    let (ip, len) = v.split_once('/').unwrap_or((v, ""));
+    let ip: IpAddr = ip.parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = if len.is_empty() {
+        max
+    } else {
+        len.parse().ok()?
+    };
+    (len <= max).then_some(Cidr(ip, len))
+}
+
+/// One tool run: the program, its arguments and what it reads on stdin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// The program.
+    pub program: &'static str,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Its input.
+    pub stdin: Option<String>,
+    /// Whether failure is expected and fine (a check, or removing what is not there).
+    pub may_fail: bool,
+    /// With `may_fail`: run the next step only if this one failed (check, then add).
+    pub else_next: bool,
+}
+
+impl Step {
+    fn run(program: &'static str, args: &[&str]) -> Self {
+        Self {
+            program,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            stdin: None,
+            may_fail: false,
+            else_next: false,
+        }
+    }
+}
+
+/// The steps that install (or remove) the rules.
+pub fn plan(o: &Options) -> Vec<Step> {
+    match o.backend {
+        Backend::Nft => {
+            let family = if o.ipv6 { "inet" } else { "ip" };
+            // Declaring then deleting the table makes the script work whether or not it
+            // exists; all of it is one transaction.
+            let mut script = format!("table {family} skiff\ndelete table {family} skiff\n");
+            if !o.cleanup {
+                script.push_str(&nft_table(o, family));
+            }
+            vec![Step {
+                stdin: Some(script),
+                ..Step::run("nft", &["-f", "-"])
+            }]
+        }
+        Backend::Iptables => {
+            let mut steps = iptables_steps("iptables", o, false);
+            if o.ipv6 {
+                steps.extend(iptables_steps("ip6tables", o, true));
+            }
+            steps
+        }
+    }
+}
+
+fn nft_set(ports: &[Ports]) -> String {
+    let items: Vec<String> = ports
+        .iter()
+        .map(|Ports(lo, hi)| {
+            if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}-{hi}")
+            }
+        })
+        .collect();
+    format!("{{ {} }}", items.join(", "))
+}
+
+fn nft_table(o: &Options, family: &str) -> String {
+    let mut t = format!("table {family} skiff {{\n");
+    t.push_str(
+        "  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n",
+    );
+    let _ = writeln!(t, "    tcp dport {} return", nft_set(&o.inbound_skips()));
+    let _ = writeln!(
+        t,
+        "    meta l4proto tcp redirect to :{}\n  }}",
+        o.inbound_port
+    );
+    t.push_str("  chain output {\n    type nat hook output priority -100; policy accept;\n");
+    let _ = writeln!(t, "    meta skuid {} return", o.proxy_uid);
+    t.push_str("    oifname \"lo\" return\n");
+    if !o.skip_outbound_ports.is_empty() {
+        let _ = writeln!(
+            t,
+            "    tcp dport {} return",
+            nft_set(&o.skip_outbound_ports)
+        );
+    }
+    for (v6, keyword) in [(false, "ip"), (true, "ip6")] {
+        let nets: Vec<String> = o
+            .skip_outbound_cidrs
+            .iter()
+            .filter(|c| c.0.is_ipv6() == v6 && (o.ipv6 || !v6))
+            .map(|Cidr(ip, len)| format!("{ip}/{len}"))
+            .collect();
+        if !nets.is_empty() {
+            let _ = writeln!(t, "    {keyword} daddr {{ {} }} return", nets.join(", "));
+        }
+    }
+    let _ = writeln!(
+        t,
+        "    meta l4proto tcp redirect to :{}\n  }}\n}}",
+        o.outbound_port
+    );
+    t
+}
+
+const INBOUND_CHAIN: &str = "SKIFF_INBOUND";
+const OUTBOUND_CHAIN: &str = "SKIFF_OUTBOUND";
+
+fn iptables_steps(program: &'static str, o: &Options, v6: bool) -> Vec<Step> {
+    let jumps = [("PREROUTING", INBOUND_CHAIN), ("OUTPUT", OUTBOUND_CHAIN)];
+    let mut steps = Vec::new();
+    if o.cleanup {
+        for (hook, chain) in jumps {
+            steps.push(Step {
+                may_fail: true,
+                ..Step::run(
+                    program,
+                    &["-t", "nat", "-D", hook, "-p", "tcp", "-j", chain],
+                )
+            });
+        }
+        for flag in ["-F", "-X"] {
+            for chain in [INBOUND_CHAIN, OUTBOUND_CHAIN] {
+                steps.push(Step {
+                    may_fail: true,
+                    ..Step::run(program, &["-t", "nat", flag, chain])
+                });
+            }
+        }
+        return steps;
+    }
+    // The chains' contents are replaced in one restore; `--noflush` leaves other rules be.
+    let multiport = |ports: &[Ports]| {
+        ports
+            .iter()
+            .map(|Ports(lo, hi)| {
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}:{hi}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut r = format!("*nat\n:{INBOUND_CHAIN} - [0:0]\n:{OUTBOUND_CHAIN} - [0:0]\n");
+    let inbound_skips = o.inbound_skips();
+    // multiport takes at most 15 ports; a range counts as two.
+    for chunk in inbound_skips.chunks(7) {
+        let _ = writeln!(
+            r,
+            "-A {INBOUND_CHAIN} -p tcp -m multiport --dports {} -j RETURN",
+            multiport(chunk)
+        );
+    }
+    let _ = writeln!(
+        r,
+        "-A {INBOUND_CHAIN} -p tcp -j REDIRECT --to-ports {}",
+        o.inbound_port
+    );
+    let _ = writeln!(
+        r,
+        "-A {OUTBOUND_CHAIN} -m owner --uid-owner {} -j RETURN",
+        o.proxy_uid
+    );
+    let _ = writeln!(r, "-A {OUTBOUND_CHAIN} -o lo -j RETURN");
+    for chunk in o.skip_outbound_ports.chunks(7) {
+        let _ = writeln!(
+            r,
+            "-A {OUTBOUND_CHAIN} -p tcp -m multiport --dports {} -j RETURN",
+            multiport(chunk)
+        );
+    }
+    for Cidr(ip, len) in o.skip_outbound_cidrs.iter().filter(|c| c.0.is_ipv6() == v6) {
+        let _ = writeln!(r, "-A {OUTBOUND_CHAIN} -d {ip}/{len} -j RETURN");
+    }
+    let _ = writeln!(
+        r,
+        "-A {OUTBOUND_CHAIN} -p tcp -j REDIRECT --to-ports {}",
+        o.outbound_port
+    );
+    r.push_str("COMMIT\n");
+    let restore = if v6 {
+        "ip6tables-restore"
+    } else {
+        "iptables-restore"
+    };
+    steps.push(Step {
+        stdin: Some(r),
+        ..Step::run(restore, &["--noflush"])
+    });
+    for (hook, chain) in jumps {
+        steps.push(Step {
+            may_fail: true,
+            else_next: true,
+            ..Step::run(
+                program,
+                &["-t", "nat", "-C", hook, "-p", "tcp", "-j", chain],
+            )
+        });
+        steps.push(Step::run(
+            program,
+            &["-t", "nat", "-A", hook, "-p", "tcp", "-j", chain],
+        ));
+    }
+    steps
+}
+
+/// Runs the steps (or, with `dry_run`, prints them).
+pub fn apply(o: &Options) -> Result<(), InitError> {
+    let steps = plan(o);
+    if o.dry_run {
+        let mut out = String::new();
+        for step in &steps {
+            let _ = writeln!(out, "{} {}", step.program, step.args.join(" "));
+            if let Some(input) = &step.stdin {
+                out.push_str(input);
+            }
+        }
+        print!("{out}");
+        return Ok(());
+    }
+    let mut skip_next = false;
+    for step in &steps {
+        if std::mem::take(&mut skip_next) {
+            continue;
+        }
+        let ok = execute(step)?;
+        skip_next = ok && step.else_next;
+    }
+    Ok(())
+}
+
+/// Runs one step; `Ok(false)` when it failed and was allowed to.
+fn execute(step: &Step) -> Result<bool, InitError> {
+    let tool = format!("{} {}", step.program, step.args.join(" "));
+    let mut child = Command::new(step.program)
+        .args(&step.args)
+        .stdin(if step.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| InitError::Spawn {
+            tool: step.program.into(),
+            source,
+        })?;
+    if let (Some(input), Some(mut pipe)) = (&step.stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())
+            .map_err(|source| InitError::Spawn {
+                tool: tool.clone(),
+                source,
+            })?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|source| InitError::Spawn {
+            tool: tool.clone(),
+            source,
+        })?;
+    if out.status.success() {
+        return Ok(true);
+    }
+    if step.may_fail {
+        return Ok(false);
+    }
+    Err(InitError::Failed {
+        tool,
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,368 @@
+//! Transparent mode end to end, in two network namespaces this test creates: a "pod" running
+//! Skiff (as its own user id) behind the rules `skiff init-iptables` installs, and a "remote"
+//! namespace holding the services it calls, joined by a veth pair.
+//!
+//! The app in the pod calls a cluster IP that only Skiff's config knows; the rules send the
+//! call through Skiff outbound, which routes it by its original destination to the service's
+//! endpoint, with the service's metrics. A non-HTTP connection passes through byte for byte,
+//! HTTP to an unknown address is forwarded to that address, a call into the pod arrives
+//! through Skiff inbound, and Skiff's own upstream connections are not redirected into
+//! itself. Both backends (nft and iptables) are run; cleanup removes every rule.
+//!
+//! Needs root and `ip`, `iptables`, `nft`, `setpriv`, `curl` and `bash`; without them the
+//! test says why and passes without running (`.ci/run` installs them).
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
+
+/// The environment variable that turns this test binary into a TCP echo server (run inside
+/// the remote namespace by `ip netns exec`).
+const ECHO_HELPER: &str = "SKIFF_TEST_TCP_ECHO";
+
+const POD_IP: &str = "10.250.0.1";
+const REMOTE_IP: &str = "10.250.0.2";
+
+/// Namespaces and processes, removed on drop (also when an assertion fails).
+struct Lab {
+    pod: String,
+    remote: String,
+    children: Vec<Child>,
+    dir: PathBuf,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in [&self.pod, &self.remote] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
+fn ok(program: &str, args: &[&str]) -> String {
+    let out = run(program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Lab {
+    fn exec(&self, ns: &str, args: &[&str]) -> Output {
+        let mut all = vec!["netns", "exec", ns];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    fn spawn(&mut self, ns: &str, args: &[&str], envs: &[(&str, &str)]) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn in namespace");
+        self.children.push(child);
+    }
+
+    /// `curl` from inside `ns`: the status line, headers and body as one string.
+    fn curl(&self, ns: &str, url: &str) -> String {
+        let out = self.exec(ns, &["curl", "-s", "-i", "--max-time", "10", url]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Polls `url` from `ns` until it answers 200.
+    fn wait_ok(&self, ns: &str, url: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.curl(ns, url).starts_with("HTTP/1.1 200") {
+            assert!(Instant::now() < deadline, "{url} never answered in {ns}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn missing_tools() -> Option<String> {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("Uid:"))?.to_owned();
+            line.split_whitespace().nth(1).map(str::to_owned)
+        });
+    if uid.as_deref() != Some("0") {
+        return Some("not root".into());
+    }
+    for tool in ["ip", "iptables", "nft", "setpriv", "curl", "bash"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            return Some(format!("{tool} is not installed"));
+        }
+    }
+    None
+}
+
+fn config() -> String {
+    format!(
+        "apiVersion: skiff.dev/v1alpha1
+kind: Proxy
+spec:
+  outbound:
+    listen: 127.0.0.1:4140
+  inbound:
+    listen: 0.0.0.0:4143
+    appPort: 8081
+  admin:
+    listen: 127.0.0.1:4191
+  services:
+    web:
+      clusterIP: 10.96.0.10
+      endpoints: [{REMOTE_IP}:8080]
+    gone:
+      clusterIP: 10.96.0.11
+      endpoints: [{REMOTE_IP}:1]
+"
+    )
+}
+
+/// Sets up the namespaces, backends, rules and Skiff for `backend`.
+fn lab(backend: &str) -> Lab {
+    let tag = format!("{}-{backend}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("skiff-transparent-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Skiff runs as uid 2102: it must be able to read its config.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config_path = dir.join("skiff.yaml");
+    std::fs::write(&config_path, config()).unwrap();
+    std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut lab = Lab {
+        pod: format!("skiff-pod-{tag}"),
+        remote: format!("skiff-rem-{tag}"),
+        children: Vec::new(),
+        dir,
+    };
+    let (pod, remote) = (lab.pod.clone(), lab.remote.clone());
+    ok("ip", &["netns", "add", &pod]);
+    ok("ip", &["netns", "add", &remote]);
+    ok(
+        "ip",
+        &[
+            "-n", &pod, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns",
+            &remote,
+        ],
+    );
+    for (ns, ip) in [(&pod, POD_IP), (&remote, REMOTE_IP)] {
+        ok(
+            "ip",
+            &["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+        );
+        ok("ip", &["-n", ns, "link", "set", "eth0", "up"]);
+        ok("ip", &["-n", ns, "link", "set", "lo", "up"]);
+    }
+    // Cluster IPs are virtual: the route only lets the app's connect() leave the pod.
+    ok(
+        "ip",
+        &["-n", &pod, "route", "add", "default", "via", REMOTE_IP],
+    );
+
+    let web = format!("{REMOTE_IP}:8080");
+    lab.spawn(&remote, &[SKIFF, "bench-backend", "--listen", &web], &[]);
+    let me = std::env::current_exe().unwrap();
+    let echo = format!("{REMOTE_IP}:9000");
+    lab.spawn(
+        &remote,
+        &[
+            me.to_str().unwrap(),
+            "--exact",
+            "tcp_echo_helper",
+            "--nocapture",
+        ],
+        &[(ECHO_HELPER, &echo)],
+    );
+    lab.spawn(
+        &pod,
+        &[SKIFF, "bench-backend", "--listen", "127.0.0.1:8081"],
+        &[],
+    );
+
+    let script = ok(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &pod,
+            SKIFF,
+            "init-iptables",
+            "--backend",
+            backend,
+        ],
+    );
+    assert!(script.is_empty(), "init-iptables printed {script:?}");
+    let config = config_path.to_str().unwrap().to_owned();
+    lab.spawn(
+        &pod,
+        &[
+            "setpriv",
+            "--reuid=2102",
+            "--regid=2102",
+            "--clear-groups",
+            SKIFF,
+            "run",
+            "--config",
+            &config,
+        ],
+        &[],
+    );
+    lab.wait_ok(&pod, "http://127.0.0.1:4191/ready");
+    lab.wait_ok(&remote, &format!("http://{web}/"));
+    lab
+}
+
+/// One metric's value from a Prometheus text page (summed over every series whose line has
+/// each of `labels`).
+fn sum(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn transparent_mode(backend: &str) {
+    if let Some(why) = missing_tools() {
+        eprintln!("SKIPPED transparent mode ({backend}): {why}");
+        return;
+    }
+    let lab = lab(backend);
+    let pod = lab.pod.clone();
+
+    // A cluster IP known to Skiff's config: routed to the service's endpoint.
+    for _ in 0..3 {
+        let answer = lab.curl(&pod, "http://10.96.0.10/");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("hello from the demo app\n"), "{answer}");
+    }
+    // The service's policy answers when its endpoint is down: Skiff's reason, not a hang.
+    let answer = lab.curl(&pod, "http://10.96.0.11/");
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert!(answer.contains("skiff-error: upstream-connect"), "{answer}");
+    // An address no service owns: forwarded to it as it is.
+    let answer = lab.curl(&pod, &format!("http://{REMOTE_IP}:8080/"));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // Not HTTP: passed through opaque, both ways.
+    let echoed = lab.exec(
+        &pod,
+        &[
+            "timeout",
+            "10",
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{REMOTE_IP}/9000; printf 'ping\\n' >&3; head -c 5 <&3"),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&echoed.stdout), "ping\n");
+
+    // Into the pod: the remote calls the pod's IP on the app's port; Skiff inbound answers.
+    let answer = lab.curl(&lab.remote, &format!("http://{POD_IP}:8081/"));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let metrics = lab.curl(&pod, "http://127.0.0.1:4191/metrics");
+    let web = sum(
+        &metrics,
+        "request_total",
+        &[r#"direction="outbound""#, r#"target_addr="web:80""#],
+    );
+    assert_eq!(web, 3.0, "{metrics}");
+    let passthrough = sum(
+        &metrics,
+        "request_total",
+        &[r#"direction="outbound""#, r#"target_addr="passthrough""#],
+    );
+    assert_eq!(passthrough, 1.0, "{metrics}");
+    let inbound = sum(&metrics, "request_total", &[r#"direction="inbound""#]);
+    assert_eq!(inbound, 1.0, "{metrics}");
+    let opaque = sum(
+        &metrics,
+        "skiff_protocol_detect_total",
+        &[r#"direction="outbound""#, r#"protocol="opaque""#],
+    );
+    assert_eq!(opaque, 1.0, "{metrics}");
+    // The app opened 6 outbound connections (3 + 1 + 1 HTTP, 1 opaque). Had Skiff's own
+    // connections to the endpoints been redirected, it would have accepted them too.
+    let accepted = sum(&metrics, "tcp_open_total", &[r#"direction="outbound""#]);
+    assert_eq!(accepted, 6.0, "{metrics}");
+
+    // Cleanup leaves nothing behind.
+    ok(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &pod,
+            SKIFF,
+            "init-iptables",
+            "--backend",
+            backend,
+            "--cleanup",
+        ],
+    );
+    let rules = ok("ip", &["netns", "exec", &pod, "nft", "list", "ruleset"]);
+    assert!(
+        !rules.contains("skiff") && !rules.contains("SKIFF"),
+        "{rules}"
+    );
+}
+
+#[test]
+fn transparent_mode_with_nft() {
+    transparent_mode("nft");
+}
+
+#[test]
+fn transparent_mode_with_iptables() {
+    transparent_mode("iptables");
+}
+
+/// Not a test of its own: with `SKIFF_TEST_TCP_ECHO=ip:port`, this binary serves TCP echo
+/// there (in the remote namespace) until killed; otherwise it returns at once.
+#[test]
+fn tcp_echo_helper() {
+    let Ok(addr) = std::env::var(ECHO_HELPER) else {
+        return;
+    };
+    let listener = std::net::TcpListener::bind(&addr).expect("echo helper bind");
+    for stream in listener.incoming().flatten() {
+        std::thread::spawn(move || {
+            let mut stream = stream;
+            let mut buf = [0; 4096];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
