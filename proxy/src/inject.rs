@@ -7,9 +7,11 @@
 //! volume, or a Secret), and Prometheus scrape annotations. Injecting twice changes nothing;
 //! `--uninject` takes out exactly what injecting put in. Other documents pass through.
 //!
-//! This is explicit mode: the app sends its calls to `127.0.0.1:4140`, and callers reach the
-//! pod through port 4143. Transparent interception (an init step installing redirect rules)
-//! comes with `skiff init-iptables`.
+//! By default this is explicit mode: the app sends its calls to `127.0.0.1:4140`, and callers
+//! reach the pod through port 4143. With `transparent`, an init container runs
+//! `skiff init-iptables` first (with `NET_ADMIN`), so the pod's traffic goes through Skiff
+//! without the app knowing; the pod template's `skiff.dev/skip-*` annotations become its
+//! exclusions.
 
 use serde_yaml_ng::{Mapping, Value};
 
@@ -21,6 +23,13 @@ pub const INJECTED: &str = "skiff.dev/injected";
 pub const PROXY_UID: u64 = 2102;
 
 const SIDECAR: &str = "skiff";
+const INIT: &str = "skiff-init";
+/// Pod template annotations passed to `skiff init-iptables` as the flag of the same name.
+const SKIP_ANNOTATIONS: [&str; 3] = [
+    "skiff.dev/skip-inbound-ports",
+    "skiff.dev/skip-outbound-ports",
+    "skiff.dev/skip-outbound-cidrs",
+];
 const CONFIG_VOLUME: &str = "skiff-config";
 const IDENTITY_VOLUME: &str = "skiff-identity";
 const SCRAPE: [(&str, &str); 3] = [
@@ -38,6 +47,10 @@ pub struct Options {
     pub config_map: String,
     /// A Secret with `tls.crt`, `tls.key`, `ca.crt` instead of a csi-driver-spiffe volume.
     pub identity_secret: Option<String>,
+    /// Add the init container that redirects the pod's traffic (transparent mode).
+    pub transparent: bool,
+    /// The init container's image: Skiff's binary with `nft` (Skiff's own image is empty).
+    pub init_image: String,
 }
 
 impl Default for Options {
@@ -46,6 +59,8 @@ impl Default for Options {
             image: "ghcr.io/skiff-proxy/skiff:latest".into(),
             config_map: "skiff-config".into(),
             identity_secret: None,
+            transparent: false,
+            init_image: "ghcr.io/skiff-proxy/skiff-init:latest".into(),
         }
     }
 }
@@ -212,6 +227,41 @@ volumeMounts:
     ))
 }
 
+/// The init step of transparent mode: installs the redirect rules, then exits. It alone has
+/// `NET_ADMIN` (and runs as root, which nft needs); the sidecar never does.
+fn init_container(options: &Options, annotations: &Mapping) -> Value {
+    let mut args = vec![
+        "init-iptables".to_owned(),
+        format!("--proxy-uid={PROXY_UID}"),
+    ];
+    for key in SKIP_ANNOTATIONS {
+        if let Some(value) = annotations.get(key).and_then(Value::as_str) {
+            let flag = key.trim_start_matches("skiff.dev/");
+            args.push(format!("--{flag}={}", value.replace(' ', "")));
+        }
+    }
+    let mut init = fragment(&format!(
+        r#"
+name: {INIT}
+image: {image}
+resources:
+  requests: {{cpu: 10m, memory: 10Mi}}
+  limits: {{memory: 50Mi}}
+securityContext:
+  runAsUser: 0
+  runAsNonRoot: false
+  readOnlyRootFilesystem: true
+  allowPrivilegeEscalation: false
+  capabilities: {{add: [NET_ADMIN, NET_RAW], drop: [ALL]}}
+"#,
+        image = options.init_image
+    ));
+    if let Some(m) = init.as_mapping_mut() {
+        m.insert("args".into(), args.into());
+    }
+    init
+}
+
 fn volumes(options: &Options) -> [Value; 2] {
     let identity = match &options.identity_secret {
         Some(secret) => format!("{{name: {IDENTITY_VOLUME}, secret: {{secretName: {secret}}}}}"),
@@ -245,8 +295,16 @@ fn add(template: &mut Value, options: &Options) {
     if !added.is_empty() {
         annotations.insert(ADDED.into(), added.join(",").into());
     }
+    let init = options
+        .transparent
+        .then(|| init_container(options, annotations));
     let spec = child_map(t, "spec");
-    child_list(spec, "initContainers").insert(0, sidecar(options));
+    let containers = child_list(spec, "initContainers");
+    containers.insert(0, sidecar(options));
+    // The rules go in before anything else in the pod starts, the sidecar included.
+    if let Some(init) = init {
+        containers.insert(0, init);
+    }
     child_list(spec, "volumes").extend(volumes(options));
 }
 
@@ -277,7 +335,7 @@ fn remove(template: &mut Value) {
     }
     if let Some(spec) = t.get_mut("spec").and_then(Value::as_mapping_mut) {
         for (key, names) in [
-            ("initContainers", &[SIDECAR][..]),
+            ("initContainers", &[INIT, SIDECAR][..]),
             ("volumes", &[CONFIG_VOLUME, IDENTITY_VOLUME][..]),
         ] {
             if let Some(list) = spec.get_mut(key).and_then(Value::as_sequence_mut) {

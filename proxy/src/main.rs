@@ -26,8 +26,10 @@ Usage:
                                           --status (2xx..5xx), --max-rate, --body (bytes)
                                           (ADDR default 127.0.0.1:4191)
   skiff inject [FILE...] [--uninject] [--image IMAGE] [--config-map NAME]
-               [--identity-secret NAME]   add Skiff as a native sidecar to every pod
-                                          template (stdin when no FILE, or -); YAML out
+               [--identity-secret NAME] [--transparent [--init-image IMAGE]]
+                                          add Skiff as a native sidecar to every pod
+                                          template (stdin when no FILE, or -); YAML out;
+                                          --transparent adds the init-iptables step
   skiff init-iptables [--backend nft|iptables] [--inbound-port 4143] [--outbound-port 4140]
                [--admin-port 4191] [--proxy-uid 2102] [--skip-inbound-ports P,A-B]
                [--skip-outbound-ports P,A-B] [--skip-outbound-cidrs NET,...] [--no-ipv6]
@@ -156,6 +158,8 @@ fn inject(args: &[String]) -> anyhow::Result<ExitCode> {
             "--image" => options.image = value("--image")?,
             "--config-map" => options.config_map = value("--config-map")?,
             "--identity-secret" => options.identity_secret = Some(value("--identity-secret")?),
+            "--transparent" => options.transparent = true,
+            "--init-image" => options.init_image = value("--init-image")?,
             f if f.starts_with("--") => bail!("unknown flag {f}"),
             f => files.push(f.to_owned()),
         }

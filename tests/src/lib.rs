@@ -24,6 +24,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub use skiff::Running;
 
+pub mod dns;
+
 /// The body test handlers answer with.
 pub type TestBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -89,7 +91,17 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<TestBody>> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    backend_at("127.0.0.1:0".parse().unwrap(), handler).await
+}
+
+/// [`backend`], listening on `addr` (another loopback address, or a port already in use on
+/// another one).
+pub async fn backend_at<F, Fut>(addr: SocketAddr, handler: F) -> Backend
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
+    let listener = TcpListener::bind(addr).await.unwrap();
     let b = Backend {
         addr: listener.local_addr().unwrap(),
         connections: Arc::default(),

@@ -69,6 +69,7 @@ fn a_secret_can_carry_the_identity_and_the_image_is_chosen() {
         image: "registry.local/skiff:0.1".into(),
         config_map: "mesh".into(),
         identity_secret: Some("web-svid".into()),
+        ..Options::default()
     };
     let (out, _) = transform(INPUT, &options, false).unwrap();
     assert!(out.contains("image: registry.local/skiff:0.1"));
@@ -102,4 +103,69 @@ fn opted_out_templates_and_other_kinds_pass_through() {
     assert_eq!(report, Report::default());
     let err = transform("kind: [", &Options::default(), false).unwrap_err();
     assert_eq!(err.document, 1);
+}
+
+#[test]
+fn transparent_mode_adds_the_redirect_step_first_with_the_pod_exclusions() {
+    let deployment = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  template:
+    metadata:
+      annotations:
+        skiff.dev/skip-outbound-ports: '3306, 5432'
+        skiff.dev/skip-outbound-cidrs: 10.96.0.1/32
+    spec:
+      initContainers:
+      - {name: migrate, image: migrate}
+      containers:
+      - {name: app, image: app}
+";
+    let options = Options {
+        transparent: true,
+        ..Options::default()
+    };
+    let (out, report) = transform(deployment, &options, false).unwrap();
+    assert_eq!(report.changed, 1);
+    let doc: Value = serde_yaml_ng::from_str(&out).unwrap();
+    let inits = doc["spec"]["template"]["spec"]["initContainers"]
+        .as_sequence()
+        .unwrap();
+    let names: Vec<&str> = inits.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["skiff-init", "skiff", "migrate"]);
+    let init = &inits[0];
+    assert_eq!(init["image"], "ghcr.io/skiff-proxy/skiff-init:latest");
+    let args: Vec<&str> = init["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        args,
+        [
+            "init-iptables",
+            "--proxy-uid=2102",
+            "--skip-outbound-ports=3306,5432",
+            "--skip-outbound-cidrs=10.96.0.1/32"
+        ]
+    );
+    assert!(
+        init.get("restartPolicy").is_none(),
+        "runs to completion first"
+    );
+    assert_eq!(
+        init["securityContext"]["capabilities"]["add"][0],
+        "NET_ADMIN"
+    );
+    // The proxy's uid in the rules is the sidecar's.
+    assert_eq!(inits[1]["securityContext"]["runAsUser"], 2102);
+
+    // Idempotent, and `--uninject` takes out both containers.
+    let (again, report) = transform(&out, &options, false).unwrap();
+    assert_eq!((again.as_str(), report.changed), (out.as_str(), 0));
+    let (back, _) = transform(&out, &options, true).unwrap();
+    assert!(!back.contains("skiff-init") && !back.contains("name: skiff\n"));
+    assert!(back.contains("name: migrate"));
 }

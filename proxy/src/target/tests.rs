@@ -349,3 +349,84 @@ spec:
         }
     }
 }
+
+/// Resolves a request that arrived on a connection redirected from `dst`.
+fn resolve_redirected(
+    r: &OutboundResolver,
+    dst: &str,
+    authority: Option<&str>,
+) -> Result<Target, ProxyError> {
+    let uri: Uri = match authority {
+        Some(a) => format!("http://{a}/").parse().unwrap(),
+        None => "/".parse().unwrap(),
+    };
+    let head = RequestHead {
+        method: &Method::GET,
+        uri: &uri,
+        headers: &HeaderMap::new(),
+    };
+    let mut ext = http::Extensions::new();
+    ext.insert(OriginalDst(dst.parse().unwrap()));
+    r.resolve(uri.authority(), &head, &mut ext)?;
+    Ok(ext.get::<Target>().cloned().unwrap())
+}
+
+#[test]
+fn redirected_connections_route_by_cluster_ip_then_authority_then_address() {
+    let f = Fixture::new();
+    let c = services(
+        "    web:\n      clusterIP: 10.96.0.10\n      clusterIPs: ['fd00::10']\n      endpoints: [127.0.0.1:1]\n    api:\n      endpoints: [127.0.0.1:2]\n",
+    );
+    let r = f.resolver(&c);
+    let name = |t: Target| match t {
+        Target::Service(s) => s.name.clone(),
+        Target::Passthrough { authority } => format!("passthrough {authority}"),
+    };
+    // The cluster IP wins over whatever the Host header says.
+    let to_web = resolve_redirected(&r, "10.96.0.10:80", Some("api")).unwrap();
+    assert_eq!(name(to_web), "web");
+    assert_eq!(
+        name(resolve_redirected(&r, "[fd00::10]:80", None).unwrap()),
+        "web"
+    );
+    // Another port of the cluster IP is not the service.
+    assert_eq!(
+        name(resolve_redirected(&r, "10.96.0.10:8080", None).unwrap()),
+        "passthrough 10.96.0.10:8080"
+    );
+    // An unknown address: the authority, if it names a service...
+    assert_eq!(
+        name(resolve_redirected(&r, "10.0.0.7:80", Some("api")).unwrap()),
+        "api"
+    );
+    // ...else the address itself, even without passthrough and without a Host header.
+    assert_eq!(
+        name(resolve_redirected(&r, "10.0.0.7:80", Some("example.com")).unwrap()),
+        "passthrough 10.0.0.7:80"
+    );
+    assert_eq!(
+        name(resolve_redirected(&r, "[fd00::99]:80", None).unwrap()),
+        "passthrough [fd00::99]:80"
+    );
+}
+
+#[test]
+fn a_cluster_ip_and_port_belong_to_one_service() {
+    let err = crate::config::parse(
+        "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  services:\n    a:\n      clusterIP: 10.96.0.10\n      endpoints: [127.0.0.1:1]\n    b:\n      clusterIP: 10.96.0.10\n      endpoints: [127.0.0.1:2]\n",
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("spec.services.b.clusterIP: 10.96.0.10 port 80 is also service a's"),
+        "{err}"
+    );
+    let headless = crate::config::parse(
+        "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  services:\n    a:\n      clusterIP: 0.0.0.0\n      endpoints: [127.0.0.1:1]\n",
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(headless.contains("headless"), "{headless}");
+}

@@ -1,0 +1,86 @@
+//! A DNS server for tests, on a loopback UDP port: it answers A queries for any name with
+//! the addresses and TTL the test sets (NXDOMAIN when there are none), AAAA queries with no
+//! records, and counts the queries it gets.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::net::UdpSocket;
+
+/// The running server.
+#[derive(Clone, Debug)]
+pub struct DnsServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    answer: Arc<Mutex<(Vec<Ipv4Addr>, u32)>>,
+    queries: Arc<AtomicUsize>,
+}
+
+impl DnsServer {
+    /// Starts answering with `addrs` and `ttl` (seconds).
+    pub async fn start(addrs: &[Ipv4Addr], ttl: u32) -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server = Self {
+            addr: socket.local_addr().unwrap(),
+            answer: Arc::new(Mutex::new((addrs.to_vec(), ttl))),
+            queries: Arc::default(),
+        };
+        let (answer, queries) = (server.answer.clone(), server.queries.clone());
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            loop {
+                let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                    continue;
+                };
+                queries.fetch_add(1, Ordering::SeqCst);
+                let current = answer.lock().unwrap().clone();
+                if let Some(reply) = reply(&buf[..n], &current.0, current.1) {
+                    let _ = socket.send_to(&reply, from).await;
+                }
+            }
+        });
+        server
+    }
+
+    /// Changes the answer.
+    pub fn set(&self, addrs: &[Ipv4Addr], ttl: u32) {
+        *self.answer.lock().unwrap() = (addrs.to_vec(), ttl);
+    }
+
+    /// Queries received so far (A and AAAA).
+    pub fn queries(&self) -> usize {
+        self.queries.load(Ordering::SeqCst)
+    }
+}
+
+/// The response to `query`, or `None` when it cannot be read.
+fn reply(query: &[u8], addrs: &[Ipv4Addr], ttl: u32) -> Option<Vec<u8>> {
+    // The question's name ends at its zero label; type and class follow.
+    let mut end = 12;
+    loop {
+        let len = usize::from(*query.get(end)?);
+        end += 1 + len;
+        if len == 0 {
+            break;
+        }
+    }
+    let qtype = u16::from_be_bytes([*query.get(end)?, *query.get(end + 1)?]);
+    let question = query.get(12..end + 4)?;
+    let records: &[Ipv4Addr] = if qtype == 1 { addrs } else { &[] };
+    // NXDOMAIN when the name has no addresses at all.
+    let rcode = if addrs.is_empty() { 3 } else { 0 };
+    let mut out = query[..2].to_vec();
+    out.extend_from_slice(&(0x8180u16 | rcode).to_be_bytes());
+    out.extend_from_slice(&[0, 1]);
+    out.extend_from_slice(&(records.len() as u16).to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(question);
+    for ip in records {
+        out.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+        out.extend_from_slice(&ttl.to_be_bytes());
+        out.extend_from_slice(&[0, 4]);
+        out.extend_from_slice(&ip.octets());
+    }
+    Some(out)
+}
