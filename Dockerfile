@@ -1,6 +1,7 @@
 # Skiff's image: one static binary in an empty image, run as a non-root user.
 #
 #   docker build -t skiff .                     # builds the binary in the first stage
+#   docker build --target init -t skiff-init .  # the transparent-mode init image
 #   docker run --rm skiff version
 #   docker run --rm -v "$PWD/examples:/etc/skiff:ro" skiff run --config /etc/skiff/dev.yaml
 #
@@ -24,6 +25,17 @@ FROM scratch AS prebuilt
 COPY target/static/skiff /out/skiff
 
 FROM ${BINARY} AS binary
+
+# The init image of transparent mode (`skiff inject --transparent`): the same binary with
+# nft and iptables, which `skiff init-iptables` runs. It needs root and NET_ADMIN, runs once
+# per pod and exits. Build it with `--target init`; the default target is the proxy image.
+FROM debian:bookworm-slim AS init
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nftables iptables \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=binary /out/skiff /usr/local/bin/skiff
+ENTRYPOINT ["/usr/local/bin/skiff"]
+CMD ["init-iptables"]
 
 FROM scratch
 COPY --from=binary /out/skiff /skiff
