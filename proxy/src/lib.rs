@@ -52,6 +52,7 @@ pub mod app;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod conn_service;
 pub mod demo;
 pub mod detect;
 pub mod dns;

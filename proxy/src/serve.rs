@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::config::MtlsMode;
+use crate::conn_service::ConnService;
 use crate::detect::{detect, Prefixed, Protocol};
 use crate::drain::Drain;
 use crate::head_timeout::{HeadTimeoutIo, InRequest};
@@ -166,8 +166,8 @@ async fn serve(
     }
 }
 
-type Http1Svc = TowerToHyperService<InRequest>;
-type Svc = TowerToHyperService<HttpService>;
+type Http1Svc = ConnService<InRequest>;
+type Svc = ConnService<HttpService>;
 
 /// A server connection that can be asked to finish gracefully.
 trait Graceful: std::future::Future<Output = hyper::Result<()>> {
@@ -217,7 +217,7 @@ async fn serve_http1<I: Io>(
         .max_headers(max_headers)
         .max_buf_size(max_buf.max(8192))
         .keep_alive(true)
-        .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc))
+        .serve_connection(TokioIo::new(io), ConnService::new(svc))
         .with_upgrades();
     run_until_drained(conn, drain).await;
 }
@@ -234,7 +234,7 @@ async fn serve_http2<I: Io>(
         .max_concurrent_streams(h2.max_concurrent_streams)
         .max_header_list_size(h2.max_header_list_size)
         .max_pending_accept_reset_streams(h2.max_pending_reset_streams)
-        .serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
+        .serve_connection(TokioIo::new(io), ConnService::new(svc));
     run_until_drained(conn, drain).await;
 }
 
