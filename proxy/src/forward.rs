@@ -55,7 +55,7 @@ async fn forward(req: Request<Body>) -> Result<Response<Body>, ProxyError> {
         })?;
 
     if req.extensions().get::<WebSocketUpgrade>().is_some() {
-        return upgrade(&pool, req).await;
+        return Box::pin(upgrade(&pool, req)).await;
     }
     let http1_at_origin =
         req.version() < Version::HTTP_2 || req.extensions().get::<OrigHttp1>().is_some();
@@ -103,13 +103,17 @@ pub fn take_orig_proto<B>(req: &mut Request<B>) {
     }
 }
 
+/// Whether `req` has an HTTP/1 chunked body, which [`prime_chunked`] reads into first.
+pub(crate) fn needs_priming(req: &Request<Body>) -> bool {
+    req.version() <= Version::HTTP_11
+        && !req.body().is_end_stream()
+        && req.body().size_hint().exact().is_none()
+}
+
 /// Reads the first chunk of an HTTP/1 chunked body before contacting the upstream, so a
 /// malformed chunk is refused (400) without the upstream ever seeing the request.
 pub(crate) async fn prime_chunked(req: Request<Body>) -> Result<Request<Body>, ProxyError> {
-    let chunked = req.version() <= Version::HTTP_11
-        && !req.body().is_end_stream()
-        && req.body().size_hint().exact().is_none();
-    if !chunked {
+    if !needs_priming(&req) {
         return Ok(req);
     }
     let (parts, b) = req.into_parts();

@@ -9,11 +9,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use http::uri::Authority;
 use http::{Request, Response};
-use proxy_core::balance;
+use pin_project_lite::pin_project;
+use proxy_core::balance::{self, InFlight, Load};
 use proxy_core::breaker::Admission;
 use proxy_core::error::find_cause;
 use proxy_core::{Body, BoxError, BoxHttpService, ProxyError, Reason};
@@ -21,13 +22,13 @@ use tower::{Layer, Service};
 
 use crate::client::Pools;
 use crate::endpoints::Endpoint;
-use crate::forward::prime_chunked;
+use crate::forward::{needs_priming, prime_chunked};
 use crate::target::{Service as TargetService, Target};
 
 /// Picks an endpoint, then calls the service below.
 #[derive(Clone, Debug)]
-pub struct Pick {
-    inner: BoxHttpService,
+pub struct Pick<S> {
+    inner: S,
     pools: Arc<Pools>,
 }
 
@@ -44,78 +45,182 @@ impl PickLayer {
     }
 }
 
-impl<S> Layer<S> for PickLayer
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Service = Pick;
+impl<S> Layer<S> for PickLayer {
+    type Service = Pick<S>;
 
-    fn layer(&self, inner: S) -> Pick {
+    fn layer(&self, inner: S) -> Pick<S> {
         Pick {
-            inner: BoxHttpService::new(inner),
+            inner,
             pools: self.pools.clone(),
         }
     }
 }
 
-impl Service<Request<Body>> for Pick {
+impl<S> Service<Request<Body>> for Pick<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let pools = self.pools.clone();
-        Box::pin(async move {
-            let target = req.extensions().get::<Target>().cloned().ok_or_else(|| {
-                ProxyError::new(Reason::Internal, "request reached the picker unrouted")
-            })?;
-            // Before an endpoint is chosen: a client slow to send its first chunk must not
-            // count against the endpoint's breaker, latency or per-try deadline.
-            let mut req = prime_chunked(req).await?;
-            let (endpoint, admission) = match &target {
-                Target::Service(service) => choose(service)?,
-                Target::Passthrough { authority } => {
-                    let endpoint = Endpoint {
-                        pool: pools.get(resolve(authority).await?),
-                        gate: None,
-                        load: Default::default(),
-                    };
-                    (Arc::new(endpoint), None)
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        // Most requests are to a service and carry no chunked body to look at first: the
+        // endpoint is picked here and the call goes straight on, with nothing boxed.
+        let service = match req.extensions().get::<Target>() {
+            Some(Target::Service(s)) if !needs_priming(&req) => Some(s.clone()),
+            Some(_) => None,
+            None => {
+                let e = ProxyError::new(Reason::Internal, "request reached the picker unrouted");
+                return ResponseFuture::failed(e);
+            }
+        };
+        if let Some(service) = service {
+            return match choose(&service) {
+                Ok((endpoint, admission)) => {
+                    let flight = send_to(&mut req, endpoint, admission);
+                    ResponseFuture::direct(self.inner.call(req), flight)
                 }
+                Err(e) => ResponseFuture::failed(e),
             };
-            proxy_core::notes::note(req.extensions(), |n| {
-                n.tries += 1;
-                n.endpoint = Some(endpoint.pool.addr());
-                n.breaker = endpoint.gate.as_ref().map(|g| g.state().as_str());
-            });
-            if let Some(admission) = admission {
-                req.extensions_mut().insert(admission);
+        }
+        // The rest (passthrough names to resolve, chunked bodies to prime) wait first, so
+        // they take a ready clone of the inner service along.
+        let clone = self.inner.clone();
+        let inner = BoxHttpService::new(std::mem::replace(&mut self.inner, clone));
+        let pools = self.pools.clone();
+        ResponseFuture::slow(Box::pin(pick_later(inner, pools, req)))
+    }
+}
+
+async fn pick_later(
+    mut inner: BoxHttpService,
+    pools: Arc<Pools>,
+    req: Request<Body>,
+) -> Result<Response<Body>, BoxError> {
+    let target = req.extensions().get::<Target>().cloned();
+    // Before an endpoint is chosen: a client slow to send its first chunk must not count
+    // against the endpoint's breaker, latency or per-try deadline.
+    let mut req = prime_chunked(req).await?;
+    let (endpoint, admission) = match target {
+        Some(Target::Service(service)) => choose(&service)?,
+        Some(Target::Passthrough { authority }) => {
+            let endpoint = Endpoint {
+                pool: pools.get(resolve(&authority).await?),
+                gate: None,
+                load: Default::default(),
+            };
+            (Arc::new(endpoint), None)
+        }
+        None => unreachable!("checked before"),
+    };
+    let flight = send_to(&mut req, endpoint, admission);
+    let result = inner.call(req).await;
+    settle(&result, &flight);
+    result
+}
+
+/// Records the pick on the request (for the breaker, the forwarder and tap) and starts
+/// counting the request against the endpoint's load.
+fn send_to(
+    req: &mut Request<Body>,
+    endpoint: Arc<Endpoint>,
+    admission: Option<Admission>,
+) -> InFlight<EndpointLoad> {
+    proxy_core::notes::note(req.extensions(), |n| {
+        n.tries += 1;
+        n.endpoint = Some(endpoint.pool.addr());
+        n.breaker = endpoint.gate.as_ref().map(|g| g.state().as_str());
+    });
+    if let Some(admission) = admission {
+        req.extensions_mut().insert(admission);
+    }
+    req.extensions_mut().insert(endpoint.clone());
+    InFlight::start(EndpointLoad(endpoint))
+}
+
+/// Responses and timeouts say how slow the endpoint is; a refused connection says it is
+/// unusable, and is charged a penalty so P2C steers away from it.
+fn settle(result: &Result<Response<Body>, BoxError>, flight: &InFlight<EndpointLoad>) {
+    let failure = result
+        .as_ref()
+        .err()
+        .and_then(|e| find_cause::<ProxyError>(e.as_ref()))
+        .map(ProxyError::reason);
+    match failure {
+        None | Some(Reason::UpstreamTimeout) => flight.observe(),
+        Some(Reason::UpstreamConnect) => flight.penalize(),
+        Some(_) => {}
+    }
+}
+
+/// An endpoint's load, held through the endpoint so it can live in a future.
+#[derive(Debug)]
+pub struct EndpointLoad(Arc<Endpoint>);
+
+impl std::ops::Deref for EndpointLoad {
+    type Target = Load;
+
+    fn deref(&self) -> &Load {
+        &self.0.load
+    }
+}
+
+pin_project! {
+    /// The future of [`Pick`].
+    #[project = Proj]
+    pub enum ResponseFuture<F> {
+        /// Sent at once.
+        Direct { #[pin] inner: F, flight: Option<InFlight<EndpointLoad>> },
+        /// Waiting for something before the pick.
+        Slow { inner: Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>> },
+        /// Refused before any endpoint was tried.
+        Failed { error: Option<ProxyError> },
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    fn direct(inner: F, flight: InFlight<EndpointLoad>) -> Self {
+        Self::Direct {
+            inner,
+            flight: Some(flight),
+        }
+    }
+
+    fn slow(inner: Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>) -> Self {
+        Self::Slow { inner }
+    }
+
+    fn failed(error: ProxyError) -> Self {
+        Self::Failed { error: Some(error) }
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, BoxError>>,
+{
+    type Output = Result<Response<Body>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            Proj::Direct { inner, flight } => {
+                let result = ready!(inner.poll(cx));
+                if let Some(flight) = flight.take() {
+                    settle(&result, &flight);
+                }
+                Poll::Ready(result)
             }
-            req.extensions_mut().insert(endpoint.clone());
-            let flight = endpoint.load.start();
-            let result = inner.call(req).await;
-            // Responses and timeouts say how slow the endpoint is; a refused connection says
-            // it is unusable, and is charged a penalty so P2C steers away from it.
-            let failure = result
-                .as_ref()
-                .err()
-                .and_then(|e| find_cause::<ProxyError>(e.as_ref()))
-                .map(ProxyError::reason);
-            match failure {
-                None | Some(Reason::UpstreamTimeout) => flight.observe(),
-                Some(Reason::UpstreamConnect) => flight.penalize(),
-                Some(_) => {}
+            Proj::Slow { inner } => inner.as_mut().poll(cx),
+            Proj::Failed { error } => {
+                Poll::Ready(Err(error.take().expect("polled after completion").into()))
             }
-            drop(flight);
-            result
-        })
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Peak-EWMA load per endpoint.
 
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -44,12 +45,8 @@ impl Load {
 
     /// Counts a request in flight until the returned guard is dropped; call
     /// [`InFlight::observe`] first to feed its latency into the average.
-    pub fn start(&self) -> InFlight<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight {
-            load: self,
-            started: Instant::now(),
-        }
+    pub fn start(&self) -> InFlight<&Self> {
+        InFlight::start(self)
     }
 
     fn observe(&self, rtt: Duration) {
@@ -74,10 +71,11 @@ fn decay(avg: f64, elapsed: Duration) -> f64 {
     avg * (-elapsed.as_secs_f64() / DECAY.as_secs_f64()).exp()
 }
 
-/// A request in flight to an endpoint.
+/// A request in flight to an endpoint, holding its [`Load`] through `L`: a reference, or an
+/// owning handle when the guard must live in a future of its own.
 #[derive(Debug)]
-pub struct InFlight<'a> {
-    load: &'a Load,
+pub struct InFlight<L: Deref<Target = Load>> {
+    load: L,
     started: Instant,
 }
 
@@ -85,7 +83,16 @@ pub struct InFlight<'a> {
 /// steers away from the endpoint, and like any peak it fades with time.
 pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
-impl InFlight<'_> {
+impl<L: Deref<Target = Load>> InFlight<L> {
+    /// Counts a request in flight on `load` until the guard is dropped.
+    pub fn start(load: L) -> Self {
+        load.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self {
+            load,
+            started: Instant::now(),
+        }
+    }
+
     /// Feeds the time since the request started into the endpoint's average.
     pub fn observe(&self) {
         self.load.observe(self.started.elapsed());
@@ -97,7 +104,7 @@ impl InFlight<'_> {
     }
 }
 
-impl Drop for InFlight<'_> {
+impl<L: Deref<Target = Load>> Drop for InFlight<L> {
     fn drop(&mut self) {
         self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
     }

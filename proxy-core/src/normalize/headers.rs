@@ -141,6 +141,12 @@ fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
 /// Removes hop-by-hop headers: the fixed list, every header the `Connection` header names,
 /// and `TE` unless it is exactly `trailers` (which gRPC needs end to end).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names is cheaper than a hashed removal
+    // for each name on the list.
+    let hop = |n: &HeaderName| *n == header::TE || HOP_BY_HOP.contains(n);
+    if !headers.keys().any(hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

@@ -37,49 +37,75 @@ pub use policy::{Backoff, BudgetParams, Policy, RetryObserver, DEFAULT_MAX_REPLA
 
 /// Retries requests to the inner service under their [`Policy`].
 #[derive(Clone, Debug)]
-pub struct Retry {
-    inner: BoxHttpService,
+pub struct Retry<S> {
+    inner: S,
 }
 
 /// Applies [`Retry`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RetryLayer;
 
-impl<S> Layer<S> for RetryLayer
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Service = Retry;
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
 
-    fn layer(&self, inner: S) -> Retry {
-        Retry {
-            inner: BoxHttpService::new(inner),
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry { inner }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Retry`].
+    #[project = Proj]
+    pub enum ResponseFuture<F> {
+        /// No retry policy: the one try, as it is.
+        Once { #[pin] inner: F },
+        /// Tries under a policy.
+        Retrying { inner: Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>> },
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, BoxError>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        match self.project() {
+            Proj::Once { inner } => inner.poll(cx),
+            Proj::Retrying { inner } => inner.as_mut().poll(cx),
         }
     }
 }
 
-/// The future of [`Retry`].
-pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
-
-impl Service<Request<Body>> for Retry {
+impl<S> Service<Request<Body>> for Retry<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = ResponseFuture;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> ResponseFuture {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         let Some(policy) = req.extensions().get::<Arc<Policy>>().cloned() else {
-            return self.inner.call(req);
+            return ResponseFuture::Once {
+                inner: self.inner.call(req),
+            };
         };
         // The loop outlives this call: it takes the service made ready, and leaves a clone
         // (made ready in turn) for the next request.
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
-        Box::pin(run(ready, req, policy))
+        // Boxed: the loop is generic code the compiler cannot prove `Send` for every
+        // inner service (a limitation with higher-ranked lifetimes in async functions).
+        ResponseFuture::Retrying {
+            inner: Box::pin(run(BoxHttpService::new(ready), req, policy)),
+        }
     }
 }
 

@@ -54,26 +54,28 @@ impl Upstream {
         self.tries.lock().unwrap().len()
     }
 
-    fn service(&self) -> Retry {
+    fn service(&self) -> Retry<crate::BoxHttpService> {
         let this = self.clone();
-        RetryLayer.layer(tower::service_fn(move |req: Request<Body>| {
-            let this = this.clone();
-            async move {
-                let body = req.into_body().collect().await?.to_bytes();
-                this.tries.lock().unwrap().push((Instant::now(), body));
-                match this.script.lock().unwrap().pop_front() {
-                    Some(Outcome::Error(r)) => {
-                        Err(Box::new(ProxyError::new(r, "scripted")) as BoxError)
+        RetryLayer.layer(crate::BoxHttpService::new(tower::service_fn(
+            move |req: Request<Body>| {
+                let this = this.clone();
+                async move {
+                    let body = req.into_body().collect().await?.to_bytes();
+                    this.tries.lock().unwrap().push((Instant::now(), body));
+                    match this.script.lock().unwrap().pop_front() {
+                        Some(Outcome::Error(r)) => {
+                            Err(Box::new(ProxyError::new(r, "scripted")) as BoxError)
+                        }
+                        Some(Outcome::Status(s)) => {
+                            let mut rsp = Response::new(body::empty());
+                            *rsp.status_mut() = StatusCode::from_u16(s).unwrap();
+                            Ok(rsp)
+                        }
+                        None => Ok(Response::new(body::full("ok"))),
                     }
-                    Some(Outcome::Status(s)) => {
-                        let mut rsp = Response::new(body::empty());
-                        *rsp.status_mut() = StatusCode::from_u16(s).unwrap();
-                        Ok(rsp)
-                    }
-                    None => Ok(Response::new(body::full("ok"))),
                 }
-            }
-        }))
+            },
+        )))
     }
 }
 

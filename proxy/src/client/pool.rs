@@ -117,12 +117,9 @@ impl Pool {
                 },
             }
         }
-        let io = self.connect().await?;
-        let (mut sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| self.connect_error(e))?;
-        tokio::spawn(conn);
+        // Boxed, as every connection set-up below: a pending connect or handshake makes a
+        // large future, which would otherwise be part of (and copied with) every request's.
+        let mut sender = Box::pin(self.connect_http1()).await?;
         let rsp = sender
             .send_request(req)
             .await
@@ -131,17 +128,31 @@ impl Pool {
         Ok(rsp)
     }
 
+    async fn connect_http1(&self) -> Result<http1::SendRequest<Body>, ProxyError> {
+        let io = self.connect().await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| self.connect_error(e))?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+
+    async fn connect_http2(&self) -> Result<http2::SendRequest<Body>, ProxyError> {
+        let tcp = self.connect().await?;
+        match &self.mesh {
+            None => self.h2_handshake(tcp).await,
+            Some(peer) => self.h2_handshake(self.tls(tcp, peer).await?).await,
+        }
+    }
+
     async fn send_http2(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
         let mut sender = {
             let mut shared = self.h2.lock().await;
             match shared.as_ref().filter(|s| !s.is_closed()) {
                 Some(s) => s.clone(),
                 None => {
-                    let tcp = self.connect().await?;
-                    let sender = match &self.mesh {
-                        None => self.h2_handshake(tcp).await?,
-                        Some(peer) => self.h2_handshake(self.tls(tcp, peer).await?).await?,
-                    };
+                    let sender = Box::pin(self.connect_http2()).await?;
                     *shared = Some(sender.clone());
                     sender
                 }
