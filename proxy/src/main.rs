@@ -301,8 +301,16 @@ fn serve(
 ) -> anyhow::Result<ExitCode> {
     skiff::logging::init();
     let threads = skiff::runtime::worker_threads(workers.or(config.proxy.workers));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
+    // One worker: everything on this thread, with none of the work-stealing scheduler's
+    // cross-thread bookkeeping (a sidecar usually gets one CPU).
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let rt = builder
         .thread_name("skiff-worker")
         .enable_all()
         .build()
