@@ -32,7 +32,7 @@ Usage:
                                           --transparent adds the init-iptables step
   skiff init-iptables [--backend nft|iptables] [--inbound-port 4143] [--outbound-port 4140]
                [--admin-port 4191] [--proxy-uid 2102] [--skip-inbound-ports P,A-B]
-               [--skip-outbound-ports P,A-B] [--skip-outbound-cidrs NET,...] [--no-ipv6]
+               [--skip-outbound-ports P,A-B] [--skip-outbound-cidrs NET,...] [--ipv6]
                [--dry-run] [--cleanup]    redirect this network namespace's TCP through
                                           Skiff (transparent mode; needs NET_ADMIN)
   skiff version
@@ -108,7 +108,7 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
                 } else {
                     "installed"
                 };
-                eprintln!("skiff: redirect rules {done} ({:?})", options.backend);
+                eprintln!("skiff: redirect rules {done} ({})", options.backend);
             }
             Ok(ExitCode::SUCCESS)
         }

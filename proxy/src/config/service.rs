@@ -87,10 +87,11 @@ struct RawServiceSpec {
     port: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     namespace: Option<String>,
+    // Strings, so that a Service's `clusterIP: None` gets an answer that explains it.
     #[serde(default, rename = "clusterIP", skip_serializing_if = "Option::is_none")]
-    cluster_ip: Option<IpAddr>,
+    cluster_ip: Option<String>,
     #[serde(default, rename = "clusterIPs", skip_serializing_if = "Vec::is_empty")]
-    cluster_ips: Vec<IpAddr>,
+    cluster_ips: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     endpoints: Vec<SocketAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -157,16 +158,12 @@ impl TryFrom<RawServiceSpec> for ServiceSpec {
             r.check()?;
         }
         raw.timeouts.check()?;
-        let mut cluster_ips: Vec<IpAddr> = raw.cluster_ip.into_iter().collect();
-        for ip in raw.cluster_ips {
+        let mut cluster_ips: Vec<IpAddr> = Vec::new();
+        for written in raw.cluster_ip.iter().chain(&raw.cluster_ips) {
+            let ip = cluster_ip(written)?;
             if !cluster_ips.contains(&ip) {
                 cluster_ips.push(ip);
             }
-        }
-        if let Some(ip) = cluster_ips.iter().find(|ip| ip.is_unspecified()) {
-            return Err(format!(
-                "`clusterIP` {ip} is not an address (a headless Service has none: leave it out)"
-            ));
         }
         Ok(Self {
             port: raw.port,
@@ -198,7 +195,7 @@ impl From<ServiceSpec> for RawServiceSpec {
             port: s.port,
             namespace: s.namespace,
             cluster_ip: None,
-            cluster_ips: s.cluster_ips,
+            cluster_ips: s.cluster_ips.iter().map(ToString::to_string).collect(),
             endpoints,
             dns,
             dns_refresh,
@@ -211,6 +208,26 @@ impl From<ServiceSpec> for RawServiceSpec {
             identity: s.identity,
         }
     }
+}
+
+/// Reads one cluster IP.
+fn cluster_ip(written: &str) -> Result<IpAddr, String> {
+    if written.eq_ignore_ascii_case("none") {
+        return Err(
+            "`clusterIP: None` is a headless Service, which has no cluster IP: leave \
+                    `clusterIP` out and give its name in `dns` to reach its pods"
+                .into(),
+        );
+    }
+    let ip: IpAddr = written
+        .parse()
+        .map_err(|_| format!("`clusterIP` {written:?} is not an IP address"))?;
+    if ip.is_unspecified() {
+        return Err(format!(
+            "`clusterIP` {ip} is not an address a Service can have"
+        ));
+    }
+    Ok(ip)
 }
 
 /// How DNS names of services are resolved: Skiff asks the name servers itself, so that it

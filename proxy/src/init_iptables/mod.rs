@@ -39,7 +39,8 @@ pub struct Options {
     pub skip_outbound_ports: Vec<Ports>,
     /// Outbound destination networks left alone.
     pub skip_outbound_cidrs: Vec<Cidr>,
-    /// Whether to write IPv6 rules too.
+    /// Whether to redirect IPv6 too. Off by default: Skiff's listeners are IPv4, so an
+    /// IPv6 connection sent to them would be refused rather than left alone.
     pub ipv6: bool,
     /// Print the rules instead of installing them.
     pub dry_run: bool,
@@ -58,7 +59,7 @@ impl Default for Options {
             skip_inbound_ports: Vec::new(),
             skip_outbound_ports: Vec::new(),
             skip_outbound_cidrs: Vec::new(),
-            ipv6: true,
+            ipv6: false,
             dry_run: false,
             cleanup: false,
         }
@@ -73,6 +74,15 @@ pub enum Backend {
     /// `iptables-restore` and `iptables` (and the `ip6` variants); on current distributions
     /// these write nftables rules through the iptables-nft compatibility layer.
     Iptables,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Nft => "nft",
+            Self::Iptables => "iptables",
+        })
+    }
 }
 
 /// A port or an inclusive range of ports.
@@ -152,7 +162,7 @@ impl Options {
                 "--skip-outbound-cidrs" => {
                     o.skip_outbound_cidrs.extend(list(name, &value()?, cidr)?)
                 }
-                "--no-ipv6" => o.ipv6 = false,
+                "--ipv6" => o.ipv6 = true,
                 "--dry-run" => o.dry_run = true,
                 "--cleanup" => o.cleanup = true,
                 other => return Err(usage(format!("unknown flag {other:?}"))),
@@ -250,11 +260,15 @@ impl Step {
 pub fn plan(o: &Options) -> Vec<Step> {
     match o.backend {
         Backend::Nft => {
-            let family = if o.ipv6 { "inet" } else { "ip" };
-            // Declaring then deleting the table makes the script work whether or not it
-            // exists; all of it is one transaction.
-            let mut script = format!("table {family} skiff\ndelete table {family} skiff\n");
+            // Declaring then deleting a table makes the script work whether or not it
+            // exists; all of it is one transaction. Both families' tables go, so a run
+            // with or without `--ipv6` replaces (or cleans up) what any earlier run left.
+            let mut script = String::new();
+            for family in ["ip", "inet"] {
+                let _ = writeln!(script, "table {family} skiff\ndelete table {family} skiff");
+            }
             if !o.cleanup {
+                let family = if o.ipv6 { "inet" } else { "ip" };
                 script.push_str(&nft_table(o, family));
             }
             vec![Step {
@@ -266,6 +280,13 @@ pub fn plan(o: &Options) -> Vec<Step> {
             let mut steps = iptables_steps("iptables", o, false);
             if o.ipv6 {
                 steps.extend(iptables_steps("ip6tables", o, true));
+            } else {
+                // IPv6 rules an earlier `--ipv6` run left are removed.
+                let cleanup = Options {
+                    cleanup: true,
+                    ..o.clone()
+                };
+                steps.extend(iptables_steps("ip6tables", &cleanup, true));
             }
             steps
         }
@@ -457,7 +478,7 @@ pub fn apply(o: &Options) -> Result<(), InitError> {
 /// Runs one step; `Ok(false)` when it failed and was allowed to.
 fn execute(step: &Step) -> Result<bool, InitError> {
     let tool = format!("{} {}", step.program, step.args.join(" "));
-    let mut child = Command::new(step.program)
+    let child = Command::new(step.program)
         .args(&step.args)
         .stdin(if step.stdin.is_some() {
             Stdio::piped()
@@ -466,11 +487,18 @@ fn execute(step: &Step) -> Result<bool, InitError> {
         })
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| InitError::Spawn {
-            tool: step.program.into(),
-            source,
-        })?;
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        // Removing rules of a tool that is not installed: there are none.
+        Err(e) if step.may_fail && e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => {
+            return Err(InitError::Spawn {
+                tool: step.program.into(),
+                source,
+            })
+        }
+    };
     if let (Some(input), Some(mut pipe)) = (&step.stdin, child.stdin.take()) {
         pipe.write_all(input.as_bytes())
             .map_err(|source| InitError::Spawn {

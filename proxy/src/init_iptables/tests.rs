@@ -22,7 +22,7 @@ fn flags_parse_into_typed_options() {
     let o = Options::parse(&args(
         "--backend iptables --inbound-port 5143 --outbound-port=5140 --proxy-uid 999 \
          --admin-port 5191 --skip-inbound-ports 22,8000-8100 --skip-outbound-ports 443 \
-         --skip-outbound-cidrs 10.96.0.1/32,fd00::/8,192.168.1.1 --no-ipv6",
+         --skip-outbound-cidrs 10.96.0.1/32,fd00::/8,192.168.1.1 --ipv6",
     ))
     .unwrap();
     assert_eq!(o.backend, Backend::Iptables);
@@ -37,8 +37,10 @@ fn flags_parse_into_typed_options() {
         o.skip_outbound_cidrs[2],
         Cidr("192.168.1.1".parse().unwrap(), 32)
     );
-    assert!(!o.ipv6);
-    assert_eq!(Options::parse(&[]).unwrap(), Options::default());
+    assert!(o.ipv6);
+    let defaults = Options::parse(&[]).unwrap();
+    assert_eq!(defaults, Options::default());
+    assert!(!defaults.ipv6, "IPv6 is opt-in: the listeners are IPv4");
 }
 
 #[test]
@@ -59,10 +61,14 @@ fn bad_flags_say_what_is_wrong() {
 
 #[test]
 fn nft_replaces_its_own_table_atomically() {
-    let script =
-        nft_script("--skip-outbound-ports 443,5432 --skip-outbound-cidrs 10.96.0.1,fd00::/8");
-    // Whether or not the table exists, one transaction deletes and recreates it.
-    assert!(script.starts_with("table inet skiff\ndelete table inet skiff\ntable inet skiff {\n"));
+    let script = nft_script(
+        "--ipv6 --skip-outbound-ports 443,5432 --skip-outbound-cidrs 10.96.0.1,fd00::/8",
+    );
+    // Whether or not the tables exist, one transaction deletes and recreates them.
+    assert!(script.starts_with(
+        "table ip skiff\ndelete table ip skiff\ntable inet skiff\ndelete table inet skiff\n\
+         table inet skiff {\n"
+    ));
     for rule in [
         "type nat hook prerouting priority dstnat; policy accept;",
         "tcp dport { 4191, 4143 } return",
@@ -84,23 +90,22 @@ fn nft_replaces_its_own_table_atomically() {
 
 #[test]
 fn nft_without_ipv6_uses_an_ip_table_and_drops_ipv6_networks() {
-    let script = nft_script("--no-ipv6 --skip-outbound-cidrs fd00::/8");
+    let script = nft_script("--skip-outbound-cidrs fd00::/8");
     assert!(script.contains("table ip skiff {"));
     assert!(!script.contains("ip6 daddr"));
 }
 
 #[test]
-fn nft_cleanup_only_deletes_the_table() {
-    assert_eq!(
-        nft_script("--cleanup"),
-        "table inet skiff\ndelete table inet skiff\n"
-    );
+fn nft_cleanup_only_deletes_the_tables_of_both_families() {
+    let both = "table ip skiff\ndelete table ip skiff\ntable inet skiff\ndelete table inet skiff\n";
+    assert_eq!(nft_script("--cleanup"), both);
+    assert_eq!(nft_script("--cleanup --ipv6"), both);
 }
 
 #[test]
 fn iptables_fills_its_chains_in_one_restore_then_adds_missing_jumps() {
     let o = Options::parse(&args(
-        "--backend iptables --skip-outbound-cidrs 10.96.0.1/32,fd00::/8 --skip-inbound-ports 22",
+        "--backend iptables --ipv6 --skip-outbound-cidrs 10.96.0.1/32,fd00::/8 --skip-inbound-ports 22",
     ))
     .unwrap();
     let steps = plan(&o);
@@ -155,28 +160,39 @@ fn iptables_fills_its_chains_in_one_restore_then_adds_missing_jumps() {
 
 #[test]
 fn iptables_cleanup_removes_jumps_then_chains_and_tolerates_absence() {
-    let o = Options::parse(&args("--backend iptables --cleanup --no-ipv6")).unwrap();
+    let o = Options::parse(&args("--backend iptables --cleanup")).unwrap();
     let steps = plan(&o);
-    let lines: Vec<String> = steps.iter().map(|s| s.args.join(" ")).collect();
-    assert_eq!(
-        lines,
+    let lines: Vec<String> = steps
+        .iter()
+        .map(|s| format!("{} {}", s.program, s.args.join(" ")))
+        .collect();
+    let expected = |p: &str| {
         [
-            "-t nat -D PREROUTING -p tcp -j SKIFF_INBOUND",
-            "-t nat -D OUTPUT -p tcp -j SKIFF_OUTBOUND",
-            "-t nat -F SKIFF_INBOUND",
-            "-t nat -F SKIFF_OUTBOUND",
-            "-t nat -X SKIFF_INBOUND",
-            "-t nat -X SKIFF_OUTBOUND",
+            format!("{p} -t nat -D PREROUTING -p tcp -j SKIFF_INBOUND"),
+            format!("{p} -t nat -D OUTPUT -p tcp -j SKIFF_OUTBOUND"),
+            format!("{p} -t nat -F SKIFF_INBOUND"),
+            format!("{p} -t nat -F SKIFF_OUTBOUND"),
+            format!("{p} -t nat -X SKIFF_INBOUND"),
+            format!("{p} -t nat -X SKIFF_OUTBOUND"),
         ]
-    );
+    };
+    // Both families, whatever `--ipv6` says: what an earlier run installed goes.
+    assert_eq!(lines[..6], expected("iptables"));
+    assert_eq!(lines[6..], expected("ip6tables"));
     assert!(steps.iter().all(|s| s.may_fail));
+    // An IPv4-only install also removes IPv6 rules left from an earlier `--ipv6` run.
+    let install = plan(&Options::parse(&args("--backend iptables")).unwrap());
+    assert!(install
+        .iter()
+        .any(|s| s.program == "ip6tables" && s.args[2] == "-X"));
+    assert!(!install.iter().any(|s| s.program == "ip6tables-restore"));
 }
 
 #[test]
 fn many_skipped_ports_are_split_across_multiport_rules() {
     let ports: Vec<String> = (1000..1020).map(|p| p.to_string()).collect();
     let o = Options::parse(&args(&format!(
-        "--backend iptables --no-ipv6 --skip-outbound-ports {}",
+        "--backend iptables --skip-outbound-ports {}",
         ports.join(",")
     )))
     .unwrap();

@@ -56,7 +56,13 @@ pub(super) fn service(
 ) -> Arc<Service> {
     let authority = ctx.authority(name, svc);
     let identity = Some((svc.clone(), authority.clone()));
-    if let Some(kept) = old.filter(|s| s.identity == identity) {
+    // DNS endpoints also depend on `spec.dns`: a change there rebuilds them.
+    let same_dns = |s: &&Arc<Service>| {
+        s.endpoints
+            .dns_settings()
+            .is_none_or(|dns| *dns == ctx.spec.dns)
+    };
+    if let Some(kept) = old.filter(|s| s.identity == identity).filter(same_dns) {
         return kept.clone();
     }
     let target_addr = format!("{name}:{}", svc.port);
@@ -72,10 +78,7 @@ pub(super) fn service(
     let same_endpoints = |old: &&Arc<Service>| {
         old.identity.as_ref().is_some_and(|(spec, auth)| {
             spec.endpoints == svc.endpoints
-                && old
-                    .endpoints
-                    .dns_settings()
-                    .is_none_or(|dns| *dns == ctx.spec.dns)
+                && same_dns(old)
                 && spec.breaker == svc.breaker
                 && spec.identity == svc.identity
                 && *auth == authority

@@ -111,6 +111,37 @@ fn reloads_keep_unchanged_services_and_rebuild_changed_ones() {
     );
 }
 
+#[tokio::test]
+async fn a_change_of_spec_dns_rebuilds_dns_services_only() {
+    let f = Fixture::new();
+    let doc = |ttl: &str| {
+        config(&format!(
+            "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  dns: {{maxTtl: {ttl}}}\n  services:\n    fixed: {{endpoints: [127.0.0.1:1]}}\n    named: {{dns: 'localhost:2'}}\n"
+        ))
+    };
+    let before = doc("60s");
+    let r = f.resolver(&before);
+    let (fixed, named) = (service(&r, "fixed"), service(&r, "named"));
+    let same = doc("60s");
+    r.update(&same.proxy, &same.routes, &f.pools, &f.metrics, None);
+    assert!(
+        Arc::ptr_eq(&named, &service(&r, "named")),
+        "nothing changed"
+    );
+    let after = doc("30s");
+    r.update(&after.proxy, &after.routes, &f.pools, &f.metrics, None);
+    assert!(
+        Arc::ptr_eq(&fixed, &service(&r, "fixed")),
+        "fixed endpoints kept"
+    );
+    let rebuilt = service(&r, "named");
+    assert!(!Arc::ptr_eq(&named, &rebuilt), "DNS service rebuilt");
+    assert_eq!(
+        rebuilt.endpoints.dns_settings().unwrap().max_ttl,
+        after.proxy.dns.max_ttl
+    );
+}
+
 const SERVICES: &str = "apiVersion: skiff.dev/v1alpha1
 kind: Proxy
 spec:
@@ -422,11 +453,20 @@ fn a_cluster_ip_and_port_belong_to_one_service() {
         err.contains("spec.services.b.clusterIP: 10.96.0.10 port 80 is also service a's"),
         "{err}"
     );
-    let headless = crate::config::parse(
-        "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  services:\n    a:\n      clusterIP: 0.0.0.0\n      endpoints: [127.0.0.1:1]\n",
-        None,
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(headless.contains("headless"), "{headless}");
+    for (written, says) in [
+        ("None", "headless"),
+        ("0.0.0.0", "not an address"),
+        ("10.96.0", "not an IP"),
+    ] {
+        let err = crate::config::parse(
+            &format!("apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  services:\n    a:\n      clusterIP: {written}\n      endpoints: [127.0.0.1:1]\n"),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(says) && err.contains(":5:"),
+            "{written}: {err}"
+        );
+    }
 }
