@@ -15,7 +15,6 @@ use http::header::{HeaderValue, HOST};
 use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use proxy_core::normalize::{strip_response_headers, WebSocketUpgrade};
 use proxy_core::{body, Body, BoxError, ProxyError, Reason};
@@ -162,13 +161,10 @@ fn upstream_form(req: Request<Body>, protocol: Protocol, pool: &Pool) -> Request
     Request::from_parts(parts, b)
 }
 
-fn downstream_form(rsp: Response<Incoming>) -> Response<Body> {
-    let (mut parts, b) = rsp.into_parts();
-    strip_response_headers(
-        &mut parts.headers,
-        parts.status == StatusCode::SWITCHING_PROTOCOLS,
-    );
-    Response::from_parts(parts, body::boxed(b))
+fn downstream_form(mut rsp: Response<Body>) -> Response<Body> {
+    let switching = rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    strip_response_headers(rsp.headers_mut(), switching);
+    rsp
 }
 
 /// Forwards a WebSocket handshake on a dedicated connection; when the upstream switches
@@ -197,5 +193,5 @@ async fn upgrade(pool: &Pool, mut req: Request<Body>) -> Result<Response<Body>, 
             }
         });
     }
-    Ok(downstream_form(rsp))
+    Ok(downstream_form(rsp.map(body::boxed)))
 }

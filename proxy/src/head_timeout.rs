@@ -23,7 +23,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use proxy_core::Body;
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::time::{sleep, Sleep};
+use tokio::time::{sleep_until, Instant, Sleep};
 use tower::Service;
 
 use crate::stack::HttpService;
@@ -35,6 +35,9 @@ pub struct HeadTimeoutIo<I> {
     io: I,
     timeout: Duration,
     in_request: Arc<AtomicBool>,
+    // When the head's first byte arrived. The timer itself is armed only if the head does
+    // not arrive in one read, which spares most requests a timer registration.
+    started: Option<Instant>,
     deadline: Option<Pin<Box<Sleep>>>,
 }
 
@@ -45,6 +48,7 @@ impl<I> HeadTimeoutIo<I> {
             io,
             timeout,
             in_request,
+            started: None,
             deadline: None,
         }
     }
@@ -58,25 +62,25 @@ impl<I: AsyncRead + Unpin> AsyncRead for HeadTimeoutIo<I> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.in_request.load(Ordering::Acquire) {
+            this.started = None;
             this.deadline = None;
             return Pin::new(&mut this.io).poll_read(cx, buf);
         }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.io).poll_read(cx, buf);
-        if matches!(result, Poll::Ready(Ok(())))
-            && buf.filled().len() > before
-            && this.deadline.is_none()
-        {
-            this.deadline = Some(Box::pin(sleep(this.timeout)));
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.started.get_or_insert_with(Instant::now);
         }
-        if result.is_pending() {
-            if let Some(deadline) = this.deadline.as_mut() {
-                if deadline.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("request headers not received within {:?}", this.timeout),
-                    )));
-                }
+        if let (Poll::Pending, Some(started)) = (&result, this.started) {
+            let at = started + this.timeout;
+            let deadline = this
+                .deadline
+                .get_or_insert_with(|| Box::pin(sleep_until(at)));
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("request headers not received within {:?}", this.timeout),
+                )));
             }
         }
         result
@@ -103,8 +107,7 @@ impl InRequest {
 impl Service<Request<Incoming>> for InRequest {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future =
-        Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -112,12 +115,34 @@ impl Service<Request<Incoming>> for InRequest {
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         self.flag.store(true, Ordering::Release);
-        let flag = self.flag.clone();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let rsp = fut.await?;
-            Ok(rsp.map(|b| proxy_core::body::hold_until_end(b, EndsRequest(flag))))
-        })
+        ResponseFuture {
+            inner: self.inner.call(req),
+            flag: Some(self.flag.clone()),
+        }
+    }
+}
+
+/// The future of [`InRequest`]: the response, its body holding the mark until it ends.
+pub struct ResponseFuture {
+    inner: <HttpService as Service<Request<Incoming>>>::Future,
+    flag: Option<Arc<AtomicBool>>,
+}
+
+impl std::fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl std::future::Future for ResponseFuture {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let rsp = std::task::ready!(self.inner.as_mut().poll(cx))?;
+        let flag = self.flag.take().expect("polled after completion");
+        Poll::Ready(Ok(
+            rsp.map(|b| proxy_core::body::hold_until_end(b, EndsRequest(flag)))
+        ))
     }
 }
 

@@ -14,9 +14,11 @@ use std::process::{Command, Stdio};
 /// The binary under test.
 const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
 
-/// Resources of the built-in groups that workloads and deploy/ use: (group/version path,
-/// [(resource, kind, namespaced)]).
-const DISCOVERY: &[(&str, &[(&str, &str, bool)])] = &[
+/// A resource: its plural name, its kind, whether it lives in a namespace.
+type Resource = (&'static str, &'static str, bool);
+
+/// Resources of the built-in groups that workloads and deploy/ use, by group/version path.
+const DISCOVERY: &[(&str, &[Resource])] = &[
     (
         "/api/v1",
         &[

@@ -515,3 +515,23 @@ impl std::fmt::Debug for LongRequest {
         f.debug_struct("LongRequest").finish_non_exhaustive()
     }
 }
+
+/// An address nothing listens on, so connections to it are refused, for as long as this
+/// value lives. The port is bound but not listening: no other test can be handed it, as
+/// could happen to a port freed by dropping a listener.
+#[derive(Debug)]
+pub struct DeadAddr {
+    /// The address.
+    pub addr: SocketAddr,
+    _reserved: tokio::net::TcpSocket,
+}
+
+/// Reserves a [`DeadAddr`] on 127.0.0.1.
+pub fn dead_addr() -> DeadAddr {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    DeadAddr {
+        addr: socket.local_addr().unwrap(),
+        _reserved: socket,
+    }
+}

@@ -8,7 +8,7 @@ use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use skiff_e2e::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// A backend that reads the whole request body before answering with its length.
 async fn body_reader() -> Backend {
@@ -48,10 +48,8 @@ fn case(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_clear_answers_and_never_reach_the_backend() {
     let web = body_reader().await;
-    let closed = {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap()
-    }; // dropped: connections to it are refused
+    let closed_reserved = dead_addr();
+    let closed = closed_reserved.addr;
     let proxy = ProxyConfig::new(1)
         .service("web", &[web.addr])
         .service("down", &[closed])

@@ -7,19 +7,11 @@ use http::StatusCode;
 use skiff_e2e::*;
 use tokio::net::TcpListener;
 
-/// An address nothing listens on: connections to it are refused.
-async fn dead_addr() -> std::net::SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_endpoint_is_ejected_and_then_no_request_fails() {
     let (a, b) = (hello("a").await, hello("b").await);
-    let dead = dead_addr().await;
+    let dead_reserved = dead_addr();
+    let dead = dead_reserved.addr;
     let proxy = ProxyConfig::new(1)
         .service_with(
             "web",
@@ -65,7 +57,8 @@ async fn a_dead_endpoint_is_ejected_and_then_no_request_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_retries_no_request_fails_even_before_the_ejection() {
     let (a, b) = (hello("a").await, hello("b").await);
-    let dead = dead_addr().await;
+    let dead_reserved = dead_addr();
+    let dead = dead_reserved.addr;
     let proxy = ProxyConfig::new(1)
         .service_with(
             "web",
@@ -85,9 +78,8 @@ async fn with_retries_no_request_fails_even_before_the_ejection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_every_endpoint_is_ejected_requests_fail_fast_then_a_probe_restores() {
     // The endpoint is down at first, then comes up on the same port.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
+    let reserved = dead_addr();
+    let addr = reserved.addr;
     let proxy = ProxyConfig::new(1)
         .service_with(
             "solo",
@@ -105,6 +97,7 @@ async fn when_every_endpoint_is_ejected_requests_fail_fast_then_a_probe_restores
     assert_eq!(rsp.header("skiff-error"), Some("circuit-open"));
 
     // Bring the endpoint up on the same port; after the ejection a probe closes the circuit.
+    drop(reserved);
     let revived = TcpListener::bind(addr).await.unwrap();
     tokio::spawn(async move {
         loop {

@@ -51,11 +51,8 @@ async fn counters_and_histograms_equal_what_was_sent() {
         ok("slow")
     })
     .await;
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead_reserved = dead_addr();
+    let dead = dead_reserved.addr;
     let proxy = ProxyConfig::new(1)
         .service("good", &[good.addr])
         .service("bad", &[bad.addr])

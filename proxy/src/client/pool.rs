@@ -1,7 +1,9 @@
 //! One endpoint's connections (see the module docs of [`super`]).
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 
 use arc_swap::ArcSwap;
 use http::{Request, Response};
@@ -78,10 +80,10 @@ impl Pool {
         self: &Arc<Self>,
         req: Request<Body>,
         protocol: Protocol,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Body>, ProxyError> {
         match protocol {
             Protocol::Http1 if self.mesh.is_none() => self.send_http1(req).await,
-            _ => self.send_http2(req).await,
+            _ => Ok(self.send_http2(req).await?.map(proxy_core::body::boxed)),
         }
     }
 
@@ -98,19 +100,18 @@ impl Pool {
             .map_err(|e| self.exchange_error(e))
     }
 
+    /// Sends on an idle connection (or a new one); the connection goes back to the idle
+    /// list when the response body ends.
     async fn send_http1(
         self: &Arc<Self>,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Body>, ProxyError> {
         let mut req = req;
         // A pooled connection may have been closed by the server since it went idle; hyper
         // hands the request back when it was never written, so it can go out on a new one.
         while let Some(mut sender) = self.checkout() {
             match sender.try_send_request(req).await {
-                Ok(rsp) => {
-                    self.checkin_when_ready(sender);
-                    return Ok(rsp);
-                }
+                Ok(rsp) => return Ok(self.check_in_after(rsp, sender)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => return Err(self.exchange_error(e.into_error())),
@@ -124,8 +125,25 @@ impl Pool {
             .send_request(req)
             .await
             .map_err(|e| self.exchange_error(e))?;
-        self.checkin_when_ready(sender);
-        Ok(rsp)
+        Ok(self.check_in_after(rsp, sender))
+    }
+
+    /// Ties `sender` to the response body, to be checked in when the body ends.
+    fn check_in_after(
+        self: &Arc<Self>,
+        rsp: Response<Incoming>,
+        sender: http1::SendRequest<Body>,
+    ) -> Response<Body> {
+        let back = CheckIn {
+            sender: Some(sender),
+            pool: self.clone(),
+        };
+        rsp.map(|inner| {
+            proxy_core::body::boxed(Pooled {
+                inner,
+                back: Some(back),
+            })
+        })
     }
 
     async fn connect_http1(&self) -> Result<http1::SendRequest<Body>, ProxyError> {
@@ -230,22 +248,15 @@ impl Pool {
         None
     }
 
-    /// Returns the connection to the idle list once the response body has been read (hyper
-    /// reports it ready again), or drops it if the connection closes instead.
-    fn checkin_when_ready(self: &Arc<Self>, mut sender: http1::SendRequest<Body>) {
-        let pool = self.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_err() {
-                return;
-            }
-            let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.len() < pool.settings.load().max_idle {
-                idle.push(Idle {
-                    sender,
-                    since: Instant::now(),
-                });
-            }
-        });
+    /// Returns a connection to the idle list (unless it is full).
+    fn put_idle(&self, sender: http1::SendRequest<Body>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.settings.load().max_idle {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
     }
 
     async fn connect(&self) -> Result<TcpStream, ProxyError> {
@@ -287,5 +298,68 @@ impl Pool {
             Reason::UpstreamReset
         };
         ProxyError::new(reason, format!("exchange with {} failed: {e}", self.addr)).with_source(e)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body read from a pooled HTTP/1 connection.
+    struct Pooled {
+        #[pin]
+        inner: Incoming,
+        back: Option<CheckIn>,
+    }
+}
+
+impl http_body::Body for Pooled {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if !matches!(frame, Some(Ok(_))) {
+            this.back.take();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Puts a connection back when its response is over (this is dropped with the body, or at
+/// its end). hyper has usually made it ready by then; if not (the body was not read to the
+/// end), a task waits for it.
+struct CheckIn {
+    sender: Option<http1::SendRequest<Body>>,
+    pool: Arc<Pool>,
+}
+
+impl Drop for CheckIn {
+    fn drop(&mut self) {
+        let Some(mut sender) = self.sender.take() else {
+            return;
+        };
+        if sender.is_ready() {
+            self.pool.put_idle(sender);
+            return;
+        }
+        if sender.is_closed() || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                pool.put_idle(sender);
+            }
+        });
     }
 }
