@@ -37,11 +37,31 @@ impl Service<Request<Body>> for Forward {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        Box::pin(async move { forward(req).await.map_err(Into::into) })
+        // The request is put in the upstream's form here, before the future: the future
+        // then holds only what waiting needs, which keeps it small (it is allocated per
+        // request, and small allocations are the cheap ones).
+        match prepare(req) {
+            Ok(Prepared::Send(pool, req, protocol)) => Box::pin(async move {
+                let rsp = pool.send(req, protocol).await?;
+                Ok(finish(&pool, rsp))
+            }),
+            Ok(Prepared::Upgrade(pool, req)) => {
+                Box::pin(async move { Ok(upgrade(&pool, req).await?) })
+            }
+            Err(e) => Box::pin(std::future::ready(Err(e.into()))),
+        }
     }
 }
 
-async fn forward(req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+/// A request ready to go.
+enum Prepared {
+    /// In the upstream's form, to send on the endpoint's pool.
+    Send(Arc<Pool>, Request<Body>, Protocol),
+    /// A WebSocket handshake, for a connection of its own.
+    Upgrade(Arc<Pool>, Request<Body>),
+}
+
+fn prepare(req: Request<Body>) -> Result<Prepared, ProxyError> {
     let pool = req
         .extensions()
         .get::<Arc<Endpoint>>()
@@ -52,9 +72,8 @@ async fn forward(req: Request<Body>) -> Result<Response<Body>, ProxyError> {
                 "request reached the forwarder without an endpoint",
             )
         })?;
-
     if req.extensions().get::<WebSocketUpgrade>().is_some() {
-        return Box::pin(upgrade(&pool, req)).await;
+        return Ok(Prepared::Upgrade(pool, req));
     }
     let http1_at_origin =
         req.version() < Version::HTTP_2 || req.extensions().get::<OrigHttp1>().is_some();
@@ -69,7 +88,11 @@ async fn forward(req: Request<Body>) -> Result<Response<Body>, ProxyError> {
         req.headers_mut()
             .insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
     }
-    let rsp = pool.send(req, protocol).await?;
+    Ok(Prepared::Send(pool, req, protocol))
+}
+
+/// The upstream's response in the client's form.
+fn finish(pool: &Pool, rsp: Response<Body>) -> Response<Body> {
     // A peer proxy's `skiff-error` is kept: it is authenticated, and says why it refused.
     let peer_error = pool
         .is_meshed()
@@ -79,7 +102,7 @@ async fn forward(req: Request<Body>) -> Result<Response<Body>, ProxyError> {
     if let Some(reason) = peer_error {
         rsp.headers_mut().insert(SKIFF_ERROR, reason);
     }
-    Ok(rsp)
+    rsp
 }
 
 const SKIFF_ERROR: http::HeaderName = http::HeaderName::from_static("skiff-error");

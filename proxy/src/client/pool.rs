@@ -83,7 +83,11 @@ impl Pool {
     ) -> Result<Response<Body>, ProxyError> {
         match protocol {
             Protocol::Http1 if self.mesh.is_none() => self.send_http1(req).await,
-            _ => Ok(self.send_http2(req).await?.map(proxy_core::body::boxed)),
+            // Boxed, as every path but the pooled HTTP/1 one: their futures are large, and
+            // would otherwise be part of (and copied with) every request's.
+            _ => Ok(Box::pin(self.send_http2(req))
+                .await?
+                .map(proxy_core::body::boxed)),
         }
     }
 
@@ -118,9 +122,14 @@ impl Pool {
                 },
             }
         }
-        // Boxed, as every connection set-up below: a pending connect or handshake makes a
-        // large future, which would otherwise be part of (and copied with) every request's.
-        let mut sender = Box::pin(self.connect_http1()).await?;
+        Box::pin(self.send_on_new_http1(req)).await
+    }
+
+    async fn send_on_new_http1(
+        self: &Arc<Self>,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let mut sender = self.connect_http1().await?;
         let rsp = sender
             .send_request(req)
             .await
@@ -170,7 +179,7 @@ impl Pool {
             match shared.as_ref().filter(|s| !s.is_closed()) {
                 Some(s) => s.clone(),
                 None => {
-                    let sender = Box::pin(self.connect_http2()).await?;
+                    let sender = self.connect_http2().await?;
                     *shared = Some(sender.clone());
                     sender
                 }
