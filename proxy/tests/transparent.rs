@@ -101,6 +101,21 @@ impl Lab {
     }
 }
 
+/// Runs `skiff init-iptables --backend BACKEND ...` in namespace `ns`; returns its output.
+fn init_iptables(ns: &str, backend: &str, more: &[&str]) -> String {
+    let mut args = vec![
+        "netns",
+        "exec",
+        ns,
+        SKIFF,
+        "init-iptables",
+        "--backend",
+        backend,
+    ];
+    args.extend_from_slice(more);
+    ok("ip", &args)
+}
+
 fn missing_tools() -> Option<String> {
     let uid = std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -206,18 +221,7 @@ fn lab(backend: &str) -> Lab {
         &[],
     );
 
-    let script = ok(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &pod,
-            SKIFF,
-            "init-iptables",
-            "--backend",
-            backend,
-        ],
-    );
+    let script = init_iptables(&pod, backend, &[]);
     assert!(script.is_empty(), "init-iptables printed {script:?}");
     let config = config_path.to_str().unwrap().to_owned();
     lab.spawn(
@@ -316,19 +320,7 @@ fn transparent_mode(backend: &str) {
     assert_eq!(accepted, 6.0, "{metrics}");
 
     // Cleanup leaves nothing behind.
-    ok(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &pod,
-            SKIFF,
-            "init-iptables",
-            "--backend",
-            backend,
-            "--cleanup",
-        ],
-    );
+    init_iptables(&pod, backend, &["--cleanup"]);
     let rules = ok("ip", &["netns", "exec", &pod, "nft", "list", "ruleset"]);
     assert!(
         !rules.contains("skiff") && !rules.contains("SKIFF"),
