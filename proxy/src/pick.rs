@@ -72,44 +72,42 @@ where
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         // Most requests are to a service and carry no chunked body to look at first: the
         // endpoint is picked here and the call goes straight on, with nothing boxed.
-        let service = match req.extensions().get::<Target>() {
-            Some(Target::Service(s)) if !needs_priming(&req) => Some(s.clone()),
-            Some(_) => None,
-            None => {
-                let e = ProxyError::new(Reason::Internal, "request reached the picker unrouted");
-                return ResponseFuture::failed(e);
-            }
+        let Some(target) = req.extensions().get::<Target>().cloned() else {
+            let e = ProxyError::new(Reason::Internal, "request reached the picker unrouted");
+            return ResponseFuture::failed(e);
         };
-        if let Some(service) = service {
-            return match choose(&service) {
-                Ok((endpoint, admission)) => {
-                    let flight = send_to(&mut req, endpoint, admission);
-                    ResponseFuture::direct(self.inner.call(req), flight)
-                }
-                Err(e) => ResponseFuture::failed(e),
-            };
+        if let Target::Service(service) = &target {
+            if !needs_priming(&req) {
+                return match choose(service) {
+                    Ok((endpoint, admission)) => {
+                        let flight = send_to(&mut req, endpoint, admission);
+                        ResponseFuture::direct(self.inner.call(req), flight)
+                    }
+                    Err(e) => ResponseFuture::failed(e),
+                };
+            }
         }
         // The rest (passthrough names to resolve, chunked bodies to prime) wait first, so
         // they take a ready clone of the inner service along.
         let clone = self.inner.clone();
         let inner = BoxHttpService::new(std::mem::replace(&mut self.inner, clone));
         let pools = self.pools.clone();
-        ResponseFuture::slow(Box::pin(pick_later(inner, pools, req)))
+        ResponseFuture::slow(Box::pin(pick_later(inner, pools, target, req)))
     }
 }
 
 async fn pick_later(
     mut inner: BoxHttpService,
     pools: Arc<Pools>,
+    target: Target,
     req: Request<Body>,
 ) -> Result<Response<Body>, BoxError> {
-    let target = req.extensions().get::<Target>().cloned();
     // Before an endpoint is chosen: a client slow to send its first chunk must not count
     // against the endpoint's breaker, latency or per-try deadline.
     let mut req = prime_chunked(req).await?;
     let (endpoint, admission) = match target {
-        Some(Target::Service(service)) => choose(&service)?,
-        Some(Target::Passthrough { authority }) => {
+        Target::Service(service) => choose(&service)?,
+        Target::Passthrough { authority } => {
             let endpoint = Endpoint {
                 pool: pools.get(resolve(&authority).await?),
                 gate: None,
@@ -117,7 +115,6 @@ async fn pick_later(
             };
             (Arc::new(endpoint), None)
         }
-        None => unreachable!("checked before"),
     };
     let flight = send_to(&mut req, endpoint, admission);
     let result = inner.call(req).await;
