@@ -17,6 +17,7 @@ use pin_project_lite::pin_project;
 use proxy_core::balance::{self, InFlight, Load};
 use proxy_core::breaker::Admission;
 use proxy_core::error::find_cause;
+use proxy_core::future::MaybeRejected;
 use proxy_core::{Body, BoxError, BoxHttpService, ProxyError, Reason};
 use tower::{Layer, Service};
 
@@ -74,16 +75,19 @@ where
         // endpoint is picked here and the call goes straight on, with nothing boxed.
         let Some(target) = req.extensions().get::<Target>().cloned() else {
             let e = ProxyError::new(Reason::Internal, "request reached the picker unrouted");
-            return ResponseFuture::failed(e);
+            return MaybeRejected::new(Err(e));
         };
         if let Target::Service(service) = &target {
             if !needs_priming(&req) {
                 return match choose(service) {
                     Ok((endpoint, admission)) => {
                         let flight = send_to(&mut req, endpoint, admission);
-                        ResponseFuture::direct(self.inner.call(req), flight)
+                        MaybeRejected::new(Ok(Picked::Direct {
+                            inner: self.inner.call(req),
+                            flight: Some(flight),
+                        }))
                     }
-                    Err(e) => ResponseFuture::failed(e),
+                    Err(e) => MaybeRejected::new(Err(e)),
                 };
             }
         }
@@ -92,7 +96,8 @@ where
         let clone = self.inner.clone();
         let inner = BoxHttpService::new(std::mem::replace(&mut self.inner, clone));
         let pools = self.pools.clone();
-        ResponseFuture::slow(Box::pin(pick_later(inner, pools, target, req)))
+        let inner = Box::pin(pick_later(inner, pools, target, req));
+        MaybeRejected::new(Ok(Picked::Slow { inner }))
     }
 }
 
@@ -168,37 +173,24 @@ impl std::ops::Deref for EndpointLoad {
     }
 }
 
+/// The future of [`Pick`]: refused on the spot (no endpoint to try), or [`Picked`].
+pub type ResponseFuture<F> = MaybeRejected<Picked<F>>;
+
+/// A boxed response future, for the picks that wait first.
+type BoxResponse = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
 pin_project! {
-    /// The future of [`Pick`].
+    /// A request on its way to the endpoint picked for it.
     #[project = Proj]
-    pub enum ResponseFuture<F> {
+    pub enum Picked<F> {
         /// Sent at once.
         Direct { #[pin] inner: F, flight: Option<InFlight<EndpointLoad>> },
         /// Waiting for something before the pick.
-        Slow { inner: Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>> },
-        /// Refused before any endpoint was tried.
-        Failed { error: Option<ProxyError> },
+        Slow { inner: BoxResponse },
     }
 }
 
-impl<F> ResponseFuture<F> {
-    fn direct(inner: F, flight: InFlight<EndpointLoad>) -> Self {
-        Self::Direct {
-            inner,
-            flight: Some(flight),
-        }
-    }
-
-    fn slow(inner: Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>) -> Self {
-        Self::Slow { inner }
-    }
-
-    fn failed(error: ProxyError) -> Self {
-        Self::Failed { error: Some(error) }
-    }
-}
-
-impl<F> Future for ResponseFuture<F>
+impl<F> Future for Picked<F>
 where
     F: Future<Output = Result<Response<Body>, BoxError>>,
 {
@@ -214,9 +206,6 @@ where
                 Poll::Ready(result)
             }
             Proj::Slow { inner } => inner.as_mut().poll(cx),
-            Proj::Failed { error } => {
-                Poll::Ready(Err(error.take().expect("polled after completion").into()))
-            }
         }
     }
 }

@@ -294,30 +294,34 @@ fn transparent_mode(backend: &str) {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
     let metrics = lab.curl(&pod, "http://127.0.0.1:4191/metrics");
-    let web = sum(
-        &metrics,
-        "request_total",
-        &[r#"direction="outbound""#, r#"target_addr="web:80""#],
-    );
-    assert_eq!(web, 3.0, "{metrics}");
-    let passthrough = sum(
-        &metrics,
-        "request_total",
-        &[r#"direction="outbound""#, r#"target_addr="passthrough""#],
-    );
-    assert_eq!(passthrough, 1.0, "{metrics}");
-    let inbound = sum(&metrics, "request_total", &[r#"direction="inbound""#]);
-    assert_eq!(inbound, 1.0, "{metrics}");
-    let opaque = sum(
-        &metrics,
-        "skiff_protocol_detect_total",
-        &[r#"direction="outbound""#, r#"protocol="opaque""#],
-    );
-    assert_eq!(opaque, 1.0, "{metrics}");
     // The app opened 6 outbound connections (3 + 1 + 1 HTTP, 1 opaque). Had Skiff's own
     // connections to the endpoints been redirected, it would have accepted them too.
-    let accepted = sum(&metrics, "tcp_open_total", &[r#"direction="outbound""#]);
-    assert_eq!(accepted, 6.0, "{metrics}");
+    let outbound = r#"direction="outbound""#;
+    for (name, labels, want) in [
+        (
+            "request_total",
+            &[outbound, r#"target_addr="web:80""#][..],
+            3.0,
+        ),
+        (
+            "request_total",
+            &[outbound, r#"target_addr="passthrough""#],
+            1.0,
+        ),
+        ("request_total", &[r#"direction="inbound""#], 1.0),
+        (
+            "skiff_protocol_detect_total",
+            &[outbound, r#"protocol="opaque""#],
+            1.0,
+        ),
+        ("tcp_open_total", &[outbound], 6.0),
+    ] {
+        assert_eq!(
+            sum(&metrics, name, labels),
+            want,
+            "{name} {labels:?}\n{metrics}"
+        );
+    }
 
     // Cleanup leaves nothing behind.
     init_iptables(&pod, backend, &["--cleanup"]);

@@ -1,12 +1,15 @@
-//! A DNS server for tests, on a loopback UDP port: it answers A queries for any name with
-//! the addresses and TTL the test sets (NXDOMAIN when there are none), AAAA queries with no
-//! records, and counts the queries it gets.
+//! A DNS server for tests, on a loopback port (UDP, and TCP on the same port number): it
+//! answers A queries for any name with the addresses and TTL the test sets (NXDOMAIN when
+//! there are none), AAAA queries with no records, and counts the queries it gets. Told to
+//! truncate, it answers over UDP with the TC bit and nothing else, as a server does when an
+//! answer is too big, so that clients ask again over TCP.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
 
 /// The running server.
 #[derive(Clone, Debug)]
@@ -15,6 +18,8 @@ pub struct DnsServer {
     pub addr: SocketAddr,
     answer: Arc<Mutex<(Vec<Ipv4Addr>, u32)>>,
     queries: Arc<AtomicUsize>,
+    tcp_queries: Arc<AtomicUsize>,
+    truncate: Arc<AtomicBool>,
 }
 
 impl DnsServer {
@@ -25,8 +30,12 @@ impl DnsServer {
             addr: socket.local_addr().unwrap(),
             answer: Arc::new(Mutex::new((addrs.to_vec(), ttl))),
             queries: Arc::default(),
+            tcp_queries: Arc::default(),
+            truncate: Arc::default(),
         };
+        server.serve_tcp().await;
         let (answer, queries) = (server.answer.clone(), server.queries.clone());
+        let truncate = server.truncate.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 512];
             loop {
@@ -35,12 +44,59 @@ impl DnsServer {
                 };
                 queries.fetch_add(1, Ordering::SeqCst);
                 let current = answer.lock().unwrap().clone();
-                if let Some(reply) = reply(&buf[..n], &current.0, current.1) {
-                    let _ = socket.send_to(&reply, from).await;
+                let Some(mut reply) = reply(&buf[..n], &current.0, current.1) else {
+                    continue;
+                };
+                if truncate.load(Ordering::SeqCst) {
+                    // The header only, counts zeroed, TC set.
+                    reply.truncate(12);
+                    reply[2] |= 0x02;
+                    reply[4..12].fill(0);
                 }
+                let _ = socket.send_to(&reply, from).await;
             }
         });
         server
+    }
+
+    /// Answers on TCP at the same port number: two-byte length, then the message.
+    async fn serve_tcp(&self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        let (answer, queries) = (self.answer.clone(), self.tcp_queries.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (answer, queries) = (answer.clone(), queries.clone());
+                tokio::spawn(async move {
+                    let Ok(len) = stream.read_u16().await else {
+                        return;
+                    };
+                    let mut query = vec![0; usize::from(len)];
+                    if stream.read_exact(&mut query).await.is_err() {
+                        return;
+                    }
+                    queries.fetch_add(1, Ordering::SeqCst);
+                    let current = answer.lock().unwrap().clone();
+                    if let Some(reply) = reply(&query, &current.0, current.1) {
+                        let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
+                        framed.extend_from_slice(&reply);
+                        let _ = stream.write_all(&framed).await;
+                    }
+                });
+            }
+        });
+    }
+
+    /// Makes UDP answers truncated (or whole again).
+    pub fn truncate(&self, on: bool) {
+        self.truncate.store(on, Ordering::SeqCst);
+    }
+
+    /// Queries received over TCP so far.
+    pub fn tcp_queries(&self) -> usize {
+        self.tcp_queries.load(Ordering::SeqCst)
     }
 
     /// Changes the answer.

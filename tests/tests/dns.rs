@@ -1,6 +1,7 @@
 //! Endpoints from DNS, against a DNS server the test runs on loopback: the proxy follows a
 //! changed answer as its TTL runs out, a request in flight to an endpoint that left the
-//! answer finishes, and a name that stops existing leaves the service without endpoints.
+//! answer finishes, a name that stops existing leaves the service without endpoints, and a
+//! truncated answer is asked for again over TCP.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -87,4 +88,38 @@ async fn dns_endpoints_follow_the_answer_and_requests_in_flight_finish() {
     )
     .await;
     assert!(dns.queries() >= 6, "A and AAAA asked for each answer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_answers_are_asked_for_again_over_tcp() {
+    let web = hello("over tcp").await;
+    let dns = DnsServer::start(&[Ipv4Addr::new(127, 0, 0, 1)], 0).await;
+    dns.truncate(true);
+    let proxy = ProxyConfig::new(1)
+        .extra(&format!(
+            "  dns: {{nameservers: ['{}'], minTtl: 1s}}\n",
+            dns.addr
+        ))
+        .service_with(
+            "web",
+            &[],
+            &format!("      dns: 'web.test.:{}'\n", web.addr.port()),
+        )
+        .start()
+        .await;
+    let outbound = proxy.outbound_addr;
+    eventually(
+        Duration::from_secs(10),
+        "the TCP answer is used",
+        || async move {
+            let rsp = h1(outbound)
+                .await
+                .send_request(get("web", "/"))
+                .await
+                .unwrap();
+            body_text(rsp).await == "over tcp"
+        },
+    )
+    .await;
+    assert!(dns.tcp_queries() >= 1, "asked over TCP");
 }

@@ -293,18 +293,22 @@ pub fn plan(o: &Options) -> Vec<Step> {
     }
 }
 
-fn nft_set(ports: &[Ports]) -> String {
-    let items: Vec<String> = ports
+/// Ports as a tool writes them: ranges joined by `range` (`-` for nft, `:` for iptables).
+fn port_list(ports: &[Ports], range: &str) -> Vec<String> {
+    ports
         .iter()
         .map(|Ports(lo, hi)| {
             if lo == hi {
                 lo.to_string()
             } else {
-                format!("{lo}-{hi}")
+                format!("{lo}{range}{hi}")
             }
         })
-        .collect();
-    format!("{{ {} }}", items.join(", "))
+        .collect()
+}
+
+fn nft_set(ports: &[Ports]) -> String {
+    format!("{{ {} }}", port_list(ports, "-").join(", "))
 }
 
 fn nft_table(o: &Options, family: &str) -> String {
@@ -374,19 +378,7 @@ fn iptables_steps(program: &'static str, o: &Options, v6: bool) -> Vec<Step> {
         return steps;
     }
     // The chains' contents are replaced in one restore; `--noflush` leaves other rules be.
-    let multiport = |ports: &[Ports]| {
-        ports
-            .iter()
-            .map(|Ports(lo, hi)| {
-                if lo == hi {
-                    lo.to_string()
-                } else {
-                    format!("{lo}:{hi}")
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(",")
-    };
+    let multiport = |ports: &[Ports]| port_list(ports, ":").join(",");
     let mut r = format!("*nat\n:{INBOUND_CHAIN} - [0:0]\n:{OUTBOUND_CHAIN} - [0:0]\n");
     let inbound_skips = o.inbound_skips();
     // multiport takes at most 15 ports; a range counts as two.

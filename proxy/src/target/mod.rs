@@ -348,14 +348,13 @@ impl Resolve for InboundResolver {
         app.policies.apply(extensions);
         // A redirected connection goes to the port it was sent to; the app may listen on
         // several.
-        let app_addr = app.endpoints.snapshot().0.first().map(|e| e.pool.addr());
-        let other_port = extensions
-            .get::<OriginalDst>()
-            .zip(app_addr)
-            .filter(|(dst, app)| dst.0.port() != app.port());
-        match other_port {
-            Some((dst, app)) => extensions.insert(Target::Passthrough {
-                authority: address_authority(SocketAddr::new(app.ip(), dst.0.port())),
+        let elsewhere = extensions.get::<OriginalDst>().and_then(|dst| {
+            let addr = app.endpoints.snapshot().0.first()?.pool.addr();
+            (dst.0.port() != addr.port()).then(|| SocketAddr::new(addr.ip(), dst.0.port()))
+        });
+        match elsewhere {
+            Some(addr) => extensions.insert(Target::Passthrough {
+                authority: address_authority(addr),
             }),
             None => extensions.insert(Target::Service(app)),
         };

@@ -470,3 +470,31 @@ fn a_cluster_ip_and_port_belong_to_one_service() {
         );
     }
 }
+
+#[test]
+fn redirected_inbound_connections_reach_the_app_on_their_original_port() {
+    let f = Fixture::new();
+    let c =
+        config("apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  inbound: {appPort: 8080}\n");
+    let r = InboundResolver::new(&c.proxy, &f.pools, &f.metrics);
+    let target = |dst: Option<&str>| {
+        let uri: Uri = "/".parse().unwrap();
+        let head = RequestHead {
+            method: &Method::GET,
+            uri: &uri,
+            headers: &HeaderMap::new(),
+        };
+        let mut ext = http::Extensions::new();
+        if let Some(dst) = dst {
+            ext.insert(OriginalDst(dst.parse().unwrap()));
+        }
+        r.resolve(None, &head, &mut ext).unwrap();
+        match ext.get::<Target>().cloned().unwrap() {
+            Target::Service(s) => format!("app {}", s.endpoints.snapshot().0[0].pool.addr()),
+            Target::Passthrough { authority } => format!("port {authority}"),
+        }
+    };
+    assert_eq!(target(None), "app 127.0.0.1:8080");
+    assert_eq!(target(Some("10.0.0.5:8080")), "app 127.0.0.1:8080");
+    assert_eq!(target(Some("10.0.0.5:9090")), "port 127.0.0.1:9090");
+}
