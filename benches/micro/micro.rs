@@ -143,14 +143,16 @@ fn metrics_and_normalize(c: &mut Criterion) {
         .unwrap();
     let (metrics, _registry) = proxy_metrics::Metrics::new();
     let target = metrics.http.target(
-        "outbound",
+        proxy_core::Direction::Outbound,
         "web.default.svc.cluster.local:80",
         "web:80",
         None,
     );
-    let unrouted = metrics.http.target("outbound", "", "", None);
+    let unrouted = metrics
+        .http
+        .target(proxy_core::Direction::Outbound, "", "", None);
     let observe = Arc::new(proxy_metrics::http::Observe::new(
-        "outbound",
+        proxy_core::Direction::Outbound,
         metrics.tap,
         Arc::default(),
         None,
@@ -175,17 +177,18 @@ fn metrics_and_normalize(c: &mut Criterion) {
         })
     });
 
-    let normalize = proxy_core::normalize::NormalizeLayer::new(proxy_core::normalize::Limits {
-        max_header_count: 100,
-        max_header_bytes: 32 * 1024,
-        body_idle_timeout: Duration::from_secs(60),
-    })
-    .layer(tower::service_fn(
-        |req: Request<proxy_core::Body>| async move {
-            black_box(req);
-            Ok::<_, proxy_core::BoxError>(Response::new(proxy_core::body::empty()))
-        },
-    ));
+    let normalize =
+        proxy_core::normalize::NormalizeLayer::new(proxy_core::normalize::HeaderLimits {
+            max_header_count: 100,
+            max_header_bytes: 32 * 1024,
+            body_idle_timeout: Duration::from_secs(60),
+        })
+        .layer(tower::service_fn(
+            |req: Request<proxy_core::Body>| async move {
+                black_box(req);
+                Ok::<_, proxy_core::BoxError>(Response::new(proxy_core::body::empty()))
+            },
+        ));
     c.bench_function("normalize: a typical request head", |b| {
         b.iter(|| {
             rt.block_on(async {
@@ -220,14 +223,14 @@ fn full_request(c: &mut Criterion) {
         let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = backend.local_addr().unwrap();
         drop(backend);
-        skiff::demo::serve_backend(addr, skiff::demo::Backend::Hello).await.unwrap();
+        skiff::tools::demo::serve_backend(addr, skiff::tools::demo::Backend::Hello).await.unwrap();
         let yaml = format!(
             "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  services:\n    web:\n      endpoints: [{addr}]\n"
         );
         let config = skiff::config::parse(&yaml, None).unwrap();
         let (metrics, _registry) = proxy_metrics::Metrics::new();
-        let state = Arc::new(skiff::state::State::new(&config, Arc::new(metrics)).unwrap());
-        let stack = skiff::stack::outbound(&state, proxy_core::limit::Client::Addr([127, 0, 0, 1].into()), None);
+        let state = Arc::new(skiff::State::new(&config, Arc::new(metrics)).unwrap());
+        let stack = skiff::outbound::stack(&state, proxy_core::limit::Client::Addr([127, 0, 0, 1].into()), None);
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         tokio::spawn(async move {
             let _keep = state;

@@ -12,7 +12,7 @@ use http::StatusCode;
 use crate::BoxError;
 
 /// Why Skiff answered a request itself. The string form is the `skiff-error` header value and
-/// the `error` metric label; both are contracts (DESIGN.md section 9).
+/// the `error` metric label; both are contracts (listed in `docs/behaviour.md`, "Errors Skiff answers with").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
     /// The request is malformed (framing, authority, headers, body encoding).

@@ -19,6 +19,7 @@
 //! - [`error`]: the proxy's error type: what went wrong, who caused it, whether a retry may help.
 //! - [`classify`]: the one success / failure / retryable classifier that metrics (and later
 //!   retries and the circuit breaker) share.
+//! - [`direction`]: outbound or inbound, spelled once.
 //! - [`body`]: the boxed body type the stack passes around, and the downstream body guard.
 //!
 //! The binary (`skiff`) assembles these into one `ServiceBuilder` chain per direction.
@@ -28,6 +29,7 @@ pub mod balance;
 pub mod body;
 pub mod breaker;
 pub mod classify;
+pub mod direction;
 pub mod error;
 pub mod future;
 pub mod limit;
@@ -48,6 +50,7 @@ pub type BoxHttpService =
     tower::util::BoxCloneService<http::Request<Body>, http::Response<Body>, BoxError>;
 
 pub use body::Body;
+pub use direction::Direction;
 
 /// A random number without a dependency: the std hasher's per-process random keys over a
 /// counter. Good enough for jitter and load-balancer draws; not for anything secret.

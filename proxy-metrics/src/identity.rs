@@ -59,10 +59,10 @@ impl IdentityFamilies {
     }
 
     /// Counts a failed handshake.
-    pub fn handshake_failure(&self, direction: &'static str, reason: &'static str) {
+    pub fn handshake_failure(&self, direction: proxy_core::Direction, reason: &'static str) {
         self.handshake_failures
             .get_or_create(&vec![
-                ("direction", direction.to_owned()),
+                ("direction", direction.as_str().to_owned()),
                 ("reason", reason.to_owned()),
             ])
             .inc();

@@ -44,7 +44,7 @@ impl Filter {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let v = percent_decode(v);
             match k {
-                "direction" if v == "inbound" || v == "outbound" => f.direction = Some(v),
+                "direction" if proxy_core::Direction::parse(&v).is_some() => f.direction = Some(v),
                 "authority" => f.authority = Some(v.to_ascii_lowercase()),
                 "path" => f.path_prefix = Some(v),
                 "method" => f.method = Some(v.to_ascii_uppercase()),

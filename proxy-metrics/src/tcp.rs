@@ -75,16 +75,16 @@ impl TcpFamilies {
     }
 
     /// Handles for the connections a listener accepts (`peer="src"`).
-    pub fn listener(&self, direction: &'static str) -> ListenerMetrics {
+    pub fn listener(&self, direction: proxy_core::Direction) -> ListenerMetrics {
         let labels: Labels = vec![
-            ("direction", direction.to_owned()),
+            ("direction", direction.as_str().to_owned()),
             ("peer", "src".to_owned()),
             ("tls", "disabled".to_owned()),
         ];
         let detect = |protocol: &str| {
             self.detect_total
                 .get_or_create(&vec![
-                    ("direction", direction.to_owned()),
+                    ("direction", direction.as_str().to_owned()),
                     ("protocol", protocol.to_owned()),
                 ])
                 .clone()

@@ -13,9 +13,10 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::drain;
-use crate::serve::{accept_loop, Direction};
-use crate::state::State;
+use crate::routing::state::State;
+use crate::server::accept_loop;
+use crate::server::drain;
+use proxy_core::Direction;
 
 /// A running proxy.
 #[derive(Debug)]
@@ -111,7 +112,7 @@ pub async fn start(config: Config) -> io::Result<Running> {
     // Background watchers, stopped when the drain starts.
     let mut watchers = Vec::new();
     if let Some(path) = config.source {
-        watchers.push(tokio::spawn(crate::reload::watch(
+        watchers.push(tokio::spawn(crate::routing::reload::watch(
             path,
             config.text.into_bytes(),
             state.clone(),

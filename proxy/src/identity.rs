@@ -12,8 +12,8 @@ use proxy_metrics::admin::Readiness;
 use proxy_metrics::identity::IdentityFamilies;
 use proxy_tls::{Identity, Reloaded, SpiffeId};
 
-use crate::client::MeshPeer;
 use crate::config::{IdentitySpec, MtlsMode, ProxySpec};
+use crate::upstream::pool::MeshPeer;
 
 /// The mesh side of the proxy: who it is and how its listeners treat TLS.
 #[derive(Debug)]

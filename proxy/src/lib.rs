@@ -1,10 +1,18 @@
 //! Skiff, a sidecar L7 proxy for service meshes: the binary's library half.
 //!
-//! The `skiff` binary is a thin CLI over this crate; the end-to-end tests drive the same
-//! code through [`start`]. The request path (DESIGN.md section 3) reads in this order:
-//! [`serve`] accepts and detects, [`stack`] assembles the middleware of each direction from
-//! `proxy-core` and `proxy-metrics`, [`target`] resolves where a request goes, and
-//! [`forward`] sends it through [`client`]'s connection pools.
+//! The `skiff` binary is a thin command line over this crate; the end-to-end tests drive the
+//! same code through [`start`]. The folders follow a request (`docs/architecture.md` walks
+//! the whole path):
+//!
+//! - `server/` accepts connections, detects their protocol and runs an HTTP server
+//!   connection (or an opaque TCP forward) with the direction's stack;
+//! - [`outbound`] and [`inbound`] are each direction's `ServiceBuilder` chain, assembled from
+//!   `proxy-core`'s and `proxy-metrics`' middleware and this crate's upstream side;
+//! - `routing/` resolves where a request goes from the live config, and holds the proxy's
+//!   [`State`] and the config reloader;
+//! - `upstream/` picks an endpoint and forwards the request over a pooled connection;
+//! - `discovery/` keeps each service's endpoints (a fixed list or DNS);
+//! - [`config`] parses the config file; [`tools`] holds the other `skiff` subcommands.
 
 /// Implements `AsyncWrite` for an IO wrapper by delegating to its `io` field: the wrappers
 /// in this crate only change how a connection is read.
@@ -48,29 +56,18 @@ macro_rules! delegate_async_write {
     };
 }
 
-pub mod app;
-pub mod cli;
-pub mod client;
+mod app;
 pub mod config;
-pub mod conn_service;
-pub mod demo;
-pub mod detect;
-pub mod dns;
-pub mod drain;
-pub mod endpoints;
-pub mod forward;
-pub mod head_timeout;
-pub mod identity;
-pub mod init_iptables;
-pub mod inject;
+mod discovery;
+mod identity;
+pub mod inbound;
 pub mod logging;
-pub mod pick;
-pub mod reload;
+pub mod outbound;
+pub(crate) mod routing;
 pub mod runtime;
-pub mod serve;
-pub mod stack;
-pub mod state;
-pub mod target;
-pub mod tcp;
+pub(crate) mod server;
+pub mod tools;
+mod upstream;
 
 pub use app::{start, Running};
+pub use routing::State;

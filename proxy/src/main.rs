@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use skiff::config::{self, Config};
-use skiff::demo::{self, Backend};
+use skiff::tools::demo::{self, Backend};
 
 /// `--features mimalloc`: less CPU per request for more memory (see benches/RESULTS.md).
 #[cfg(feature = "mimalloc")]
@@ -105,8 +105,8 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         "stat" | "top" | "tap" => tool(command, rest),
         "inject" => inject(rest),
         "init-iptables" => {
-            let options = skiff::init_iptables::Options::parse(rest)?;
-            skiff::init_iptables::apply(&options)?;
+            let options = skiff::tools::init_iptables::Options::parse(rest)?;
+            skiff::tools::init_iptables::apply(&options)?;
             if !options.dry_run {
                 let done = if options.cleanup {
                     "removed"
@@ -148,7 +148,7 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
 
 /// `skiff inject`: Kubernetes YAML in (files or stdin), the same YAML with Skiff added out.
 fn inject(args: &[String]) -> anyhow::Result<ExitCode> {
-    let mut options = skiff::inject::Options::default();
+    let mut options = skiff::tools::inject::Options::default();
     let mut uninject = false;
     let mut files = Vec::new();
     let mut it = args.iter();
@@ -184,7 +184,7 @@ fn inject(args: &[String]) -> anyhow::Result<ExitCode> {
         }
         input.push_str(&text);
     }
-    match skiff::inject::transform(&input, &options, uninject) {
+    match skiff::tools::inject::transform(&input, &options, uninject) {
         Ok((out, report)) => {
             print!("{out}");
             let verb = if uninject { "uninjected" } else { "injected" };
@@ -209,7 +209,7 @@ fn tool(command: &str, args: &[String]) -> anyhow::Result<ExitCode> {
         .context("--admin takes ip:port")?;
     let query = match command {
         "stat" => String::new(),
-        _ => skiff::cli::tap_query(args).map_err(anyhow::Error::msg)?,
+        _ => skiff::tools::stat::tap_query(args).map_err(anyhow::Error::msg)?,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -217,9 +217,9 @@ fn tool(command: &str, args: &[String]) -> anyhow::Result<ExitCode> {
         .context("cannot start the runtime")?;
     let result = rt.block_on(async {
         match command {
-            "stat" => skiff::cli::stat(admin).await.map(|t| print!("{t}")),
-            "top" => skiff::cli::top(admin, &query).await,
-            _ => skiff::cli::tap(admin, &query).await,
+            "stat" => skiff::tools::stat::stat(admin).await.map(|t| print!("{t}")),
+            "top" => skiff::tools::stat::top(admin, &query).await,
+            _ => skiff::tools::stat::tap(admin, &query).await,
         }
     });
     match result {

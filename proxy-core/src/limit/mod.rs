@@ -1,6 +1,6 @@
 //! Local rate limits and concurrency limits.
 //!
-//! A target's [`Limits`] come from the request's extensions (the router puts them there):
+//! A target's limits ([`Policy`]) come from the request's extensions (the router puts them there):
 //! a token bucket refills at `rate` requests a second up to `burst`; a request finding it
 //! empty is refused with 429 `rate-limited` and a `Retry-After` saying when a token will be
 //! there. A bucket may be kept per [`Client`] instead, so one noisy caller cannot spend
@@ -190,7 +190,7 @@ impl Drop for Slot {
 
 /// A target's limits.
 #[derive(Debug, Default)]
-pub struct Limits {
+pub struct Policy {
     /// Requests a second.
     pub rate: Option<RateLimit>,
     /// Requests a second from each client.
@@ -198,14 +198,14 @@ pub struct Limits {
     /// Requests at once.
     pub max_in_flight: Option<MaxInFlight>,
     /// The limits of the enclosing target (a route's service), enforced first.
-    pub parent: Option<Arc<Limits>>,
+    pub parent: Option<Arc<Policy>>,
 }
 
 /// The in-flight slots an admitted request holds (its own and its parent's).
 #[derive(Debug)]
 struct Slots(Option<Slot>, Option<Slot>);
 
-impl Limits {
+impl Policy {
     fn admit(&self, client: Option<&Client>) -> Result<Slots, ProxyError> {
         // In-flight caps first: a request shed there must not spend a rate token.
         let parent_slot = match &self.parent {
@@ -254,7 +254,7 @@ impl Limits {
     }
 }
 
-/// Enforces the request's [`Limits`] before `S`.
+/// Enforces the request's [`Policy`] before `S`.
 #[derive(Clone, Debug)]
 pub struct Limit<S> {
     inner: S,
@@ -285,7 +285,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let admitted = match req.extensions().get::<Arc<Limits>>() {
+        let admitted = match req.extensions().get::<Arc<Policy>>() {
             None => Ok(None),
             Some(limits) => limits
                 .admit(req.extensions().get::<Client>())

@@ -16,7 +16,7 @@ fn upstream(
     }))
 }
 
-fn with(limits: &Arc<Limits>) -> Request<()> {
+fn with(limits: &Arc<Policy>) -> Request<()> {
     let mut req = Request::new(());
     req.extensions_mut().insert(limits.clone());
     req
@@ -30,7 +30,7 @@ fn reason(result: Result<Response<Body>, BoxError>) -> (Reason, Option<Duration>
 
 #[tokio::test(start_paused = true)]
 async fn the_bucket_allows_the_burst_then_the_rate() {
-    let limits = Arc::new(Limits {
+    let limits = Arc::new(Policy {
         rate: Some(RateLimit::new(10.0, 5)),
         ..Default::default()
     });
@@ -61,7 +61,7 @@ async fn the_bucket_allows_the_burst_then_the_rate() {
 
 #[tokio::test(start_paused = true)]
 async fn in_flight_beyond_the_cap_is_shed_until_bodies_end() {
-    let limits = Arc::new(Limits {
+    let limits = Arc::new(Policy {
         max_in_flight: Some(MaxInFlight::new(2)),
         ..Default::default()
     });
@@ -80,7 +80,7 @@ async fn in_flight_beyond_the_cap_is_shed_until_bodies_end() {
 
 #[tokio::test(start_paused = true)]
 async fn shed_requests_do_not_spend_rate_tokens() {
-    let limits = Arc::new(Limits {
+    let limits = Arc::new(Policy {
         rate: Some(RateLimit::new(1.0, 2)),
         max_in_flight: Some(MaxInFlight::new(1)),
         ..Default::default()
@@ -104,7 +104,7 @@ async fn requests_without_limits_pass() {
     }
 }
 
-fn from(limits: &Arc<Limits>, client: Client) -> Request<()> {
+fn from(limits: &Arc<Policy>, client: Client) -> Request<()> {
     let mut req = with(limits);
     req.extensions_mut().insert(client);
     req
@@ -112,7 +112,7 @@ fn from(limits: &Arc<Limits>, client: Client) -> Request<()> {
 
 #[tokio::test(start_paused = true)]
 async fn per_client_buckets_are_separate_and_bounded() {
-    let limits = Arc::new(Limits {
+    let limits = Arc::new(Policy {
         per_client: Some(PerClientRateLimit::new(1.0, 2, 2)),
         ..Default::default()
     });
@@ -147,11 +147,11 @@ async fn per_client_buckets_are_separate_and_bounded() {
 
 #[tokio::test(start_paused = true)]
 async fn a_route_enforces_its_service_limits_too() {
-    let service = Arc::new(Limits {
+    let service = Arc::new(Policy {
         max_in_flight: Some(MaxInFlight::new(1)),
         ..Default::default()
     });
-    let route = Arc::new(Limits {
+    let route = Arc::new(Policy {
         rate: Some(RateLimit::new(1.0, 5)),
         parent: Some(service.clone()),
         ..Default::default()

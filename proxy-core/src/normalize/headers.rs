@@ -5,7 +5,7 @@ use http::request::Parts;
 use http::uri::Authority;
 use http::{Method, Version};
 
-use super::Limits;
+use super::HeaderLimits;
 use crate::error::{ProxyError, Reason};
 
 /// Headers that describe one hop and never travel further (RFC 9110 section 7.6.1), plus the
@@ -27,7 +27,7 @@ fn bad(detail: &'static str) -> ProxyError {
 }
 
 /// Refuses requests with more header fields or bytes than the limits allow.
-pub(super) fn check_limits(headers: &HeaderMap, limits: &Limits) -> Result<(), ProxyError> {
+pub(super) fn check_limits(headers: &HeaderMap, limits: &HeaderLimits) -> Result<(), ProxyError> {
     if headers.len() > limits.max_header_count {
         return Err(ProxyError::new(
             Reason::HeadersTooLarge,

@@ -31,9 +31,9 @@ pub use headers::{strip_hop_by_hop, strip_response_headers, strip_skiff_headers}
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WebSocketUpgrade;
 
-/// Limits enforced on every request.
+/// HeaderLimits enforced on every request.
 #[derive(Clone, Debug)]
-pub struct Limits {
+pub struct HeaderLimits {
     /// Most header fields a request may carry (431 beyond).
     pub max_header_count: usize,
     /// Most bytes of header names and values a request may carry (431 beyond).
@@ -42,7 +42,7 @@ pub struct Limits {
     pub body_idle_timeout: Duration,
 }
 
-impl Default for Limits {
+impl Default for HeaderLimits {
     fn default() -> Self {
         Self {
             max_header_count: 100,
@@ -56,18 +56,18 @@ impl Default for Limits {
 #[derive(Clone, Debug)]
 pub struct Normalize<S> {
     inner: S,
-    limits: Limits,
+    limits: HeaderLimits,
 }
 
 /// Applies [`Normalize`].
 #[derive(Clone, Debug)]
 pub struct NormalizeLayer {
-    limits: Limits,
+    limits: HeaderLimits,
 }
 
 impl NormalizeLayer {
     /// A layer enforcing `limits`.
-    pub fn new(limits: Limits) -> Self {
+    pub fn new(limits: HeaderLimits) -> Self {
         Self { limits }
     }
 }
@@ -103,7 +103,7 @@ where
 }
 
 /// Normalises one request (see the module docs).
-pub fn normalize<B>(req: Request<B>, limits: &Limits) -> Result<Request<Body>, ProxyError>
+pub fn normalize<B>(req: Request<B>, limits: &HeaderLimits) -> Result<Request<Body>, ProxyError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,

@@ -16,13 +16,13 @@ fn req(version: Version, uri: &str, headers: &[(&str, &str)]) -> Request<Empty<B
 }
 
 fn reason(r: Request<Empty<Bytes>>) -> Reason {
-    normalize(r, &Limits::default())
+    normalize(r, &HeaderLimits::default())
         .expect_err("rejected")
         .reason()
 }
 
 fn authority_of(r: Request<Empty<Bytes>>) -> Option<String> {
-    let out = normalize(r, &Limits::default()).expect("accepted");
+    let out = normalize(r, &HeaderLimits::default()).expect("accepted");
     assert!(out.headers().get(header::HOST).is_none(), "Host is removed");
     out.extensions()
         .get::<Authority>()
@@ -92,7 +92,7 @@ fn hop_by_hop_and_connection_named_headers_are_stripped() {
             ("x-kept", "yes"),
         ],
     );
-    let out = normalize(r, &Limits::default()).unwrap();
+    let out = normalize(r, &HeaderLimits::default()).unwrap();
     let names: Vec<&str> = out.headers().keys().map(|k| k.as_str()).collect();
     assert_eq!(names, ["x-kept"]);
     assert!(out.extensions().get::<WebSocketUpgrade>().is_none());
@@ -101,7 +101,7 @@ fn hop_by_hop_and_connection_named_headers_are_stripped() {
 #[test]
 fn te_trailers_survives_for_grpc() {
     let r = req(Version::HTTP_2, "http://web/x", &[("te", "trailers")]);
-    let out = normalize(r, &Limits::default()).unwrap();
+    let out = normalize(r, &HeaderLimits::default()).unwrap();
     assert_eq!(out.headers()[header::TE], "trailers");
 }
 
@@ -116,7 +116,7 @@ fn skiff_headers_from_clients_are_stripped() {
             ("Skiff-Id", "x"),
         ],
     );
-    let out = normalize(r, &Limits::default()).unwrap();
+    let out = normalize(r, &HeaderLimits::default()).unwrap();
     assert!(out.headers().is_empty());
 }
 
@@ -132,7 +132,7 @@ fn websocket_upgrade_is_kept_and_marked() {
             ("sec-websocket-key", "k"),
         ],
     );
-    let out = normalize(r, &Limits::default()).unwrap();
+    let out = normalize(r, &HeaderLimits::default()).unwrap();
     assert_eq!(out.headers()[header::UPGRADE], "websocket");
     assert_eq!(out.headers()[header::CONNECTION], "upgrade");
     assert!(out.extensions().get::<WebSocketUpgrade>().is_some());

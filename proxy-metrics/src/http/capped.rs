@@ -17,12 +17,12 @@ use super::{HttpFamilies, TargetMetrics};
 
 /// The limits, settable at run time (config reload).
 #[derive(Debug)]
-pub struct Limits {
+pub struct CardinalityLimits {
     max: AtomicUsize,
     idle_ms: AtomicU64,
 }
 
-impl Default for Limits {
+impl Default for CardinalityLimits {
     fn default() -> Self {
         Self {
             max: AtomicUsize::new(1000),
@@ -31,7 +31,7 @@ impl Default for Limits {
     }
 }
 
-impl Limits {
+impl CardinalityLimits {
     /// At most `max` values per label; series idle for `idle` go.
     pub fn set(&self, max: usize, idle: Duration) {
         self.max.store(max.max(1), Ordering::Relaxed);
@@ -138,9 +138,12 @@ impl HttpFamilies {
     pub fn passthrough(self: &Arc<Self>, authority: &str) -> Arc<TargetMetrics> {
         let max = self.caps.max.load(Ordering::Relaxed);
         let authority = authority.to_ascii_lowercase();
-        self.passthrough.get("outbound", &authority, max, |a| {
-            self.target("outbound", a, "passthrough", None)
-        })
+        self.passthrough.get(
+            proxy_core::Direction::Outbound.as_str(),
+            &authority,
+            max,
+            |a| self.target(proxy_core::Direction::Outbound, a, "passthrough", None),
+        )
     }
 
     /// The handles of `base` for meshed traffic from or to `id`, capped.
@@ -167,7 +170,7 @@ impl HttpFamilies {
     }
 
     /// The cap and expiry.
-    pub fn limits(&self) -> &Limits {
+    pub fn limits(&self) -> &CardinalityLimits {
         &self.caps
     }
 

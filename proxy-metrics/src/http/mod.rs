@@ -22,7 +22,7 @@ use proxy_core::Reason;
 use crate::stats::{Summary, Window};
 use crate::Labels;
 
-pub use capped::{Limits as CardinalityLimits, OTHER};
+pub use capped::{CardinalityLimits, OTHER};
 pub use layer::{Metrics, MetricsLayer, MetricsSlot, ResponseFuture};
 pub use observe::{access_log_writer, Observe, ObserveSettings, DEFAULT_ACCESS_LOG_FIELDS};
 
@@ -52,7 +52,7 @@ pub struct HttpFamilies {
     // labels (per-connection handles included), so nothing is lost when a handle goes.
     windows: Mutex<HashMap<Labels, Arc<Mutex<Window>>>>,
     window: std::time::Duration,
-    caps: capped::Limits,
+    caps: capped::CardinalityLimits,
     passthrough: capped::Capped,
     clients: capped::Capped,
     servers: capped::Capped,
@@ -64,7 +64,7 @@ impl HttpFamilies {
         let this = Self {
             windows: Mutex::default(),
             window: std::time::Duration::from_secs(30),
-            caps: capped::Limits::default(),
+            caps: capped::CardinalityLimits::default(),
             passthrough: capped::Capped::default(),
             clients: capped::Capped::default(),
             servers: capped::Capped::default(),
@@ -131,13 +131,13 @@ impl HttpFamilies {
     /// names it, and becomes the `route` label).
     pub fn target(
         self: &Arc<Self>,
-        direction: &'static str,
+        direction: proxy_core::Direction,
         authority: &str,
         target_addr: &str,
         route: Option<&str>,
     ) -> Arc<TargetMetrics> {
         let mut base: Labels = vec![
-            ("direction", direction.to_owned()),
+            ("direction", direction.as_str().to_owned()),
             ("authority", authority.to_owned()),
             ("target_addr", target_addr.to_owned()),
             ("tls", "disabled".to_owned()),

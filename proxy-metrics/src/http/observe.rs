@@ -59,7 +59,7 @@ pub const DEFAULT_ACCESS_LOG_FIELDS: [&str; 14] = [
 /// A direction's tap and access log.
 #[derive(Debug)]
 pub struct Observe {
-    direction: &'static str,
+    direction: proxy_core::Direction,
     tap: Arc<TapHub>,
     settings: Arc<ArcSwap<ObserveSettings>>,
     log: Option<std::sync::mpsc::SyncSender<String>>,
@@ -68,7 +68,7 @@ pub struct Observe {
 impl Observe {
     /// The tap and access log of `direction`; access log lines go to `log`.
     pub fn new(
-        direction: &'static str,
+        direction: proxy_core::Direction,
         tap: Arc<TapHub>,
         settings: Arc<ArcSwap<ObserveSettings>>,
         log: Option<std::sync::mpsc::SyncSender<String>>,
@@ -225,7 +225,7 @@ pub struct Ending<'a> {
 impl Watched {
     fn fields(&self, status: Option<u16>) -> Fields<'_> {
         Fields {
-            direction: self.observe.direction,
+            direction: self.observe.direction.as_str(),
             authority: &self.authority,
             path: &self.path,
             method: &self.method,

@@ -1,4 +1,4 @@
-//! Skiff's configuration: the `kind: Proxy` document (DESIGN.md section 4), as serde structs
+//! Skiff's configuration: the `kind: Proxy` document (`docs/config.md`), as serde structs
 //! that parse straight into typed values. Every struct denies unknown fields, so a typo is an
 //! error with a line number rather than a silently ignored setting.
 //!

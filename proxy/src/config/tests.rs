@@ -439,9 +439,9 @@ fn every_example_config_parses() {
     }
     assert!(seen >= 2, "examples/ holds the dev and canary configs");
     // The demo's embedded configs, both sides of its meshed hop.
-    let demo = crate::demo::config();
+    let demo = crate::tools::demo::config();
     assert!(demo.proxy.services["echo-mesh"].identity.is_some());
-    assert!(crate::demo::peer_config().access.rules.is_some());
+    assert!(crate::tools::demo::peer_config().access.rules.is_some());
     let canary = load_file(&dir.join("canary.yaml")).unwrap();
     let routes = &canary.routes["web"].routes;
     assert_eq!(routes[0].policy.max_in_flight.map(|m| m.get()), Some(100));

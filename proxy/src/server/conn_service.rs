@@ -13,11 +13,11 @@ use tower::Service;
 
 /// A connection's stack, callable by hyper.
 #[derive(Debug)]
-pub struct ConnService<S>(Mutex<S>);
+pub(crate) struct ConnService<S>(Mutex<S>);
 
 impl<S> ConnService<S> {
     /// Serves a connection with `stack`.
-    pub fn new(stack: S) -> Self {
+    pub(crate) fn new(stack: S) -> Self {
         Self(Mutex::new(stack))
     }
 }

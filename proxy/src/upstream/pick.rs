@@ -21,27 +21,27 @@ use proxy_core::future::MaybeRejected;
 use proxy_core::{Body, BoxError, BoxHttpService, ProxyError, Reason};
 use tower::{Layer, Service};
 
-use crate::client::Pools;
-use crate::endpoints::Endpoint;
-use crate::forward::{needs_priming, prime_chunked};
-use crate::target::{Service as TargetService, Target};
+use crate::discovery::endpoints::Endpoint;
+use crate::routing::{ServiceTarget, Target};
+use crate::upstream::forward::{needs_priming, prime_chunked};
+use crate::upstream::pool::Pools;
 
 /// Picks an endpoint, then calls the service below.
 #[derive(Clone, Debug)]
-pub struct Pick<S> {
+pub(crate) struct Pick<S> {
     inner: S,
     pools: Arc<Pools>,
 }
 
 /// Applies [`Pick`].
 #[derive(Clone, Debug)]
-pub struct PickLayer {
+pub(crate) struct PickLayer {
     pools: Arc<Pools>,
 }
 
 impl PickLayer {
     /// Passthrough targets draw their pools from `pools`.
-    pub fn new(pools: Arc<Pools>) -> Self {
+    pub(crate) fn new(pools: Arc<Pools>) -> Self {
         Self { pools }
     }
 }
@@ -163,7 +163,7 @@ fn settle(result: &Result<Response<Body>, BoxError>, flight: &InFlight<EndpointL
 
 /// An endpoint's load, held through the endpoint so it can live in a future.
 #[derive(Debug)]
-pub struct EndpointLoad(Arc<Endpoint>);
+pub(crate) struct EndpointLoad(Arc<Endpoint>);
 
 impl std::ops::Deref for EndpointLoad {
     type Target = Load;
@@ -174,7 +174,7 @@ impl std::ops::Deref for EndpointLoad {
 }
 
 /// The future of [`Pick`]: refused on the spot (no endpoint to try), or [`Picked`].
-pub type ResponseFuture<F> = MaybeRejected<Picked<F>>;
+pub(crate) type ResponseFuture<F> = MaybeRejected<Picked<F>>;
 
 /// A boxed response future, for the picks that wait first.
 type BoxResponse = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
@@ -210,7 +210,7 @@ where
     }
 }
 
-fn choose(service: &TargetService) -> Result<(Arc<Endpoint>, Option<Admission>), ProxyError> {
+fn choose(service: &ServiceTarget) -> Result<(Arc<Endpoint>, Option<Admission>), ProxyError> {
     let (list, turn) = service.endpoints.snapshot();
     if list.is_empty() {
         return Err(ProxyError::new(

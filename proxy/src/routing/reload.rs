@@ -10,11 +10,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config;
-use crate::state::State;
+use crate::routing::state::State;
 
 /// Watches `path` until the task is aborted; `running` is the text the running config was
 /// parsed from.
-pub async fn watch(path: PathBuf, running: Vec<u8>, state: Arc<State>) {
+pub(crate) async fn watch(path: PathBuf, running: Vec<u8>, state: Arc<State>) {
     let mut last = Some(running);
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();

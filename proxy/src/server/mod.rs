@@ -2,43 +2,92 @@
 //! HTTP/1 or HTTP/2 server connection running the direction's stack, or an opaque TCP
 //! forward. Every connection watches the drain signal and finishes gracefully on it.
 
+pub(crate) mod conn_service;
+pub(crate) mod detect;
+pub(crate) mod drain;
+pub(crate) mod head_timeout;
+pub(crate) mod tcp;
+
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tower::util::BoxCloneService;
 
 use crate::config::MtlsMode;
-use crate::conn_service::ConnService;
-use crate::detect::{detect, Prefixed, Protocol};
-use crate::drain::Drain;
-use crate::head_timeout::{HeadTimeoutIo, InRequest};
+use crate::config::ProxySpec;
 use crate::identity::Mesh;
-use crate::stack::{self, HttpService};
-use crate::state::State;
+use crate::routing::{OriginalDst, State};
+use crate::server::conn_service::ConnService;
+use crate::server::detect::{detect, Prefixed, Protocol};
+use crate::server::drain::Drain;
+use crate::server::head_timeout::{HeadTimeoutIo, InRequest};
 use proxy_core::authz::{Decision, Mode};
 use proxy_core::limit::Client;
+use proxy_core::normalize::HeaderLimits;
+use proxy_core::{Body, Direction};
 
 /// An accepted connection, its bytes counted.
 type Accepted = proxy_metrics::tcp::Counted<TcpStream>;
 
-/// Which side of the workload a listener serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    /// Calls from the app to other services.
-    Outbound,
-    /// Calls from other workloads to the app.
-    Inbound,
+/// A direction's HTTP service, type-erased: what a server connection runs.
+pub(crate) type HttpService = BoxCloneService<Request<Incoming>, Response<Body>, Infallible>;
+
+/// The stack of `direction` for one connection.
+fn stack(
+    state: &State,
+    direction: Direction,
+    client: Client,
+    orig_dst: Option<SocketAddr>,
+) -> HttpService {
+    match direction {
+        Direction::Outbound => crate::outbound::stack(state, client, orig_dst),
+        Direction::Inbound => crate::inbound::stack(state, client, orig_dst),
+    }
+}
+
+/// Marks each request of a connection with who sent it (for per-client limits and
+/// authorization) and where the connection was going (for routing). A peer proxy's note
+/// that the request began as HTTP/1 is read here, before normalisation strips every
+/// `skiff-*` header.
+pub(crate) fn mark_connection(
+    client: Client,
+    orig_dst: Option<SocketAddr>,
+) -> impl Fn(Request<Incoming>) -> Request<Incoming> + Clone {
+    let meshed = matches!(client, Client::Identity(_));
+    move |mut req| {
+        if meshed {
+            crate::upstream::forward::take_orig_proto(&mut req);
+        }
+        req.extensions_mut().insert(client.clone());
+        if let Some(dst) = orig_dst {
+            req.extensions_mut().insert(OriginalDst(dst));
+        }
+        req
+    }
+}
+
+/// The header and body limits Normalize enforces, from the running config.
+pub(crate) fn normalize_limits(spec: &ProxySpec) -> HeaderLimits {
+    HeaderLimits {
+        max_header_count: spec.limits.max_header_count.get(),
+        max_header_bytes: spec.limits.max_header_bytes.get(),
+        body_idle_timeout: spec.limits.body_idle_timeout.0,
+    }
 }
 
 /// Accepts connections until the drain starts. `limit` bounds open connections across
 /// listeners: at the limit, accepting pauses (the kernel backlog holds new clients).
-pub async fn accept_loop(
+pub(crate) async fn accept_loop(
     listener: TcpListener,
     direction: Direction,
     state: Arc<State>,
@@ -82,10 +131,7 @@ async fn serve(
     state: &State,
     drain: Drain,
 ) {
-    let conns = match direction {
-        Direction::Outbound => &state.outbound_conns,
-        Direction::Inbound => &state.inbound_conns,
-    };
+    let conns = state.conns(direction);
     let _open = conns.opened();
     let spec = state.spec.load_full();
     let orig_dst = original_dst(&stream);
@@ -98,14 +144,15 @@ async fn serve(
             // Opaque TCP over the mesh is not carried in mTLS yet: strict mode cannot admit
             // a caller it cannot identify.
             tracing::info!(%peer, port = target.port(), "refusing plaintext TCP to an opaque port (mTLS is strict)");
-            mesh.metrics.handshake_failure("inbound", "plaintext");
+            mesh.metrics
+                .handshake_failure(Direction::Inbound, "plaintext");
             return;
         }
         if !tcp_allowed(state, direction, peer, target) {
             return;
         }
         let io = Prefixed::new(Default::default(), stream);
-        crate::tcp::forward(io, target, spec.limits.connect_timeout.0).await;
+        crate::server::tcp::forward(io, target, spec.limits.connect_timeout.0).await;
         return;
     }
     let (protocol, io) = match detect(stream, spec.limits.detect_timeout.0).await {
@@ -115,10 +162,7 @@ async fn serve(
             return;
         }
     };
-    let svc = || match direction {
-        Direction::Outbound => stack::outbound(state, Client::Addr(peer.ip()), orig_dst),
-        Direction::Inbound => stack::inbound(state, Client::Addr(peer.ip()), orig_dst),
-    };
+    let svc = || stack(state, direction, Client::Addr(peer.ip()), orig_dst);
     let mesh = state
         .mesh
         .as_ref()
@@ -131,7 +175,8 @@ async fn serve(
         }
         if mesh.mtls == MtlsMode::Strict {
             tracing::info!(%peer, ?protocol, "refusing a plaintext inbound connection (mTLS is strict)");
-            mesh.metrics.handshake_failure("inbound", "plaintext");
+            mesh.metrics
+                .handshake_failure(Direction::Inbound, "plaintext");
             return;
         }
     }
@@ -153,7 +198,7 @@ async fn serve(
             counter.inc();
             match opaque_target {
                 Some(target) if tcp_allowed(state, direction, peer, target) => {
-                    crate::tcp::forward(io, target, spec.limits.connect_timeout.0).await
+                    crate::server::tcp::forward(io, target, spec.limits.connect_timeout.0).await
                 }
                 Some(_) => {} // refused and logged by the authorization check
                 None => tracing::info!(
@@ -257,12 +302,13 @@ async fn serve_mesh(
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             let reason = proxy_tls::failure_reason(&e);
-            mesh.metrics.handshake_failure("inbound", reason);
+            mesh.metrics.handshake_failure(Direction::Inbound, reason);
             tracing::info!(%peer, reason, error = %e, "mesh handshake refused");
             return;
         }
         Err(_) => {
-            mesh.metrics.handshake_failure("inbound", "timeout");
+            mesh.metrics
+                .handshake_failure(Direction::Inbound, "timeout");
             tracing::info!(%peer, "mesh handshake timed out");
             return;
         }
@@ -275,7 +321,7 @@ async fn serve_mesh(
     let h2 = conn.alpn_protocol() == Some(proxy_tls::ALPN_H2);
     let client = Client::Identity(id.to_string().into());
     let spec = state.spec.load_full();
-    let svc = stack::inbound(state, client, orig_dst);
+    let svc = crate::inbound::stack(state, client, orig_dst);
     if h2 {
         serve_http2(tls, svc, &spec, drain).await;
     } else {
@@ -358,7 +404,7 @@ fn opaque_target(
 ) -> Option<SocketAddr> {
     match direction {
         Direction::Inbound => {
-            let app = state.inbound.app_addr();
+            let app = state.inbound.resolver.app_addr();
             Some(orig_dst.map_or(app, |d| SocketAddr::new(app.ip(), d.port())))
         }
         Direction::Outbound => orig_dst,

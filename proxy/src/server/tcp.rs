@@ -7,7 +7,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 /// Connects to `target` and copies bytes between it and `client` until both sides close.
-pub async fn forward<I>(mut client: I, target: SocketAddr, connect_timeout: Duration)
+pub(crate) async fn forward<I>(mut client: I, target: SocketAddr, connect_timeout: Duration)
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {

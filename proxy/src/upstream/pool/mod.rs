@@ -10,7 +10,7 @@
 //! mutual TLS, with the credentials current when each connection is dialled, and refuses
 //! a peer that is not the expected identity.
 
-mod pool;
+mod endpoint;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 use proxy_metrics::identity::IdentityFamilies;
 use proxy_tls::{Identity, SpiffeId};
 
-pub use pool::{Pool, Protocol};
+pub(crate) use endpoint::{Pool, Protocol};
 
 /// Settings every upstream connection uses.
 #[derive(Clone, Copy, Debug)]

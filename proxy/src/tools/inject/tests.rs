@@ -4,8 +4,8 @@
 
 use super::*;
 
-const INPUT: &str = include_str!("../../tests/inject/workloads.yaml");
-const GOLDEN: &str = include_str!("../../tests/inject/injected.yaml");
+const INPUT: &str = include_str!("../../../tests/inject/workloads.yaml");
+const GOLDEN: &str = include_str!("../../../tests/inject/injected.yaml");
 
 #[test]
 fn every_workload_kind_matches_the_golden_file() {

@@ -3,7 +3,7 @@
 use http::{HeaderMap, Method, Uri};
 
 use super::*;
-use crate::client::Settings;
+use crate::upstream::pool::Settings;
 
 fn config(yaml: &str) -> crate::config::Config {
     crate::config::parse(yaml, None).unwrap()
@@ -59,7 +59,7 @@ fn resolve(
     r.resolve(uri.authority(), &head, &mut ext).map(|()| ext)
 }
 
-fn service(r: &OutboundResolver, host: &str) -> Arc<Service> {
+fn service(r: &OutboundResolver, host: &str) -> Arc<ServiceTarget> {
     let ext = resolve(r, "GET", &format!("http://{host}/"), &[]).unwrap();
     match ext.get::<Target>().cloned().unwrap() {
         Target::Service(s) => s,
@@ -283,7 +283,7 @@ spec:
     let target = |path: &str| {
         let ext = resolve(&r, "GET", &format!("http://web{path}"), &[]).unwrap();
         let split = ext.get::<Arc<Backends<Target>>>().unwrap().clone();
-        let limits = ext.get::<Arc<Limits>>().cloned();
+        let limits = ext.get::<Arc<limit::Policy>>().cloned();
         match split.entries()[0].target.clone().unwrap() {
             Target::Service(s) => (s, limits),
             Target::Passthrough { .. } => unreachable!(),

@@ -9,22 +9,23 @@ use std::sync::Arc;
 use proxy_core::balance;
 use proxy_core::breaker;
 use proxy_core::classify::Classifier;
-use proxy_core::limit::{Limits, MaxInFlight, PerClientRateLimit, RateLimit};
+use proxy_core::limit::{self, MaxInFlight, PerClientRateLimit, RateLimit};
 use proxy_core::retry::{self, Backoff, BudgetParams};
 use proxy_core::route::RouteSet;
 use proxy_core::split::{Backend, Backends};
 use proxy_core::timeout::Timeouts;
+use proxy_core::Direction;
 use proxy_metrics::http::{HttpFamilies, TargetMetrics};
 
-use super::{Policies, Route, Service, Target};
-use crate::client::{MeshPeer, Pools};
+use super::{Policies, Route, ServiceTarget, Target};
 use crate::config::{
     BreakerSpec, Dur, EndpointSource, ProxySpec, RateLimitSpec, RetrySpec, RouteSpec,
     ServiceRoutes, ServiceSpec, TimeoutsSpec,
 };
-use crate::dns::Resolver;
-use crate::endpoints::{BreakerConfig, Endpoints};
+use crate::discovery::dns::Resolver;
+use crate::discovery::endpoints::{BreakerConfig, Endpoints};
 use crate::identity::Mesh;
+use crate::upstream::pool::{MeshPeer, Pools};
 
 /// Clients tracked by one per-client rate limit before idle ones are forgotten.
 const MAX_TRACKED_CLIENTS: usize = 10_000;
@@ -52,12 +53,12 @@ pub(super) fn service(
     ctx: &Context<'_>,
     name: &str,
     svc: &ServiceSpec,
-    old: Option<&Arc<Service>>,
-) -> Arc<Service> {
+    old: Option<&Arc<ServiceTarget>>,
+) -> Arc<ServiceTarget> {
     let authority = ctx.authority(name, svc);
     let identity = Some((svc.clone(), authority.clone()));
     // DNS endpoints also depend on `spec.dns`: a change there rebuilds them.
-    let same_dns = |s: &&Arc<Service>| {
+    let same_dns = |s: &&Arc<ServiceTarget>| {
         s.endpoints
             .dns_settings()
             .is_none_or(|dns| *dns == ctx.spec.dns)
@@ -68,14 +69,14 @@ pub(super) fn service(
     let target_addr = format!("{name}:{}", svc.port);
     let metrics = ctx
         .metrics
-        .target("outbound", &authority, &target_addr, None);
+        .target(Direction::Outbound, &authority, &target_addr, None);
     let metrics = match (&svc.identity, ctx.mesh) {
         (Some(id), Some(_)) => metrics.with_peer("server_id", &id.0.to_string()),
         _ => metrics,
     };
     // Endpoints (with their DNS answers, breaker states and load averages) outlive an edit of
     // the service's policies; only a new endpoint source or breaker rebuilds them.
-    let same_endpoints = |old: &&Arc<Service>| {
+    let same_endpoints = |old: &&Arc<ServiceTarget>| {
         old.identity.as_ref().is_some_and(|(spec, auth)| {
             spec.endpoints == svc.endpoints
                 && same_dns(old)
@@ -94,7 +95,7 @@ pub(super) fn service(
             endpoints(ctx, &svc.endpoints, peer, svc.breaker.as_ref(), &metrics)
         }
     };
-    Arc::new(Service {
+    Arc::new(ServiceTarget {
         name: name.to_owned(),
         identity,
         inbound: None,
@@ -143,9 +144,9 @@ fn endpoints(
 /// built is recorded in `next`.
 pub(super) fn route_set(
     ctx: &Context<'_>,
-    apex: &Arc<Service>,
+    apex: &Arc<ServiceTarget>,
     attached: &ServiceRoutes,
-    services: &HashMap<String, Arc<Service>>,
+    services: &HashMap<String, Arc<ServiceTarget>>,
     cache: Option<&RouteCache>,
     next: &mut RouteCache,
 ) -> RouteSet<Arc<Route>> {
@@ -186,9 +187,9 @@ pub(super) type RouteCache = HashMap<(String, usize), (String, Arc<Route>)>;
 /// Everything a route is built from, as text: its spec (regexes print their patterns) and
 /// the specs of the services it sends to.
 fn fingerprint(
-    apex: &Service,
+    apex: &ServiceTarget,
     spec: &RouteSpec,
-    services: &HashMap<String, Arc<Service>>,
+    services: &HashMap<String, Arc<ServiceTarget>>,
 ) -> String {
     let backends: Vec<_> = spec
         .backends
@@ -205,16 +206,19 @@ fn fingerprint(
 
 fn route(
     ctx: &Context<'_>,
-    apex: &Arc<Service>,
+    apex: &Arc<ServiceTarget>,
     spec: &RouteSpec,
-    services: &HashMap<String, Arc<Service>>,
+    services: &HashMap<String, Arc<ServiceTarget>>,
 ) -> Route {
     let apex_spec = apex.identity.as_ref().map(|(s, _)| s);
     let authority = apex_spec.map_or_else(String::new, |s| ctx.authority(&apex.name, s));
     let target_addr = apex_spec.map_or_else(String::new, |s| format!("{}:{}", apex.name, s.port));
-    let metrics = ctx
-        .metrics
-        .target("outbound", &authority, &target_addr, Some(&spec.name));
+    let metrics = ctx.metrics.target(
+        Direction::Outbound,
+        &authority,
+        &target_addr,
+        Some(&spec.name),
+    );
     let policy = &spec.policy;
     // The route's own policies win over the service's; Skiff's `routePolicies` win over both.
     let retry = match policy.retry.as_ref().or(spec.retry.as_ref()) {
@@ -231,7 +235,7 @@ fn route(
         apex.policies.limits.clone(),
     )
     .or_else(|| apex.policies.limits.clone());
-    let backend = |service: &Arc<Service>| match &policy.breaker {
+    let backend = |service: &Arc<ServiceTarget>| match &policy.breaker {
         // A route's own breaker watches the backend's endpoints for this route's requests
         // only: the same addresses and pooled connections, separate breaker states.
         Some(b) => {
@@ -246,7 +250,7 @@ fn route(
                     endpoints(ctx, &spec.endpoints, peer, Some(b), &metrics)
                 },
             );
-            Arc::new(Service {
+            Arc::new(ServiceTarget {
                 name: service.name.clone(),
                 identity: None,
                 inbound: None,
@@ -295,9 +299,9 @@ pub(super) fn app(
     spec: &ProxySpec,
     pools: &Arc<Pools>,
     metrics: &Arc<HttpFamilies>,
-) -> Arc<Service> {
+) -> Arc<ServiceTarget> {
     let addr = SocketAddr::new(spec.inbound.app_host, spec.inbound.app_port);
-    Arc::new(Service {
+    Arc::new(ServiceTarget {
         name: "app".into(),
         identity: None,
         inbound: Some(spec.inbound.clone()),
@@ -308,7 +312,7 @@ pub(super) fn app(
             limits: limits(spec.inbound.rate_limit, spec.inbound.max_in_flight, None),
             retry: None,
             timeouts: Timeouts::default(),
-            metrics: metrics.target("inbound", "", &addr.to_string(), None),
+            metrics: metrics.target(Direction::Inbound, "", &addr.to_string(), None),
         },
     })
 }
@@ -356,14 +360,14 @@ fn breaker_config(spec: &BreakerSpec, metrics: &Arc<TargetMetrics>) -> BreakerCo
 fn limits(
     rate: Option<RateLimitSpec>,
     max_in_flight: Option<NonZeroUsize>,
-    parent: Option<Arc<Limits>>,
-) -> Option<Arc<Limits>> {
+    parent: Option<Arc<limit::Policy>>,
+) -> Option<Arc<limit::Policy>> {
     if rate.is_none() && max_in_flight.is_none() {
         return None;
     }
     let shared = rate.filter(|r| !r.per_client);
     let per_client = rate.filter(|r| r.per_client);
-    Some(Arc::new(Limits {
+    Some(Arc::new(limit::Policy {
         rate: shared.map(|r| RateLimit::new(r.requests_per_second, r.burst)),
         per_client: per_client
             .map(|r| PerClientRateLimit::new(r.requests_per_second, r.burst, MAX_TRACKED_CLIENTS)),

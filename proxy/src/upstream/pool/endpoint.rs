@@ -231,11 +231,13 @@ impl Pool {
             Ok(Ok(tls)) => Ok(tls),
             Ok(Err(e)) => {
                 let reason = proxy_tls::failure_reason(&e);
-                peer.metrics.handshake_failure("outbound", reason);
+                peer.metrics
+                    .handshake_failure(proxy_core::Direction::Outbound, reason);
                 Err(fail(format!("handshake failed ({reason}): {e}")))
             }
             Err(_) => {
-                peer.metrics.handshake_failure("outbound", "timeout");
+                peer.metrics
+                    .handshake_failure(proxy_core::Direction::Outbound, "timeout");
                 Err(fail(format!(
                     "handshake timed out after {:?}",
                     peer.handshake_timeout

@@ -26,12 +26,12 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::{sleep_until, Instant, Sleep};
 use tower::Service;
 
-use crate::stack::HttpService;
+use crate::server::HttpService;
 
 /// An IO that fails its read with `TimedOut` when a request head takes longer than the
 /// timeout to arrive, counted from its first byte.
 #[derive(Debug)]
-pub struct HeadTimeoutIo<I> {
+pub(crate) struct HeadTimeoutIo<I> {
     io: I,
     timeout: Duration,
     in_request: Arc<AtomicBool>,
@@ -43,7 +43,7 @@ pub struct HeadTimeoutIo<I> {
 
 impl<I> HeadTimeoutIo<I> {
     /// Wraps `io`; `in_request` is shared with the connection's [`InRequest`] service.
-    pub fn new(io: I, timeout: Duration, in_request: Arc<AtomicBool>) -> Self {
+    pub(crate) fn new(io: I, timeout: Duration, in_request: Arc<AtomicBool>) -> Self {
         Self {
             io,
             timeout,
@@ -92,14 +92,14 @@ delegate_async_write!(HeadTimeoutIo);
 /// Marks a connection as handling a request from the call until the response body ends (or
 /// is dropped), so [`HeadTimeoutIo`] leaves body bytes and idle time alone.
 #[derive(Clone, Debug)]
-pub struct InRequest {
+pub(crate) struct InRequest {
     inner: HttpService,
     flag: Arc<AtomicBool>,
 }
 
 impl InRequest {
     /// Wraps the connection's service.
-    pub fn new(inner: HttpService, flag: Arc<AtomicBool>) -> Self {
+    pub(crate) fn new(inner: HttpService, flag: Arc<AtomicBool>) -> Self {
         Self { inner, flag }
     }
 }
@@ -123,7 +123,7 @@ impl Service<Request<Incoming>> for InRequest {
 }
 
 /// The future of [`InRequest`]: the response, its body holding the mark until it ends.
-pub struct ResponseFuture {
+pub(crate) struct ResponseFuture {
     inner: <HttpService as Service<Request<Incoming>>>::Future,
     flag: Option<Arc<AtomicBool>>,
 }

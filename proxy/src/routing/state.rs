@@ -11,11 +11,12 @@ use proxy_metrics::http::{
 use proxy_metrics::tcp::ListenerMetrics;
 use proxy_metrics::Metrics;
 
-use crate::client::{Pools, Settings};
 use crate::config::{AuthzMode, Config, ProxySpec};
 use crate::identity::Mesh;
-use crate::target::{InboundResolver, OutboundResolver};
+use crate::routing::{InboundResolver, OutboundResolver};
+use crate::upstream::pool::{Pools, Settings};
 use proxy_core::authz::{Mode, Policy};
+use proxy_core::Direction;
 
 /// Shared by every listener and connection.
 #[derive(Debug)]
@@ -24,22 +25,14 @@ pub struct State {
     pub spec: ArcSwap<ProxySpec>,
     /// The running mesh documents (routes, splits) as written, for `/config`.
     pub documents: ArcSwap<Vec<serde_yaml_ng::Value>>,
-    /// Outbound routing.
-    pub outbound: Arc<OutboundResolver>,
-    /// Inbound routing (the local app).
-    pub inbound: Arc<InboundResolver>,
+    /// Outbound: the app's calls to other services.
+    pub outbound: DirectionState<OutboundResolver>,
+    /// Inbound: other workloads' calls to the local app.
+    pub inbound: DirectionState<InboundResolver>,
     /// Upstream connection pools, shared across reloads.
     pub pools: Arc<Pools>,
     /// Metric families.
     pub metrics: Arc<Metrics>,
-    /// Where outbound requests nobody routed are counted.
-    pub unrouted_outbound: Arc<TargetMetrics>,
-    /// Where inbound requests nobody routed are counted.
-    pub unrouted_inbound: Arc<TargetMetrics>,
-    /// Outbound listener connection metrics.
-    pub outbound_conns: ListenerMetrics,
-    /// Inbound listener connection metrics.
-    pub inbound_conns: ListenerMetrics,
     /// What `/ready` reports.
     pub readiness: Arc<Readiness>,
     /// The mesh identity, when the config gives one (fixed until restart).
@@ -48,15 +41,35 @@ pub struct State {
     pub authz: Arc<ArcSwap<Policy>>,
     /// Tap redaction and access log settings, swapped on reload.
     pub observe_settings: Arc<ArcSwap<ObserveSettings>>,
-    /// The outbound tap and access log.
-    pub outbound_observe: Arc<Observe>,
-    /// The inbound tap and access log.
-    pub inbound_observe: Arc<Observe>,
     /// Which metric families `/metrics` shows, swapped on reload.
     pub families: Arc<ArcSwap<FamilyFilter>>,
 }
 
+/// What one direction's requests and connections share: its router, where its unrouted
+/// requests are counted, its listener's connection metrics, and its tap and access log.
+#[derive(Debug)]
+pub struct DirectionState<R> {
+    /// Which direction this is.
+    pub direction: Direction,
+    /// Routes this direction's requests, from the live config.
+    pub resolver: Arc<R>,
+    /// Where requests nobody routed are counted.
+    pub unrouted: Arc<TargetMetrics>,
+    /// The listener's connection metrics.
+    pub conns: ListenerMetrics,
+    /// The tap and access log.
+    pub observe: Arc<Observe>,
+}
+
 impl State {
+    /// The connection metrics of `direction`'s listener.
+    pub fn conns(&self, direction: Direction) -> &ListenerMetrics {
+        match direction {
+            Direction::Outbound => &self.outbound.conns,
+            Direction::Inbound => &self.inbound.conns,
+        }
+    }
+
     /// Builds the state for `config`, loading its identity's credentials if it has one.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, String> {
         let spec = config.proxy.clone();
@@ -74,22 +87,16 @@ impl State {
         let outbound = OutboundResolver::new(&spec, &config.routes, &pools, http, mesh.as_ref());
         let observe_settings = Arc::new(ArcSwap::from_pointee(observe_settings(&spec)));
         let log = access_log_writer();
-        let observe = |direction| {
-            Arc::new(Observe::new(
-                direction,
-                metrics.tap.clone(),
-                observe_settings.clone(),
-                Some(log.clone()),
-            ))
+        let side = |direction| Side {
+            direction,
+            metrics: &metrics,
+            observe_settings: &observe_settings,
+            log: &log,
         };
-        let (outbound_observe, inbound_observe) = (observe("outbound"), observe("inbound"));
+        let inbound = Arc::new(InboundResolver::new(&spec, &pools, http));
         Ok(Self {
-            outbound: Arc::new(outbound),
-            inbound: Arc::new(InboundResolver::new(&spec, &pools, http)),
-            unrouted_outbound: http.target("outbound", "", "", None),
-            unrouted_inbound: http.target("inbound", "", "", None),
-            outbound_conns: metrics.tcp.listener("outbound"),
-            inbound_conns: metrics.tcp.listener("inbound"),
+            outbound: side(Direction::Outbound).with(Arc::new(outbound)),
+            inbound: side(Direction::Inbound).with(inbound),
             spec: ArcSwap::from_pointee(spec),
             documents: ArcSwap::from_pointee(config.mesh_documents.clone()),
             pools,
@@ -97,8 +104,6 @@ impl State {
             readiness,
             mesh,
             authz: Arc::new(ArcSwap::from_pointee(policy(config))),
-            outbound_observe,
-            inbound_observe,
             families: Arc::new(ArcSwap::from_pointee(family_filter(&config.proxy))),
             observe_settings,
         })
@@ -151,14 +156,16 @@ impl State {
             }
         }
         self.pools.set_settings(client_settings(&spec));
-        self.outbound.update(
+        self.outbound.resolver.update(
             &spec,
             &config.routes,
             &self.pools,
             &self.metrics.http,
             self.mesh.as_ref(),
         );
-        self.inbound.update(&spec, &self.pools, &self.metrics.http);
+        self.inbound
+            .resolver
+            .update(&spec, &self.pools, &self.metrics.http);
         self.authz.store(Arc::new(authz));
         self.observe_settings
             .store(Arc::new(observe_settings(&spec)));
@@ -167,6 +174,32 @@ impl State {
         self.spec.store(Arc::new(spec));
         self.documents.store(Arc::new(config.mesh_documents));
         Ok(())
+    }
+}
+
+/// What a [`DirectionState`] is built from, but its resolver.
+struct Side<'a> {
+    direction: Direction,
+    metrics: &'a Metrics,
+    observe_settings: &'a Arc<ArcSwap<ObserveSettings>>,
+    log: &'a std::sync::mpsc::SyncSender<String>,
+}
+
+impl Side<'_> {
+    fn with<R>(self, resolver: Arc<R>) -> DirectionState<R> {
+        let direction = self.direction;
+        DirectionState {
+            direction,
+            resolver,
+            unrouted: self.metrics.http.target(direction, "", "", None),
+            conns: self.metrics.tcp.listener(direction),
+            observe: Arc::new(Observe::new(
+                direction,
+                self.metrics.tap.clone(),
+                self.observe_settings.clone(),
+                Some(self.log.clone()),
+            )),
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 /// What a connection carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     /// An HTTP/1 request line.
     Http1,
     /// The HTTP/2 prior-knowledge preface.
@@ -33,7 +33,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const MAX_METHOD: usize = 20;
 
 /// Decides from the bytes so far, or returns `None` when more are needed.
-pub fn classify(buf: &[u8]) -> Option<Protocol> {
+pub(crate) fn classify(buf: &[u8]) -> Option<Protocol> {
     let first = *buf.first()?;
     if proxy_tls::looks_like_client_hello(buf)? {
         return Some(Protocol::Tls);
@@ -59,7 +59,7 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
 }
 
 /// Reads from `io` until the protocol is known, the peer stops, or `timeout` passes.
-pub async fn detect<I>(mut io: I, timeout: Duration) -> io::Result<(Protocol, Prefixed<I>)>
+pub(crate) async fn detect<I>(mut io: I, timeout: Duration) -> io::Result<(Protocol, Prefixed<I>)>
 where
     I: AsyncRead + Unpin,
 {
@@ -89,20 +89,15 @@ where
 
 /// An IO that first yields bytes already read from it.
 #[derive(Debug)]
-pub struct Prefixed<I> {
+pub(crate) struct Prefixed<I> {
     prefix: BytesMut,
     io: I,
 }
 
 impl<I> Prefixed<I> {
     /// `io`, with `prefix` replayed before its own bytes.
-    pub fn new(prefix: BytesMut, io: I) -> Self {
+    pub(crate) fn new(prefix: BytesMut, io: I) -> Self {
         Self { prefix, io }
-    }
-
-    /// The underlying IO.
-    pub fn get_ref(&self) -> &I {
-        &self.io
     }
 }
 

@@ -8,6 +8,10 @@
 //! swaps routing for the next request while requests in flight keep the target they got.
 
 mod build;
+pub(crate) mod reload;
+pub(crate) mod state;
+
+pub use state::State;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -16,7 +20,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::uri::Authority;
 use proxy_core::balance;
-use proxy_core::limit::Limits;
+use proxy_core::limit;
 use proxy_core::retry;
 use proxy_core::route::{RequestHead, Resolve, RouteSet, Table};
 use proxy_core::split::Backends;
@@ -24,14 +28,14 @@ use proxy_core::timeout::Timeouts;
 use proxy_core::{ProxyError, Reason};
 use proxy_metrics::http::{HttpFamilies, MetricsSlot, TargetMetrics};
 
-use crate::client::Pools;
 use crate::config::{InboundSpec, ProxySpec, ServiceRoutes, ServiceSpec};
-use crate::endpoints::Endpoints;
+use crate::discovery::endpoints::Endpoints;
 use crate::identity::Mesh;
+use crate::upstream::pool::Pools;
 
 /// A service requests can be sent to.
 #[derive(Debug)]
-pub struct Service {
+pub(crate) struct ServiceTarget {
     /// Its name in config.
     pub name: String,
     /// Its config and fully qualified authority, to tell whether a reload changed it.
@@ -49,7 +53,7 @@ pub struct Service {
 /// What the layers below the router apply to a request: its metric handles, retries,
 /// deadlines and limits. A service has one set; each of its routes has its own.
 #[derive(Clone, Debug)]
-pub struct Policies {
+pub(crate) struct Policies {
     /// The route's name, for a route.
     pub route: Option<Arc<str>>,
     /// Metric handles (labelled with the route, for a route).
@@ -59,7 +63,7 @@ pub struct Policies {
     /// Deadlines.
     pub timeouts: Timeouts,
     /// Rate and concurrency limits.
-    pub limits: Option<Arc<Limits>>,
+    pub limits: Option<Arc<limit::Policy>>,
 }
 
 impl Policies {
@@ -86,13 +90,13 @@ impl Policies {
 /// Where a connection redirected to Skiff (transparent mode) was going, read with
 /// `SO_ORIGINAL_DST`. Carried on each of its requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OriginalDst(pub SocketAddr);
+pub(crate) struct OriginalDst(pub SocketAddr);
 
 /// Where one try goes.
 #[derive(Clone, Debug)]
-pub enum Target {
+pub(crate) enum Target {
     /// A configured service (outbound) or the local app (inbound).
-    Service(Arc<Service>),
+    Service(Arc<ServiceTarget>),
     /// An unknown authority, forwarded to itself because `passthrough` is on.
     Passthrough {
         /// The authority to resolve and connect to.
@@ -102,7 +106,7 @@ pub enum Target {
 
 /// A route of a service: its policies and its weighted backends.
 #[derive(Debug)]
-pub struct Route {
+pub(crate) struct Route {
     /// Its policies.
     pub policies: Policies,
     /// Its backends (one, unweighted, for a route to the parent service).
@@ -112,7 +116,7 @@ pub struct Route {
 /// A service as the router sees it: the service, and the routes attached to it.
 #[derive(Debug)]
 struct Apex {
-    service: Arc<Service>,
+    service: Arc<ServiceTarget>,
     routes: Option<RouteSet<Arc<Route>>>,
 }
 
@@ -122,7 +126,7 @@ struct Routes {
     table: Table<Arc<Apex>>,
     // Services by cluster IP and port, for redirected connections.
     by_vip: HashMap<SocketAddr, Arc<Apex>>,
-    by_name: HashMap<String, Arc<Service>>,
+    by_name: HashMap<String, Arc<ServiceTarget>>,
     routes: build::RouteCache,
     // Where passthrough's per-authority (capped) handles come from.
     families: Arc<HttpFamilies>,
@@ -293,7 +297,7 @@ pub struct PeerMetrics(Arc<TargetMetrics>);
 /// Sends every inbound request to the local application.
 #[derive(Debug)]
 pub struct InboundResolver {
-    app: ArcSwap<Service>,
+    app: ArcSwap<ServiceTarget>,
 }
 
 impl InboundResolver {

@@ -12,13 +12,13 @@ use proxy_core::balance::Load;
 use proxy_core::breaker::{self, BreakerObserver, Gate};
 use tokio::task::JoinHandle;
 
-use crate::client::{MeshPeer, Pool, Pools};
 use crate::config::DnsSpec;
-use crate::dns::Resolver;
+use crate::discovery::dns::Resolver;
+use crate::upstream::pool::{MeshPeer, Pool, Pools};
 
 /// One endpoint of one service.
 #[derive(Debug)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// Its connections (shared with other services that name the same address).
     pub pool: Arc<Pool>,
     /// Its circuit breaker, if the service has one.
@@ -29,7 +29,7 @@ pub struct Endpoint {
 
 /// How to give endpoints breakers: the service's settings and where transitions are told.
 #[derive(Clone, Debug)]
-pub struct BreakerConfig {
+pub(crate) struct BreakerConfig {
     /// Ejection rules.
     pub settings: breaker::Settings,
     /// Metrics.
@@ -71,7 +71,7 @@ impl Maker {
 
 /// The endpoints of one service.
 #[derive(Debug)]
-pub struct Endpoints {
+pub(crate) struct Endpoints {
     current: Arc<ArcSwap<Vec<Arc<Endpoint>>>>,
     next: AtomicUsize,
     dns: Option<DnsSpec>,
@@ -81,7 +81,7 @@ pub struct Endpoints {
 
 impl Endpoints {
     /// A fixed list (meshed with `peer`, when given).
-    pub fn fixed(
+    pub(crate) fn fixed(
         addrs: &[SocketAddr],
         pools: &Arc<Pools>,
         peer: Option<Arc<MeshPeer>>,
@@ -106,7 +106,7 @@ impl Endpoints {
     /// `minTtl`. A name that stops existing leaves the service without endpoints. Endpoints
     /// that stay keep their pools and breaker states; requests in flight to one that goes
     /// hold it until they finish.
-    pub fn dns(
+    pub(crate) fn dns(
         host: String,
         port: u16,
         refresh: Option<Duration>,
@@ -158,12 +158,12 @@ impl Endpoints {
     }
 
     /// The resolver settings of DNS endpoints (a reload changing them rebuilds the service).
-    pub fn dns_settings(&self) -> Option<&DnsSpec> {
+    pub(crate) fn dns_settings(&self) -> Option<&DnsSpec> {
         self.dns.as_ref()
     }
 
     /// The current endpoints and a round-robin starting index.
-    pub fn snapshot(&self) -> (Arc<Vec<Arc<Endpoint>>>, usize) {
+    pub(crate) fn snapshot(&self) -> (Arc<Vec<Arc<Endpoint>>>, usize) {
         (
             self.current.load_full(),
             self.next.fetch_add(1, Ordering::Relaxed),
@@ -183,7 +183,7 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::Settings;
+    use crate::upstream::pool::Settings;
 
     #[test]
     fn fixed_endpoints_keep_their_order() {

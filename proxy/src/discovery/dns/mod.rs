@@ -7,7 +7,7 @@
 //! `/etc/hosts` first, asks for A and AAAA records together, and falls back to TCP when a
 //! UDP answer is truncated.
 
-pub mod wire;
+pub(crate) mod wire;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -21,7 +21,7 @@ use wire::{RecordType, Response, WireError};
 
 /// Why a lookup failed (as opposed to finding that the name has no addresses).
 #[derive(Debug, thiserror::Error)]
-pub enum DnsError {
+pub(crate) enum DnsError {
     /// No name server answered in time.
     #[error("no DNS server answered for {0}")]
     Timeout(String),
@@ -35,7 +35,7 @@ pub enum DnsError {
 
 /// The addresses a name has now, and how long that answer holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Answer {
+pub(crate) struct Answer {
     /// Every address, sorted. Empty when the name does not exist (a headless Service with
     /// no ready pods).
     pub addrs: Vec<IpAddr>,
@@ -45,7 +45,7 @@ pub struct Answer {
 
 /// Resolves names the way a pod's resolver would, keeping TTLs.
 #[derive(Debug)]
-pub struct Resolver {
+pub(crate) struct Resolver {
     settings: DnsSpec,
     nameservers: Vec<SocketAddr>,
     search: Vec<String>,
@@ -55,7 +55,7 @@ pub struct Resolver {
 
 impl Resolver {
     /// Name servers from `spec`, else from `/etc/resolv.conf` (with its search domains).
-    pub fn new(spec: &DnsSpec) -> Self {
+    pub(crate) fn new(spec: &DnsSpec) -> Self {
         let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         Self::with_resolv_conf(spec, &conf)
     }
@@ -77,17 +77,17 @@ impl Resolver {
     }
 
     /// The settings it was made with.
-    pub fn settings(&self) -> &DnsSpec {
+    pub(crate) fn settings(&self) -> &DnsSpec {
         &self.settings
     }
 
     /// How long to wait before asking again: the answer's TTL, bounded.
-    pub fn bound(&self, ttl: Duration) -> Duration {
+    pub(crate) fn bound(&self, ttl: Duration) -> Duration {
         ttl.clamp(self.settings.min_ttl.0, self.settings.max_ttl.0)
     }
 
     /// Resolves `host` (an address, a name in `/etc/hosts`, or a DNS name).
-    pub async fn lookup(&self, host: &str) -> Result<Answer, DnsError> {
+    pub(crate) async fn lookup(&self, host: &str) -> Result<Answer, DnsError> {
         if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
             return Ok(self.answer(vec![ip], self.settings.max_ttl.0));
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// The record types asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecordType {
+pub(crate) enum RecordType {
     /// IPv4 addresses.
     A,
     /// IPv6 addresses.
@@ -24,7 +24,7 @@ impl RecordType {
 }
 
 /// The UDP payload we offer to receive (EDNS), enough for a few hundred addresses.
-pub const UDP_PAYLOAD: u16 = 4096;
+pub(crate) const UDP_PAYLOAD: u16 = 4096;
 
 const CLASS_IN: u16 = 1;
 const TYPE_CNAME: u16 = 5;
@@ -35,7 +35,7 @@ const FLAG_RD: u16 = 0x0100;
 
 /// Why a response was not usable.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum WireError {
+pub(crate) enum WireError {
     /// The name cannot be put in a query.
     #[error("{0:?} is not a valid DNS name")]
     BadName(String),
@@ -52,7 +52,7 @@ pub enum WireError {
 
 /// A parsed response.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Response {
+pub(crate) enum Response {
     /// Cut short: ask again over TCP.
     Truncated,
     /// The name does not exist (NXDOMAIN), or has no records of the type.
@@ -62,7 +62,7 @@ pub enum Response {
 }
 
 /// Encodes a recursive query for `name` (absolute, without the trailing dot).
-pub fn query(id: u16, name: &str, rtype: RecordType) -> Result<Vec<u8>, WireError> {
+pub(crate) fn query(id: u16, name: &str, rtype: RecordType) -> Result<Vec<u8>, WireError> {
     let bad = || WireError::BadName(name.to_owned());
     let mut out = Vec::with_capacity(name.len() + 30);
     out.extend_from_slice(&id.to_be_bytes());
@@ -91,7 +91,7 @@ pub fn query(id: u16, name: &str, rtype: RecordType) -> Result<Vec<u8>, WireErro
 }
 
 /// Reads the response to query `id` for records of `rtype`.
-pub fn parse(msg: &[u8], id: u16, rtype: RecordType) -> Result<Response, WireError> {
+pub(crate) fn parse(msg: &[u8], id: u16, rtype: RecordType) -> Result<Response, WireError> {
     let mut r = Reader { msg, pos: 0 };
     if r.u16()? != id {
         return Err(WireError::Mismatch);

@@ -7,7 +7,7 @@ use tokio::sync::{mpsc, watch};
 
 /// Held by every listener and connection task; drain waits until all are dropped.
 #[derive(Clone, Debug)]
-pub struct Drain {
+pub(crate) struct Drain {
     signal: watch::Receiver<bool>,
     // Never sent on: its only job is to be dropped. When the last clone goes, the
     // controller's receiver sees the channel close.
@@ -16,20 +16,21 @@ pub struct Drain {
 
 impl Drain {
     /// Resolves once draining has started.
-    pub async fn signaled(&mut self) {
+    pub(crate) async fn signaled(&mut self) {
         // An error means the controller is gone, which also means "stop".
         let _ = self.signal.wait_for(|draining| *draining).await;
     }
 
     /// Whether draining has started.
-    pub fn is_draining(&self) -> bool {
+    #[cfg(test)]
+    fn is_draining(&self) -> bool {
         *self.signal.borrow()
     }
 }
 
 /// Starts the drain and waits for it.
 #[derive(Debug)]
-pub struct Controller {
+pub(crate) struct Controller {
     signal: watch::Sender<bool>,
     alive_tx: mpsc::Sender<()>,
     alive_rx: mpsc::Receiver<()>,
@@ -37,7 +38,7 @@ pub struct Controller {
 
 impl Controller {
     /// A new controller, not draining.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let (signal, _) = watch::channel(false);
         let (alive_tx, alive_rx) = mpsc::channel(1);
         Self {
@@ -48,7 +49,7 @@ impl Controller {
     }
 
     /// A handle for a listener or connection.
-    pub fn handle(&self) -> Drain {
+    pub(crate) fn handle(&self) -> Drain {
         Drain {
             signal: self.signal.subscribe(),
             _alive: self.alive_tx.clone(),
@@ -57,7 +58,7 @@ impl Controller {
 
     /// Signals every handle, then waits up to `grace` for all of them to be dropped.
     /// Returns whether everything finished in time.
-    pub async fn drain(self, grace: Duration) -> bool {
+    pub(crate) async fn drain(self, grace: Duration) -> bool {
         let Self {
             signal,
             alive_tx,

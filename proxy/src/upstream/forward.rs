@@ -20,12 +20,12 @@ use proxy_core::normalize::{strip_response_headers, WebSocketUpgrade};
 use proxy_core::{body, Body, BoxError, ProxyError, Reason};
 use tower::Service;
 
-use crate::client::{Pool, Protocol};
-use crate::endpoints::Endpoint;
+use crate::discovery::endpoints::Endpoint;
+use crate::upstream::pool::{Pool, Protocol};
 
 /// Sends requests to the endpoint picked for them.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Forward;
+pub(crate) struct Forward;
 
 impl Service<Request<Body>> for Forward {
     type Response = Response<Body>;
@@ -109,15 +109,15 @@ const SKIFF_ERROR: http::HeaderName = http::HeaderName::from_static("skiff-error
 
 /// Tells the receiving proxy that a request it gets over HTTP/2 was HTTP/1 at its origin,
 /// so it reaches the application as HTTP/1 again.
-pub const ORIG_PROTO: http::HeaderName = http::HeaderName::from_static("skiff-orig-proto");
+pub(crate) const ORIG_PROTO: http::HeaderName = http::HeaderName::from_static("skiff-orig-proto");
 
 /// Marks a request that crossed the mesh as HTTP/2 but started as HTTP/1.
 #[derive(Clone, Copy, Debug)]
-pub struct OrigHttp1;
+pub(crate) struct OrigHttp1;
 
 /// On a request from a peer proxy (over verified mTLS only: from anyone else the header is
 /// just stripped), turns the [`ORIG_PROTO`] header into an [`OrigHttp1`] mark.
-pub fn take_orig_proto<B>(req: &mut Request<B>) {
+pub(crate) fn take_orig_proto<B>(req: &mut Request<B>) {
     if let Some(v) = req.headers_mut().remove(ORIG_PROTO) {
         if v.as_bytes().starts_with(b"HTTP/1") {
             req.extensions_mut().insert(OrigHttp1);

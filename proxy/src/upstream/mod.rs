@@ -1,0 +1,7 @@
+//! The upstream side of a request: [`pick`] chooses an endpoint of the target the router
+//! (and the split) settled on, [`forward`] sends the request over one of [`pool`]'s
+//! connections to it.
+
+pub(crate) mod forward;
+pub(crate) mod pick;
+pub(crate) mod pool;
