@@ -7,6 +7,8 @@
 //! - [`normalize`]: one authority per request, hop-by-hop stripping, header limits, body guards.
 //! - [`route`]: picks the logical service a request is for, by its authority, and the route
 //!   within it, by method, path, headers and query.
+//! - [`context`]: the one value the router hands the layers below it (route, backends,
+//!   retry policy, deadlines, limits).
 //! - [`split`]: weighted traffic split between a route's backends.
 //! - [`timeout`]: the whole-request and per-try deadlines.
 //! - [`retry`]: retries with a replay buffer, backoff and a budget.
@@ -29,6 +31,7 @@ pub mod balance;
 pub mod body;
 pub mod breaker;
 pub mod classify;
+pub mod context;
 pub mod direction;
 pub mod error;
 pub mod future;

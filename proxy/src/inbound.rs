@@ -14,6 +14,7 @@ use proxy_core::limit::{Client, LimitLayer};
 use proxy_core::normalize::NormalizeLayer;
 use proxy_core::respond::RespondLayer;
 use proxy_core::route::RouteLayer;
+use proxy_core::split::SplitLayer;
 use proxy_metrics::http::MetricsLayer;
 use tower::util::BoxCloneService;
 use tower::ServiceBuilder;
@@ -32,27 +33,42 @@ pub fn stack(state: &State, client: Client, orig_dst: Option<SocketAddr>) -> Htt
         Client::Identity(id) => Some(side.resolver.peer_metrics(id)),
         _ => None,
     };
+    // Each layer's comment says what it reads from the request and what it leaves for the
+    // layers below; `ctx` is the `RouteContext` the router writes.
     let chain = ServiceBuilder::new()
+        // Writes `Client` (the caller's address, or its verified identity) and `OriginalDst`.
         .map_request(mark_connection(client, orig_dst))
+        // Writes the `MetricsSlot` (and `Notes` while tapped); reads `Reason` on responses.
         .layer(MetricsLayer::new(
             side.unrouted.clone(),
             side.observe.clone(),
         ))
+        // Writes `PeerMetrics`: the app's series for this meshed caller.
         .map_request(move |mut req: Request<Incoming>| {
             if let Some(m) = &peer_metrics {
                 req.extensions_mut().insert(m.clone());
             }
             req
         })
+        // Turns a `ProxyError` into the response the client sees (`skiff-error`).
         .layer(RespondLayer)
+        // Writes the request's `Authority`.
         .layer(NormalizeLayer::new(normalize_limits(&state.spec.load())))
+        // Reads `Client`: TrafficTarget authorization (403 `forbidden`).
         .layer(AuthorizeLayer::new(
             state.authz.clone(),
             state.metrics.identity.clone(),
         ))
+        // Reads `OriginalDst` and `PeerMetrics`; writes `ctx` (the app, or the app's port
+        // the connection was redirected to) and starts the `MetricsSlot`.
         .layer(RouteLayer::new(side.resolver.clone()))
+        // Reads `ctx.limits` and `Client`.
         .layer(LimitLayer)
+        // Reads `ctx.backends` (the app); writes the `Target`.
+        .layer(SplitLayer)
+        // Reads `Target`; writes the `Endpoint`.
         .layer(PickLayer::new(state.pools.clone()))
+        // Reads the `Endpoint`; sends the request to the app.
         .service(Forward);
     BoxCloneService::new(chain)
 }

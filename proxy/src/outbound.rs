@@ -20,7 +20,7 @@ use proxy_metrics::http::MetricsLayer;
 use tower::util::BoxCloneService;
 use tower::ServiceBuilder;
 
-use crate::routing::{State, Target};
+use crate::routing::State;
 use crate::server::{mark_connection, normalize_limits, HttpService};
 use crate::upstream::forward::Forward;
 use crate::upstream::pick::PickLayer;
@@ -29,22 +29,37 @@ use crate::upstream::pick::PickLayer;
 /// (transparent mode) or made straight to the listener (`None`).
 pub fn stack(state: &State, client: Client, orig_dst: Option<SocketAddr>) -> HttpService {
     let side = &state.outbound;
+    // Each layer's comment says what it reads from the request and what it leaves for the
+    // layers below; `ctx` is the `RouteContext` the router writes.
     let chain = ServiceBuilder::new()
+        // Writes `Client` and `OriginalDst`.
         .map_request(mark_connection(client, orig_dst))
+        // Writes the `MetricsSlot` (and `Notes` while tapped); reads `Reason` on responses.
         .layer(MetricsLayer::new(
             side.unrouted.clone(),
             side.observe.clone(),
         ))
+        // Turns a `ProxyError` into the response the client sees (`skiff-error`).
         .layer(RespondLayer)
+        // Writes the request's `Authority`.
         .layer(NormalizeLayer::new(normalize_limits(&state.spec.load())))
+        // Reads `Authority`, `OriginalDst`; writes `ctx` and starts the `MetricsSlot`.
         .layer(RouteLayer::new(side.resolver.clone()))
+        // Reads `ctx.limits` and `Client`.
         .layer(LimitLayer)
+        // Reads `ctx.timeouts.request`.
         .layer(TimeoutLayer::request())
+        // Reads `ctx.retry`; each try below runs again from here.
         .layer(RetryLayer)
-        .layer(SplitLayer::<Target>::new())
+        // Reads `ctx.backends`; writes the drawn `Target`.
+        .layer(SplitLayer)
+        // Reads `Target`; writes the `Endpoint` and the breaker's `Admission`.
         .layer(PickLayer::new(state.pools.clone()))
+        // Reads `Admission`.
         .layer(BreakerLayer)
+        // Reads `ctx.timeouts.backend_request`.
         .layer(TimeoutLayer::backend())
+        // Reads the `Endpoint`; sends the request over its pool.
         .service(Forward);
     BoxCloneService::new(chain)
 }

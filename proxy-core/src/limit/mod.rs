@@ -1,6 +1,6 @@
 //! Local rate limits and concurrency limits.
 //!
-//! A target's limits ([`Policy`]) come from the request's extensions (the router puts them there):
+//! A target's limits ([`Policy`]) come from the request's [`crate::context::RouteContext`]:
 //! a token bucket refills at `rate` requests a second up to `burst`; a request finding it
 //! empty is refused with 429 `rate-limited` and a `Retry-After` saying when a token will be
 //! there. A bucket may be kept per [`Client`] instead, so one noisy caller cannot spend
@@ -285,12 +285,13 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let admitted = match req.extensions().get::<Arc<Policy>>() {
+        let context = crate::context::RouteContext::of(req.extensions(), "limit");
+        let admitted = context.and_then(|ctx| match &ctx.limits {
             None => Ok(None),
             Some(limits) => limits
                 .admit(req.extensions().get::<Client>())
                 .map(|slots| (slots.0.is_some() || slots.1.is_some()).then_some(slots)),
-        };
+        });
         match admitted {
             Ok(slot) => ResponseFuture::Admitted {
                 future: self.inner.call(req),

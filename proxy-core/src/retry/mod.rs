@@ -1,8 +1,8 @@
 //! Retries: a failed try is sent again, within limits that keep a failing upstream from being
 //! hammered.
 //!
-//! The [`Policy`] comes from the request's extensions (the router puts the target's policy
-//! there); a request without one passes straight through. A retry happens only when:
+//! The [`Policy`] comes from the request's [`RouteContext`] (the router's choice for the
+//! route or service); a route without one is tried once. A retry happens only when:
 //! - the result is retryable (see [`Policy::is_retryable`]: connect failures always, since
 //!   nothing was sent; resets, per-try timeouts and the configured statuses only for
 //!   idempotent methods, gRPC, or when `nonIdempotent` is set),
@@ -31,6 +31,8 @@ use http_body_util::BodyExt;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::body::{self, Body};
+use crate::context::RouteContext;
+use crate::error::ProxyError;
 use crate::{BoxError, BoxHttpService};
 
 pub use policy::{Backoff, BudgetParams, Policy, RetryObserver, DEFAULT_MAX_REPLAY_BYTES};
@@ -59,6 +61,8 @@ pin_project_lite::pin_project! {
     pub enum ResponseFuture<F> {
         /// No retry policy: the one try, as it is.
         Once { #[pin] inner: F },
+        /// No route context: refused (`internal`).
+        Refused { error: Option<ProxyError> },
         /// Tries under a policy.
         Retrying { inner: Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>> },
     }
@@ -73,6 +77,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         match self.project() {
             Proj::Once { inner } => inner.poll(cx),
+            Proj::Refused { error } => Poll::Ready(Err(Box::new(
+                error.take().expect("polled after completion"),
+            ))),
             Proj::Retrying { inner } => inner.as_mut().poll(cx),
         }
     }
@@ -92,7 +99,11 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let Some(policy) = req.extensions().get::<Arc<Policy>>().cloned() else {
+        let policy = match RouteContext::of(req.extensions(), "retry") {
+            Ok(ctx) => ctx.retry.clone(),
+            Err(e) => return ResponseFuture::Refused { error: Some(e) },
+        };
+        let Some(policy) = policy else {
             return ResponseFuture::Once {
                 inner: self.inner.call(req),
             };

@@ -108,7 +108,9 @@ fn request(method: Method, body: Body, policy: &Arc<Policy>) -> Request<Body> {
         .uri("/")
         .body(body)
         .unwrap();
-    req.extensions_mut().insert(policy.clone());
+    req.extensions_mut().insert(crate::context::for_tests(|c| {
+        c.retry = Some(policy.clone())
+    }));
     req
 }
 
@@ -244,9 +246,11 @@ async fn bodies_beyond_the_replay_buffer_are_sent_once_intact() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn requests_without_a_policy_pass_through() {
+async fn routes_without_a_policy_are_tried_once() {
     let up = Upstream::new([Outcome::Status(503)]);
-    let req = Request::get("/").body(body::empty()).unwrap();
+    let mut req = Request::get("/").body(body::empty()).unwrap();
+    req.extensions_mut()
+        .insert(crate::context::for_tests(|c| c.retry = None));
     let rsp = up.service().oneshot(req).await.unwrap();
     assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(up.tries(), 1);

@@ -1,22 +1,22 @@
 //! Weighted traffic split: SMI `TrafficSplit` backends and Gateway API weighted
 //! `backendRefs`.
 //!
-//! The router stores the matched route's [`Backends`] in the request's extensions; [`Split`]
-//! draws one backend per try, in proportion to the relative integer weights, and stores its
-//! target for the picker below. It sits below retries, so a retry draws again and may land on
+//! The router stores the matched route's [`Backends`] in the request's [`RouteContext`];
+//! [`Split`] draws one backend per try, in proportion to the relative integer weights, and
+//! stores its target for the picker below. It sits below retries, so a retry draws again and may land on
 //! another backend. A backend with weight 0 gets nothing; a drawn backend that names no
 //! configured service answers 500 `invalid-backend`, as Gateway API requires.
 
 #[cfg(test)]
 mod tests;
 
-use std::marker::PhantomData;
-use std::sync::Arc;
+use std::fmt;
 use std::task::{Context, Poll};
 
 use http::Request;
 use tower::{Layer, Service};
 
+use crate::context::RouteContext;
 use crate::error::{ProxyError, Reason};
 use crate::BoxError;
 
@@ -36,13 +36,32 @@ pub struct Backend<T> {
 pub struct Backends<T> {
     entries: Vec<Backend<T>>,
     total: u64,
+    // A plain service's one backend: no draw, no note.
+    single: bool,
 }
 
 impl<T> Backends<T> {
     /// A split over `entries`.
     pub fn new(entries: Vec<Backend<T>>) -> Self {
         let total = entries.iter().map(|b| u64::from(b.weight)).sum();
-        Self { entries, total }
+        Self {
+            entries,
+            total,
+            single: false,
+        }
+    }
+
+    /// The one backend of a request sent to a service (no route, no split): `target`.
+    pub fn single(name: impl Into<String>, target: T) -> Self {
+        Self {
+            entries: vec![Backend {
+                name: name.into(),
+                weight: 1,
+                target: Some(target),
+            }],
+            total: 1,
+            single: true,
+        }
     }
 
     /// The backends, in config order.
@@ -70,63 +89,69 @@ impl<T> Backends<T> {
     }
 }
 
-/// Draws a backend for each request carrying [`Backends`], then calls `S`.
-#[derive(Debug)]
-pub struct Split<S, T> {
+/// A route's backends as the split sees them, whatever their target type: the router stores
+/// them in the [`RouteContext`] as `Arc<dyn Draw>`, so only the picker below needs to know
+/// what a target is.
+pub trait Draw: fmt::Debug + Send + Sync {
+    /// Draws one backend with the uniform `draw`, notes its name, and stores its target in
+    /// `extensions` for the picker.
+    fn draw_into(&self, draw: u64, extensions: &mut http::Extensions) -> Result<(), ProxyError>;
+
+    /// The backends as their concrete type, for code that knows it (tests, admin views).
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+impl<T: Clone + fmt::Debug + Send + Sync + 'static> Draw for Backends<T> {
+    fn draw_into(&self, draw: u64, extensions: &mut http::Extensions) -> Result<(), ProxyError> {
+        let backend = match self.entries.as_slice() {
+            // A plain service: nothing to draw, and nothing worth noting.
+            [only] if self.single => only,
+            _ => {
+                let b = self.pick(draw)?;
+                crate::notes::note(extensions, |n| n.backend = Some(b.name.clone()));
+                b
+            }
+        };
+        let target = backend.target.clone().ok_or_else(|| {
+            ProxyError::new(
+                Reason::InvalidBackend,
+                format!("backend {} is not a configured service", backend.name),
+            )
+        })?;
+        extensions.insert(target);
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// Draws a backend of the request's route for each try, then calls `S`.
+#[derive(Clone, Debug)]
+pub struct Split<S> {
     inner: S,
-    _target: PhantomData<fn() -> T>,
 }
 
-impl<S: Clone, T> Clone for Split<S, T> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            _target: PhantomData,
-        }
+/// Applies [`Split`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SplitLayer;
+
+impl<S> Layer<S> for SplitLayer {
+    type Service = Split<S>;
+
+    fn layer(&self, inner: S) -> Split<S> {
+        Split { inner }
     }
 }
 
-/// Applies [`Split`] for targets of type `T`.
-#[derive(Debug)]
-pub struct SplitLayer<T>(PhantomData<fn() -> T>);
-
-impl<T> SplitLayer<T> {
-    /// A split layer for targets of type `T`.
-    pub fn new() -> Self {
-        Self(PhantomData)
-    }
-}
-
-impl<T> Default for SplitLayer<T> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<T> Clone for SplitLayer<T> {
-    fn clone(&self) -> Self {
-        Self::new()
-    }
-}
-
-impl<S, T> Layer<S> for SplitLayer<T> {
-    type Service = Split<S, T>;
-
-    fn layer(&self, inner: S) -> Split<S, T> {
-        Split {
-            inner,
-            _target: PhantomData,
-        }
-    }
-}
-
-/// The future of [`Split`]: the inner future, or an `invalid-backend` rejection.
+/// The future of [`Split`]: the inner future, or an `invalid-backend` (or `internal`)
+/// rejection.
 pub type ResponseFuture<F> = crate::future::MaybeRejected<F>;
 
-impl<S, T, B> Service<Request<B>> for Split<S, T>
+impl<S, B> Service<Request<B>> for Split<S>
 where
     S: Service<Request<B>, Error = BoxError>,
-    T: Clone + Send + Sync + 'static,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -137,21 +162,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let Some(backends) = req.extensions().get::<Arc<Backends<T>>>().cloned() else {
-            return ResponseFuture::new(Ok(self.inner.call(req)));
-        };
-        let chosen = backends.pick(crate::random_u64()).and_then(|b| {
-            crate::notes::note(req.extensions(), |n| n.backend = Some(b.name.clone()));
-            b.target.clone().ok_or_else(|| {
-                ProxyError::new(
-                    Reason::InvalidBackend,
-                    format!("backend {} is not a configured service", b.name),
-                )
-            })
+        let drawn = RouteContext::of(req.extensions(), "split").and_then(|ctx| {
+            ctx.backends
+                .draw_into(crate::random_u64(), req.extensions_mut())
         });
-        ResponseFuture::new(chosen.map(|target| {
-            req.extensions_mut().insert(target);
-            self.inner.call(req)
-        }))
+        ResponseFuture::new(drawn.map(|()| self.inner.call(req)))
     }
 }

@@ -1,8 +1,8 @@
 //! Deadlines on requests, in Gateway API's two flavours: `request`, the whole request
 //! including retries, and `backendRequest`, each try.
 //!
-//! The durations come from the [`Timeouts`] the router stored in the request's extensions,
-//! so each service (or route) carries its own. A deadline runs until the response headers
+//! The durations come from the [`Timeouts`] of the request's [`RouteContext`], so each
+//! service (or route) carries its own. A deadline runs until the response headers
 //! arrive (so `backendRequest` is also the response-headers timeout); after them, the
 //! optional `streamIdle` deadline ends a response body that pauses too long between frames.
 //! An expired `request` deadline answers 504 `request-timeout`, an expired `backendRequest`
@@ -21,6 +21,7 @@ use tokio::time::{sleep, Sleep};
 use tower::{Layer, Service};
 
 use crate::body::{Body, Guarded};
+use crate::context::RouteContext;
 use crate::error::{ProxyError, Reason};
 use crate::BoxError;
 
@@ -110,11 +111,14 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let timeouts = req
-            .extensions()
-            .get::<Timeouts>()
-            .copied()
-            .unwrap_or_default();
+        let scope = match self.scope {
+            Scope::Request => "request timeout",
+            Scope::Backend => "per-try timeout",
+        };
+        let timeouts = match RouteContext::of(req.extensions(), scope) {
+            Ok(ctx) => ctx.timeouts,
+            Err(e) => return ResponseFuture::new(Err(e)),
+        };
         let limit = match self.scope {
             Scope::Request => timeouts.request,
             Scope::Backend => timeouts.backend_request,
@@ -123,20 +127,20 @@ where
             Scope::Request => timeouts.stream_idle,
             Scope::Backend => None,
         };
-        ResponseFuture {
+        ResponseFuture::new(Ok(Deadline {
             inner: self.inner.call(req),
             sleep: limit.map(sleep),
             limit,
             scope: self.scope,
             stream_idle,
-        }
+        }))
     }
 }
 
 pin_project_lite::pin_project! {
-    /// The future of [`Timeout`].
+    /// A request under its deadline.
     #[derive(Debug)]
-    pub struct ResponseFuture<F> {
+    pub struct Deadline<F> {
         #[pin]
         inner: F,
         #[pin]
@@ -147,7 +151,11 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<F, T> Future for ResponseFuture<F>
+/// The future of [`Timeout`]: the request under its deadline, or an `internal` refusal when
+/// the router did not run above.
+pub type ResponseFuture<F> = crate::future::MaybeRejected<Deadline<F>>;
+
+impl<F, T> Future for Deadline<F>
 where
     F: Future<Output = Result<T, BoxError>>,
     T: IdleGuard,

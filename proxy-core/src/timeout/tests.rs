@@ -20,7 +20,8 @@ fn slow(
 
 fn with(timeouts: Timeouts) -> Request<()> {
     let mut req = Request::new(());
-    req.extensions_mut().insert(timeouts);
+    req.extensions_mut()
+        .insert(crate::context::for_tests(|c| c.timeouts = timeouts));
     req
 }
 
@@ -60,7 +61,10 @@ async fn backend_timeout_is_retryable_upstream_timeout() {
 #[tokio::test(start_paused = true)]
 async fn no_timeouts_means_no_deadline() {
     let svc = TimeoutLayer::request().layer(slow(Duration::from_secs(3600)));
-    assert_eq!(svc.oneshot(Request::new(())).await.unwrap(), "done");
+    assert_eq!(
+        svc.oneshot(with(Timeouts::default())).await.unwrap(),
+        "done"
+    );
     let svc = TimeoutLayer::backend().layer(slow(Duration::from_secs(1)));
     let t = Timeouts {
         request: Some(Duration::from_millis(1)),

@@ -168,14 +168,12 @@ pub(super) fn route_set(
     }
     // SMI sends requests no match selects to the apex service, with its own policies.
     let fallback = attached.fallback_to_service.then(|| {
-        Arc::new(Route {
-            policies: apex.policies.clone(),
-            backends: Arc::new(Backends::new(vec![Backend {
-                name: apex.name.clone(),
-                weight: 1,
-                target: Some(Target::Service(apex.clone())),
-            }])),
-        })
+        let backends = Backends::new(vec![Backend {
+            name: apex.name.clone(),
+            weight: 1,
+            target: Some(Target::Service(apex.clone())),
+        }]);
+        Arc::new(apex.policies.route(Arc::new(backends)))
     });
     RouteSet::new(entries, fallback)
 }
@@ -282,16 +280,14 @@ fn route(
             })
             .collect()
     };
-    Route {
-        policies: Policies {
-            route: Some(spec.name.as_str().into()),
-            metrics,
-            retry,
-            timeouts,
-            limits,
-        },
-        backends: Arc::new(Backends::new(entries)),
-    }
+    let policies = Policies {
+        route: Some(spec.name.as_str().into()),
+        metrics,
+        retry,
+        timeouts,
+        limits,
+    };
+    policies.route(Arc::new(Backends::new(entries)))
 }
 
 /// The inbound target: the local application.

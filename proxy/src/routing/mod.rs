@@ -20,10 +20,11 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use http::uri::Authority;
 use proxy_core::balance;
+use proxy_core::context::RouteContext;
 use proxy_core::limit;
 use proxy_core::retry;
 use proxy_core::route::{RequestHead, Resolve, RouteSet, Table};
-use proxy_core::split::Backends;
+use proxy_core::split::{Backends, Draw};
 use proxy_core::timeout::Timeouts;
 use proxy_core::{ProxyError, Reason};
 use proxy_metrics::http::{HttpFamilies, MetricsSlot, TargetMetrics};
@@ -67,23 +68,23 @@ pub(crate) struct Policies {
 }
 
 impl Policies {
-    /// Stores the policies in a request's extensions and counts the request against the
-    /// metric handles from here on, so refusals further in (limits, deadlines) are labelled
-    /// with the target too.
-    fn apply(&self, extensions: &mut http::Extensions) {
-        if let Some(retry) = &self.retry {
-            extensions.insert(retry.clone());
+    /// The route (or service default) that applies these policies to `backends`.
+    fn route(&self, backends: Arc<dyn Draw>) -> Route {
+        Route {
+            context: Arc::new(RouteContext {
+                name: self.route.clone(),
+                backends,
+                retry: self.retry.clone(),
+                timeouts: self.timeouts,
+                limits: self.limits.clone(),
+            }),
+            metrics: self.metrics.clone(),
         }
-        if let Some(limits) = &self.limits {
-            extensions.insert(limits.clone());
-        }
-        extensions.insert(self.timeouts);
-        if let Some(slot) = extensions.get::<MetricsSlot>() {
-            slot.start(&self.metrics);
-        }
-        if let Some(route) = &self.route {
-            proxy_core::notes::note(extensions, |n| n.route = Some(route.clone()));
-        }
+    }
+
+    /// The route sending to `target` alone, under these policies.
+    fn route_to(&self, name: &str, target: Target) -> Route {
+        self.route(Arc::new(Backends::single(name, target)))
     }
 }
 
@@ -104,20 +105,51 @@ pub(crate) enum Target {
     },
 }
 
-/// A route of a service: its policies and its weighted backends.
+/// A route of a service, or a service's default route: the [`RouteContext`] the layers below
+/// the router read, and the metric handles its requests count under.
 #[derive(Debug)]
 pub(crate) struct Route {
-    /// Its policies.
-    pub policies: Policies,
-    /// Its backends (one, unweighted, for a route to the parent service).
-    pub backends: Arc<Backends<Target>>,
+    /// What the layers below apply (built once per config generation, shared per request).
+    pub context: Arc<RouteContext>,
+    /// Metric handles (labelled with the route, for a route).
+    pub metrics: Arc<TargetMetrics>,
 }
 
-/// A service as the router sees it: the service, and the routes attached to it.
+impl Route {
+    /// Hands the route to the layers below: its context in the request's extensions, its
+    /// metric handles counting the request from here on (so refusals further in, by limits
+    /// or deadlines, are labelled with the target too), and its name in the notes.
+    fn apply(&self, extensions: &mut http::Extensions) {
+        if let Some(slot) = extensions.get::<MetricsSlot>() {
+            slot.start(&self.metrics);
+        }
+        if let Some(route) = &self.context.name {
+            proxy_core::notes::note(extensions, |n| n.route = Some(route.clone()));
+        }
+        extensions.insert(self.context.clone());
+    }
+}
+
+/// A service as the router sees it: the service, its default route (straight to the
+/// service, under its own policies) and the routes attached to it.
 #[derive(Debug)]
 struct Apex {
     service: Arc<ServiceTarget>,
+    default: Route,
     routes: Option<RouteSet<Arc<Route>>>,
+}
+
+impl Apex {
+    fn new(service: Arc<ServiceTarget>, routes: Option<RouteSet<Arc<Route>>>) -> Self {
+        let default = service
+            .policies
+            .route_to(&service.name, Target::Service(service.clone()));
+        Self {
+            service,
+            default,
+            routes,
+        }
+    }
 }
 
 /// Outbound routing state for one config generation.
@@ -202,7 +234,7 @@ fn build_routes(
             let old = old.map(|o| &o.routes);
             build::route_set(ctx, &service, r, &by_name, old, &mut route_cache)
         });
-        let apex = Arc::new(Apex { service, routes });
+        let apex = Arc::new(Apex::new(service, routes));
         for ip in &svc.cluster_ips {
             by_vip.insert(SocketAddr::new(*ip, svc.port), apex.clone());
         }
@@ -234,8 +266,7 @@ impl Resolve for OutboundResolver {
             .or_else(|| authority.and_then(|a| routes.table.lookup(a)));
         if let Some(apex) = apex {
             let Some(set) = &apex.routes else {
-                apex.service.policies.apply(extensions);
-                extensions.insert(Target::Service(apex.service.clone()));
+                apex.default.apply(extensions);
                 return Ok(());
             };
             let route = set.find(head).ok_or_else(|| {
@@ -249,8 +280,7 @@ impl Resolve for OutboundResolver {
                     ),
                 )
             })?;
-            route.policies.apply(extensions);
-            extensions.insert(route.backends.clone());
+            route.apply(extensions);
             return Ok(());
         }
         let destination = match (orig_dst, authority) {
@@ -277,10 +307,11 @@ impl Resolve for OutboundResolver {
             timeouts: Timeouts::default(),
             limits: None,
         };
-        policies.apply(extensions);
-        extensions.insert(Target::Passthrough {
+        let name = destination.to_string();
+        let target = Target::Passthrough {
             authority: destination,
-        });
+        };
+        policies.route_to(&name, target).apply(extensions);
         Ok(())
     }
 }
@@ -297,21 +328,22 @@ pub struct PeerMetrics(Arc<TargetMetrics>);
 /// Sends every inbound request to the local application.
 #[derive(Debug)]
 pub struct InboundResolver {
-    app: ArcSwap<ServiceTarget>,
+    app: ArcSwap<Apex>,
 }
 
 impl InboundResolver {
     /// Targets the application `spec` names.
     pub fn new(spec: &ProxySpec, pools: &Arc<Pools>, metrics: &Arc<HttpFamilies>) -> Self {
         Self {
-            app: ArcSwap::new(build::app(spec, pools, metrics)),
+            app: ArcSwap::from_pointee(Apex::new(build::app(spec, pools, metrics), None)),
         }
     }
 
     /// Follows a config reload; an unchanged app target is kept, with its limits' state.
     pub fn update(&self, spec: &ProxySpec, pools: &Arc<Pools>, metrics: &Arc<HttpFamilies>) {
-        if self.app.load().inbound.as_ref() != Some(&spec.inbound) {
-            self.app.store(build::app(spec, pools, metrics));
+        if self.app.load().service.inbound.as_ref() != Some(&spec.inbound) {
+            let app = build::app(spec, pools, metrics);
+            self.app.store(Arc::new(Apex::new(app, None)));
         }
     }
 
@@ -321,7 +353,7 @@ impl InboundResolver {
         PeerMetrics(
             self.app
                 .load()
-                .policies
+                .default
                 .metrics
                 .with_peer("client_id", client_id),
         )
@@ -329,7 +361,7 @@ impl InboundResolver {
 
     /// The application's address.
     pub fn app_addr(&self) -> SocketAddr {
-        let (list, _) = self.app.load().endpoints.snapshot();
+        let (list, _) = self.app.load().service.endpoints.snapshot();
         list[0].pool.addr()
     }
 }
@@ -349,19 +381,24 @@ impl Resolve for InboundResolver {
         ) {
             slot.start(m);
         }
-        app.policies.apply(extensions);
         // A redirected connection goes to the port it was sent to; the app may listen on
         // several.
         let elsewhere = extensions.get::<OriginalDst>().and_then(|dst| {
-            let addr = app.endpoints.snapshot().0.first()?.pool.addr();
+            let addr = app.service.endpoints.snapshot().0.first()?.pool.addr();
             (dst.0.port() != addr.port()).then(|| SocketAddr::new(addr.ip(), dst.0.port()))
         });
         match elsewhere {
-            Some(addr) => extensions.insert(Target::Passthrough {
-                authority: address_authority(addr),
-            }),
-            None => extensions.insert(Target::Service(app)),
-        };
+            Some(addr) => {
+                let authority = address_authority(addr);
+                let name = authority.to_string();
+                let route = app
+                    .service
+                    .policies
+                    .route_to(&name, Target::Passthrough { authority });
+                route.apply(extensions);
+            }
+            None => app.default.apply(extensions),
+        }
         Ok(())
     }
 }

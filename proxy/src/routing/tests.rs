@@ -4,6 +4,7 @@ use http::{HeaderMap, Method, Uri};
 
 use super::*;
 use crate::upstream::pool::Settings;
+use proxy_core::context::RouteContext;
 
 fn config(yaml: &str) -> crate::config::Config {
     crate::config::parse(yaml, None).unwrap()
@@ -59,9 +60,31 @@ fn resolve(
     r.resolve(uri.authority(), &head, &mut ext).map(|()| ext)
 }
 
+/// The route context the router stored.
+fn ctx(ext: &http::Extensions) -> Arc<RouteContext> {
+    ext.get::<Arc<RouteContext>>()
+        .cloned()
+        .expect("a routed request")
+}
+
+/// The route's backends, as the router built them.
+fn split_of(ctx: &RouteContext) -> &Backends<Target> {
+    ctx.backends
+        .as_any()
+        .downcast_ref()
+        .expect("backends of targets")
+}
+
+/// Where a try goes: the split's draw (the only backend, for a plain service).
+fn target_of(ext: &http::Extensions) -> Target {
+    let mut drawn = http::Extensions::new();
+    ctx(ext).backends.draw_into(0, &mut drawn).unwrap();
+    drawn.get::<Target>().cloned().unwrap()
+}
+
 fn service(r: &OutboundResolver, host: &str) -> Arc<ServiceTarget> {
     let ext = resolve(r, "GET", &format!("http://{host}/"), &[]).unwrap();
-    match ext.get::<Target>().cloned().unwrap() {
+    match target_of(&ext) {
         Target::Service(s) => s,
         Target::Passthrough { .. } => panic!("not a service"),
     }
@@ -75,10 +98,8 @@ fn backends(
     headers: &[(&str, &str)],
 ) -> Vec<String> {
     let ext = resolve(r, method, uri, headers).unwrap();
-    let split = ext
-        .get::<Arc<Backends<Target>>>()
-        .expect("a routed request");
-    split
+    let ctx = ctx(&ext);
+    split_of(&ctx)
         .entries()
         .iter()
         .map(|b| format!("{}={}", b.name, b.weight))
@@ -251,7 +272,8 @@ spec:
         "unmatched: the apex"
     );
     let ext = resolve(&r, "GET", "http://web/api/x", &[]).unwrap();
-    let b = ext.get::<Arc<Backends<Target>>>().unwrap();
+    let ctx = ctx(&ext);
+    let b = split_of(&ctx);
     assert!(
         b.entries()[2].target.is_none(),
         "an unknown backend is kept, invalid"
@@ -282,9 +304,9 @@ spec:
     let r = f.resolver(&c);
     let target = |path: &str| {
         let ext = resolve(&r, "GET", &format!("http://web{path}"), &[]).unwrap();
-        let split = ext.get::<Arc<Backends<Target>>>().unwrap().clone();
-        let limits = ext.get::<Arc<limit::Policy>>().cloned();
-        match split.entries()[0].target.clone().unwrap() {
+        let ctx = ctx(&ext);
+        let limits = ctx.limits.clone();
+        match split_of(&ctx).entries()[0].target.clone().unwrap() {
             Target::Service(s) => (s, limits),
             Target::Passthrough { .. } => unreachable!(),
         }
@@ -336,7 +358,7 @@ spec:
     };
     let split = |r: &OutboundResolver, path: &str| {
         let ext = resolve(r, "GET", &format!("http://web{path}"), &[]).unwrap();
-        ext.get::<Arc<Backends<Target>>>().unwrap().clone()
+        ctx(&ext)
     };
     let first = config(&yaml(1));
     let r = f.resolver(&first);
@@ -351,7 +373,7 @@ spec:
         !Arc::ptr_eq(&canary, &split(&r, "/canary")),
         "reweighted route rebuilt"
     );
-    assert_eq!(split(&r, "/canary").entries()[1].weight, 50);
+    assert_eq!(split_of(&split(&r, "/canary")).entries()[1].weight, 50);
 }
 
 #[test]
@@ -399,7 +421,7 @@ fn resolve_redirected(
     let mut ext = http::Extensions::new();
     ext.insert(OriginalDst(dst.parse().unwrap()));
     r.resolve(uri.authority(), &head, &mut ext)?;
-    Ok(ext.get::<Target>().cloned().unwrap())
+    Ok(target_of(&ext))
 }
 
 #[test]
@@ -489,7 +511,7 @@ fn redirected_inbound_connections_reach_the_app_on_their_original_port() {
             ext.insert(OriginalDst(dst.parse().unwrap()));
         }
         r.resolve(None, &head, &mut ext).unwrap();
-        match ext.get::<Target>().cloned().unwrap() {
+        match target_of(&ext) {
             Target::Service(s) => format!("app {}", s.endpoints.snapshot().0[0].pool.addr()),
             Target::Passthrough { authority } => format!("port {authority}"),
         }

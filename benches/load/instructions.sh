@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, counted by callgrind: repeatable where
+# wall-clock numbers are not (this machine's throughput moves 10-15% between identical runs).
+#
+#   bash benches/load/instructions.sh              # the release build of this tree
+#   SKIFF=/path/to/skiff bash benches/load/instructions.sh   # another build, for before/after
+#
+# For each config (a bare route, and the full stack: an HTTPRoute with two rules, a 90/10
+# split, retries, a breaker, timeouts and a concurrency limit), Skiff runs under callgrind
+# with instrumentation off; after a warm-up of WARM requests it is switched on, N requests
+# are sent (h2load --h1, 16 connections, bounded by count), and the total is divided by N.
+# Traffic stays on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${N:-2000}
+WARM=${WARM:-500}
+WORK=$(mktemp -d /tmp/skiff-instr.XXXXXX)
+log() { echo "[instr] $*" >&2; }
+
+command -v h2load >/dev/null || { apt-get update -qq >/dev/null && apt-get install -y -qq nghttp2-client >/dev/null; }
+command -v valgrind >/dev/null || { apt-get update -qq >/dev/null && apt-get install -y -qq valgrind >/dev/null; }
+if [ -z "${SKIFF:-}" ]; then
+  log "building Skiff (release)"
+  cargo build --release -q -p skiff
+  SKIFF=$(pwd)/target/release/skiff
+fi
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+wait_port() {
+  for _ in $(seq 400); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
+  echo "nothing listens on $1" >&2; return 1
+}
+
+"$SKIFF" bench-backend --listen 127.0.0.1:19000 >"$WORK/backend.log" 2>&1 &
+PIDS+=($!)
+wait_port 19000
+
+head() { cat <<YAML
+apiVersion: skiff.dev/v1alpha1
+kind: Proxy
+spec:
+  namespace: bench
+  workers: 1
+  outbound: {listen: 127.0.0.1:19140}
+  inbound: {listen: 127.0.0.1:19143, appPort: 19000}
+  admin: {listen: 127.0.0.1:19191}
+  services:
+YAML
+}
+{ head; echo "    backend: {endpoints: [127.0.0.1:19000]}"; } > "$WORK/bare.yaml"
+{ head; cat <<'YAML'
+    backend:
+      endpoints: [127.0.0.1:19000]
+      timeouts: {request: 10s, backendRequest: 5s}
+      retry: {attempts: 2}
+      breaker: {consecutiveFailures: 7}
+      maxInFlight: 100000
+    backend-b:
+      endpoints: [127.0.0.1:19000]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: backend}
+spec:
+  parentRefs: [{kind: Service, name: backend}]
+  rules:
+  - name: api
+    matches: [{path: {type: PathPrefix, value: /api}}, {headers: [{name: x-canary, value: 'yes'}]}]
+    backendRefs: [{name: backend, weight: 90}, {name: backend-b, weight: 10}]
+  - name: rest
+    backendRefs: [{name: backend, weight: 90}, {name: backend-b, weight: 10}]
+YAML
+} > "$WORK/full.yaml"
+
+for config in bare full; do
+  out="$WORK/callgrind.$config"
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+    "$SKIFF" run --config "$WORK/$config.yaml" >"$WORK/$config.log" 2>&1 &
+  pid=$!
+  wait_port 19140
+  h2load --h1 -n "$WARM" -c 16 -H 'host: backend' http://127.0.0.1:19140/api/x >/dev/null
+  callgrind_control -i on "$pid" >/dev/null
+  h2load --h1 -n "$N" -c 16 -H 'host: backend' http://127.0.0.1:19140/api/x | grep -E '^requests:' >&2
+  callgrind_control -d "$pid" >/dev/null
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  total=$(cat "$out"* | awk '/^summary:/ {s += $2} END {print s}')
+  echo "$config: $((total / N)) instructions per request ($total over $N requests)"
+done
