@@ -1,7 +1,7 @@
 //! The terminal tools: `skiff stat` (the `/stats` table, like `linkerd viz stat`), `skiff
 //! top` (the busiest paths, live, from the tap stream) and `skiff tap` (the tap stream, one
 //! line per event). Each talks to a proxy's admin listener and ends cleanly on Ctrl-C or
-//! when the proxy goes away.
+//! when the proxy goes away. [`TapFilters`] are `tap`'s and `top`'s filter flags.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -10,10 +10,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use clap::builder::PossibleValuesParser;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use proxy_core::Direction;
 use serde_json::Value;
 
 /// Why a tool stopped early.
@@ -320,73 +322,147 @@ pub async fn top(admin: SocketAddr, query: &str) -> Result<(), CliError> {
     .await
 }
 
-/// Turns tap filter flags (`--direction outbound`, `--status=5xx`...) into a `/tap` query.
-pub fn tap_query(args: &[String]) -> Result<String, String> {
-    const FLAGS: [(&str, &str); 8] = [
-        ("--direction", "direction"),
-        ("--authority", "authority"),
-        ("--path", "path"),
-        ("--method", "method"),
-        ("--route", "route"),
-        ("--status", "status"),
-        ("--max-rate", "max_rate"),
-        ("--body", "body"),
-    ];
-    let mut query = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == "--admin" || a.starts_with("--admin=") {
-            if a == "--admin" {
-                it.next();
-            }
-            continue;
-        }
-        let (flag, inline) = match a.split_once('=') {
-            Some((f, v)) => (f, Some(v.to_owned())),
-            None => (a.as_str(), None),
-        };
-        let Some((_, key)) = FLAGS.iter().find(|(f, _)| *f == flag) else {
-            return Err(format!("unknown flag {a}"));
-        };
-        let value = match inline {
-            Some(v) => v,
-            None => it
-                .next()
-                .cloned()
-                .ok_or_else(|| format!("{flag} needs a value"))?,
-        };
-        let encoded: String = value
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
+/// Which events `skiff tap` and `skiff top` ask for. Each flag is the `/tap` query parameter
+/// of the same name (docs/observability.md); the formats the proxy checks are checked here
+/// too, so a typo fails before connecting.
+#[derive(Clone, Debug, Default, PartialEq, clap::Args)]
+pub struct TapFilters {
+    /// Only requests of this direction
+    #[arg(long, value_parser = PossibleValuesParser::new(Direction::ALL.map(Direction::as_str)))]
+    pub direction: Option<String>,
+    /// Only requests for this authority (any case)
+    #[arg(long)]
+    pub authority: Option<String>,
+    /// Only requests whose path starts with this
+    #[arg(long, value_name = "PREFIX")]
+    pub path: Option<String>,
+    /// Only requests with this method
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Only requests on this route (its name, as in the metrics)
+    #[arg(long)]
+    pub route: Option<String>,
+    /// Only responses of this status class
+    #[arg(long, value_parser = ["1xx", "2xx", "3xx", "4xx", "5xx"])]
+    pub status: Option<String>,
+    /// Events a second at most (the proxy's default: 100)
+    #[arg(long, value_name = "N", value_parser = positive_rate)]
+    pub max_rate: Option<f64>,
+    /// Bytes of each response body to show (the proxy caps it at 64 KiB)
+    #[arg(long, value_name = "BYTES")]
+    pub body: Option<usize>,
+}
+
+impl TapFilters {
+    /// The `/tap` query string, parameters in a fixed order, values percent-encoded.
+    pub fn query(&self) -> String {
+        let max_rate = self.max_rate.map(|r| r.to_string());
+        let body = self.body.map(|b| b.to_string());
+        let params = [
+            ("direction", self.direction.as_deref()),
+            ("authority", self.authority.as_deref()),
+            ("path", self.path.as_deref()),
+            ("method", self.method.as_deref()),
+            ("route", self.route.as_deref()),
+            ("status", self.status.as_deref()),
+            ("max_rate", max_rate.as_deref()),
+            ("body", body.as_deref()),
+        ];
+        let query: Vec<String> = params
+            .iter()
+            .filter_map(|(key, value)| Some(format!("{key}={}", percent_encode(value.as_ref()?))))
             .collect();
-        query.push(format!("{key}={encoded}"));
+        query.join("&")
     }
-    Ok(query.join("&"))
+}
+
+/// `--max-rate`: the proxy refuses 0, negatives, NaN and infinity.
+fn positive_rate(v: &str) -> Result<f64, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|r| *r > 0.0 && r.is_finite())
+        .ok_or_else(|| "expected a number above 0".to_owned())
+}
+
+/// Percent-encodes all but the unreserved characters of RFC 3986.
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The filters as `skiff tap` reads them.
+    #[derive(Debug, clap::Parser)]
+    struct Tap {
+        #[command(flatten)]
+        filters: TapFilters,
+    }
+
+    fn query(flags: &[&str]) -> Result<String, String> {
+        let args = std::iter::once("tap").chain(flags.iter().copied());
+        clap::Parser::try_parse_from(args)
+            .map(|t: Tap| t.filters.query())
+            .map_err(|e| e.to_string())
+    }
+
     #[test]
     fn flags_become_a_query() {
-        let args: Vec<String> = [
-            "--admin",
-            "127.0.0.1:1",
-            "--path=/api v1",
-            "--status",
-            "5xx",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        assert_eq!(tap_query(&args).unwrap(), "path=%2Fapi%20v1&status=5xx");
-        assert!(tap_query(&["--colour".to_owned()]).is_err());
+        assert_eq!(
+            query(&["--status", "5xx", "--path=/api v1"]).unwrap(),
+            "path=%2Fapi%20v1&status=5xx"
+        );
+        assert_eq!(
+            query(&[
+                "--direction=inbound",
+                "--authority",
+                "web:80",
+                "--method",
+                "GET",
+                "--route",
+                "web/api",
+                "--max-rate",
+                "2.5",
+                "--body",
+                "64",
+            ])
+            .unwrap(),
+            "direction=inbound&authority=web%3A80&method=GET&route=web%2Fapi&max_rate=2.5&body=64"
+        );
+        assert_eq!(query(&[]).unwrap(), "");
+    }
+
+    #[test]
+    fn bad_filters_fail_before_connecting() {
+        for (flags, says) in [
+            (&["--colour"][..], "unexpected argument '--colour'"),
+            (
+                &["--stauts", "5xx"],
+                "a similar argument exists: '--status'",
+            ),
+            (
+                &["--status", "6xx"],
+                "[possible values: 1xx, 2xx, 3xx, 4xx, 5xx]",
+            ),
+            (
+                &["--direction", "up"],
+                "[possible values: outbound, inbound]",
+            ),
+            (&["--max-rate", "0"], "expected a number above 0"),
+            (&["--body", "lots"], "invalid value 'lots' for '--body <BYTES>'"),
+        ] {
+            let e = query(flags).unwrap_err();
+            assert!(e.contains(says), "{flags:?}: {e}");
+        }
     }
 
     #[test]

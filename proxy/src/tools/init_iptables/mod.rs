@@ -20,31 +20,47 @@ use std::io::Write as _;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
-/// What rules to install.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What rules to install: the flags of `skiff init-iptables`.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
 pub struct Options {
-    /// Which tool writes the rules.
+    /// Which tool writes the rules
+    #[arg(long, value_enum, default_value_t = Backend::Nft)]
     pub backend: Backend,
-    /// Where inbound connections are sent.
+    /// Where inbound connections are redirected: the port of `inbound.listen`
+    #[arg(long, value_name = "P", default_value_t = 4143, value_parser = port())]
     pub inbound_port: u16,
-    /// Where outbound connections are sent.
+    /// Where outbound connections are redirected: the port of `outbound.listen`
+    #[arg(long, value_name = "P", default_value_t = 4140, value_parser = port())]
     pub outbound_port: u16,
-    /// Skiff's user id: its own connections are left alone.
+    /// Connections made by this user are left alone: the uid Skiff runs as
+    // Or Skiff's own upstream connections would be redirected back into it.
+    #[arg(long, value_name = "UID", default_value_t = 2102)]
     pub proxy_uid: u32,
-    /// Skiff's admin port, left alone inbound so probes and scrapes reach it.
+    /// Inbound connections to this port (Skiff's admin port) are left alone
+    // So the kubelet's probes and Prometheus' scrapes reach it as they are.
+    #[arg(long, value_name = "P", default_value_t = 4191, value_parser = port())]
     pub admin_port: u16,
-    /// Inbound destination ports left alone.
+    /// Inbound destination ports left alone: ports or inclusive ranges (22,9000-9100);
+    /// may be given more than once
+    #[arg(long, value_name = "P,A-B", value_delimiter = ',', value_parser = parse_ports)]
     pub skip_inbound_ports: Vec<Ports>,
-    /// Outbound destination ports left alone.
+    /// Outbound destination ports left alone, as for --skip-inbound-ports
+    #[arg(long, value_name = "P,A-B", value_delimiter = ',', value_parser = parse_ports)]
     pub skip_outbound_ports: Vec<Ports>,
-    /// Outbound destination networks left alone.
+    /// Outbound destination networks left alone (10.96.0.1/32,fd00::/8); an address without
+    /// a length is one host; may be given more than once
+    #[arg(long, value_name = "NET,...", value_delimiter = ',', value_parser = parse_cidr)]
     pub skip_outbound_cidrs: Vec<Cidr>,
-    /// Whether to redirect IPv6 too. Off by default: Skiff's listeners are IPv4, so an
-    /// IPv6 connection sent to them would be refused rather than left alone.
+    /// Redirect IPv6 too
+    // Off by default: Skiff's listeners are IPv4, so an IPv6 connection sent to them would
+    // be refused rather than left alone.
+    #[arg(long)]
     pub ipv6: bool,
-    /// Print the rules instead of installing them.
+    /// Print the commands and their input; change nothing
+    #[arg(long)]
     pub dry_run: bool,
-    /// Remove the rules instead.
+    /// Remove the rules instead of installing them
+    #[arg(long)]
     pub cleanup: bool,
 }
 
@@ -67,7 +83,7 @@ impl Default for Options {
 }
 
 /// The tool that writes the rules.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backend {
     /// `nft`, with a table of Skiff's own.
     Nft,
@@ -96,7 +112,7 @@ pub struct Cidr(pub IpAddr, pub u8);
 /// Why the rules could not be installed.
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
-    /// A flag or its value is wrong.
+    /// The flags contradict each other.
     #[error("{0}")]
     Usage(String),
     /// A tool could not be run.
@@ -118,66 +134,17 @@ pub enum InitError {
 }
 
 impl Options {
-    /// Reads the command's flags.
-    pub fn parse(args: &[String]) -> Result<Self, InitError> {
-        let mut o = Self::default();
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            let (name, inline) = match arg.split_once('=') {
-                Some((n, v)) => (n, Some(v.to_owned())),
-                None => (arg.as_str(), None),
-            };
-            let mut value = || {
-                inline
-                    .clone()
-                    .or_else(|| it.next().cloned())
-                    .ok_or_else(|| InitError::Usage(format!("{name} needs a value")))
-            };
-            match name {
-                "--backend" => {
-                    o.backend = match value()?.as_str() {
-                        "nft" => Backend::Nft,
-                        "iptables" => Backend::Iptables,
-                        other => {
-                            return Err(usage(format!(
-                                "--backend is nft or iptables, not {other:?}"
-                            )))
-                        }
-                    }
-                }
-                "--inbound-port" => o.inbound_port = port(name, &value()?)?,
-                "--outbound-port" => o.outbound_port = port(name, &value()?)?,
-                "--admin-port" => o.admin_port = port(name, &value()?)?,
-                "--proxy-uid" => {
-                    o.proxy_uid = value()?
-                        .parse()
-                        .map_err(|_| usage(format!("{name} takes a user id")))?
-                }
-                "--skip-inbound-ports" => {
-                    o.skip_inbound_ports.extend(list(name, &value()?, ports)?)
-                }
-                "--skip-outbound-ports" => {
-                    o.skip_outbound_ports.extend(list(name, &value()?, ports)?)
-                }
-                "--skip-outbound-cidrs" => {
-                    o.skip_outbound_cidrs.extend(list(name, &value()?, cidr)?)
-                }
-                "--ipv6" => o.ipv6 = true,
-                "--dry-run" => o.dry_run = true,
-                "--cleanup" => o.cleanup = true,
-                other => return Err(usage(format!("unknown flag {other:?}"))),
-            }
-        }
-        if o.inbound_port == o.outbound_port {
-            return Err(usage(
+    /// What clap cannot check flag by flag: the two redirect targets must differ, or
+    /// inbound and outbound connections would land on the same listener.
+    pub fn check(&self) -> Result<(), InitError> {
+        if self.inbound_port == self.outbound_port {
+            return Err(InitError::Usage(
                 "--inbound-port and --outbound-port must differ".into(),
             ));
         }
-        Ok(o)
+        Ok(())
     }
-}
 
-impl Options {
     /// Inbound ports never redirected: the admin port, the inbound port itself (already
     /// Skiff's), and the operator's.
     fn inbound_skips(&self) -> Vec<Ports> {
@@ -190,43 +157,38 @@ impl Options {
     }
 }
 
-fn usage(message: String) -> InitError {
-    InitError::Usage(message)
+/// Ports are 1 to 65535: 0 is no port a rule could match.
+fn port() -> clap::builder::RangedI64ValueParser<u16> {
+    clap::value_parser!(u16).range(1..)
 }
 
-fn port(name: &str, value: &str) -> Result<u16, InitError> {
-    value
-        .parse()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| usage(format!("{name} takes a port (1-65535), not {value:?}")))
-}
-
-fn list<T>(name: &str, value: &str, item: fn(&str) -> Option<T>) -> Result<Vec<T>, InitError> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(|v| item(v).ok_or_else(|| usage(format!("{name}: {v:?} is not valid"))))
-        .collect()
-}
-
-fn ports(v: &str) -> Option<Ports> {
+/// One item of a port list: `8081` or `9000-9100`.
+fn parse_ports(v: &str) -> Result<Ports, String> {
+    let v = v.trim();
     let (lo, hi) = v.split_once('-').unwrap_or((v, v));
-    let (lo, hi): (u16, u16) = (lo.parse().ok()?, hi.parse().ok()?);
-    (lo != 0 && lo <= hi).then_some(Ports(lo, hi))
+    match (lo.parse::<u16>(), hi.parse::<u16>()) {
+        (Ok(lo), Ok(hi)) if lo != 0 && lo <= hi => Ok(Ports(lo, hi)),
+        _ => Err("expected a port (1-65535) or a range LOW-HIGH".into()),
+    }
 }
 
-fn cidr(v: &str) -> Option<Cidr> {
+/// One item of a network list: `10.96.0.0/12`, `fd00::/8`, or an address alone (one host).
+fn parse_cidr(v: &str) -> Result<Cidr, String> {
+    let v = v.trim();
     let (ip, len) = v.split_once('/').unwrap_or((v, ""));
-    let ip: IpAddr = ip.parse().ok()?;
+    let ip: IpAddr = ip
+        .parse()
+        .map_err(|_| format!("{ip:?} is not an IP address"))?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
     let len = if len.is_empty() {
         max
     } else {
-        len.parse().ok()?
+        len.parse()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("the prefix length is 0 to {max}"))?
     };
-    (len <= max).then_some(Cidr(ip, len))
+    Ok(Cidr(ip, len))
 }
 
 /// One tool run: the program, its arguments and what it reads on stdin.
@@ -444,6 +406,7 @@ fn iptables_steps(program: &'static str, o: &Options, v6: bool) -> Vec<Step> {
 
 /// Runs the steps (or, with `dry_run`, prints them).
 pub fn apply(o: &Options) -> Result<(), InitError> {
+    o.check()?;
     let steps = plan(o);
     if o.dry_run {
         let mut out = String::new();

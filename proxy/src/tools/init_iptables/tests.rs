@@ -1,14 +1,29 @@
 //! The rules each backend writes. Installing them is tested end to end, in a network
 //! namespace, by `proxy/tests/transparent.rs`.
 
+use clap::Parser;
+
 use super::*;
 
-fn args(s: &str) -> Vec<String> {
-    s.split_whitespace().map(str::to_owned).collect()
+/// The flags as the command line reads them: `skiff init-iptables` is this struct flattened.
+#[derive(Debug, clap::Parser)]
+struct Cli {
+    #[command(flatten)]
+    options: Options,
+}
+
+/// Parses `flags` (split on whitespace) and checks them as `skiff init-iptables` does.
+fn parse(flags: &str) -> Result<Options, String> {
+    let args = std::iter::once("init-iptables").chain(flags.split_whitespace());
+    let options = Cli::try_parse_from(args)
+        .map_err(|e| e.to_string())?
+        .options;
+    options.check().map_err(|e| e.to_string())?;
+    Ok(options)
 }
 
 fn nft_script(flags: &str) -> String {
-    let steps = plan(&Options::parse(&args(flags)).unwrap());
+    let steps = plan(&parse(flags).unwrap());
     assert_eq!(steps.len(), 1);
     assert_eq!(
         (steps[0].program, steps[0].args.join(" ")),
@@ -19,11 +34,11 @@ fn nft_script(flags: &str) -> String {
 
 #[test]
 fn flags_parse_into_typed_options() {
-    let o = Options::parse(&args(
+    let o = parse(
         "--backend iptables --inbound-port 5143 --outbound-port=5140 --proxy-uid 999 \
          --admin-port 5191 --skip-inbound-ports 22,8000-8100 --skip-outbound-ports 443 \
-         --skip-outbound-cidrs 10.96.0.1/32,fd00::/8,192.168.1.1 --ipv6",
-    ))
+         --skip-outbound-cidrs 10.96.0.1/32,fd00::/8 --skip-outbound-cidrs=192.168.1.1 --ipv6",
+    )
     .unwrap();
     assert_eq!(o.backend, Backend::Iptables);
     assert_eq!(
@@ -38,7 +53,7 @@ fn flags_parse_into_typed_options() {
         Cidr("192.168.1.1".parse().unwrap(), 32)
     );
     assert!(o.ipv6);
-    let defaults = Options::parse(&[]).unwrap();
+    let defaults = parse("").unwrap();
     assert_eq!(defaults, Options::default());
     assert!(!defaults.ipv6, "IPv6 is opt-in: the listeners are IPv4");
 }
@@ -46,15 +61,22 @@ fn flags_parse_into_typed_options() {
 #[test]
 fn bad_flags_say_what_is_wrong() {
     for (flags, says) in [
-        ("--backend pf", "nft or iptables"),
-        ("--inbound-port 0", "--inbound-port takes a port"),
-        ("--outbound-port", "needs a value"),
-        ("--skip-outbound-cidrs 10.0.0.0/33", "10.0.0.0/33"),
-        ("--skip-inbound-ports 90-80", "90-80"),
+        ("--backend pf", "[possible values: nft, iptables]"),
+        (
+            "--inbound-port 0",
+            "invalid value '0' for '--inbound-port <P>'",
+        ),
+        (
+            "--outbound-port",
+            "a value is required for '--outbound-port <P>'",
+        ),
+        ("--skip-outbound-cidrs 10.0.0.0/33", "'10.0.0.0/33'"),
+        ("--skip-inbound-ports 22,90-80", "'90-80'"),
         ("--inbound-port 4140", "must differ"),
-        ("--redirect-all", "unknown flag"),
+        ("--redirect-all", "unexpected argument '--redirect-all'"),
+        ("--dryrun", "a similar argument exists: '--dry-run'"),
     ] {
-        let e = Options::parse(&args(flags)).unwrap_err().to_string();
+        let e = parse(flags).unwrap_err();
         assert!(e.contains(says), "{flags}: {e}");
     }
 }
@@ -104,9 +126,9 @@ fn nft_cleanup_only_deletes_the_tables_of_both_families() {
 
 #[test]
 fn iptables_fills_its_chains_in_one_restore_then_adds_missing_jumps() {
-    let o = Options::parse(&args(
+    let o = parse(
         "--backend iptables --ipv6 --skip-outbound-cidrs 10.96.0.1/32,fd00::/8 --skip-inbound-ports 22",
-    ))
+    )
     .unwrap();
     let steps = plan(&o);
     let programs: Vec<&str> = steps.iter().map(|s| s.program).collect();
@@ -160,7 +182,7 @@ fn iptables_fills_its_chains_in_one_restore_then_adds_missing_jumps() {
 
 #[test]
 fn iptables_cleanup_removes_jumps_then_chains_and_tolerates_absence() {
-    let o = Options::parse(&args("--backend iptables --cleanup")).unwrap();
+    let o = parse("--backend iptables --cleanup").unwrap();
     let steps = plan(&o);
     let lines: Vec<String> = steps
         .iter()
@@ -181,7 +203,7 @@ fn iptables_cleanup_removes_jumps_then_chains_and_tolerates_absence() {
     assert_eq!(lines[6..], expected("ip6tables"));
     assert!(steps.iter().all(|s| s.may_fail));
     // An IPv4-only install also removes IPv6 rules left from an earlier `--ipv6` run.
-    let install = plan(&Options::parse(&args("--backend iptables")).unwrap());
+    let install = plan(&parse("--backend iptables").unwrap());
     assert!(install
         .iter()
         .any(|s| s.program == "ip6tables" && s.args[2] == "-X"));
@@ -191,10 +213,10 @@ fn iptables_cleanup_removes_jumps_then_chains_and_tolerates_absence() {
 #[test]
 fn many_skipped_ports_are_split_across_multiport_rules() {
     let ports: Vec<String> = (1000..1020).map(|p| p.to_string()).collect();
-    let o = Options::parse(&args(&format!(
+    let o = parse(&format!(
         "--backend iptables --skip-outbound-ports {}",
         ports.join(",")
-    )))
+    ))
     .unwrap();
     let restore = plan(&o)[0].stdin.clone().unwrap();
     let rules: Vec<&str> = restore

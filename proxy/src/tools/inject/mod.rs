@@ -38,29 +38,40 @@ const SCRAPE: [(&str, &str); 3] = [
     ("prometheus.io/path", "/metrics"),
 ];
 
-/// How to inject.
-#[derive(Clone, Debug)]
+/// How to inject: the flags of `skiff inject` that shape what is added.
+#[derive(Clone, Debug, clap::Args)]
 pub struct Options {
-    /// Skiff's image.
+    /// Skiff's image
+    #[arg(long, value_name = "IMAGE", default_value = IMAGE)]
     pub image: String,
-    /// The ConfigMap holding `skiff.yaml`.
+    /// The ConfigMap holding `skiff.yaml`
+    #[arg(long, value_name = "NAME", default_value = CONFIG_MAP)]
     pub config_map: String,
-    /// A Secret with `tls.crt`, `tls.key`, `ca.crt` instead of a csi-driver-spiffe volume.
+    /// A Secret with tls.crt, tls.key and ca.crt, instead of a csi-driver-spiffe volume
+    #[arg(long, value_name = "NAME")]
     pub identity_secret: Option<String>,
-    /// Add the init container that redirects the pod's traffic (transparent mode).
+    /// Also add the init container that redirects the pod's traffic (transparent mode)
+    #[arg(long)]
     pub transparent: bool,
-    /// The init container's image: Skiff's binary with `nft` (Skiff's own image is empty).
+    /// The init container's image (with --transparent)
+    // Skiff's binary with `nft`: Skiff's own image holds nothing else.
+    #[arg(long, value_name = "IMAGE", default_value = INIT_IMAGE)]
     pub init_image: String,
 }
+
+/// The defaults, shared by the flags and [`Options::default`] (the tests' options).
+const IMAGE: &str = "ghcr.io/skiff-proxy/skiff:latest";
+const CONFIG_MAP: &str = "skiff-config";
+const INIT_IMAGE: &str = "ghcr.io/skiff-proxy/skiff-init:latest";
 
 impl Default for Options {
     fn default() -> Self {
         Self {
-            image: "ghcr.io/skiff-proxy/skiff:latest".into(),
-            config_map: "skiff-config".into(),
+            image: IMAGE.into(),
+            config_map: CONFIG_MAP.into(),
             identity_secret: None,
             transparent: false,
-            init_image: "ghcr.io/skiff-proxy/skiff-init:latest".into(),
+            init_image: INIT_IMAGE.into(),
         }
     }
 }
@@ -235,9 +246,16 @@ fn init_container(options: &Options, annotations: &Mapping) -> Value {
         format!("--proxy-uid={PROXY_UID}"),
     ];
     for key in SKIP_ANNOTATIONS {
-        if let Some(value) = annotations.get(key).and_then(Value::as_str) {
+        let Some(value) = annotations.get(key).and_then(Value::as_str) else {
+            continue;
+        };
+        // init-iptables refuses empty list items, so an empty annotation or a stray comma
+        // must not keep the pod from starting.
+        let value = value.replace(' ', "");
+        let items: Vec<&str> = value.split(',').filter(|v| !v.is_empty()).collect();
+        if !items.is_empty() {
             let flag = key.trim_start_matches("skiff.dev/");
-            args.push(format!("--{flag}={}", value.replace(' ', "")));
+            args.push(format!("--{flag}={}", items.join(",")));
         }
     }
     let mut init = fragment(&format!(

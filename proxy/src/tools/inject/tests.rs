@@ -114,7 +114,8 @@ spec:
   template:
     metadata:
       annotations:
-        skiff.dev/skip-outbound-ports: '3306, 5432'
+        skiff.dev/skip-inbound-ports: ', '
+        skiff.dev/skip-outbound-ports: '3306, 5432,'
         skiff.dev/skip-outbound-cidrs: 10.96.0.1/32
     spec:
       initContainers:
@@ -142,6 +143,7 @@ spec:
         .iter()
         .map(|a| a.as_str().unwrap())
         .collect();
+    // The empty list and the trailing comma leave no empty item: init-iptables refuses them.
     assert_eq!(
         args,
         [
