@@ -1,36 +1,35 @@
-//! A small stub resolver for services' DNS names. The system resolver (`getaddrinfo`) does
-//! not say how long an answer is good for; this one asks the name servers of
-//! `/etc/resolv.conf` (or `spec.dns.nameservers`) directly, so a headless Service's pod
-//! addresses are re-resolved when their TTL runs out, within `minTtl` and `maxTtl`.
+//! DNS names of services (a headless Kubernetes Service resolves to its pods), resolved with
+//! hickory-resolver so that each answer comes with its TTL: the system resolver
+//! (`getaddrinfo`) does not say how long an answer is good for. A service's endpoints are
+//! re-resolved when the TTL runs out, bounded by `spec.dns.minTtl` and `maxTtl`.
 //!
-//! It follows the resolv.conf rules a pod relies on (`search` domains, `ndots`), reads
-//! `/etc/hosts` first, asks for A and AAAA records together, and falls back to TCP when a
-//! UDP answer is truncated.
+//! The rules a pod relies on come from `/etc/resolv.conf` (`search` domains, `ndots`) and
+//! `/etc/hosts`, as glibc applies them; `spec.dns.nameservers` replaces only the servers.
+//! hickory asks for A and AAAA records together, randomises query IDs and source ports,
+//! checks that an answer matches its question, and retries over TCP when a UDP answer is
+//! truncated. Its cache is off: the endpoint set above keeps the last answer and decides
+//! when to ask again, so a `maxTtl` shorter than a record's TTL is honoured.
 
-pub(crate) mod wire;
+#[cfg(test)]
+mod tests;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use hickory_resolver::config::{
+    LookupIpStrategy, NameServerConfigGroup, ResolveHosts, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::{ResolveError, TokioResolver};
 
 use crate::config::DnsSpec;
-use wire::{RecordType, Response, WireError};
 
 /// Why a lookup failed (as opposed to finding that the name has no addresses).
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum DnsError {
-    /// No name server answered in time.
-    #[error("no DNS server answered for {0}")]
-    Timeout(String),
-    /// Sockets failed.
-    #[error("DNS exchange failed: {0}")]
-    Io(#[from] std::io::Error),
-    /// Bad name or bad answer.
-    #[error(transparent)]
-    Wire(#[from] WireError),
+#[error("DNS lookup of {host} failed: {source}")]
+pub(crate) struct DnsError {
+    host: String,
+    source: ResolveError,
 }
 
 /// The addresses a name has now, and how long that answer holds.
@@ -38,41 +37,60 @@ pub(crate) enum DnsError {
 pub(crate) struct Answer {
     /// Every address, sorted. Empty when the name does not exist (a headless Service with
     /// no ready pods).
-    pub addrs: Vec<IpAddr>,
+    pub(crate) addrs: Vec<IpAddr>,
     /// The answer's TTL, already bounded by `minTtl` and `maxTtl`.
-    pub ttl: Duration,
+    pub(crate) ttl: Duration,
 }
 
 /// Resolves names the way a pod's resolver would, keeping TTLs.
 #[derive(Debug)]
 pub(crate) struct Resolver {
     settings: DnsSpec,
-    nameservers: Vec<SocketAddr>,
-    search: Vec<String>,
-    ndots: usize,
-    next_id: AtomicU16,
+    inner: TokioResolver,
 }
 
 impl Resolver {
-    /// Name servers from `spec`, else from `/etc/resolv.conf` (with its search domains).
+    /// Name servers from `spec`, else from `/etc/resolv.conf`; search domains and `ndots`
+    /// from `/etc/resolv.conf`.
     pub(crate) fn new(spec: &DnsSpec) -> Self {
         let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         Self::with_resolv_conf(spec, &conf)
     }
 
-    fn with_resolv_conf(spec: &DnsSpec, conf: &str) -> Self {
-        let conf = ResolvConf::parse(conf);
-        let nameservers = if spec.nameservers.is_empty() {
-            conf.nameservers
+    /// [`Resolver::new`] with resolv.conf given as text.
+    pub(crate) fn with_resolv_conf(spec: &DnsSpec, resolv_conf: &str) -> Self {
+        let (system, system_opts) = hickory_resolver::system_conf::parse_resolv_conf(resolv_conf)
+            .unwrap_or_else(|e| {
+                // No usable resolv.conf (or one without servers): the local server, as
+                // glibc does, with no search domains.
+                tracing::debug!(error = %e, "resolv.conf unusable; asking 127.0.0.1:53");
+                let local =
+                    NameServerConfigGroup::from_ips_clear(&[[127, 0, 0, 1].into()], 53, true);
+                let mut opts = ResolverOpts::default();
+                opts.ndots = 1;
+                (ResolverConfig::from_parts(None, Vec::new(), local), opts)
+            });
+        let servers = if spec.nameservers.is_empty() {
+            system.name_servers().to_vec().into()
         } else {
-            spec.nameservers.clone()
+            servers(&spec.nameservers)
         };
+        let config =
+            ResolverConfig::from_parts(system.domain().cloned(), system.search().to_vec(), servers);
+        let mut opts = ResolverOpts::default();
+        opts.ndots = system_opts.ndots;
+        opts.timeout = spec.timeout.0;
+        // One try per server: the endpoint set asks again soon (at `minTtl`) after a failure.
+        opts.attempts = 1;
+        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        opts.cache_size = 0;
+        opts.use_hosts_file = ResolveHosts::Always;
+        let inner = TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
+            .with_options(opts)
+            .build();
         Self {
             settings: spec.clone(),
-            nameservers,
-            search: conf.search,
-            ndots: conf.ndots,
-            next_id: AtomicU16::new(std::process::id() as u16),
+            inner,
         }
     }
 
@@ -91,37 +109,27 @@ impl Resolver {
         if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
             return Ok(self.answer(vec![ip], self.settings.max_ttl.0));
         }
-        let hosts = tokio::fs::read_to_string("/etc/hosts")
-            .await
-            .unwrap_or_default();
-        let local = in_hosts(&hosts, host.trim_end_matches('.'));
-        if !local.is_empty() {
-            return Ok(self.answer(local, self.settings.max_ttl.0));
-        }
-        for name in candidates(host, &self.search, self.ndots) {
-            let (v4, v6) = tokio::join!(
-                self.ask(&name, RecordType::A),
-                self.ask(&name, RecordType::Aaaa)
-            );
-            // One family failing while the other answers still gives usable addresses.
-            let (mut addrs, mut ttl, mut error) = (Vec::new(), None::<Duration>, None);
-            for result in [v4, v6] {
-                match result {
-                    Ok(Some((list, t))) => {
-                        addrs.extend(list);
-                        ttl = Some(ttl.map_or(t, |old| old.min(t)));
-                    }
-                    Ok(None) => {}
-                    Err(e) => error = Some(e),
-                }
+        match self.inner.lookup_ip(host).await {
+            Ok(lookup) => {
+                // The shortest TTL of the chain (CNAMEs included) is how long it all holds.
+                let ttl = lookup
+                    .as_lookup()
+                    .records()
+                    .iter()
+                    .map(|r| Duration::from_secs(u64::from(r.ttl())))
+                    .min()
+                    .unwrap_or(self.settings.max_ttl.0);
+                Ok(self.answer(lookup.iter().collect(), ttl))
             }
-            match (ttl, error) {
-                (Some(ttl), _) => return Ok(self.answer(addrs, ttl)),
-                (None, Some(e)) => return Err(e),
-                (None, None) => continue, // this spelling does not exist: try the next
+            // The name does not exist, or has no addresses: no endpoints, asked again soon.
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => {
+                Ok(self.answer(Vec::new(), self.settings.min_ttl.0))
             }
+            Err(source) => Err(DnsError {
+                host: host.to_owned(),
+                source,
+            }),
         }
-        Ok(self.answer(Vec::new(), self.settings.min_ttl.0))
     }
 
     fn answer(&self, mut addrs: Vec<IpAddr>, ttl: Duration) -> Answer {
@@ -132,149 +140,17 @@ impl Resolver {
             ttl: self.bound(ttl),
         }
     }
+}
 
-    /// Asks each name server in turn until one answers; `None` for a negative answer.
-    async fn ask(
-        &self,
-        name: &str,
-        rtype: RecordType,
-    ) -> Result<Option<(Vec<IpAddr>, Duration)>, DnsError> {
-        let mut last = DnsError::Timeout(name.to_owned());
-        for server in &self.nameservers {
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let query = wire::query(id, name, rtype)?;
-            let timeout = self.settings.timeout.0;
-            let exchange = async {
-                match wire::parse(&udp(*server, &query, id, rtype).await?, id, rtype)? {
-                    Response::Truncated => {
-                        Ok(wire::parse(&tcp(*server, &query).await?, id, rtype)?)
-                    }
-                    other => Ok(other),
-                }
-            };
-            match tokio::time::timeout(timeout, exchange).await {
-                Ok(Ok(Response::Addresses(addrs, ttl))) => return Ok(Some((addrs, ttl))),
-                Ok(Ok(_)) => return Ok(None),
-                Ok(Err(e)) => last = e,
-                Err(_) => last = DnsError::Timeout(name.to_owned()),
-            }
-        }
-        Err(last)
+/// Each server over UDP, and over TCP for truncated answers.
+fn servers(addrs: &[SocketAddr]) -> NameServerConfigGroup {
+    let mut group = NameServerConfigGroup::with_capacity(addrs.len() * 2);
+    for addr in addrs {
+        group.merge(NameServerConfigGroup::from_ips_clear(
+            &[addr.ip()],
+            addr.port(),
+            true,
+        ));
     }
+    group
 }
-
-/// Sends `query` over UDP and waits for the datagram that answers it (others are dropped:
-/// a late answer to an earlier query, or a spoofing attempt).
-async fn udp(
-    server: SocketAddr,
-    query: &[u8],
-    id: u16,
-    rtype: RecordType,
-) -> Result<Vec<u8>, DnsError> {
-    let local: SocketAddr = if server.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        ([0u16; 8], 0).into()
-    };
-    let socket = UdpSocket::bind(local).await?;
-    socket.connect(server).await?;
-    socket.send(query).await?;
-    let mut buf = vec![0; usize::from(wire::UDP_PAYLOAD)];
-    loop {
-        let n = socket.recv(&mut buf).await?;
-        if !matches!(wire::parse(&buf[..n], id, rtype), Err(WireError::Mismatch)) {
-            buf.truncate(n);
-            return Ok(buf);
-        }
-    }
-}
-
-/// Sends `query` over TCP (two-byte length prefixes), for answers too big for UDP.
-async fn tcp(server: SocketAddr, query: &[u8]) -> Result<Vec<u8>, DnsError> {
-    let mut stream = TcpStream::connect(server).await?;
-    let len = u16::try_from(query.len()).map_err(|_| WireError::Malformed)?;
-    let mut framed = len.to_be_bytes().to_vec();
-    framed.extend_from_slice(query);
-    stream.write_all(&framed).await?;
-    let len = stream.read_u16().await?;
-    let mut buf = vec![0; usize::from(len)];
-    stream.read_exact(&mut buf).await?;
-    Ok(buf)
-}
-
-/// The parts of resolv.conf a stub resolver uses.
-#[derive(Debug, PartialEq, Eq)]
-struct ResolvConf {
-    nameservers: Vec<SocketAddr>,
-    search: Vec<String>,
-    ndots: usize,
-}
-
-impl ResolvConf {
-    fn parse(text: &str) -> Self {
-        let mut conf = Self {
-            nameservers: Vec::new(),
-            search: Vec::new(),
-            ndots: 1,
-        };
-        for line in text.lines() {
-            let mut words = line.split_whitespace();
-            match words.next() {
-                Some("nameserver") => {
-                    // A link-local IPv6 server's zone (`%eth0`) is dropped: rare in pods.
-                    let ip = words.next().and_then(|w| w.split('%').next()?.parse().ok());
-                    if let Some(ip) = ip {
-                        conf.nameservers.push(SocketAddr::new(ip, 53));
-                    }
-                }
-                Some("search" | "domain") => {
-                    conf.search = words.map(|w| w.trim_end_matches('.').to_owned()).collect();
-                }
-                Some("options") => {
-                    for option in words {
-                        if let Some(n) = option.strip_prefix("ndots:").and_then(|n| n.parse().ok())
-                        {
-                            conf.ndots = n;
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        if conf.nameservers.is_empty() {
-            conf.nameservers
-                .push(SocketAddr::from(([127, 0, 0, 1], 53)));
-        }
-        conf
-    }
-}
-
-/// The spellings of `host` to try, in order: a name ending in a dot is absolute; one with at
-/// least `ndots` dots is tried as written before the search domains; others after them.
-fn candidates(host: &str, search: &[String], ndots: usize) -> Vec<String> {
-    if let Some(absolute) = host.strip_suffix('.') {
-        return vec![absolute.to_owned()];
-    }
-    let searched = search.iter().map(|domain| format!("{host}.{domain}"));
-    if host.matches('.').count() >= ndots {
-        std::iter::once(host.to_owned()).chain(searched).collect()
-    } else {
-        searched.chain(std::iter::once(host.to_owned())).collect()
-    }
-}
-
-/// The addresses `/etc/hosts` gives `name`.
-fn in_hosts(hosts: &str, name: &str) -> Vec<IpAddr> {
-    hosts
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or_default())
-        .filter_map(|l| {
-            let mut words = l.split_whitespace();
-            let ip: IpAddr = words.next()?.parse().ok()?;
-            words.any(|w| w.eq_ignore_ascii_case(name)).then_some(ip)
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests;
