@@ -80,10 +80,10 @@ for config in bare full; do
     "$SKIFF" run --config "$WORK/$config.yaml" >"$WORK/$config.log" 2>&1 &
   pid=$!
   wait_port 19140
-  h2load --h1 -n "$WARM" -c 16 -H 'host: backend' http://127.0.0.1:19140/api/x >/dev/null
-  callgrind_control -i on "$pid" >/dev/null
-  h2load --h1 -n "$N" -c 16 -H 'host: backend' http://127.0.0.1:19140/api/x | grep -E '^requests:' >&2
-  callgrind_control -d "$pid" >/dev/null
+  h2load --h1 -n "$WARM" -c 16 --connect-to=127.0.0.1:19140 http://backend/api/x >/dev/null
+  callgrind_control -i on "$pid" >/dev/null 2>&1
+  h2load --h1 -n "$N" -c 16 --connect-to=127.0.0.1:19140 http://backend/api/x | grep -E '^(requests|status codes):' >&2
+  callgrind_control -d "$pid" >/dev/null 2>&1
   kill "$pid"; wait "$pid" 2>/dev/null || true
   total=$(cat "$out"* | awk '/^summary:/ {s += $2} END {print s}')
   echo "$config: $((total / N)) instructions per request ($total over $N requests)"
