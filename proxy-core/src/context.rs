@@ -55,8 +55,8 @@ impl RouteContext {
 
     /// The context of the request whose extensions these are, or the `internal` error a
     /// layer answers when the router did not run above it.
-    pub fn of(extensions: &http::Extensions, layer: &str) -> Result<Arc<Self>, ProxyError> {
-        extensions.get::<Arc<Self>>().cloned().ok_or_else(|| {
+    pub fn of<'a>(extensions: &'a http::Extensions, layer: &str) -> Result<&'a Self, ProxyError> {
+        extensions.get::<Arc<Self>>().map(|c| &**c).ok_or_else(|| {
             ProxyError::new(
                 Reason::Internal,
                 format!("the {layer} layer found no route context (is it below the router?)"),

@@ -162,10 +162,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let drawn = RouteContext::of(req.extensions(), "split").and_then(|ctx| {
-            ctx.backends
-                .draw_into(crate::random_u64(), req.extensions_mut())
-        });
+        // The backends are shared with the context (one reference count): the draw writes
+        // into the extensions the context lives in.
+        let backends = RouteContext::of(req.extensions(), "split").map(|ctx| ctx.backends.clone());
+        let drawn = backends.and_then(|b| b.draw_into(crate::random_u64(), req.extensions_mut()));
         ResponseFuture::new(drawn.map(|()| self.inner.call(req)))
     }
 }
