@@ -8,6 +8,9 @@
 //! Figures go in benches/RESULTS.md with the command that produced them; nothing here
 //! asserts a timing.
 
+// criterion's macros generate the undocumented entry points.
+#![allow(missing_docs)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

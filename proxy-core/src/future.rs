@@ -9,6 +9,7 @@ use crate::BoxError;
 
 pin_project_lite::pin_project! {
     /// Either the inner service's future, or an immediate rejection.
+    #[allow(missing_docs)] // pin-project-lite cannot carry docs on variant fields
     #[project = MaybeRejectedProj]
     #[derive(Debug)]
     pub enum MaybeRejected<F> {

@@ -1,7 +1,7 @@
 //! The inbound direction: other workloads' calls to the local application.
 //!
 //! [`stack`] is the whole request path, one `ServiceBuilder` chain read top to bottom, boxed
-//! once. Connection policy lives in [`crate::server`]: with a mesh identity, inbound
+//! once. Connection policy lives in `server/`: with a mesh identity, inbound
 //! connections may be mutual TLS (the caller's SPIFFE ID becomes the request's
 //! [`Client::Identity`]); with `mtls: strict` plaintext connections are closed.
 

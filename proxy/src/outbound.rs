@@ -3,7 +3,7 @@
 //! [`stack`] is the whole request path, one `ServiceBuilder` chain read top to bottom, boxed
 //! once. Stacks are built per connection from the config of the moment, so limits changed by
 //! a reload apply to new connections while routing changes apply to the very next request.
-//! Outbound connections are plaintext from the application; see [`crate::server`] for how
+//! Outbound connections are plaintext from the application; see `server/` for how
 //! they are accepted and detected.
 
 use std::net::SocketAddr;

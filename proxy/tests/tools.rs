@@ -2,6 +2,10 @@
 //! stat` as processes, the access log on stdout, `PUT /log-level`, and `POST /shutdown`
 //! ending the proxy (and the tap with it).
 
+// These tests wait on separate processes (the real binary, curl in a namespace), whose
+// clocks tokio's paused clock cannot drive: real time, polled with deadlines, is right here.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

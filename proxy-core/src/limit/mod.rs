@@ -304,6 +304,7 @@ where
 
 pin_project_lite::pin_project! {
     /// The future of [`Limit`].
+    #[allow(missing_docs)] // pin-project-lite cannot carry docs on variant fields
     #[project = Proj]
     #[derive(Debug)]
     pub enum ResponseFuture<F> {

@@ -57,6 +57,7 @@ impl<S> Layer<S> for RetryLayer {
 
 pin_project_lite::pin_project! {
     /// The future of [`Retry`].
+    #[allow(missing_docs)] // pin-project-lite cannot carry docs on variant fields
     #[project = Proj]
     pub enum ResponseFuture<F> {
         /// No retry policy: the one try, as it is.

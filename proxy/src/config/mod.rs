@@ -2,7 +2,7 @@
 //! that parse straight into typed values. Every struct denies unknown fields, so a typo is an
 //! error with a line number rather than a silently ignored setting.
 //!
-//! [`load`] reads a file of YAML documents; [`Config`] is the parsed result.
+//! `load` reads a file of YAML documents; [`Config`] is the parsed result.
 
 mod duration;
 mod load;

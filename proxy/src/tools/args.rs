@@ -177,6 +177,7 @@ pub struct Admin {
 /// `skiff stat`.
 #[derive(Debug, Args)]
 pub struct Stat {
+    /// Which proxy to ask.
     #[command(flatten)]
     pub admin: Admin,
 }
@@ -184,8 +185,10 @@ pub struct Stat {
 /// `skiff tap` and `skiff top`: the admin listener and which events to ask for.
 #[derive(Debug, Args)]
 pub struct Tap {
+    /// Which proxy to ask.
     #[command(flatten)]
     pub admin: Admin,
+    /// Which events to ask for.
     #[command(flatten)]
     pub filters: TapFilters,
 }
@@ -199,6 +202,7 @@ pub struct Inject {
     /// Take out what injecting added instead
     #[arg(long)]
     pub uninject: bool,
+    /// What the sidecar looks like.
     #[command(flatten)]
     pub options: inject::Options,
 }

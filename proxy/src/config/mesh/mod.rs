@@ -3,7 +3,7 @@
 //! Gateway API `HTTPRoute` (`gateway.networking.k8s.io/v1`) attached to a Service.
 //!
 //! Each document parses into typed values (regular expressions compiled, methods and
-//! durations checked), so a typo is reported with its line and field. [`resolve`] then joins
+//! durations checked), so a typo is reported with its line and field. [`resolve`](mod@resolve) then joins
 //! the documents with the `kind: Proxy` services into one [`ServiceRoutes`] per routed
 //! service, checking what can only be checked across documents (a route's parent service
 //! exists, a split's groups exist).
