@@ -108,29 +108,60 @@ impl Reason {
         }
     }
 
+    /// Whether a failure with this reason may be fixed by trying again: the one rule that
+    /// [`ProxyError::new`] and the classifier ([`crate::classify::Classifier`]) both read.
+    ///
+    /// Only upstream transport failures qualify: the request never reached an answer, and
+    /// another try (perhaps on another endpoint) can get one. Everything else is a decision
+    /// (a refusal, a limit, a missing route) that would be made again the same way. The
+    /// retry policy adds its own rule on top: only a refused connect, which sent nothing, is
+    /// safe to repeat for requests that are not idempotent.
+    pub fn is_retryable_by_default(self) -> bool {
+        match self {
+            Self::UpstreamConnect | Self::UpstreamReset | Self::UpstreamTimeout => true,
+            // Listed rather than `_`, so a new reason must be decided here.
+            Self::BadRequest
+            | Self::Forbidden
+            | Self::RequestTimeout
+            | Self::BodyTooLarge
+            | Self::HeadersTooLarge
+            | Self::NoRoute
+            | Self::CircuitOpen
+            | Self::NoEndpoints
+            | Self::LoadShed
+            | Self::RateLimited
+            | Self::InvalidBackend
+            | Self::Internal => false,
+        }
+    }
+
     /// Parses a `skiff-error` header value back into a reason.
     pub fn from_header(value: &[u8]) -> Option<Self> {
-        ALL.iter().copied().find(|r| r.as_str().as_bytes() == value)
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|r| r.as_str().as_bytes() == value)
     }
-}
 
-const ALL: [Reason; 15] = [
-    Reason::BadRequest,
-    Reason::Forbidden,
-    Reason::RequestTimeout,
-    Reason::BodyTooLarge,
-    Reason::HeadersTooLarge,
-    Reason::NoRoute,
-    Reason::UpstreamConnect,
-    Reason::UpstreamReset,
-    Reason::UpstreamTimeout,
-    Reason::CircuitOpen,
-    Reason::NoEndpoints,
-    Reason::LoadShed,
-    Reason::RateLimited,
-    Reason::InvalidBackend,
-    Reason::Internal,
-];
+    /// Every reason, for tests and tables that must cover them all.
+    pub const ALL: [Reason; 15] = [
+        Reason::BadRequest,
+        Reason::Forbidden,
+        Reason::RequestTimeout,
+        Reason::BodyTooLarge,
+        Reason::HeadersTooLarge,
+        Reason::NoRoute,
+        Reason::UpstreamConnect,
+        Reason::UpstreamReset,
+        Reason::UpstreamTimeout,
+        Reason::CircuitOpen,
+        Reason::NoEndpoints,
+        Reason::LoadShed,
+        Reason::RateLimited,
+        Reason::InvalidBackend,
+        Reason::Internal,
+    ];
+}
 
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -170,12 +201,7 @@ impl ProxyError {
             reason,
             status: reason.status(),
             detail: detail.into(),
-            // Upstream transport failures may be retried; the retry policy adds the rule that
-            // only a refused connect is safe for requests that are not idempotent.
-            retryable: matches!(
-                reason,
-                Reason::UpstreamConnect | Reason::UpstreamReset | Reason::UpstreamTimeout
-            ),
+            retryable: reason.is_retryable_by_default(),
             retry_after: None,
             source: None,
         }
@@ -219,7 +245,9 @@ impl ProxyError {
         self.retry_after
     }
 
-    /// Marks whether a retry may help.
+    /// Marks whether a retry may help, overriding [`Reason::is_retryable_by_default`] for
+    /// this one error (the classifier honours it through
+    /// [`crate::classify::Classifier::classify_error`]).
     pub fn with_retryable(mut self, retryable: bool) -> Self {
         self.retryable = retryable;
         self
@@ -244,7 +272,7 @@ impl ProxyError {
         self.reason.blame()
     }
 
-    /// Whether the request may be retried.
+    /// Whether the request may be retried: its reason's default unless overridden.
     pub fn is_retryable(&self) -> bool {
         self.retryable
     }
@@ -282,7 +310,7 @@ mod tests {
 
     #[test]
     fn reasons_round_trip_through_the_header() {
-        for r in ALL {
+        for r in Reason::ALL {
             assert_eq!(Reason::from_header(r.as_str().as_bytes()), Some(r));
         }
         assert_eq!(Reason::from_header(b"nope"), None);

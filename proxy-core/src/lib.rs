@@ -19,8 +19,8 @@
 //! - [`respond`]: turns a failed request into the response the client sees (`skiff-error`).
 //! - [`future`]: the future of layers that pass a request on or refuse it.
 //! - [`error`]: the proxy's error type: what went wrong, who caused it, whether a retry may help.
-//! - [`classify`]: the one success / failure / retryable classifier that metrics (and later
-//!   retries and the circuit breaker) share.
+//! - [`classify`]: the one success / failure / retryable classifier that metrics, tap,
+//!   retries and the circuit breaker share.
 //! - [`direction`]: outbound or inbound, spelled once.
 //! - [`body`]: the boxed body type the stack passes around, and the downstream body guard.
 //!

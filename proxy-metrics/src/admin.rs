@@ -245,28 +245,19 @@ async fn handle(admin: &Admin, req: Request<Incoming>, peer: IpAddr) -> Response
     }
 }
 
-/// `/stats`: every target's window, its labels flattened beside the numbers.
+/// `/stats`: the [`crate::stats::Report`], one line of JSON.
 fn stats_json(http: &HttpFamilies) -> String {
-    let rows: Vec<serde_json::Value> = http
-        .stats()
-        .into_iter()
-        .map(|(labels, summary)| {
-            let mut row = serde_json::Map::new();
-            for (k, v) in labels {
-                if !v.is_empty() {
-                    row.insert(k.to_owned(), serde_json::Value::String(v));
-                }
-            }
-            if let Ok(serde_json::Value::Object(numbers)) = serde_json::to_value(summary) {
-                row.extend(numbers);
-            }
-            serde_json::Value::Object(row)
-        })
-        .collect();
-    // SMI TrafficMetrics names; latencies in milliseconds.
-    let mut out = serde_json::json!({ "latency_unit": "ms", "stats": rows }).to_string();
-    out.push('\n');
-    out
+    match serde_json::to_string(&http.stats()) {
+        Ok(mut out) => {
+            out.push('\n');
+            out
+        }
+        // Unreachable (plain structs, string keys), but an error body beats a panic.
+        Err(e) => format!(
+            "{{\"error\":{}}}\n",
+            serde_json::Value::String(e.to_string())
+        ),
+    }
 }
 
 /// The tap stream as a response body.

@@ -5,10 +5,16 @@
 //! A [`Window`] keeps one slot per second for the window's length; a slot counts successes
 //! and failures and holds a latency histogram with the `response_latency_ms` buckets.
 //! Quantiles are interpolated within their bucket, as `histogram_quantile` does.
+//!
+//! Success and failure are the [`Classification`] the metrics layer computed for
+//! `response_total`, never decided here. What `/stats` serves is a [`Report`] of [`Row`]s,
+//! the one schema the admin server writes and `skiff stat` reads.
 
 use std::time::Duration;
 
-use serde::Serialize;
+use proxy_core::classify::Classification;
+use proxy_core::Direction;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::http::LATENCY_BUCKETS_MS;
@@ -43,7 +49,7 @@ pub struct Window {
 }
 
 /// What `/stats` reports for one target.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     /// The window the numbers cover, in seconds (shorter while the proxy is young).
     pub window_seconds: f64,
@@ -77,15 +83,15 @@ impl Window {
         self.epoch.elapsed().as_secs()
     }
 
-    /// Records one response.
-    pub fn record(&mut self, success: bool, latency_ms: f64) {
+    /// Records one response, as the shared classifier classified it.
+    pub fn record(&mut self, classification: Classification, latency_ms: f64) {
         let second = self.now_second();
         let len = self.slots.len();
         let slot = &mut self.slots[(second % len as u64) as usize];
         if slot.second != second {
             *slot = Slot::empty(second);
         }
-        if success {
+        if classification.is_success() {
             slot.success += 1;
         } else {
             slot.failure += 1;
@@ -130,6 +136,78 @@ impl Window {
     }
 }
 
+/// The whole `/stats` document: `{"latency_unit": "ms", "stats": [...]}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The unit of the latency fields: always `ms`.
+    pub latency_unit: String,
+    /// One row per target.
+    pub stats: Vec<Row>,
+}
+
+impl Report {
+    /// A report of `rows`, latencies in milliseconds.
+    pub fn new(stats: Vec<Row>) -> Self {
+        Self {
+            latency_unit: "ms".to_owned(),
+            stats,
+        }
+    }
+}
+
+/// One target's row: its non-empty labels (as in `response_total`, without `namespace` and
+/// `pod`) beside its [`Summary`]. An empty label is absent, not `""`, so a reader tells an
+/// inbound row (no `authority`) from an outbound one by the field alone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// `outbound` or `inbound`.
+    pub direction: Direction,
+    /// The service's authority; absent inbound and for requests refused before routing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    /// The service's `name:port`, `passthrough`, or inbound the application's `ip:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_addr: Option<String>,
+    /// `true` for meshed traffic, `disabled` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
+    /// The route's name, for a route's own row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Inbound over mesh mTLS: the caller's verified SPIFFE ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Outbound to a service with an identity: the server's SPIFFE ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<String>,
+    /// The numbers.
+    #[serde(flatten)]
+    pub summary: Summary,
+}
+
+impl Row {
+    /// The row of the target with these metric labels; `None` without a `direction` label,
+    /// which every target has (`HttpFamilies::target` puts it first).
+    pub fn new(labels: &[(&'static str, String)], summary: Summary) -> Option<Self> {
+        let label = |key: &str| {
+            labels
+                .iter()
+                .find(|(k, v)| *k == key && !v.is_empty())
+                .map(|(_, v)| v.clone())
+        };
+        Some(Self {
+            direction: label("direction").as_deref().and_then(Direction::parse)?,
+            authority: label("authority"),
+            target_addr: label("target_addr"),
+            tls: label("tls"),
+            route: label("route"),
+            client_id: label("client_id"),
+            server_id: label("server_id"),
+            summary,
+        })
+    }
+}
+
 /// The `q` quantile of a bucketed histogram holding `count` values, interpolated linearly
 /// within its bucket (the last, open bucket reports its lower bound).
 fn quantile(buckets: &[u64; BUCKETS], count: u64, q: f64) -> Option<f64> {
@@ -158,16 +236,59 @@ fn quantile(buckets: &[u64; BUCKETS], count: u64, q: f64) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    /// The document as docs/observability.md shows it: labels absent when empty, the
+    /// numbers beside them, and read back into the same values.
+    #[test]
+    fn the_report_keeps_the_documented_wire_format() {
+        let labels: Vec<(&'static str, String)> = vec![
+            ("direction", "inbound".into()),
+            ("authority", String::new()),
+            ("target_addr", "127.0.0.1:18081".into()),
+            ("tls", "true".into()),
+            (
+                "client_id",
+                "spiffe://cluster.local/ns/demo/sa/client".into(),
+            ),
+        ];
+        let summary = Summary {
+            window_seconds: 25.401,
+            success_count: 1,
+            failure_count: 0,
+            request_rate: 0.039,
+            success_rate: Some(1.0),
+            p50_response_latency: Some(0.5),
+            p95_response_latency: Some(0.95),
+            p99_response_latency: Some(0.99),
+        };
+        let report = Report::new(vec![Row::new(&labels, summary).expect("a direction")]);
+        let written = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            written,
+            json!({"latency_unit": "ms", "stats": [
+                {"direction": "inbound", "target_addr": "127.0.0.1:18081", "tls": "true",
+                 "client_id": "spiffe://cluster.local/ns/demo/sa/client",
+                 "window_seconds": 25.401, "success_count": 1, "failure_count": 0,
+                 "request_rate": 0.039, "success_rate": 1.0, "p50_response_latency": 0.5,
+                 "p95_response_latency": 0.95, "p99_response_latency": 0.99}
+            ]})
+        );
+        let read: Report = serde_json::from_value(written).unwrap();
+        assert_eq!(read, report);
+        assert_eq!(Row::new(&labels[1..], Summary::default()), None);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_window_slides_and_quantiles_land_in_their_buckets() {
         let mut w = Window::new(Duration::from_secs(10));
         for _ in 0..90 {
-            w.record(true, 3.5); // bucket (3, 4]
+            w.record(Classification::Success, 3.5); // bucket (3, 4]
         }
         for _ in 0..10 {
-            w.record(false, 450.0); // bucket (400, 500]
+            w.record(Classification::Failure, 450.0); // bucket (400, 500]
         }
         tokio::time::advance(Duration::from_secs(5)).await;
         let s = w.summary();
@@ -182,7 +303,7 @@ mod tests {
 
         // Ten seconds on, those responses have left the window.
         tokio::time::advance(Duration::from_secs(10)).await;
-        w.record(true, 1.0);
+        w.record(Classification::Success, 1.0);
         let s = w.summary();
         assert_eq!((s.success_count, s.failure_count), (1, 0));
         assert_eq!(s.window_seconds, 10.0);

@@ -1,6 +1,6 @@
-//! The terminal tools and admin extras against a real `skiff run`: `skiff tap` and `skiff
-//! stat` as processes, the access log on stdout, `PUT /log-level`, and `POST /shutdown`
-//! ending the proxy (and the tap with it).
+//! The terminal tools and admin extras against a real `skiff run`: `skiff tap`, `skiff
+//! stat` and `skiff top` as processes, the access log on stdout, `PUT /log-level`, and
+//! `POST /shutdown` ending the proxy (and the tap with it).
 
 // These tests wait on separate processes (the real binary, curl in a namespace), whose
 // clocks tokio's paused clock cannot drive: real time, polled with deadlines, is right here.
@@ -21,6 +21,11 @@ use common::{addr_in, SKIFF};
 
 /// A backend answering `ok` to every request, one request per connection.
 async fn backend() -> SocketAddr {
+    backend_answering(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await
+}
+
+/// A backend answering every request with `response`, one request per connection.
+async fn backend_answering(response: &'static [u8]) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -40,11 +45,7 @@ async fn backend() -> SocketAddr {
                     }
                     seen.extend_from_slice(&buf[..n]);
                 }
-                let _ = s
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                    )
-                    .await;
+                let _ = s.write_all(response).await;
             });
         }
     });
@@ -233,4 +234,83 @@ async fn tap_stat_access_log_log_level_and_shutdown_work_against_a_running_proxy
     assert!(status.success(), "{status:?}");
     let status = wait_exit(&mut tap, Duration::from_secs(10)).expect("tap ends with the proxy");
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_counts_what_the_proxy_classified() {
+    let web = backend().await;
+    // A trailers-only gRPC error: HTTP says 200, the proxy's classifier says failure.
+    let grpc = backend_answering(
+        b"HTTP/1.1 200 OK\r\ngrpc-status: 14\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let dir = std::env::temp_dir().join(format!("skiff-top-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("skiff.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  outbound: {{listen: 127.0.0.1:0}}\n  inbound: {{listen: 127.0.0.1:0}}\n  admin: {{listen: 127.0.0.1:0}}\n  services:\n    web:\n      endpoints: [{web}]\n    grpc:\n      endpoints: [{grpc}]\n"
+        ),
+    )
+    .unwrap();
+    let mut proxy = Command::new(SKIFF)
+        .args(["run", "--workers", "1", "--config"])
+        .arg(&config)
+        .env("SKIFF_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = lines(proxy.stderr.take().unwrap());
+    let ready = wait_line(&stderr, Duration::from_secs(10), |l| {
+        l.contains("Skiff is ready")
+    })
+    .expect("the proxy reports its addresses");
+    let (outbound, admin) = (
+        addr_in(&ready, "outbound_addr"),
+        addr_in(&ready, "admin_addr"),
+    );
+    let mut top = Command::new(SKIFF)
+        .args(["top", "--admin", &admin.to_string(), "--path", "/top"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let drawn = lines(top.stdout.take().unwrap());
+    let request =
+        |host: &str| format!("GET /top HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    // `top` draws about once a second, on an event: send until both rows are drawn (bounded).
+    let (mut web_row, mut grpc_row) = (None, None);
+    for _ in 0..300 {
+        http(outbound, &request("web")).await;
+        http(outbound, &request("grpc")).await;
+        // Whatever was drawn meanwhile; the wait for the next line paces the loop.
+        while let Ok(l) = drawn.recv_timeout(Duration::from_millis(20)) {
+            let cells: Vec<String> = l.split_whitespace().map(str::to_owned).collect();
+            match cells.get(1).map(String::as_str) {
+                Some("web") => web_row = Some(cells),
+                Some("grpc") => grpc_row = Some(cells),
+                _ => {}
+            }
+        }
+        if web_row.is_some() && grpc_row.is_some() {
+            break;
+        }
+    }
+    let (web_row, grpc_row) = (web_row.expect("a web row"), grpc_row.expect("a grpc row"));
+    assert_eq!(
+        web_row[..4],
+        ["outbound", "web", "GET", "/top"],
+        "{web_row:?}"
+    );
+    assert_eq!(web_row[5], "100.0%", "{web_row:?}");
+    assert_eq!(
+        grpc_row[5], "0.0%",
+        "a 200 carrying grpc-status 14: {grpc_row:?}"
+    );
+
+    let _ = top.kill();
+    let _ = top.wait();
+    let _ = proxy.kill();
+    let _ = proxy.wait();
 }

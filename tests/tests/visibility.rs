@@ -319,6 +319,94 @@ async fn tap_clients_see_what_they_asked_for_with_secrets_hidden() {
     );
     assert_eq!(end["endpoint"], web.addr.to_string());
     assert_eq!(end["tries"], 1);
+    assert_eq!(end["classification"], "success");
+}
+
+/// A backend answering `status`, with a `grpc-status` header when given (a trailers-only
+/// gRPC answer, read the same over HTTP/1).
+async fn answering(status: StatusCode, grpc_status: Option<&'static str>) -> Backend {
+    backend(move |_req| async move {
+        let mut rsp = ok("answer");
+        *rsp.status_mut() = status;
+        if let Some(g) = grpc_status {
+            rsp.headers_mut()
+                .insert("grpc-status", http::HeaderValue::from_static(g));
+        }
+        rsp
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tap_stats_and_metrics_classify_each_response_alike() {
+    let fine = answering(StatusCode::OK, None).await;
+    let missing = answering(StatusCode::NOT_FOUND, None).await;
+    let broken = answering(StatusCode::INTERNAL_SERVER_ERROR, None).await;
+    let unavailable = answering(StatusCode::OK, Some("14")).await;
+    let dead = dead_addr();
+    let proxy = ProxyConfig::new(1)
+        .service("fine", &[fine.addr])
+        .service("missing", &[missing.addr])
+        .service("broken", &[broken.addr])
+        .service("unavailable", &[unavailable.addr])
+        .service("down", &[dead.addr])
+        .start()
+        .await;
+    let admin = proxy.admin_addr;
+    let mut tap = TapClient::open(admin, "max_rate=1000").await;
+    // The rule's cases: an app's 4xx is a success, a 5xx a failure, a gRPC error inside a
+    // 200 a failure, and an answer Skiff made itself (502 upstream-connect) a failure.
+    let hosts = [
+        ("fine", "success"),
+        ("missing", "success"),
+        ("broken", "failure"),
+        ("unavailable", "failure"),
+        ("down", "failure"),
+    ];
+    let mut c = h1(proxy.outbound_addr).await;
+    for (host, _) in hosts {
+        let rsp = c.send_request(get(host, "/")).await.unwrap();
+        let _ = rsp.into_body().collect().await;
+    }
+    let mut tapped: HashMap<String, String> = HashMap::new();
+    while tapped.len() < hosts.len() {
+        let e = tap.next().await;
+        if e["event"] == "end" {
+            let class = e["classification"]
+                .as_str()
+                .expect("end events say")
+                .to_owned();
+            tapped.insert(e["authority"].as_str().unwrap().to_owned(), class);
+        }
+    }
+    // The end event is written after the response is counted, so both are there now.
+    let s = scrape(admin).await;
+    let (_, stats) = admin_get(admin, "/stats").await;
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    for (host, want) in hosts {
+        assert_eq!(tapped[host], want, "{host}: tap");
+        let authority = format!("{host}.default.svc.cluster.local:80");
+        let under = |class: &str| {
+            total(
+                &s,
+                "response_total",
+                &[("authority", &authority), ("classification", class)],
+            )
+        };
+        assert_eq!(under(want), 1.0, "{host}: response_total");
+        assert_eq!(
+            under("success") + under("failure"),
+            1.0,
+            "{host}: counted once"
+        );
+        let row = stats["stats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["authority"] == authority.as_str())
+            .unwrap_or_else(|| panic!("{host}: no /stats row in {stats}"));
+        assert_eq!(row[format!("{want}_count")], 1, "{host}: /stats {row}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

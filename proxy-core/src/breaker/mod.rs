@@ -5,8 +5,8 @@
 //! [`Gate::admit`] the request (an ejected endpoint is skipped; when every endpoint refuses,
 //! the request fails fast with 503 `circuit-open`) and puts the [`Admission`] in the
 //! request's extensions; [`Breaker`] then records the outcome there, classified by the shared
-//! [`crate::classify`] rules. Failures the client caused (a malformed body, say) are not held
-//! against the endpoint.
+//! default [`Classifier`] (responses and errors alike). Failures the client caused (a
+//! malformed body, say) are not held against the endpoint.
 //!
 //! States use the standard names: Closed (traffic flows), Open (ejected), HalfOpen (one
 //! probe in flight). The pure state machine is in [`state`].
@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::body::Body;
-use crate::classify::{classify, grpc_status};
+use crate::classify::Classifier;
 use crate::error::{find_cause, Blame, ProxyError};
 use crate::BoxError;
 
@@ -185,13 +185,16 @@ where
         if let Some(admission) = this.outcome.admission.take() {
             match &result {
                 Ok(rsp) => {
-                    let class = classify(rsp.status(), grpc_status(rsp.headers()), None);
+                    let class = Classifier::standard().classify_response(rsp);
                     admission.record(class.is_success());
                 }
                 Err(e) => match find_cause::<ProxyError>(e.as_ref()).map(ProxyError::blame) {
                     // The client's own failures say nothing about the endpoint.
                     Some(Blame::Downstream) => admission.release(),
-                    _ => admission.record(false),
+                    _ => {
+                        let class = Classifier::standard().classify_error(e.as_ref());
+                        admission.record(class.is_success());
+                    }
                 },
             }
         }

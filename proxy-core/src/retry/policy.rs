@@ -9,7 +9,7 @@ use http::Response;
 use tower::retry::budget::{Budget as _, TpsBudget};
 
 use crate::body::Body;
-use crate::classify::{grpc_status, Class, Classifier};
+use crate::classify::Classifier;
 use crate::error::{find_cause, ProxyError, Reason};
 use crate::BoxError;
 
@@ -108,24 +108,22 @@ impl Policy {
         }
     }
 
-    /// Whether `result` may be retried. Connect failures always may (nothing was sent);
-    /// other failures only for idempotent requests.
+    /// Whether `result` may be retried: the policy's classifier must call it a retryable
+    /// failure, and the request must be idempotent, unless it failed to connect (nothing
+    /// was sent, so even a POST cannot have been processed).
     pub fn is_retryable(
         &self,
         result: &Result<Response<Body>, BoxError>,
         idempotent: bool,
     ) -> bool {
         match result {
-            Err(e) => find_cause::<ProxyError>(e.as_ref()).is_some_and(|e| {
-                e.is_retryable() && (e.reason() == Reason::UpstreamConnect || idempotent)
-            }),
-            Ok(rsp) => {
-                idempotent
-                    && self
-                        .classifier
-                        .classify(rsp.status(), grpc_status(rsp.headers()), None)
-                        == Class::Failure { retryable: true }
+            Err(e) => {
+                let nothing_sent = find_cause::<ProxyError>(e.as_ref())
+                    .is_some_and(|e| e.reason() == Reason::UpstreamConnect);
+                (idempotent || nothing_sent)
+                    && self.classifier.classify_error(e.as_ref()).is_retryable()
             }
+            Ok(rsp) => idempotent && self.classifier.classify_response(rsp).is_retryable(),
         }
     }
 

@@ -255,3 +255,30 @@ async fn routes_without_a_policy_are_tried_once() {
     assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(up.tries(), 1);
 }
+
+#[test]
+fn the_policy_retries_errors_by_the_shared_rule_for_every_reason() {
+    let p = policy(3, generous(), &Arc::new(Counts::default()));
+    for reason in Reason::ALL {
+        let failed: Result<Response<Body>, BoxError> = Err(Box::new(ProxyError::new(reason, "x")));
+        let retryable = reason.is_retryable_by_default();
+        assert_eq!(
+            p.is_retryable(&failed, true),
+            retryable,
+            "{reason}, idempotent"
+        );
+        assert_eq!(
+            p.is_retryable(&failed, false),
+            retryable && reason == Reason::UpstreamConnect,
+            "{reason}, not idempotent: only a refused connect sent nothing"
+        );
+        // The response Respond makes of the error is classified the same way.
+        let rsp =
+            crate::respond::error_response(&ProxyError::new(reason, "x"), http::Version::HTTP_11);
+        assert_eq!(
+            p.is_retryable(&Ok(rsp), true),
+            retryable,
+            "{reason}, as a response"
+        );
+    }
+}

@@ -181,17 +181,24 @@ struct Watch {
 
 impl Pending {
     fn record(self) {
-        let class = classify(self.status, self.grpc_status, self.error);
-        self.target
-            .response(self.status.as_u16(), class, self.grpc_status, self.error);
-        self.target.window(class.is_success(), self.latency_ms);
+        // Classified once, here, with the shared classifier: `response_total`, the `/stats`
+        // window and tap's end event (which `skiff top` counts) all report this one value.
+        let classification = classify(self.status, self.grpc_status, self.error).classification();
+        self.target.response(
+            self.status.as_u16(),
+            classification,
+            self.grpc_status,
+            self.error,
+        );
+        self.target.window(classification, self.latency_ms);
         if let Some(w) = self.watch {
             w.watched.end(&Ending {
                 status: self.status.as_u16(),
                 duration_ms: w.start.elapsed().as_secs_f64() * 1000.0,
                 response_bytes: w.bytes,
                 grpc_status: self.grpc_status,
-                error: self.error.map(Reason::as_str),
+                error: self.error,
+                classification,
                 body: &w.sample,
             });
         }

@@ -7,6 +7,8 @@
 mod capped;
 mod layer;
 mod observe;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,10 +18,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use proxy_core::classify::Class;
+use proxy_core::classify::Classification;
 use proxy_core::Reason;
 
-use crate::stats::{Summary, Window};
+use crate::stats::{Report, Row, Window};
 use crate::Labels;
 
 pub use capped::{CardinalityLimits, OTHER};
@@ -111,20 +113,26 @@ impl HttpFamilies {
         this
     }
 
-    /// Every target's numbers over the sliding window, by label set (targets that have seen
-    /// no response in the window are left out).
-    pub fn stats(&self) -> Vec<(Labels, Summary)> {
+    /// What `/stats` serves: every target's numbers over the sliding window, one row per
+    /// label set, sorted by labels (targets that have seen no response in the window are
+    /// left out).
+    pub fn stats(&self) -> Report {
         let windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<(Labels, Summary)> = windows
+        let mut summaries: Vec<_> = windows
             .iter()
             .map(|(labels, w)| {
                 let summary = w.lock().unwrap_or_else(|e| e.into_inner()).summary();
-                (labels.clone(), summary)
+                (labels, summary)
             })
             .filter(|(_, s)| s.success_count + s.failure_count > 0)
             .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+        summaries.sort_by(|a, b| a.0.cmp(b.0));
+        Report::new(
+            summaries
+                .into_iter()
+                .filter_map(|(labels, summary)| Row::new(labels, summary))
+                .collect(),
+        )
     }
 
     /// Resolves the handles of one target: a service, or one of its routes (`route`
@@ -179,8 +187,7 @@ fn latency_labels(base: &Labels, status: u16) -> Labels {
 fn response_labels(base: &Labels, key: &ResponseKey) -> Labels {
     let mut labels = base.clone();
     labels.push(("status_code", key.status.to_string()));
-    let class = if key.success { "success" } else { "failure" };
-    labels.push(("classification", class.to_owned()));
+    labels.push(("classification", key.classification.as_str().to_owned()));
     labels.push((
         "grpc_status",
         key.grpc_status.map(|c| c.to_string()).unwrap_or_default(),
@@ -196,7 +203,7 @@ fn response_labels(base: &Labels, key: &ResponseKey) -> Labels {
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 struct ResponseKey {
     status: u16,
-    success: bool,
+    classification: Classification,
     grpc_status: Option<u32>,
     error: Option<Reason>,
 }
@@ -330,17 +337,23 @@ impl TargetMetrics {
             .observe(millis);
     }
 
-    fn window(&self, success: bool, latency_ms: f64) {
+    fn window(&self, classification: Classification, latency_ms: f64) {
         self.window
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .record(success, latency_ms);
+            .record(classification, latency_ms);
     }
 
-    fn response(&self, status: u16, class: Class, grpc_status: Option<u32>, error: Option<Reason>) {
+    fn response(
+        &self,
+        status: u16,
+        classification: Classification,
+        grpc_status: Option<u32>,
+        error: Option<Reason>,
+    ) {
         let key = ResponseKey {
             status,
-            success: class.is_success(),
+            classification,
             grpc_status,
             error,
         };

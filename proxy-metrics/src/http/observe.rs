@@ -4,20 +4,23 @@
 //! off, [`Observe::watch`] returns `None` and a request costs one atomic load; otherwise the
 //! request gets a [`Watched`] record (and a [`Notes`] slot the inner layers fill in), from
 //! which the three tap events (request, response, end) and the access log line are made.
+//! The events are the typed [`Event`]s the CLI reads back; the access log line is the end
+//! event's fields that the config names, in its order, so the two cannot drift apart.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::{HeaderMap, Request};
+use proxy_core::classify::Classification;
 use proxy_core::limit::Client;
 use proxy_core::notes::Notes;
+use proxy_core::Reason;
 use regex::Regex;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
-use crate::tap::{Fields, TapHub};
+use crate::tap::{EndEvent, Event, Fields, Headers, RequestEvent, ResponseEvent, TapHub};
 
 /// Headers never shown, whatever the config says.
 const ALWAYS_REDACTED: [&str; 4] = [
@@ -119,16 +122,16 @@ impl Observe {
         if self.tap.active() {
             let headers = self.headers(req.headers());
             self.tap.publish(&w.fields(None), |_| {
-                line(json!({
-                    "event": "request",
-                    "id": w.id,
-                    "direction": self.direction,
-                    "method": w.method,
-                    "authority": w.authority,
-                    "path": w.path,
-                    "client": w.client,
-                    "headers": headers,
-                }))
+                Event::Request(RequestEvent {
+                    id: w.id,
+                    direction: self.direction,
+                    method: w.method.clone(),
+                    authority: w.authority.clone(),
+                    path: w.path.clone(),
+                    client: w.client.clone(),
+                    headers: headers.clone(),
+                })
+                .to_line()
             });
         }
         Some(w)
@@ -143,9 +146,9 @@ impl Observe {
         }
     }
 
-    fn headers(&self, headers: &HeaderMap) -> Value {
+    fn headers(&self, headers: &HeaderMap) -> Headers {
         let settings = self.settings.load();
-        let mut map = Map::new();
+        let mut map = Headers::new();
         for (name, value) in headers {
             let n = name.as_str();
             let hidden =
@@ -155,9 +158,9 @@ impl Observe {
             } else {
                 String::from_utf8_lossy(value.as_bytes()).into_owned()
             };
-            map.insert(n.to_owned(), Value::String(shown));
+            map.insert(n.to_owned(), shown);
         }
-        Value::Object(map)
+        map
     }
 
     fn redact_body(&self, body: &[u8]) -> String {
@@ -185,12 +188,6 @@ fn trace_id(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn line(v: Value) -> Bytes {
-    let mut s = v.to_string();
-    s.push('\n');
-    Bytes::from(s)
-}
-
 /// One watched request.
 #[derive(Debug)]
 pub struct Watched {
@@ -216,8 +213,11 @@ pub struct Ending<'a> {
     pub response_bytes: u64,
     /// The gRPC status, if any.
     pub grpc_status: Option<u32>,
-    /// The proxy's error reason, if it answered itself.
-    pub error: Option<&'a str>,
+    /// The proxy's error reason, if it answered itself or cut the response.
+    pub error: Option<Reason>,
+    /// What the shared classifier made of the response: the value the metrics layer
+    /// counted it under, passed on rather than decided again.
+    pub classification: Classification,
     /// The first bytes of the response body (as many as a tap client asked for).
     pub body: &'a [u8],
 }
@@ -246,82 +246,95 @@ impl Watched {
             ..self.fields(Some(status))
         };
         tap.publish(&fields, |_| {
-            line(json!({
-                "event": "response",
-                "id": self.id,
-                "direction": self.observe.direction,
-                "method": self.method,
-                "authority": self.authority,
-                "path": self.path,
-                "route": noted.route.as_deref(),
-                "status": status,
-                "latency_ms": round(latency_ms),
-                "headers": self.observe.headers(headers),
-            }))
+            Event::Response(ResponseEvent {
+                id: self.id,
+                direction: self.observe.direction,
+                method: self.method.clone(),
+                authority: self.authority.clone(),
+                path: self.path.clone(),
+                route: noted.route.as_deref().map(str::to_owned),
+                status,
+                latency_ms: round(latency_ms),
+                headers: self.observe.headers(headers),
+            })
+            .to_line()
         });
     }
 
     /// The response ended: the end event, and the access log line.
     pub fn end(&self, ending: &Ending<'_>) {
         let noted = self.notes.get();
-        let mut record = Map::new();
-        let mut put = |k: &str, v: Value| {
-            record.insert(k.to_owned(), v);
+        let end = EndEvent {
+            ts: round(self.ts),
+            id: self.id,
+            direction: self.observe.direction,
+            method: self.method.clone(),
+            authority: self.authority.clone(),
+            path: self.path.clone(),
+            client: self.client.clone(),
+            route: noted.route.as_deref().map(str::to_owned),
+            status: ending.status,
+            duration_ms: round(ending.duration_ms),
+            response_bytes: ending.response_bytes,
+            grpc_status: ending.grpc_status,
+            error: ending.error.map(|r| r.as_str().to_owned()),
+            classification: ending.classification,
+            tries: noted.tries,
+            backend: noted.backend,
+            endpoint: noted.endpoint,
+            breaker: noted.breaker.map(str::to_owned),
+            authz: noted.authz,
+            trace_id: self.trace_id.clone(),
+            body: None,
         };
-        put("ts", json!(round(self.ts)));
-        put("id", json!(self.id));
-        put("direction", json!(self.observe.direction));
-        put("method", json!(self.method));
-        put("authority", json!(self.authority));
-        put("path", json!(self.path));
-        put("client", json!(self.client));
-        put("route", json!(noted.route.as_deref()));
-        put("status", json!(ending.status));
-        put("duration_ms", json!(round(ending.duration_ms)));
-        put("response_bytes", json!(ending.response_bytes));
-        put("grpc_status", json!(ending.grpc_status));
-        put("error", json!(ending.error));
-        put("tries", json!(noted.tries));
-        put("backend", json!(noted.backend));
-        put("endpoint", json!(noted.endpoint.map(|e| e.to_string())));
-        put("breaker", json!(noted.breaker));
-        put("authz", json!(noted.authz));
-        put("trace_id", json!(self.trace_id));
         let tap = &self.observe.tap;
         if tap.active() {
             let fields = Fields {
-                route: noted.route.as_deref(),
+                route: end.route.as_deref(),
                 ..self.fields(Some(ending.status))
             };
             tap.publish(&fields, |body_bytes| {
-                let mut event = record.clone();
-                event.insert("event".into(), json!("end"));
+                let mut event = end.clone();
                 if body_bytes > 0 {
                     let sample = &ending.body[..ending.body.len().min(body_bytes)];
-                    event.insert("body".into(), json!(self.observe.redact_body(sample)));
+                    event.body = Some(self.observe.redact_body(sample));
                 }
-                line(Value::Object(event))
+                Event::End(event).to_line()
             });
         }
         let settings = self.observe.settings.load();
         if let (Some(fields), Some(log)) = (&settings.access_log, &self.observe.log) {
-            let mut out = String::with_capacity(256);
-            out.push('{');
-            let mut first = true;
-            for f in fields {
-                if let Some(v) = record.get(f.as_str()) {
-                    if !first {
-                        out.push(',');
-                    }
-                    first = false;
-                    let _ = write!(out, "{}:{v}", Value::String(f.clone()));
-                }
-            }
-            out.push_str("}\n");
-            // A full queue (stdout blocked) drops the line rather than stall requests.
-            let _ = log.try_send(out);
+            log_line(&end, fields, log);
         }
     }
+}
+
+/// Writes the access log line: the end event's fields the config names, in its order,
+/// under their tap names (config parsing has checked each name is one of them).
+fn log_line(end: &EndEvent, fields: &[String], log: &std::sync::mpsc::SyncSender<String>) {
+    let record = match serde_json::to_value(end) {
+        Ok(Value::Object(record)) => record,
+        // Unreachable (a struct serializes as an object), but a lost line beats a panic.
+        other => {
+            tracing::warn!(?other, "access log line not serialized");
+            return;
+        }
+    };
+    let mut out = String::with_capacity(256);
+    out.push('{');
+    let mut first = true;
+    for f in fields {
+        if let Some(v) = record.get(f.as_str()) {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            let _ = write!(out, "{}:{v}", Value::String(f.clone()));
+        }
+    }
+    out.push_str("}\n");
+    // A full queue (stdout blocked) drops the line rather than stall requests.
+    let _ = log.try_send(out);
 }
 
 fn round(ms: f64) -> f64 {

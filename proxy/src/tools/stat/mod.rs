@@ -2,6 +2,11 @@
 //! top` (the busiest paths, live, from the tap stream) and `skiff tap` (the tap stream, one
 //! line per event). Each talks to a proxy's admin listener and ends cleanly on Ctrl-C or
 //! when the proxy goes away. [`TapFilters`] are `tap`'s and `top`'s filter flags.
+//!
+//! They read the proxy's own types ([`proxy_metrics::stats::Report`],
+//! [`proxy_metrics::tap::Event`]) rather than JSON by field name, and decide nothing the
+//! proxy has decided: `top`'s success rate counts the `classification` of each end event,
+//! the value the proxy's shared classifier gave `response_total` and `/stats`.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -16,7 +21,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use proxy_core::Direction;
-use serde_json::Value;
+use proxy_metrics::stats::{Report, Row};
+use proxy_metrics::tap::{EndEvent, Event};
 
 /// Why a tool stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +42,14 @@ pub enum CliError {
         status: StatusCode,
         /// Its explanation.
         body: String,
+    },
+    /// The proxy's answer is not what this version of the tool reads.
+    #[error("unreadable answer from the admin listener at {addr}: {why}")]
+    Unreadable {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        why: String,
     },
 }
 
@@ -75,17 +89,17 @@ async fn get(admin: SocketAddr, path_and_query: &str) -> Result<Incoming, CliErr
 /// `skiff stat`: prints the `/stats` table.
 pub async fn stat(admin: SocketAddr) -> Result<String, CliError> {
     let body = get(admin, "/stats").await?;
+    let unreadable = |why: String| CliError::Unreadable { addr: admin, why };
     let bytes = body
         .collect()
         .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let rows = v["stats"].as_array().cloned().unwrap_or_default();
-    Ok(stat_table(&rows))
+        .map_err(|e| unreadable(e.to_string()))?
+        .to_bytes();
+    let report: Report = serde_json::from_slice(&bytes).map_err(|e| unreadable(e.to_string()))?;
+    Ok(stat_table(&report.stats))
 }
 
-fn stat_table(rows: &[Value]) -> String {
+fn stat_table(rows: &[Row]) -> String {
     let header = [
         "DIRECTION",
         "AUTHORITY",
@@ -99,44 +113,39 @@ fn stat_table(rows: &[Value]) -> String {
         "TLS",
     ];
     let mut table: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
+    let or_dash = |v: Option<&str>| v.unwrap_or("-").to_owned();
+    let ms = |v: Option<f64>| {
+        v.map_or_else(
+            || "-".to_owned(),
+            |v| {
+                if v < 10.0 {
+                    format!("{v:.1}ms")
+                } else {
+                    format!("{v:.0}ms")
+                }
+            },
+        )
+    };
     for r in rows {
-        let s = |k: &str| r[k].as_str().unwrap_or("-").to_owned();
-        let ms = |k: &str| {
-            r[k].as_f64().map_or_else(
-                || "-".to_owned(),
-                |v| {
-                    if v < 10.0 {
-                        format!("{v:.1}ms")
-                    } else {
-                        format!("{v:.0}ms")
-                    }
-                },
-            )
+        let authority = match (&r.authority, &r.target_addr) {
+            (Some(a), _) => a.clone(),
+            (None, Some(addr)) => format!("(app {addr})"),
+            (None, None) => "(unrouted)".to_owned(),
         };
-        let authority = match r["authority"].as_str() {
-            Some(a) => a.to_owned(),
-            None if r["target_addr"].is_string() => format!("(app {})", s("target_addr")),
-            None => "(unrouted)".to_owned(),
-        };
-        let peer = r["client_id"]
-            .as_str()
-            .or(r["server_id"].as_str())
-            .unwrap_or("-");
+        let peer = r.client_id.as_deref().or(r.server_id.as_deref());
+        let n = &r.summary;
         table.push(vec![
-            s("direction"),
+            r.direction.as_str().to_owned(),
             authority,
-            s("route"),
-            peer.to_owned(),
-            r["success_rate"]
-                .as_f64()
+            or_dash(r.route.as_deref()),
+            or_dash(peer),
+            n.success_rate
                 .map_or_else(|| "-".to_owned(), |v| format!("{:.2}%", v * 100.0)),
-            r["request_rate"]
-                .as_f64()
-                .map_or_else(|| "-".to_owned(), |v| format!("{v:.1}")),
-            ms("p50_response_latency"),
-            ms("p95_response_latency"),
-            ms("p99_response_latency"),
-            s("tls"),
+            format!("{:.1}", n.request_rate),
+            ms(n.p50_response_latency),
+            ms(n.p95_response_latency),
+            ms(n.p99_response_latency),
+            or_dash(r.tls.as_deref()),
         ]);
     }
     render(&table)
@@ -162,7 +171,7 @@ fn render(table: &[Vec<String>]) -> String {
 async fn follow(
     admin: SocketAddr,
     query: &str,
-    mut on_event: impl FnMut(&Value),
+    mut on_event: impl FnMut(&Event),
 ) -> Result<(), CliError> {
     let mut body = get(admin, &format!("/tap?{query}")).await?;
     let mut buf = Vec::new();
@@ -182,8 +191,9 @@ async fn follow(
         buf.extend_from_slice(data);
         while let Some(i) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=i).collect();
-            if let Ok(v) = serde_json::from_slice::<Value>(&line) {
-                on_event(&v);
+            // A line this version cannot read (an event kind added later) is skipped.
+            if let Some(event) = Event::from_line(&line) {
+                on_event(&event);
             }
         }
     }
@@ -200,49 +210,62 @@ pub async fn tap(admin: SocketAddr, query: &str) -> Result<(), CliError> {
     .await
 }
 
-fn tap_line(e: &Value, colour: bool) -> String {
-    let s = |k: &str| e[k].as_str().unwrap_or("");
-    let id = e["id"].as_u64().unwrap_or(0);
-    let dir = if s("direction") == "inbound" {
-        "in "
-    } else {
-        "out"
+fn tap_line(e: &Event, colour: bool) -> String {
+    let dir = |d: Direction| match d {
+        Direction::Inbound => "in ",
+        Direction::Outbound => "out",
     };
-    let target = format!("{}{}", s("authority"), s("path"));
-    let status = e["status"].as_u64();
-    let line = match s("event") {
-        "request" => format!(
-            "req id={id} {dir} {} {target} client={}",
-            s("method"),
-            s("client")
+    let line = match e {
+        Event::Request(r) => format!(
+            "req id={} {} {} {}{} client={}",
+            r.id,
+            dir(r.direction),
+            r.method,
+            r.authority,
+            r.path,
+            r.client
         ),
-        "response" => format!(
-            "rsp id={id} {dir} :status={} latency={}ms route={}",
-            status.unwrap_or(0),
-            e["latency_ms"],
-            e["route"].as_str().unwrap_or("-")
+        Event::Response(r) => format!(
+            "rsp id={} {} :status={} latency={}ms route={}",
+            r.id,
+            dir(r.direction),
+            r.status,
+            r.latency_ms,
+            r.route.as_deref().unwrap_or("-")
         ),
-        _ => {
+        Event::End(r) => {
             let mut l = format!(
-                "end id={id} {dir} {} {target} :status={} duration={}ms bytes={} tries={}",
-                s("method"),
-                status.unwrap_or(0),
-                e["duration_ms"],
-                e["response_bytes"],
-                e["tries"]
+                "end id={} {} {} {}{} :status={} duration={}ms bytes={} tries={}",
+                r.id,
+                dir(r.direction),
+                r.method,
+                r.authority,
+                r.path,
+                r.status,
+                r.duration_ms,
+                r.response_bytes,
+                r.tries
             );
-            for k in ["route", "backend", "endpoint", "breaker", "authz", "error"] {
-                if let Some(v) = e[k].as_str() {
+            let endpoint = r.endpoint.map(|e| e.to_string());
+            for (k, v) in [
+                ("route", &r.route),
+                ("backend", &r.backend),
+                ("endpoint", &endpoint),
+                ("breaker", &r.breaker),
+                ("authz", &r.authz),
+                ("error", &r.error),
+            ] {
+                if let Some(v) = v {
                     let _ = write!(l, " {k}={v}");
                 }
             }
-            if let Some(b) = e["body"].as_str() {
+            if let Some(b) = &r.body {
                 let _ = write!(l, " body={b:?}");
             }
             l
         }
     };
-    match (colour, status) {
+    match (colour, e.status()) {
         (true, Some(s)) if s >= 500 => format!("\x1b[31m{line}\x1b[0m"),
         (true, Some(s)) if s >= 400 => format!("\x1b[33m{line}\x1b[0m"),
         (true, Some(_)) => format!("\x1b[32m{line}\x1b[0m"),
@@ -252,74 +275,92 @@ fn tap_line(e: &Value, colour: bool) -> String {
 
 /// `skiff top`: the busiest paths, redrawn every second from the tap stream.
 pub async fn top(admin: SocketAddr, query: &str) -> Result<(), CliError> {
-    #[derive(Default)]
-    struct Row {
-        count: u64,
-        success: u64,
-        best: f64,
-        worst: f64,
-    }
-    let mut rows: HashMap<(String, String, String, String), Row> = HashMap::new();
+    let mut top = Top::default();
     let mut last_draw = tokio::time::Instant::now();
     let tty = std::io::stdout().is_terminal();
     follow(admin, query, |e| {
-        if e["event"] != "end" {
+        let Event::End(e) = e else {
             return;
+        };
+        top.add(e);
+        if last_draw.elapsed() >= Duration::from_secs(1) {
+            last_draw = tokio::time::Instant::now();
+            let mut out = std::io::stdout().lock();
+            if tty {
+                let _ = write!(out, "\x1b[2J\x1b[H");
+            }
+            let _ = write!(out, "{}", top.table());
+            let _ = out.flush();
         }
+    })
+    .await
+}
+
+/// `skiff top`'s counts: end events by direction, authority, method and path.
+#[derive(Debug, Default)]
+struct Top {
+    paths: HashMap<(Direction, String, String, String), PathCounts>,
+}
+
+#[derive(Debug, Default)]
+struct PathCounts {
+    count: u64,
+    success: u64,
+    best: f64,
+    worst: f64,
+}
+
+impl Top {
+    fn add(&mut self, e: &EndEvent) {
         let key = (
-            e["direction"].as_str().unwrap_or("").to_owned(),
-            e["authority"].as_str().unwrap_or("").to_owned(),
-            e["method"].as_str().unwrap_or("").to_owned(),
-            e["path"].as_str().unwrap_or("").to_owned(),
+            e.direction,
+            e.authority.clone(),
+            e.method.clone(),
+            e.path.clone(),
         );
-        let ms = e["duration_ms"].as_f64().unwrap_or(0.0);
-        let row = rows.entry(key).or_default();
+        let ms = e.duration_ms;
+        let row = self.paths.entry(key).or_default();
         if row.count == 0 || ms < row.best {
             row.best = ms;
         }
         row.worst = row.worst.max(ms);
         row.count += 1;
-        if e["status"].as_u64().is_some_and(|s| s < 500) && e["error"].is_null() {
+        // The proxy's classification, not a rule of our own, so `top` agrees with
+        // `response_total` and `skiff stat` (a gRPC error inside a 200 is a failure there).
+        if e.classification.is_success() {
             row.success += 1;
         }
-        if last_draw.elapsed() >= Duration::from_secs(1) {
-            last_draw = tokio::time::Instant::now();
-            let mut sorted: Vec<_> = rows.iter().collect();
-            sorted.sort_by_key(|r| std::cmp::Reverse(r.1.count));
-            let mut table = vec![[
-                "DIRECTION",
-                "AUTHORITY",
-                "METHOD",
-                "PATH",
-                "COUNT",
-                "SUCCESS",
-                "BEST",
-                "WORST",
-            ]
-            .iter()
-            .map(|h| (*h).to_owned())
-            .collect::<Vec<_>>()];
-            for ((d, a, m, p), r) in sorted.into_iter().take(20) {
-                table.push(vec![
-                    d.clone(),
-                    a.clone(),
-                    m.clone(),
-                    p.clone(),
-                    r.count.to_string(),
-                    format!("{:.1}%", r.success as f64 * 100.0 / r.count as f64),
-                    format!("{:.1}ms", r.best),
-                    format!("{:.1}ms", r.worst),
-                ]);
-            }
-            let mut out = std::io::stdout().lock();
-            if tty {
-                let _ = write!(out, "\x1b[2J\x1b[H");
-            }
-            let _ = write!(out, "{}", render(&table));
-            let _ = out.flush();
+    }
+
+    /// The 20 busiest paths.
+    fn table(&self) -> String {
+        let mut sorted: Vec<_> = self.paths.iter().collect();
+        sorted.sort_by_key(|r| std::cmp::Reverse(r.1.count));
+        let header = [
+            "DIRECTION",
+            "AUTHORITY",
+            "METHOD",
+            "PATH",
+            "COUNT",
+            "SUCCESS",
+            "BEST",
+            "WORST",
+        ];
+        let mut table = vec![header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>()];
+        for ((d, a, m, p), r) in sorted.into_iter().take(20) {
+            table.push(vec![
+                d.as_str().to_owned(),
+                a.clone(),
+                m.clone(),
+                p.clone(),
+                r.count.to_string(),
+                format!("{:.1}%", r.success as f64 * 100.0 / r.count as f64),
+                format!("{:.1}ms", r.best),
+                format!("{:.1}ms", r.worst),
+            ]);
         }
-    })
-    .await
+        render(&table)
+    }
 }
 
 /// Which events `skiff tap` and `skiff top` ask for. Each flag is the `/tap` query parameter
@@ -398,85 +439,4 @@ fn percent_encode(value: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The filters as `skiff tap` reads them.
-    #[derive(Debug, clap::Parser)]
-    struct Tap {
-        #[command(flatten)]
-        filters: TapFilters,
-    }
-
-    fn query(flags: &[&str]) -> Result<String, String> {
-        let args = std::iter::once("tap").chain(flags.iter().copied());
-        clap::Parser::try_parse_from(args)
-            .map(|t: Tap| t.filters.query())
-            .map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn flags_become_a_query() {
-        assert_eq!(
-            query(&["--status", "5xx", "--path=/api v1"]).unwrap(),
-            "path=%2Fapi%20v1&status=5xx"
-        );
-        assert_eq!(
-            query(&[
-                "--direction=inbound",
-                "--authority",
-                "web:80",
-                "--method",
-                "GET",
-                "--route",
-                "web/api",
-                "--max-rate",
-                "2.5",
-                "--body",
-                "64",
-            ])
-            .unwrap(),
-            "direction=inbound&authority=web%3A80&method=GET&route=web%2Fapi&max_rate=2.5&body=64"
-        );
-        assert_eq!(query(&[]).unwrap(), "");
-    }
-
-    #[test]
-    fn bad_filters_fail_before_connecting() {
-        for (flags, says) in [
-            (&["--colour"][..], "unexpected argument '--colour'"),
-            (
-                &["--stauts", "5xx"],
-                "a similar argument exists: '--status'",
-            ),
-            (
-                &["--status", "6xx"],
-                "[possible values: 1xx, 2xx, 3xx, 4xx, 5xx]",
-            ),
-            (
-                &["--direction", "up"],
-                "[possible values: outbound, inbound]",
-            ),
-            (&["--max-rate", "0"], "expected a number above 0"),
-            (&["--body", "lots"], "invalid value 'lots' for '--body <BYTES>'"),
-        ] {
-            let e = query(flags).unwrap_err();
-            assert!(e.contains(says), "{flags:?}: {e}");
-        }
-    }
-
-    #[test]
-    fn the_stat_table_lines_up() {
-        let rows: Vec<Value> = serde_json::from_str(
-            r#"[{"direction":"outbound","authority":"web:80","route":"web/api","success_rate":0.995,"request_rate":12.5,"p50_response_latency":3.2,"p95_response_latency":9.1,"p99_response_latency":20.0,"tls":"true","server_id":"spiffe://td/ns/a/sa/web"}]"#,
-        )
-        .unwrap();
-        let t = stat_table(&rows);
-        let lines: Vec<&str> = t.lines().collect();
-        assert!(lines[0].starts_with("DIRECTION  AUTHORITY  ROUTE"), "{t}");
-        assert!(
-            lines[1].contains("99.50%") && lines[1].contains("12.5") && lines[1].contains("3.2ms"),
-            "{t}"
-        );
-    }
-}
+mod tests;

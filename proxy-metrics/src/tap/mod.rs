@@ -4,7 +4,12 @@
 //! bounded queue. Publishing never waits: a client that does not keep up loses events (they
 //! are counted in `skiff_tap_dropped_events_total`), so a stalled tap cannot slow the proxy
 //! or make it grow. With no client connected, [`TapHub::active`] is false and the request
-//! path builds no event at all.
+//! path builds no event at all. What an event holds is [`Event`] (in `event.rs`), the one
+//! schema the proxy writes and the CLI reads.
+
+mod event;
+
+pub use event::{EndEvent, Event, Headers, RequestEvent, ResponseEvent};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -265,59 +270,4 @@ impl TapHub {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fields<'a>(path: &'a str, status: Option<u16>) -> Fields<'a> {
-        Fields {
-            direction: "outbound",
-            authority: "web",
-            path,
-            method: "GET",
-            route: Some("web/api"),
-            status,
-        }
-    }
-
-    #[test]
-    fn filters_parse_and_match() {
-        let f = Filter::from_query("direction=outbound&authority=WEB&path=%2Fapi&method=get&route=web%2Fapi&status=2xx&max_rate=5&body=10").unwrap();
-        assert!(f.matches(&fields("/api/x", Some(204))));
-        assert!(!f.matches(&fields("/other", Some(200))));
-        assert!(!f.matches(&fields("/api/x", Some(503))));
-        assert!(
-            !f.matches(&fields("/api/x", None)),
-            "a status filter waits for the status"
-        );
-        assert_eq!(f.body_bytes, 10);
-        assert!(Filter::from_query("status=9xx").is_err());
-        assert!(Filter::from_query("colour=red").is_err());
-        assert!(Filter::from_query("").unwrap().matches(&fields("/", None)));
-    }
-
-    #[tokio::test]
-    async fn a_client_that_stops_reading_loses_events_and_holds_nothing_more() {
-        let hub = Arc::new(TapHub::new(Counter::default()));
-        assert!(!hub.active());
-        let filter = Filter::from_query("max_rate=100000").unwrap();
-        let mut slow = hub.subscribe(filter);
-        let mut fast = hub.subscribe(Filter::from_query("path=/a&max_rate=100000").unwrap());
-        assert!(hub.active());
-        for i in 0..(QUEUE + 100) {
-            let path = if i % 2 == 0 { "/a" } else { "/b" };
-            hub.publish(&fields(path, None), |_| Bytes::from(format!("{i}\n")));
-            // The fast client keeps up.
-            if i % 2 == 0 {
-                assert_eq!(fast.events.recv().await.unwrap(), format!("{i}\n"));
-            }
-        }
-        assert_eq!(
-            hub.dropped.get(),
-            100,
-            "the slow client's overflow is dropped and counted"
-        );
-        assert_eq!(slow.events.recv().await.unwrap(), "0\n");
-        drop((slow, fast));
-        assert!(!hub.active());
-    }
-}
+mod tests;

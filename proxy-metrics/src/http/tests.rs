@@ -1,0 +1,158 @@
+//! Unit tests for the HTTP series: what `/stats` makes of each target's labels, and one
+//! classification for `response_total`, `/stats` and tap's end event.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use proxy_core::classify::Classification;
+use proxy_core::{Body, BoxError, Direction, Reason};
+use serde_json::Value;
+use tower::{Layer, ServiceExt};
+
+use super::*;
+use crate::stats::Summary;
+use crate::tap::{EndEvent, Event, Filter, TapHub};
+
+fn families() -> Arc<HttpFamilies> {
+    Arc::new(HttpFamilies::register(&mut Registry::default()))
+}
+
+/// The label keys and values of a `/stats` row (its JSON without the numbers).
+fn row_labels(row: &crate::stats::Row) -> BTreeMap<String, String> {
+    let Ok(Value::Object(numbers)) = serde_json::to_value(Summary::default()) else {
+        panic!("a summary is an object");
+    };
+    let Ok(Value::Object(fields)) = serde_json::to_value(row) else {
+        panic!("a row is an object");
+    };
+    fields
+        .into_iter()
+        .filter(|(k, _)| !numbers.contains_key(k))
+        .map(|(k, v)| (k, v.as_str().expect("labels are strings").to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn stats_rows_carry_every_non_empty_label_of_their_target() {
+    let f = families();
+    let authority = "web.default.svc.cluster.local:80";
+    let service = f.target(Direction::Outbound, authority, "web:80", None);
+    let route = f.target(Direction::Outbound, authority, "web:80", Some("web/api"));
+    let meshed = route.with_peer("server_id", "spiffe://td/ns/a/sa/web");
+    let app = f.target(Direction::Inbound, "", "127.0.0.1:8080", None);
+    let caller = app.with_peer("client_id", "spiffe://td/ns/b/sa/client");
+    let unrouted = f.target(Direction::Outbound, "", "", None);
+    for t in [&service, &route, &meshed, &app, &caller, &unrouted] {
+        t.window(Classification::Success, 1.0);
+    }
+    let want: BTreeSet<BTreeMap<String, String>> = f
+        .windows
+        .lock()
+        .unwrap()
+        .keys()
+        .map(|labels| {
+            labels
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect()
+        })
+        .collect();
+    assert_eq!(want.len(), 6);
+    let report = f.stats();
+    let have: BTreeSet<_> = report.stats.iter().map(row_labels).collect();
+    assert_eq!(have, want, "no label lost or invented on the way to /stats");
+}
+
+/// A response that answers as scripted: a status, maybe a `grpc-status` header, maybe the
+/// `Reason` Respond leaves on the responses Skiff makes itself.
+fn scripted(status: u16, grpc: Option<&str>, reason: Option<Reason>) -> Response<Body> {
+    let mut rsp = Response::new(proxy_core::body::full(Bytes::from_static(b"ok")));
+    *rsp.status_mut() = StatusCode::from_u16(status).unwrap();
+    if let Some(g) = grpc {
+        rsp.headers_mut().insert("grpc-status", g.parse().unwrap());
+    }
+    if let Some(r) = reason {
+        rsp.extensions_mut().insert(r);
+    }
+    rsp
+}
+
+#[tokio::test]
+async fn metrics_stats_and_tap_report_one_classification() {
+    let f = families();
+    let tap = Arc::new(TapHub::new(Counter::default()));
+    let mut sub = tap.subscribe(Filter::from_query("max_rate=100000").unwrap());
+    let observe = Arc::new(Observe::new(
+        Direction::Outbound,
+        tap.clone(),
+        Arc::default(),
+        None,
+    ));
+    let cases = [
+        (200, None, None, Classification::Success),
+        (404, None, None, Classification::Success),
+        (500, None, None, Classification::Failure),
+        (200, Some("14"), None, Classification::Failure),
+        (200, Some("0"), None, Classification::Success),
+        (
+            502,
+            None,
+            Some(Reason::UpstreamConnect),
+            Classification::Failure,
+        ),
+    ];
+    for (i, (status, grpc, reason, want)) in cases.into_iter().enumerate() {
+        // One target per case, so each one's counts can be read on their own.
+        let target = f.target(Direction::Outbound, &format!("case{i}"), "x:80", None);
+        let layer = MetricsLayer::new(target, observe.clone());
+        let svc = layer.layer(tower::service_fn(move |_req: Request<Body>| async move {
+            Ok::<_, BoxError>(scripted(status, grpc, reason))
+        }));
+        let rsp = svc
+            .oneshot(Request::new(proxy_core::body::empty()))
+            .await
+            .unwrap();
+        let _ = rsp.into_body().collect().await.unwrap();
+
+        let mut end: Option<EndEvent> = None;
+        while end.is_none() {
+            let line = sub.events.recv().await.expect("an event");
+            if let Some(Event::End(e)) = Event::from_line(&line) {
+                end = Some(e);
+            }
+        }
+        let end = end.expect("the end event");
+        assert_eq!(end.classification, want, "case {i}: tap");
+        let row = f
+            .stats()
+            .stats
+            .into_iter()
+            .find(|r| r.authority.as_deref() == Some(&format!("case{i}")))
+            .expect("a row");
+        let counted = (row.summary.success_count, row.summary.failure_count);
+        let expected = if want.is_success() { (1, 0) } else { (0, 1) };
+        assert_eq!(counted, expected, "case {i}: /stats");
+        let mut labels: Labels = vec![
+            ("direction", "outbound".into()),
+            ("authority", format!("case{i}")),
+            ("target_addr", "x:80".into()),
+            ("tls", "disabled".into()),
+        ];
+        labels.push(("status_code", status.to_string()));
+        labels.push(("classification", want.as_str().into()));
+        labels.push(("grpc_status", grpc.unwrap_or("").into()));
+        labels.push(("error", reason.map_or("", Reason::as_str).into()));
+        assert_eq!(
+            f.responses.get_or_create(&labels).get(),
+            1,
+            "case {i}: response_total under classification={}",
+            want.as_str()
+        );
+    }
+}
