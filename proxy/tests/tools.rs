@@ -111,7 +111,7 @@ async fn tap_stat_access_log_log_level_and_shutdown_work_against_a_running_proxy
     std::fs::write(
         &config,
         format!(
-            "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  outbound: {{listen: 127.0.0.1:0}}\n  inbound: {{listen: 127.0.0.1:0}}\n  admin: {{listen: 127.0.0.1:0, shutdownEndpoint: true}}\n  accessLog: {{enabled: true, fields: [method, authority, path, status, route]}}\n  services:\n    web:\n      endpoints: [{web}]\n"
+            "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  outbound: {{listen: 127.0.0.1:0}}\n  inbound: {{listen: 127.0.0.1:0}}\n  admin: {{listen: 127.0.0.1:0, shutdownEndpoint: true}}\n  accessLog: {{enabled: true, fields: [method, authority, path, status, route, classification]}}\n  services:\n    web:\n      endpoints: [{web}]\n"
         ),
     )
     .unwrap();
@@ -172,7 +172,7 @@ async fn tap_stat_access_log_log_level_and_shutdown_work_against_a_running_proxy
     .expect("an access log line");
     assert_eq!(
         line,
-        r#"{"method":"GET","authority":"web","path":"/seen/1","status":200,"route":null}"#
+        r#"{"method":"GET","authority":"web","path":"/seen/1","status":200,"route":null,"classification":"success"}"#
     );
 
     // `skiff stat`: the table, with web's success rate.

@@ -375,6 +375,8 @@ pub enum AccessLogField {
     GrpcStatus,
     /// Skiff's error reason, when it answered itself.
     Error,
+    /// `success` or `failure`, by the classifier metrics and `skiff stat` use.
+    Classification,
     /// Tries made.
     Tries,
     /// The backend the split chose.
@@ -406,6 +408,7 @@ impl AccessLogField {
             Self::ResponseBytes => "response_bytes",
             Self::GrpcStatus => "grpc_status",
             Self::Error => "error",
+            Self::Classification => "classification",
             Self::Tries => "tries",
             Self::Backend => "backend",
             Self::Endpoint => "endpoint",
