@@ -22,9 +22,14 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+pub use config::ProxyConfig;
+// Config fragments for `ProxyConfig` are written with `json!`.
+pub use serde_json::json;
 pub use skiff::Running;
 
+mod config;
 pub mod dns;
+pub mod mesh;
 
 /// The body test handlers answer with.
 pub type TestBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -138,90 +143,6 @@ where
 /// A backend answering every request with 200 and `body`.
 pub async fn hello(body: &'static str) -> Backend {
     backend(move |_req| async move { ok(body) }).await
-}
-
-/// How to start a proxy for a test.
-#[derive(Debug, Default)]
-pub struct ProxyConfig {
-    /// The inbound application's port.
-    pub app_port: u16,
-    /// Services: name, static endpoints, and more YAML for the service (indented six spaces).
-    pub services: Vec<(String, Vec<SocketAddr>, String)>,
-    /// More YAML under `spec:` (indented by two spaces), e.g. limits.
-    pub extra: String,
-    /// `outbound.passthrough`.
-    pub passthrough: bool,
-    /// More fields for the `inbound` map, e.g. `", maxInFlight: 2"`.
-    pub inbound_extra: String,
-    /// More YAML documents (HTTPRoute, TrafficSplit, ...), each starting with `---`.
-    pub documents: String,
-    /// More fields for the `admin` map, e.g. `", allowRemote: true"`.
-    pub admin_extra: String,
-}
-
-impl ProxyConfig {
-    /// A config whose inbound app is `app_port`.
-    pub fn new(app_port: u16) -> Self {
-        Self {
-            app_port,
-            ..Self::default()
-        }
-    }
-
-    /// Adds a service.
-    pub fn service(self, name: &str, endpoints: &[SocketAddr]) -> Self {
-        self.service_with(name, endpoints, "")
-    }
-
-    /// Adds a service with more settings, as YAML lines under the service (six spaces in).
-    pub fn service_with(mut self, name: &str, endpoints: &[SocketAddr], yaml: &str) -> Self {
-        self.services
-            .push((name.to_owned(), endpoints.to_vec(), yaml.to_owned()));
-        self
-    }
-
-    /// Adds YAML under `spec:`.
-    pub fn extra(mut self, yaml: &str) -> Self {
-        self.extra.push_str(yaml);
-        self
-    }
-
-    /// Appends a YAML document (a route or split) after the Proxy document.
-    pub fn document(mut self, yaml: &str) -> Self {
-        self.documents.push_str("---\n");
-        self.documents.push_str(yaml);
-        if !yaml.ends_with('\n') {
-            self.documents.push('\n');
-        }
-        self
-    }
-
-    /// The YAML text of this config.
-    pub fn yaml(&self) -> String {
-        let mut y = format!(
-            "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  outbound: {{listen: 127.0.0.1:0, passthrough: {}}}\n  inbound: {{listen: 127.0.0.1:0, appPort: {}{}}}\n  admin: {{listen: 127.0.0.1:0{}}}\n",
-            self.passthrough, self.app_port, self.inbound_extra, self.admin_extra
-        );
-        y.push_str(&self.extra);
-        if !self.services.is_empty() {
-            y.push_str("  services:\n");
-            for (name, eps, more) in &self.services {
-                let list: Vec<String> = eps.iter().map(ToString::to_string).collect();
-                y.push_str(&format!(
-                    "    {name}:\n      endpoints: [{}]\n{more}",
-                    list.join(", ")
-                ));
-            }
-        }
-        y.push_str(&self.documents);
-        y
-    }
-
-    /// Starts the proxy.
-    pub async fn start(&self) -> Running {
-        let config = skiff::config::parse(&self.yaml(), None).unwrap_or_else(|e| panic!("{e}"));
-        skiff::start(config).await.expect("proxy starts")
-    }
 }
 
 /// An HTTP/1.1 client connection that waits for readiness before each request, as hyper

@@ -203,7 +203,7 @@ async fn slow_clients_are_cut_off() {
     let web = body_reader().await;
     let proxy = ProxyConfig::new(1)
         .service("web", &[web.addr])
-        .extra("  limits: {headerReadTimeout: 300ms, bodyIdleTimeout: 300ms}\n")
+        .spec(json!({"limits": {"headerReadTimeout": "300ms", "bodyIdleTimeout": "300ms"}}))
         .start()
         .await;
     let mut good = h1(proxy.outbound_addr).await;
@@ -251,7 +251,7 @@ async fn the_connection_limit_pauses_accepting() {
     let web = hello("web").await;
     let proxy = ProxyConfig::new(1)
         .service("web", &[web.addr])
-        .extra("  limits: {maxConnections: 2, detectTimeout: 30s}\n")
+        .spec(json!({"limits": {"maxConnections": 2, "detectTimeout": "30s"}}))
         .start()
         .await;
     let held_a = TcpStream::connect(proxy.outbound_addr).await.unwrap();

@@ -16,7 +16,10 @@ async fn a_dead_endpoint_is_ejected_and_then_no_request_fails() {
         .service_with(
             "web",
             &[a.addr, dead, b.addr],
-            "      loadBalancer: round-robin\n      breaker: {consecutiveFailures: 3, backoff: 30s, maxBackoff: 60s}\n",
+            json!({
+                "loadBalancer": "round-robin",
+                "breaker": {"consecutiveFailures": 3, "backoff": "30s", "maxBackoff": "60s"},
+            }),
         )
         .start()
         .await;
@@ -63,7 +66,10 @@ async fn with_retries_no_request_fails_even_before_the_ejection() {
         .service_with(
             "web",
             &[a.addr, dead, b.addr],
-            "      breaker: {consecutiveFailures: 3}\n      retry: {attempts: 2, backoff: 1ms, maxBackoff: 1ms}\n",
+            json!({
+                "breaker": {"consecutiveFailures": 3},
+                "retry": {"attempts": 2, "backoff": "1ms", "maxBackoff": "1ms"},
+            }),
         )
         .start()
         .await;
@@ -84,7 +90,7 @@ async fn when_every_endpoint_is_ejected_requests_fail_fast_then_a_probe_restores
         .service_with(
             "solo",
             &[addr],
-            "      breaker: {consecutiveFailures: 2, backoff: 300ms, maxBackoff: 300ms}\n",
+            json!({"breaker": {"consecutiveFailures": 2, "backoff": "300ms", "maxBackoff": "300ms"}}),
         )
         .start()
         .await;

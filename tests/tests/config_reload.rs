@@ -38,12 +38,12 @@ async fn start_from_file(cfg: &ProxyConfig, path: &std::path::Path) -> Running {
 async fn route_web_to(
     path: &std::path::Path,
     b: &Backend,
-    extra: &str,
+    spec: &serde_json::Value,
     outbound: std::net::SocketAddr,
 ) {
     let yaml = ProxyConfig::new(1)
         .service("web", &[b.addr])
-        .extra(extra)
+        .spec(spec.clone())
         .yaml();
     std::fs::write(path, yaml).unwrap();
     eventually(
@@ -71,11 +71,11 @@ async fn reload_reroutes_new_requests_while_a_long_request_completes() {
     let b = hello("b").await;
     let dir = temp_dir("reload");
     let path = dir.join("skiff.yaml");
-    let fast_reload = "  reloadInterval: 20ms\n";
+    let fast_reload = json!({"reloadInterval": "20ms"});
     let proxy = start_from_file(
         &ProxyConfig::new(1)
             .service("web", &[a.addr])
-            .extra(fast_reload),
+            .spec(fast_reload.clone()),
         &path,
     )
     .await;
@@ -83,7 +83,7 @@ async fn reload_reroutes_new_requests_while_a_long_request_completes() {
     // A long request to A: headers back, body still streaming.
     let long = LongRequest::start(proxy.outbound_addr, "web", "a", &mut a_bodies).await;
 
-    route_web_to(&path, &b, fast_reload, proxy.outbound_addr).await;
+    route_web_to(&path, &b, &fast_reload, proxy.outbound_addr).await;
 
     // The request in flight on the old route still completes, intact.
     long.finish().await;
@@ -101,11 +101,11 @@ async fn a_bad_reload_is_rejected_and_the_old_config_keeps_serving() {
     let b = hello("b").await;
     let dir = temp_dir("bad-reload");
     let path = dir.join("skiff.yaml");
-    let fast_reload = "  reloadInterval: 20ms\n";
+    let fast_reload = json!({"reloadInterval": "20ms"});
     let proxy = start_from_file(
         &ProxyConfig::new(1)
             .service("web", &[a.addr])
-            .extra(fast_reload),
+            .spec(fast_reload.clone()),
         &path,
     )
     .await;
@@ -113,8 +113,8 @@ async fn a_bad_reload_is_rejected_and_the_old_config_keeps_serving() {
     // Unknown field plus a new route: the whole file is refused, including the route.
     let bad = ProxyConfig::new(1)
         .service("web", &[b.addr])
-        .extra(fast_reload)
-        .extra("  limits: {headerReadTimeot: 1s}\n")
+        .spec(fast_reload.clone())
+        .spec(json!({"limits": {"headerReadTimeot": "1s"}}))
         .yaml();
     std::fs::write(&path, bad).unwrap();
     let admin = proxy.admin_addr;
@@ -135,5 +135,5 @@ async fn a_bad_reload_is_rejected_and_the_old_config_keeps_serving() {
     assert_eq!(admin_get(admin, "/ready").await.0, 200);
 
     // Fixing the file applies it.
-    route_web_to(&path, &b, fast_reload, proxy.outbound_addr).await;
+    route_web_to(&path, &b, &fast_reload, proxy.outbound_addr).await;
 }

@@ -37,11 +37,12 @@ async fn dns_endpoints_follow_the_answer_and_requests_in_flight_finish() {
 
     let dns = DnsServer::start(&[Ipv4Addr::new(127, 0, 0, 1)], 0).await;
     let proxy = ProxyConfig::new(1)
-        .extra(&format!(
-            "  dns: {{nameservers: ['{}'], minTtl: 50ms, maxTtl: 1s}}\n",
-            dns.addr
-        ))
-        .service_with("web", &[], &format!("      dns: 'web.test.:{port}'\n"))
+        .spec(json!({"dns": {
+            "nameservers": [dns.addr.to_string()],
+            "minTtl": "50ms",
+            "maxTtl": "1s",
+        }}))
+        .service_with("web", &[], json!({"dns": format!("web.test.:{port}")}))
         .start()
         .await;
     let outbound = proxy.outbound_addr;
@@ -96,14 +97,11 @@ async fn truncated_answers_are_asked_for_again_over_tcp() {
     let dns = DnsServer::start(&[Ipv4Addr::new(127, 0, 0, 1)], 0).await;
     dns.truncate(true);
     let proxy = ProxyConfig::new(1)
-        .extra(&format!(
-            "  dns: {{nameservers: ['{}'], minTtl: 1s}}\n",
-            dns.addr
-        ))
+        .spec(json!({"dns": {"nameservers": [dns.addr.to_string()], "minTtl": "1s"}}))
         .service_with(
             "web",
             &[],
-            &format!("      dns: 'web.test.:{}'\n", web.addr.port()),
+            json!({"dns": format!("web.test.:{}", web.addr.port())}),
         )
         .start()
         .await;

@@ -13,7 +13,7 @@ async fn the_rate_limit_answers_429_with_retry_after() {
         .service_with(
             "web",
             &[web.addr],
-            "      rateLimit: {requestsPerSecond: 0.5, burst: 3}\n",
+            json!({"rateLimit": {"requestsPerSecond": 0.5, "burst": 3}}),
         )
         .start()
         .await;
@@ -39,7 +39,7 @@ async fn the_rate_limit_answers_429_with_retry_after() {
 async fn requests_beyond_max_in_flight_are_shed_until_one_finishes() {
     let (slow, mut bodies) = streaming_backend("slow").await;
     let proxy = ProxyConfig::new(1)
-        .service_with("slow", &[slow.addr], "      maxInFlight: 2\n")
+        .service_with("slow", &[slow.addr], json!({"maxInFlight": 2}))
         .start()
         .await;
     let mut a = h1(proxy.outbound_addr).await;
@@ -83,9 +83,10 @@ async fn requests_beyond_max_in_flight_are_shed_until_one_finishes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_calls_to_the_app_can_be_rate_limited() {
     let app = hello("app").await;
-    let mut cfg = ProxyConfig::new(app.addr.port());
-    cfg.inbound_extra = ", rateLimit: {requestsPerSecond: 1, burst: 2}".into();
-    let proxy = cfg.start().await;
+    let proxy = ProxyConfig::new(app.addr.port())
+        .inbound(json!({"rateLimit": {"requestsPerSecond": 1, "burst": 2}}))
+        .start()
+        .await;
     let mut c = h1(proxy.inbound_addr).await;
     let mut statuses = Vec::new();
     for _ in 0..3 {

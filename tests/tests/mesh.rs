@@ -1,62 +1,25 @@
 //! Mutual TLS between two real proxies: a client's HTTP/1 request goes app -> proxy A ->
 //! (mTLS, HTTP/2) -> proxy B -> backend and arrives as HTTP/1, as if sent directly; the
-//! wrong peer identity, plaintext on a strict mesh port, and credential rotation under load.
+//! wrong peer identity, plaintext on a strict mesh port, credential rotation under load, and
+//! a reload that would change the identity. Authorization between them is in
+//! `authorization.rs`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use http::{Request, StatusCode, Version};
 use proxy_tls::devca::DevCa;
+use skiff_e2e::mesh::{client_proxy, credentials, identity, server_proxy, DAY};
 use skiff_e2e::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const DAY: Duration = Duration::from_secs(86_400);
-
-/// Credentials for `ns/sa` from `ca`, in a fresh directory.
-fn credentials(ca: &DevCa, ns: &str, sa: &str) -> PathBuf {
-    let dir = temp_dir(&format!("{ns}-{sa}"));
-    ca.write_workload(&dir, ns, sa, DAY).unwrap();
-    dir
-}
-
-fn identity(dir: &Path, ns: &str, sa: &str) -> String {
-    format!(
-        "  identity: {{dir: '{}', namespace: {ns}, serviceAccount: {sa}, reloadInterval: 20ms}}\n",
-        dir.display()
-    )
-}
-
-/// Proxy B: the server side, in front of `app` as shop/api.
-async fn server_proxy(ca: &DevCa, app: SocketAddr) -> (Running, PathBuf) {
-    let dir = credentials(ca, "shop", "api");
-    let proxy = ProxyConfig::new(app.port())
-        .extra(&identity(&dir, "shop", "api"))
-        .start()
-        .await;
-    (proxy, dir)
-}
-
-/// Proxy A: the client side, as shop/web, with service `api` at `b` expecting `expect`.
-async fn client_proxy(ca: &DevCa, b: SocketAddr, expect: &str) -> Running {
-    let dir = credentials(ca, "shop", "web");
-    ProxyConfig::new(1)
-        .extra(&identity(&dir, "shop", "web"))
-        .service_with(
-            "api",
-            &[b],
-            &format!("      identity: spiffe://cluster.local/ns/shop/sa/{expect}\n"),
-        )
-        .start()
-        .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_crosses_the_mesh_over_mtls_http2_and_arrives_as_sent() {
     let ca = DevCa::new("cluster.local").unwrap();
     let app = hello("api").await;
     let (b, _) = server_proxy(&ca, app.addr).await;
-    let a = client_proxy(&ca, b.inbound_addr, "api").await;
+    let a = client_proxy(&ca, "web", b.inbound_addr, "api").await;
 
     let mut c = h1(a.outbound_addr).await;
     let req = Request::post("/orders?id=7")
@@ -123,7 +86,7 @@ async fn the_wrong_peer_identity_and_plaintext_are_refused() {
     let (b, _) = server_proxy(&ca, app.addr).await;
 
     // A expects shop/db at B's address; B is shop/api.
-    let a = client_proxy(&ca, b.inbound_addr, "db").await;
+    let a = client_proxy(&ca, "web", b.inbound_addr, "db").await;
     let mut c = h1(a.outbound_addr).await;
     let rsp = c.send_request(get("api", "/")).await.unwrap();
     assert_eq!(rsp.status(), StatusCode::BAD_GATEWAY);
@@ -242,7 +205,7 @@ async fn credentials_and_trust_rotate_under_load_without_a_failed_request() {
     let app = hello("api").await;
     let b_dir = temp_dir("rotate-b");
     let b = ProxyConfig::new(app.addr.port())
-        .extra(&identity(&b_dir, "shop", "api"))
+        .spec(identity(&b_dir, "shop", "api"))
         .start()
         .await;
     assert_eq!(
@@ -262,11 +225,11 @@ async fn credentials_and_trust_rotate_under_load_without_a_failed_request() {
     let a_dir = temp_dir("rotate-a");
     swap_workload(&a_dir, 1, &w1, &only1);
     let a = ProxyConfig::new(1)
-        .extra(&identity(&a_dir, "shop", "web"))
+        .spec(identity(&a_dir, "shop", "web"))
         .service_with(
             "api",
             &[b.inbound_addr],
-            "      identity: spiffe://cluster.local/ns/shop/sa/api\n",
+            json!({"identity": "spiffe://cluster.local/ns/shop/sa/api"}),
         )
         .start()
         .await;
@@ -395,188 +358,6 @@ async fn credentials_and_trust_rotate_under_load_without_a_failed_request() {
     assert_eq!(rsp.status(), StatusCode::OK);
 }
 
-const ROUTES: &str = "apiVersion: specs.smi-spec.io/v1alpha4
-kind: HTTPRouteGroup
-metadata: {name: api-routes, namespace: shop}
-spec:
-  matches:
-  - {name: metrics, pathRegex: /metrics, methods: ['*']}
-  - {name: reads, pathRegex: '.*', methods: [GET]}
-";
-
-fn target(name: &str, source: &str, matches: &str) -> String {
-    format!(
-        "apiVersion: access.smi-spec.io/v1alpha3
-kind: TrafficTarget
-metadata: {{name: {name}, namespace: shop}}
-spec:
-  destination: {{kind: ServiceAccount, name: api, namespace: shop}}
-  rules: [{{kind: HTTPRouteGroup, name: api-routes, matches: [{matches}]}}]
-  sources: [{{kind: ServiceAccount, name: {source}, namespace: shop}}]
-"
-    )
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn traffic_targets_allow_only_listed_sources_on_listed_routes() {
-    let ca = DevCa::new("cluster.local").unwrap();
-    let app = hello("api").await;
-    let b_creds = credentials(&ca, "shop", "api");
-    let dir = temp_dir("authz");
-    let path = dir.join("skiff.yaml");
-    let b_config = |targets: &[String], audit: bool| {
-        let mut c = ProxyConfig::new(app.addr.port())
-            .extra(&identity(&b_creds, "shop", "api"))
-            .extra("  reloadInterval: 20ms\n")
-            .document(ROUTES);
-        if audit {
-            c.inbound_extra.push_str(", authorization: audit");
-        }
-        for t in targets {
-            c = c.document(t);
-        }
-        c.yaml()
-    };
-    std::fs::write(&path, b_config(&[], false)).unwrap();
-    let b = skiff::start(skiff::config::load_file(&path).unwrap())
-        .await
-        .unwrap();
-    let web = client_proxy(&ca, b.inbound_addr, "api").await;
-    let db = {
-        let dir = credentials(&ca, "shop", "db");
-        ProxyConfig::new(1)
-            .extra(&identity(&dir, "shop", "db"))
-            .service_with(
-                "api",
-                &[b.inbound_addr],
-                "      identity: spiffe://cluster.local/ns/shop/sa/api\n",
-            )
-            .start()
-            .await
-    };
-    let status = |proxy: SocketAddr, method: &'static str, path: &'static str| async move {
-        let mut c = h1(proxy).await;
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "api")
-            .body(text(""))
-            .unwrap();
-        c.send_request(req).await.unwrap().status().as_u16()
-    };
-    // Re-writes B's config and waits until `check` holds.
-    let reload = |yaml: String,
-                  what: &'static str,
-                  proxy: SocketAddr,
-                  method: &'static str,
-                  p: &'static str,
-                  want: u16| {
-        std::fs::write(&path, yaml).unwrap();
-        async move {
-            eventually(Duration::from_secs(10), what, || async move {
-                status(proxy, method, p).await == want
-            })
-            .await;
-        }
-    };
-
-    // No TrafficTarget names api: everyone may call.
-    assert_eq!(status(web.outbound_addr, "POST", "/anything").await, 200);
-
-    // A TrafficTarget for db only: deny by default for everyone else.
-    let db_only = target("db-reads", "db", "reads");
-    reload(
-        b_config(std::slice::from_ref(&db_only), false),
-        "web denied once a TrafficTarget exists",
-        web.outbound_addr,
-        "GET",
-        "/",
-        403,
-    )
-    .await;
-    assert_eq!(
-        status(db.outbound_addr, "GET", "/").await,
-        200,
-        "db is listed"
-    );
-    assert_eq!(
-        status(db.outbound_addr, "POST", "/").await,
-        403,
-        "db may only read"
-    );
-
-    // Allow web on /metrics only (all methods).
-    let web_metrics = target("web-metrics", "web", "metrics");
-    reload(
-        b_config(&[db_only.clone(), web_metrics], false),
-        "web allowed on /metrics",
-        web.outbound_addr,
-        "POST",
-        "/metrics",
-        200,
-    )
-    .await;
-    assert_eq!(status(web.outbound_addr, "GET", "/metrics").await, 200);
-    assert_eq!(
-        status(web.outbound_addr, "GET", "/other").await,
-        403,
-        "only /metrics"
-    );
-
-    // Allow web GET only (any path).
-    let web_reads = target("web-reads", "web", "reads");
-    reload(
-        b_config(&[db_only.clone(), web_reads], false),
-        "web allowed to GET anything",
-        web.outbound_addr,
-        "GET",
-        "/other",
-        200,
-    )
-    .await;
-    assert_eq!(
-        status(web.outbound_addr, "POST", "/other").await,
-        403,
-        "only GET"
-    );
-
-    // Remove web's TrafficTarget: denied again.
-    reload(
-        b_config(std::slice::from_ref(&db_only), false),
-        "web denied again after removal",
-        web.outbound_addr,
-        "GET",
-        "/other",
-        403,
-    )
-    .await;
-
-    // Audit mode: the denial is counted, not enforced.
-    reload(
-        b_config(std::slice::from_ref(&db_only), true),
-        "audit mode lets web through",
-        web.outbound_addr,
-        "GET",
-        "/other",
-        200,
-    )
-    .await;
-    let (_, metrics) = admin_get(b.admin_addr, "/metrics").await;
-    assert!(
-        metrics.contains(r#"skiff_authz_total{decision="deny""#),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(r#"skiff_authz_total{decision="audit-deny""#),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(r#"skiff_authz_total{decision="allow",route="api-routes/reads"}"#),
-        "{metrics}"
-    );
-    assert!(metrics.contains(r#"error="forbidden""#), "{metrics}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_changes_the_identity_is_refused_whole() {
     let ca = DevCa::new("cluster.local").unwrap();
@@ -584,14 +365,14 @@ async fn a_reload_that_changes_the_identity_is_refused_whole() {
     let creds = credentials(&ca, "shop", "api");
     let dir = temp_dir("identity-reload");
     let path = dir.join("skiff.yaml");
-    let plain = ProxyConfig::new(app.addr.port()).extra("  reloadInterval: 20ms\n");
+    let plain = ProxyConfig::new(app.addr.port()).spec(json!({"reloadInterval": "20ms"}));
     std::fs::write(&path, plain.yaml()).unwrap();
     let proxy = skiff::start(skiff::config::load_file(&path).unwrap())
         .await
         .unwrap();
     let meshed = ProxyConfig::new(app.addr.port())
-        .extra("  reloadInterval: 20ms\n")
-        .extra(&identity(&creds, "shop", "api"));
+        .spec(json!({"reloadInterval": "20ms"}))
+        .spec(identity(&creds, "shop", "api"));
     std::fs::write(&path, meshed.yaml()).unwrap();
     let admin = proxy.admin_addr;
     eventually(

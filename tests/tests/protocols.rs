@@ -272,11 +272,11 @@ async fn server_speaks_first_tcp_works_through_the_proxy() {
         }
     });
 
-    for extra in [
-        "  limits: {detectTimeout: 200ms}\n".to_owned(),
-        format!("  opaquePorts: [{port}]\n"),
+    for spec in [
+        json!({"limits": {"detectTimeout": "200ms"}}),
+        json!({"opaquePorts": [port]}),
     ] {
-        let proxy = ProxyConfig::new(port).extra(&extra).start().await;
+        let proxy = ProxyConfig::new(port).spec(spec).start().await;
         let mut c = TcpStream::connect(proxy.inbound_addr).await.unwrap();
         let mut greeting = [0u8; 15];
         tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut greeting))
@@ -356,9 +356,10 @@ async fn unknown_authorities_pass_through_only_when_enabled() {
     assert_eq!(rsp.header("skiff-error"), Some("no-route"));
     assert_eq!(other.requests(), 0);
 
-    let mut cfg = ProxyConfig::new(1);
-    cfg.passthrough = true;
-    let open = cfg.start().await;
+    let open = ProxyConfig::new(1)
+        .outbound(json!({"passthrough": true}))
+        .start()
+        .await;
     let mut c = h1(open.outbound_addr).await;
     let rsp = c.send_request(get(&host, "/p")).await.unwrap();
     assert_eq!(body_text(rsp).await, "other");

@@ -39,7 +39,7 @@ async fn retries_hide_a_ten_percent_failure_rate_within_the_budget() {
         .service_with(
             "web",
             &[web.addr],
-            "      retry: {attempts: 4, backoff: 1ms, maxBackoff: 5ms}\n",
+            json!({"retry": {"attempts": 4, "backoff": "1ms", "maxBackoff": "5ms"}}),
         )
         .start()
         .await;
@@ -105,7 +105,12 @@ async fn the_budget_stops_retries_against_a_dead_service() {
         .service_with(
             "dead",
             &[dead.addr],
-            "      retry: {attempts: 3, backoff: 1ms, maxBackoff: 1ms, budget: {ratio: 0.2, minPerSecond: 1, ttl: 10s}}\n",
+            json!({"retry": {
+                "attempts": 3,
+                "backoff": "1ms",
+                "maxBackoff": "1ms",
+                "budget": {"ratio": 0.2, "minPerSecond": 1, "ttl": "10s"},
+            }}),
         )
         .start()
         .await;
@@ -133,7 +138,10 @@ async fn a_per_try_timeout_moves_a_stalled_request_to_another_endpoint() {
         .service_with(
             "web",
             &[stalled.addr, healthy.addr],
-            "      timeouts: {backendRequest: 200ms}\n      retry: {attempts: 2, backoff: 1ms, maxBackoff: 1ms}\n",
+            json!({
+                "timeouts": {"backendRequest": "200ms"},
+                "retry": {"attempts": 2, "backoff": "1ms", "maxBackoff": "1ms"},
+            }),
         )
         .start()
         .await;
@@ -157,7 +165,7 @@ async fn the_request_timeout_answers_504() {
         .service_with(
             "slow",
             &[stalled.addr],
-            "      timeouts: {request: 300ms}\n",
+            json!({"timeouts": {"request": "300ms"}}),
         )
         .start()
         .await;
@@ -176,7 +184,7 @@ async fn a_mebibyte_body_is_sent_once_and_intact() {
     })
     .await;
     let proxy = ProxyConfig::new(1)
-        .service_with("sink", &[sink.addr], "      retry: {attempts: 3}\n")
+        .service_with("sink", &[sink.addr], json!({"retry": {"attempts": 3}}))
         .start()
         .await;
     let payload = Bytes::from(vec![42u8; 1024 * 1024]);
@@ -197,7 +205,7 @@ async fn a_started_stream_is_never_retried() {
     // The response headers arrive with a 200, then the body fails: nothing is retried.
     let (stream, mut bodies) = streaming_backend("s").await;
     let proxy = ProxyConfig::new(1)
-        .service_with("s", &[stream.addr], "      retry: {attempts: 3}\n")
+        .service_with("s", &[stream.addr], json!({"retry": {"attempts": 3}}))
         .start()
         .await;
     let mut c = h1(proxy.outbound_addr).await;

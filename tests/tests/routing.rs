@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
+use serde_json::Value;
 use skiff_e2e::*;
 
 /// Sends `n` GETs for `path` over one connection and counts the answers by body.
@@ -38,16 +39,18 @@ fn share(seen: &HashMap<String, usize>, key: &str, n: usize) -> f64 {
     seen.get(key).copied().unwrap_or(0) as f64 * 100.0 / n as f64
 }
 
-const CANARY: &str = "apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: web-canary}
-spec:
-  parentRefs: [{group: '', kind: Service, name: web, port: 80}]
-  rules:
-  - backendRefs:
-    - {name: web-v1, port: 80, weight: 90}
-    - {name: web-v2, port: 80, weight: 10}
-";
+/// An HTTPRoute named `name` attached to service `web`, with `rules`.
+fn httproute(name: &str, rules: Value) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": name},
+        "spec": {
+            "parentRefs": [{"kind": "Service", "name": "web"}],
+            "rules": rules,
+        },
+    })
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_90_10_httproute_split_lands_within_5_points_over_1000_requests() {
@@ -56,7 +59,18 @@ async fn a_90_10_httproute_split_lands_within_5_points_over_1000_requests() {
         .service("web", &[v1.addr])
         .service("web-v1", &[v1.addr])
         .service("web-v2", &[v2.addr])
-        .document(CANARY)
+        .document(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": {"name": "web-canary"},
+            "spec": {
+                "parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80}],
+                "rules": [{"backendRefs": [
+                    {"name": "web-v1", "port": 80, "weight": 90},
+                    {"name": "web-v2", "port": 80, "weight": 10},
+                ]}],
+            },
+        }))
         .start()
         .await;
     let seen = tally(proxy.outbound_addr, "web", "/", 1000).await;
@@ -87,27 +101,37 @@ async fn httproute_matches_pick_backends_and_unmatched_requests_get_404() {
         .service("api", &[api.addr])
         .service("login", &[login.addr])
         .service("canary", &[canary.addr])
-        .document(
-            "apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: web}
-spec:
-  parentRefs: [{kind: Service, name: web}]
-  rules:
-  - name: api
-    matches: [{path: {type: PathPrefix, value: /api}}]
-    backendRefs: [{name: api}]
-  - name: login
-    matches: [{path: {type: Exact, value: /api/login}, method: POST}]
-    backendRefs: [{name: login}]
-  - name: beta
-    matches:
-    - path: {type: RegularExpression, value: '/api/v[0-9]+/.*'}
-      headers: [{name: x-beta, value: 'on'}]
-      queryParams: [{name: tenant, type: RegularExpression, value: 'acme|globex'}]
-    backendRefs: [{name: canary}]
-",
-        )
+        .document(httproute(
+            "web",
+            json!([
+                {
+                    "name": "api",
+                    "matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+                    "backendRefs": [{"name": "api"}],
+                },
+                {
+                    "name": "login",
+                    "matches": [{
+                        "path": {"type": "Exact", "value": "/api/login"},
+                        "method": "POST",
+                    }],
+                    "backendRefs": [{"name": "login"}],
+                },
+                {
+                    "name": "beta",
+                    "matches": [{
+                        "path": {"type": "RegularExpression", "value": "/api/v[0-9]+/.*"},
+                        "headers": [{"name": "x-beta", "value": "on"}],
+                        "queryParams": [{
+                            "name": "tenant",
+                            "type": "RegularExpression",
+                            "value": "acme|globex",
+                        }],
+                    }],
+                    "backendRefs": [{"name": "canary"}],
+                },
+            ]),
+        ))
         .start()
         .await;
     let mut c = h1(proxy.outbound_addr).await;
@@ -164,29 +188,28 @@ async fn smi_split_sends_matching_requests_to_backends_and_the_rest_to_the_apex(
     let proxy = ProxyConfig::new(1)
         .service("web", &[apex.addr])
         .service("web-v2", &[v2.addr])
-        .document(
-            "apiVersion: specs.smi-spec.io/v1alpha4
-kind: HTTPRouteGroup
-metadata: {name: ab-test}
-spec:
-  matches:
-  - name: firefox-users
-    headers:
-    - user-agent: '.*Firefox.*'
-",
-        )
-        .document(
-            "apiVersion: split.smi-spec.io/v1alpha4
-kind: TrafficSplit
-metadata: {name: ab-test}
-spec:
-  service: web
-  matches: [{kind: HTTPRouteGroup, name: ab-test}]
-  backends:
-  - {service: web, weight: 0}
-  - {service: web-v2, weight: 100}
-",
-        )
+        .document(json!({
+            "apiVersion": "specs.smi-spec.io/v1alpha4",
+            "kind": "HTTPRouteGroup",
+            "metadata": {"name": "ab-test"},
+            "spec": {"matches": [{
+                "name": "firefox-users",
+                "headers": [{"user-agent": ".*Firefox.*"}],
+            }]},
+        }))
+        .document(json!({
+            "apiVersion": "split.smi-spec.io/v1alpha4",
+            "kind": "TrafficSplit",
+            "metadata": {"name": "ab-test"},
+            "spec": {
+                "service": "web",
+                "matches": [{"kind": "HTTPRouteGroup", "name": "ab-test"}],
+                "backends": [
+                    {"service": "web", "weight": 0},
+                    {"service": "web-v2", "weight": 100},
+                ],
+            },
+        }))
         .start()
         .await;
     let mut c = h1(proxy.outbound_addr).await;
@@ -220,23 +243,25 @@ async fn invalid_backends_answer_500_and_empty_ones_503() {
         .service_with(
             "empty",
             &[],
-            "      dns: 'no-such-host.invalid:80'\n      dnsRefresh: 1h\n",
+            json!({"dns": "no-such-host.invalid:80", "dnsRefresh": "1h"}),
         )
-        .document(
-            "apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: web}
-spec:
-  parentRefs: [{kind: Service, name: web}]
-  rules:
-  - matches: [{path: {value: /gone}}]
-    backendRefs: [{name: not-configured}]
-  - matches: [{path: {value: /wrong-port}}]
-    backendRefs: [{name: web, port: 8080}]
-  - matches: [{path: {value: /empty}}]
-    backendRefs: [{name: empty}]
-",
-        )
+        .document(httproute(
+            "web",
+            json!([
+                {
+                    "matches": [{"path": {"value": "/gone"}}],
+                    "backendRefs": [{"name": "not-configured"}],
+                },
+                {
+                    "matches": [{"path": {"value": "/wrong-port"}}],
+                    "backendRefs": [{"name": "web", "port": 8080}],
+                },
+                {
+                    "matches": [{"path": {"value": "/empty"}}],
+                    "backendRefs": [{"name": "empty"}],
+                },
+            ]),
+        ))
         .start()
         .await;
     let mut c = h1(proxy.outbound_addr).await;
@@ -271,23 +296,21 @@ async fn route_policies_apply_to_their_route_only() {
     .await;
     let proxy = ProxyConfig::new(1)
         .service("web", &[flaky.addr])
-        .extra("  routePolicies:\n    web/limited: {rateLimit: {requestsPerSecond: 0.001, burst: 3}}\n")
-        .document(
-            "apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: web}
-spec:
-  parentRefs: [{kind: Service, name: web}]
-  rules:
-  - name: retried
-    matches: [{path: {value: /retried}}]
-    retry: {codes: [503], attempts: 2, backoff: 1ms}
-  - name: plain
-    matches: [{path: {value: /plain}}]
-  - name: limited
-    matches: [{path: {value: /limited}}]
-",
-        )
+        .spec(json!({"routePolicies": {
+            "web/limited": {"rateLimit": {"requestsPerSecond": 0.001, "burst": 3}},
+        }}))
+        .document(httproute(
+            "web",
+            json!([
+                {
+                    "name": "retried",
+                    "matches": [{"path": {"value": "/retried"}}],
+                    "retry": {"codes": [503], "attempts": 2, "backoff": "1ms"},
+                },
+                {"name": "plain", "matches": [{"path": {"value": "/plain"}}]},
+                {"name": "limited", "matches": [{"path": {"value": "/limited"}}]},
+            ]),
+        ))
         .start()
         .await;
     let retried = tally(proxy.outbound_addr, "web", "/retried", 50).await;
@@ -329,7 +352,7 @@ async fn per_client_rate_limits_keep_one_client_from_spending_anothers_share() {
         .service_with(
             "web",
             &[web.addr],
-            "      rateLimit: {requestsPerSecond: 0.001, burst: 5, perClient: true}\n",
+            json!({"rateLimit": {"requestsPerSecond": 0.001, "burst": 5, "perClient": true}}),
         )
         .start()
         .await;
@@ -364,7 +387,7 @@ async fn a_response_stream_idle_past_stream_idle_is_cut() {
         .service_with(
             "web",
             &[stream.addr],
-            "      timeouts: {streamIdle: 300ms}\n",
+            json!({"timeouts": {"streamIdle": "300ms"}}),
         )
         .start()
         .await;
@@ -397,16 +420,19 @@ async fn a_reload_changes_weights_for_new_requests_while_a_long_request_complete
             .service("web", &[a.addr])
             .service("web-a", &[a.addr])
             .service("web-b", &[b.addr])
-            .extra("  reloadInterval: 20ms\n")
-            .document(&format!(
-                "apiVersion: split.smi-spec.io/v1alpha4
-kind: TrafficSplit
-metadata: {{name: web}}
-spec:
-  service: web
-  backends: [{{service: web-a, weight: {wa}}}, {{service: web-b, weight: {wb}}}]
-"
-            ))
+            .spec(json!({"reloadInterval": "20ms"}))
+            .document(json!({
+                "apiVersion": "split.smi-spec.io/v1alpha4",
+                "kind": "TrafficSplit",
+                "metadata": {"name": "web"},
+                "spec": {
+                    "service": "web",
+                    "backends": [
+                        {"service": "web-a", "weight": wa},
+                        {"service": "web-b", "weight": wb},
+                    ],
+                },
+            }))
             .yaml()
     };
     std::fs::write(&path, config(100, 0)).unwrap();

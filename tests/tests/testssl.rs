@@ -23,10 +23,11 @@ async fn the_mesh_port_offers_only_tls_1_3_with_aead_suites() {
         .unwrap();
     let app = hello("api").await;
     let proxy = ProxyConfig::new(app.addr.port())
-        .extra(&format!(
-            "  identity: {{dir: '{}', namespace: shop, serviceAccount: api}}\n",
-            dir.display()
-        ))
+        .spec(json!({"identity": {
+            "dir": dir.display().to_string(),
+            "namespace": "shop",
+            "serviceAccount": "api",
+        }}))
         .start()
         .await;
     let target = proxy.inbound_addr.to_string();

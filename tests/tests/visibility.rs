@@ -144,11 +144,9 @@ async fn counters_and_histograms_equal_what_was_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_authorities_fold_into_the_cap_and_idle_series_expire() {
     let passthrough = |expiry: &str| {
-        let mut cfg = ProxyConfig::new(1).extra(&format!(
-            "  metrics: {{maxLabelValues: 50, idleExpiry: {expiry}}}\n"
-        ));
-        cfg.passthrough = true;
-        cfg
+        ProxyConfig::new(1)
+            .spec(json!({"metrics": {"maxLabelValues": 50, "idleExpiry": expiry}}))
+            .outbound(json!({"passthrough": true}))
     };
     let proxy = passthrough("1h").start().await;
     // 10,000 distinct authorities: closed loopback ports, each refused at once (502).
@@ -253,11 +251,12 @@ impl TapClient {
 async fn tap_clients_see_what_they_asked_for_with_secrets_hidden() {
     let web = hello("web").await;
     let api = hello("api").await;
-    let mut cfg = ProxyConfig::new(1)
+    let proxy = ProxyConfig::new(1)
         .service("web", &[web.addr])
-        .service("api", &[api.addr]);
-    cfg.admin_extra = ", tap: {redactHeaders: [x-api-key], redactBody: ['w.b']}".into();
-    let proxy = cfg.start().await;
+        .service("api", &[api.addr])
+        .admin(json!({"tap": {"redactHeaders": ["x-api-key"], "redactBody": ["w.b"]}}))
+        .start()
+        .await;
     let admin = proxy.admin_addr;
     let mut web_tap = TapClient::open(admin, "authority=web&max_rate=1000&body=16").await;
     let mut api_tap = TapClient::open(admin, "authority=api&max_rate=1000").await;
@@ -445,15 +444,13 @@ async fn tcp_bytes_and_durations_are_counted_and_family_filters_follow_a_reload(
     let web = hello("web").await;
     let dir = temp_dir("metrics-reload");
     let path = dir.join("skiff.yaml");
-    let cfg = |exclude: &str| {
+    let cfg = |exclude: &[&str]| {
         ProxyConfig::new(1)
             .service("web", &[web.addr])
-            .extra(&format!(
-                "  reloadInterval: 20ms\n  metrics: {{exclude: [{exclude}]}}\n"
-            ))
+            .spec(json!({"reloadInterval": "20ms", "metrics": {"exclude": exclude}}))
             .yaml()
     };
-    std::fs::write(&path, cfg("")).unwrap();
+    std::fs::write(&path, cfg(&[])).unwrap();
     let proxy = skiff::start(skiff::config::load_file(&path).unwrap())
         .await
         .unwrap();
@@ -475,7 +472,7 @@ async fn tcp_bytes_and_durations_are_counted_and_family_filters_follow_a_reload(
             })
     })
     .await;
-    std::fs::write(&path, cfg("request, tcp_read_bytes")).unwrap();
+    std::fs::write(&path, cfg(&["request", "tcp_read_bytes"])).unwrap();
     eventually(
         Duration::from_secs(10),
         "excluded families leave the scrape",
