@@ -9,7 +9,8 @@
 #    running `skiff bench-backend` on 127.0.0.1:8080, reachable only inside the pod).
 # 3. Adapts the output to what podman 4.3's `kube play` supports, saying what it changes:
 #    no native sidecars (the sidecar becomes an ordinary container, as on clusters before
-#    Kubernetes 1.29), no CSI volumes (an emptyDir instead: no identity, so no mTLS), no
+#    Kubernetes 1.29), no CSI or projected volumes (emptyDirs instead: no identity, so no
+#    mTLS, and no Kubernetes API token, which the smoke test's config does not use), no
 #    downward API for these fields (literal values), and host ports on loopback.
 # 4. `podman kube play`s it with a ConfigMap, then checks through the sidecar: inbound to
 #    the app, outbound to a service, /ready and /metrics counting both.
@@ -125,9 +126,10 @@ docs = list(yaml.safe_load_all(open(src)))
 for doc in docs:
     spec = doc["spec"]["template"]["spec"]
     for volume in spec["volumes"]:
-        if "csi" in volume:
-            del volume["csi"]
-            volume["emptyDir"] = {}
+        for kind in ("csi", "projected"):
+            if kind in volume:
+                del volume[kind]
+                volume["emptyDir"] = {}
     sidecars = [c for c in spec["initContainers"] if c.get("restartPolicy") == "Always"]
     assert [c["name"] for c in sidecars] == ["skiff"], "inject made a native sidecar"
     spec["initContainers"] = [c for c in spec["initContainers"] if c not in sidecars]

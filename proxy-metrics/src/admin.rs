@@ -31,6 +31,7 @@ pub struct Readiness {
     loaded: AtomicBool,
     draining: AtomicBool,
     awaiting_identity: AtomicBool,
+    awaiting_discovery: AtomicBool,
 }
 
 impl Readiness {
@@ -45,6 +46,27 @@ impl Readiness {
         self.awaiting_identity.store(waiting, Ordering::Release);
     }
 
+    /// Whether the proxy still waits for its first full list of services from discovery
+    /// (`/ready` is 503 until then; services written in the file are served meanwhile).
+    pub fn set_awaiting_discovery(&self, waiting: bool) {
+        self.awaiting_discovery.store(waiting, Ordering::Release);
+    }
+
+    /// Why `/ready` answers 503, or `None` when it answers 200.
+    pub fn not_ready_because(&self) -> Option<&'static str> {
+        if !self.loaded.load(Ordering::Acquire) {
+            Some("the config is not loaded yet")
+        } else if self.draining.load(Ordering::Acquire) {
+            Some("draining")
+        } else if self.awaiting_identity.load(Ordering::Acquire) {
+            Some("waiting for the first valid credentials")
+        } else if self.awaiting_discovery.load(Ordering::Acquire) {
+            Some("waiting for the first list of services from the Kubernetes API")
+        } else {
+            None
+        }
+    }
+
     /// Marks the proxy as shutting down: `/ready` answers 503 from now on.
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Release);
@@ -52,9 +74,7 @@ impl Readiness {
 
     /// Whether `/ready` answers 200.
     pub fn is_ready(&self) -> bool {
-        self.loaded.load(Ordering::Acquire)
-            && !self.draining.load(Ordering::Acquire)
-            && !self.awaiting_identity.load(Ordering::Acquire)
+        self.not_ready_because().is_none()
     }
 }
 
@@ -185,12 +205,13 @@ async fn handle(admin: &Admin, req: Request<Incoming>, peer: IpAddr) -> Response
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )
         }
-        (Method::GET | Method::HEAD, "/ready") if admin.readiness.is_ready() => {
-            text(StatusCode::OK, "ready\n")
-        }
-        (Method::GET | Method::HEAD, "/ready") => {
-            text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-        }
+        (Method::GET | Method::HEAD, "/ready") => match admin.readiness.not_ready_because() {
+            None => text(StatusCode::OK, "ready\n"),
+            Some(why) => owned_text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
+        },
         (Method::GET | Method::HEAD, "/live") => text(StatusCode::OK, "live\n"),
         (Method::GET | Method::HEAD, "/config") => {
             with_type(full((admin.config)()), "application/json")

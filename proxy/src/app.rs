@@ -13,6 +13,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::discovery::kubernetes::Kubernetes;
 use crate::routing::state::State;
 use crate::server::accept_loop;
 use crate::server::drain;
@@ -39,7 +40,16 @@ pub struct Running {
 pub async fn start(config: Config) -> io::Result<Running> {
     let spec = config.proxy.clone();
     let (metrics, registry) = Metrics::new();
-    let state = State::new(&config, Arc::new(metrics))
+    let kube = match &spec.discovery.kubernetes {
+        Some(k) => Some(Kubernetes::connect(k).await.map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("spec.discovery.kubernetes: {e}"),
+            )
+        })?),
+        None => None,
+    };
+    let state = State::with_discovery(&config, Arc::new(metrics), kube)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let state = Arc::new(state);
 
@@ -99,6 +109,11 @@ pub async fn start(config: Config) -> io::Result<Running> {
             // The Proxy spec, plus the mesh documents (routes, splits) under `documents`.
             let mut view = serde_json::to_value(&*view_state.spec.load())
                 .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
+            let discovered = view_state.discovered();
+            if let (Some(map), false) = (view.as_object_mut(), discovered.is_empty()) {
+                let services = serde_json::to_value(&*discovered).unwrap_or_default();
+                map.insert("discovered".into(), services);
+            }
             let documents = view_state.documents.load();
             if let (Some(map), false) = (view.as_object_mut(), documents.is_empty()) {
                 let documents = serde_json::to_value(&**documents).unwrap_or_default();
@@ -130,6 +145,17 @@ pub async fn start(config: Config) -> io::Result<Running> {
     }));
     if let Some(mesh) = &state.mesh {
         watchers.push(tokio::spawn(mesh.clone().watch(state.readiness.clone())));
+    }
+    if let Some(kube) = &state.kube {
+        // Not ready until the first full list: the file's services are served meanwhile.
+        state.readiness.set_awaiting_discovery(true);
+        let target = Arc::downgrade(&state);
+        watchers.push(kube.watch_services(move |services| {
+            if let Some(state) = target.upgrade() {
+                state.set_discovered(services);
+                state.readiness.set_awaiting_discovery(false);
+            }
+        }));
     }
     state.readiness.set_loaded();
     if state.readiness.is_ready() {

@@ -4,6 +4,7 @@
 //!
 //! `load` reads a file of YAML documents; [`Config`] is the parsed result.
 
+mod discovery;
 mod duration;
 mod load;
 mod mesh;
@@ -20,6 +21,7 @@ use std::path::PathBuf;
 use proxy_tls::SpiffeId;
 use serde::{Deserialize, Serialize};
 
+pub use discovery::{DiscoverySpec, KubernetesSpec};
 pub use duration::Dur;
 pub use load::{load_file, parse, ConfigError, ConfigErrors};
 pub use mesh::{AccessSpec, BackendSpec, RoutePolicySpec, RouteSpec, ServiceRoutes};
@@ -88,6 +90,9 @@ pub struct ProxySpec {
     pub identity: Option<IdentitySpec>,
     /// How services' DNS names are resolved.
     pub dns: DnsSpec,
+    /// Services and endpoints from the Kubernetes API, besides those written here.
+    #[serde(skip_serializing_if = "is_default")]
+    pub discovery: DiscoverySpec,
     /// The services the application may call, by name.
     pub services: BTreeMap<String, ServiceSpec>,
     /// Skiff's own policies for routes (timeouts, retries, breaker, limits), by route name.
@@ -112,6 +117,7 @@ impl Default for ProxySpec {
             metrics: MetricsSpec::default(),
             identity: None,
             dns: DnsSpec::default(),
+            discovery: DiscoverySpec::default(),
             services: BTreeMap::new(),
             route_policies: BTreeMap::new(),
         }
@@ -496,4 +502,9 @@ impl Default for ShutdownSpec {
             grace_period: Dur::secs(30),
         }
     }
+}
+
+/// Whether a value is its type's default (for fields left out of `/config` when unset).
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }

@@ -18,6 +18,9 @@ use super::{BreakerSpec, Dur, LoadBalancer, RateLimitSpec, RetrySpec, TimeoutsSp
     rename_all = "camelCase"
 )]
 pub struct ServiceSpec {
+    /// Its name, for a service discovered from the Kubernetes API (whose key in the services
+    /// table also names its namespace and port); `None`: the key is the name.
+    pub name: Option<String>,
     /// The port clients address it on (`Host: name:port`).
     pub port: u16,
     /// The namespace it lives in; default: the proxy's.
@@ -42,6 +45,27 @@ pub struct ServiceSpec {
     pub max_in_flight: Option<NonZeroUsize>,
     /// The identity its endpoints must prove: requests to it go over mutual TLS and HTTP/2.
     pub identity: Option<PeerId>,
+}
+
+impl ServiceSpec {
+    /// A service with the defaults a file entry gets (no retries, breaker or limits) and no
+    /// endpoints yet: the base of a service discovered from the Kubernetes API.
+    pub(crate) fn discovered() -> Self {
+        Self {
+            name: None,
+            port: default_service_port(),
+            namespace: None,
+            cluster_ips: Vec::new(),
+            endpoints: EndpointSource::Static(Vec::new()),
+            timeouts: TimeoutsSpec::default(),
+            retry: None,
+            breaker: None,
+            load_balancer: LoadBalancer::default(),
+            rate_limit: None,
+            max_in_flight: None,
+            identity: None,
+        }
+    }
 }
 
 /// A peer's expected SPIFFE ID, as written in config.
@@ -77,6 +101,15 @@ pub enum EndpointSource {
         /// `spec.dns.minTtl` and `maxTtl`.
         refresh: Option<Dur>,
     },
+    /// A Kubernetes Service's EndpointSlices, watched while the service is in use.
+    Kubernetes {
+        /// The Service's namespace.
+        namespace: String,
+        /// The Service's name.
+        service: String,
+        /// The Service port's name (EndpointSlice ports carry it); `None` when unnamed.
+        port_name: Option<String>,
+    },
 }
 
 /// The service entry as written; converted into [`ServiceSpec`] when parsed.
@@ -98,6 +131,9 @@ struct RawServiceSpec {
     dns: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     dns_refresh: Option<Dur>,
+    // Shown on `/config` for discovered services; never read from a file.
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    endpoint_slices: Option<String>,
     #[serde(default)]
     timeouts: TimeoutsSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -166,6 +202,7 @@ impl TryFrom<RawServiceSpec> for ServiceSpec {
             }
         }
         Ok(Self {
+            name: None,
             port: raw.port,
             namespace: raw.namespace,
             cluster_ips,
@@ -183,14 +220,24 @@ impl TryFrom<RawServiceSpec> for ServiceSpec {
 
 impl From<ServiceSpec> for RawServiceSpec {
     fn from(s: ServiceSpec) -> Self {
-        let (endpoints, dns, dns_refresh) = match s.endpoints {
-            EndpointSource::Static(list) => (list, None, None),
+        let (mut endpoints, mut dns, mut dns_refresh, mut endpoint_slices) =
+            (Vec::new(), None, None, None);
+        match s.endpoints {
+            EndpointSource::Static(list) => endpoints = list,
             EndpointSource::Dns {
                 host,
                 port,
                 refresh,
-            } => (Vec::new(), Some(format!("{host}:{port}")), refresh),
-        };
+            } => (dns, dns_refresh) = (Some(format!("{host}:{port}")), refresh),
+            EndpointSource::Kubernetes {
+                namespace,
+                service,
+                port_name,
+            } => {
+                let port = port_name.map(|p| format!(" port {p}")).unwrap_or_default();
+                endpoint_slices = Some(format!("{namespace}/{service}{port}"));
+            }
+        }
         Self {
             port: s.port,
             namespace: s.namespace,
@@ -199,6 +246,7 @@ impl From<ServiceSpec> for RawServiceSpec {
             endpoints,
             dns,
             dns_refresh,
+            endpoint_slices,
             timeouts: s.timeouts,
             retry: s.retry,
             breaker: s.breaker,

@@ -14,7 +14,10 @@ use tokio::task::JoinHandle;
 
 use crate::config::DnsSpec;
 use crate::discovery::dns::Resolver;
+use crate::discovery::kubernetes::{Kubernetes, Resolved};
+use crate::identity::Mesh;
 use crate::upstream::pool::{MeshPeer, Pool, Pools};
+use proxy_tls::SpiffeId;
 
 /// One endpoint of one service.
 #[derive(Debug)]
@@ -46,10 +49,23 @@ struct Maker {
 
 impl Maker {
     fn build(&self, addrs: &[SocketAddr], old: &[Arc<Endpoint>]) -> Vec<Arc<Endpoint>> {
+        let with_peer: Vec<_> = addrs.iter().map(|a| (*a, self.peer.clone())).collect();
+        self.build_each(&with_peer, old)
+    }
+
+    /// Endpoints each meshed with its own peer (or plaintext); one kept from `old` when its
+    /// address and expected identity are the same.
+    fn build_each(
+        &self,
+        addrs: &[(SocketAddr, Option<Arc<MeshPeer>>)],
+        old: &[Arc<Endpoint>],
+    ) -> Vec<Arc<Endpoint>> {
         addrs
             .iter()
-            .map(|addr| {
-                if let Some(kept) = old.iter().find(|e| e.pool.addr() == *addr) {
+            .map(|(addr, peer)| {
+                let id = peer.as_ref().map(|p| &p.id);
+                let same = |e: &&Arc<Endpoint>| e.pool.addr() == *addr && e.pool.peer_id() == id;
+                if let Some(kept) = old.iter().find(same) {
                     return kept.clone();
                 }
                 let gate = self.breaker.as_ref().map(|b| {
@@ -60,7 +76,7 @@ impl Maker {
                     ))
                 });
                 Arc::new(Endpoint {
-                    pool: self.pools.get_for(*addr, self.peer.as_ref()),
+                    pool: self.pools.get_for(*addr, peer.as_ref()),
                     gate,
                     load: Load::default(),
                 })
@@ -77,6 +93,8 @@ pub(crate) struct Endpoints {
     dns: Option<DnsSpec>,
     // Stops re-resolution when the service is replaced by a reload.
     _resolver: Option<AbortOnDrop>,
+    // Endpoints watched only while the service is used (Kubernetes EndpointSlices).
+    lazy: Option<Lazy>,
 }
 
 impl Endpoints {
@@ -97,6 +115,97 @@ impl Endpoints {
             next: AtomicUsize::new(0),
             dns: None,
             _resolver: None,
+            lazy: None,
+        }
+    }
+
+    /// A Kubernetes Service port's EndpointSlices, watched from the first request (which
+    /// waits for the first answer, see [`Endpoints::synced`]) until the service has gone
+    /// unused for `endpointsIdleTimeout`. Endpoints that stay across answers keep their
+    /// pools, breaker states and load, as with DNS.
+    ///
+    /// An endpoint whose Pod runs Skiff is called over mutual TLS and must prove its Pod's
+    /// service account (in this proxy's trust domain); the others are called in plaintext,
+    /// as is everything when this proxy has no identity of its own.
+    pub(crate) fn kubernetes(
+        kube: Arc<Kubernetes>,
+        namespace: String,
+        service: String,
+        port_name: Option<String>,
+        pools: &Arc<Pools>,
+        mesh: Option<Arc<Mesh>>,
+        breaker: Option<BreakerConfig>,
+    ) -> Self {
+        let maker = Maker {
+            pools: pools.clone(),
+            peer: None,
+            breaker,
+        };
+        let current: Arc<ArcSwap<Vec<Arc<Endpoint>>>> = Arc::default();
+        let shared = Arc::new(LazyShared::new(kube.spec().endpoints_idle_timeout.0));
+        let (target, state) = (current.clone(), shared.clone());
+        let start = move || {
+            let (target, state, maker) = (target.clone(), state.clone(), maker.clone());
+            let (ns, svc, mesh) = (namespace.clone(), service.clone(), mesh.clone());
+            tracing::debug!(namespace = %ns, service = %svc, "watching EndpointSlices");
+            let watch = kube.watch_endpoints(&namespace, &service, port_name.clone(), {
+                let (target, state) = (target.clone(), state.clone());
+                move |resolved: Vec<Resolved>| {
+                    let peers: Vec<(SocketAddr, Option<Arc<MeshPeer>>)> = resolved
+                        .iter()
+                        .map(|r| {
+                            let peer = peer_of(mesh.as_deref(), &ns, r);
+                            let inbound = r.pod.as_ref().and_then(|p| p.inbound_port);
+                            let addr = match (&peer, inbound) {
+                                // A meshed pod in explicit mode: its Skiff's own port.
+                                (Some(_), Some(port)) => SocketAddr::new(r.endpoint.addr.ip(), port),
+                                _ => r.endpoint.addr,
+                            };
+                            (addr, peer)
+                        })
+                        .collect();
+                    let old = target.load_full();
+                    let changed = old.len() != peers.len()
+                        || old.iter().zip(&peers).any(|(e, (addr, peer))| {
+                            e.pool.addr() != *addr || e.pool.peer_id() != peer.as_ref().map(|p| &p.id)
+                        });
+                    if changed {
+                        let addrs: Vec<SocketAddr> = peers.iter().map(|(a, _)| *a).collect();
+                        let meshed = peers.iter().filter(|(_, p)| p.is_some()).count();
+                        tracing::info!(namespace = %ns, service = %svc, endpoints = ?addrs, meshed, "Kubernetes endpoints changed");
+                        target.store(Arc::new(maker.build_each(&peers, &old)));
+                    }
+                    state.synced.send_replace(true);
+                }
+            });
+            tokio::spawn(state.expire(watch, target))
+        };
+        Self {
+            current,
+            next: AtomicUsize::new(0),
+            dns: None,
+            _resolver: None,
+            lazy: Some(Lazy {
+                shared,
+                start: Box::new(start),
+                task: std::sync::Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Whether a request can pick now: false only while lazily watched endpoints wait for
+    /// their first answer (the request then waits with [`Endpoints::synced`]).
+    pub(crate) fn is_synced(&self) -> bool {
+        self.lazy.as_ref().is_none_or(|l| *l.shared.synced.borrow())
+    }
+
+    /// Waits for the first answer of lazily watched endpoints, for at most `within`; at
+    /// once for the others.
+    pub(crate) async fn synced(&self, within: Duration) {
+        if let Some(lazy) = &self.lazy {
+            lazy.use_now();
+            let mut synced = lazy.shared.synced.subscribe();
+            let _ = tokio::time::timeout(within, synced.wait_for(|s| *s)).await;
         }
     }
 
@@ -154,6 +263,7 @@ impl Endpoints {
             next: AtomicUsize::new(0),
             dns: Some(settings),
             _resolver: Some(AbortOnDrop(task)),
+            lazy: None,
         }
     }
 
@@ -164,10 +274,113 @@ impl Endpoints {
 
     /// The current endpoints and a round-robin starting index.
     pub(crate) fn snapshot(&self) -> (Arc<Vec<Arc<Endpoint>>>, usize) {
+        if let Some(lazy) = &self.lazy {
+            lazy.use_now();
+        }
         (
             self.current.load_full(),
             self.next.fetch_add(1, Ordering::Relaxed),
         )
+    }
+}
+
+/// The peer an endpoint must be: its Pod's service account, when the Pod runs Skiff and this
+/// proxy has an identity to call it with.
+fn peer_of(mesh: Option<&Mesh>, namespace: &str, resolved: &Resolved) -> Option<Arc<MeshPeer>> {
+    let mesh = mesh?;
+    let pod = resolved.pod.as_ref().filter(|p| p.meshed)?;
+    let trust_domain = mesh.id.trust_domain();
+    match SpiffeId::workload(trust_domain, namespace, &pod.service_account) {
+        Ok(id) => Some(mesh.peer(&id)),
+        Err(e) => {
+            tracing::warn!(namespace, account = %pod.service_account, error = %e, "no SPIFFE ID for a meshed endpoint; calling it in plaintext");
+            None
+        }
+    }
+}
+
+/// Endpoints watched while in use: the watch starts at the first request and stops after
+/// the idle timeout.
+struct Lazy {
+    shared: Arc<LazyShared>,
+    // Starts the watch and its idle timer; returns the timer's task.
+    start: Box<dyn Fn() -> JoinHandle<()> + Send + Sync>,
+    task: std::sync::Mutex<Option<AbortOnDrop>>,
+}
+
+impl std::fmt::Debug for Lazy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lazy")
+            .field("shared", &self.shared)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lazy {
+    /// Notes a use, and starts the watch if it is not running.
+    fn use_now(&self) {
+        self.shared.touch();
+        if self.shared.running.load(Ordering::Acquire) {
+            return;
+        }
+        let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.shared.running.swap(true, Ordering::AcqRel) {
+            *task = Some(AbortOnDrop((self.start)()));
+        }
+    }
+}
+
+/// What the watch, its idle timer and the request path share.
+#[derive(Debug)]
+struct LazyShared {
+    running: std::sync::atomic::AtomicBool,
+    synced: tokio::sync::watch::Sender<bool>,
+    // Milliseconds since `epoch` at the last use.
+    last_use: std::sync::atomic::AtomicU64,
+    epoch: tokio::time::Instant,
+    idle: Duration,
+}
+
+impl LazyShared {
+    fn new(idle: Duration) -> Self {
+        Self {
+            running: Default::default(),
+            synced: tokio::sync::watch::channel(false).0,
+            last_use: Default::default(),
+            epoch: tokio::time::Instant::now(),
+            idle,
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_use.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_use.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+
+    /// Keeps `watch` running until the service has been idle for the timeout, then stops
+    /// it and forgets the endpoints: the next request starts a new watch and waits for its
+    /// first answer, rather than being sent to addresses nobody kept current.
+    async fn expire(
+        self: Arc<Self>,
+        watch: JoinHandle<()>,
+        current: Arc<ArcSwap<Vec<Arc<Endpoint>>>>,
+    ) {
+        let _watch = AbortOnDrop(watch);
+        loop {
+            let idle = self.idle_for();
+            if idle >= self.idle {
+                break;
+            }
+            tokio::time::sleep(self.idle - idle).await;
+        }
+        self.synced.send_replace(false);
+        current.store(Arc::default());
+        self.running.store(false, Ordering::Release);
     }
 }
 

@@ -24,6 +24,7 @@ use crate::config::{
 };
 use crate::discovery::dns::Resolver;
 use crate::discovery::endpoints::{BreakerConfig, Endpoints};
+use crate::discovery::kubernetes::Kubernetes;
 use crate::identity::Mesh;
 use crate::upstream::pool::{MeshPeer, Pools};
 
@@ -36,6 +37,8 @@ pub(super) struct Context<'a> {
     pub(super) pools: &'a Arc<Pools>,
     pub(super) metrics: &'a Arc<HttpFamilies>,
     pub(super) mesh: Option<&'a Arc<Mesh>>,
+    /// The Kubernetes API, for discovered services' endpoints.
+    pub(super) kube: Option<&'a Arc<Kubernetes>>,
 }
 
 impl Context<'_> {
@@ -55,6 +58,7 @@ pub(super) fn service(
     svc: &ServiceSpec,
     old: Option<&Arc<ServiceTarget>>,
 ) -> Arc<ServiceTarget> {
+    let name = svc.name.as_deref().unwrap_or(name);
     let authority = ctx.authority(name, svc);
     let identity = Some((svc.clone(), authority.clone()));
     // DNS endpoints also depend on `spec.dns`: a change there rebuilds them.
@@ -134,6 +138,23 @@ fn endpoints(
             peer,
             breaker,
         ),
+        EndpointSource::Kubernetes {
+            namespace,
+            service,
+            port_name,
+        } => match ctx.kube {
+            Some(kube) => Endpoints::kubernetes(
+                kube.clone(),
+                namespace.clone(),
+                service.clone(),
+                port_name.clone(),
+                ctx.pools,
+                ctx.mesh.cloned(),
+                breaker,
+            ),
+            // Discovered services exist only while discovery runs.
+            None => Endpoints::fixed(&[], ctx.pools, peer, breaker),
+        },
     })
 }
 

@@ -31,6 +31,7 @@ use proxy_metrics::http::{HttpFamilies, MetricsSlot, TargetMetrics};
 
 use crate::config::{InboundSpec, ProxySpec, ServiceRoutes, ServiceSpec};
 use crate::discovery::endpoints::Endpoints;
+use crate::discovery::kubernetes::Kubernetes;
 use crate::identity::Mesh;
 use crate::upstream::pool::Pools;
 
@@ -169,6 +170,7 @@ struct Routes {
 #[derive(Debug)]
 pub struct OutboundResolver {
     routes: ArcSwap<Routes>,
+    kube: Option<Arc<Kubernetes>>,
 }
 
 impl OutboundResolver {
@@ -185,10 +187,18 @@ impl OutboundResolver {
             pools,
             metrics,
             mesh,
+            kube: None,
         };
         Self {
             routes: ArcSwap::from_pointee(build_routes(&ctx, routes, None)),
+            kube: None,
         }
+    }
+
+    /// Services discovered from the Kubernetes API get their endpoints from `kube`.
+    pub(crate) fn with_kubernetes(mut self, kube: Option<Arc<Kubernetes>>) -> Self {
+        self.kube = kube;
+        self
     }
 
     /// Replaces the routing state (a config reload). Services whose config is unchanged are
@@ -206,6 +216,7 @@ impl OutboundResolver {
             pools,
             metrics,
             mesh,
+            kube: self.kube.as_ref(),
         };
         let old = self.routes.load();
         self.routes
@@ -227,10 +238,12 @@ fn build_routes(
     let mut table = Table::new(spec.cluster_domain.clone(), spec.namespace.clone());
     let mut by_vip = HashMap::new();
     let mut route_cache = build::RouteCache::new();
-    for (name, svc) in &spec.services {
+    for (key, svc) in &spec.services {
+        // A discovered service's key also names its namespace and port; its name is its own.
+        let name = svc.name.as_deref().unwrap_or(key);
         let namespace = svc.namespace.as_deref().unwrap_or(&spec.namespace);
-        let service = by_name[name].clone();
-        let routes = attached.get(name).map(|r| {
+        let service = by_name[key].clone();
+        let routes = attached.get(key).map(|r| {
             let old = old.map(|o| &o.routes);
             build::route_set(ctx, &service, r, &by_name, old, &mut route_cache)
         });
@@ -286,6 +299,15 @@ impl Resolve for OutboundResolver {
         let destination = match (orig_dst, authority) {
             (Some(dst), _) => address_authority(dst),
             (None, Some(a)) if routes.passthrough => a.clone(),
+            // With discovery on, a name nobody knows is a service without endpoints, as
+            // the cluster's DNS would say: the caller may have named a Service that is
+            // not there (yet).
+            (None, Some(a)) if self.kube.is_some() => {
+                return Err(ProxyError::new(
+                    Reason::NoEndpoints,
+                    format!("no service {a} in the config or the Kubernetes API"),
+                ))
+            }
             (None, Some(a)) => {
                 return Err(ProxyError::new(
                     Reason::NoRoute,

@@ -1,7 +1,8 @@
 //! The proxy's live state: the running config and everything built from it. A reload builds
 //! the new routing state off to the side and swaps it in whole.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 use proxy_metrics::admin::{FamilyFilter, Readiness};
@@ -11,7 +12,8 @@ use proxy_metrics::http::{
 use proxy_metrics::tcp::ListenerMetrics;
 use proxy_metrics::Metrics;
 
-use crate::config::{AuthzMode, Config, ProxySpec};
+use crate::config::{AuthzMode, Config, ProxySpec, ServiceRoutes, ServiceSpec};
+use crate::discovery::kubernetes::{self, Kubernetes};
 use crate::identity::Mesh;
 use crate::routing::{InboundResolver, OutboundResolver};
 use crate::upstream::pool::{Pools, Settings};
@@ -43,6 +45,15 @@ pub struct State {
     pub observe_settings: Arc<ArcSwap<ObserveSettings>>,
     /// Which metric families `/metrics` shows, swapped on reload.
     pub families: Arc<ArcSwap<FamilyFilter>>,
+    /// The Kubernetes API, when `spec.discovery.kubernetes` is set (fixed until restart).
+    pub(crate) kube: Option<Arc<Kubernetes>>,
+    /// Services discovered from the Kubernetes API, by table key.
+    discovered: ArcSwap<BTreeMap<String, ServiceSpec>>,
+    /// The routes attached to services in the running config.
+    routes: ArcSwap<BTreeMap<String, ServiceRoutes>>,
+    // One outbound rebuild at a time: a reload and a discovery change each build from both
+    // sources, and the later build must see the other's input.
+    rebuilding: Mutex<()>,
 }
 
 /// What one direction's requests and connections share: its router, where its unrouted
@@ -72,6 +83,15 @@ impl State {
 
     /// Builds the state for `config`, loading its identity's credentials if it has one.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, String> {
+        Self::with_discovery(config, metrics, None)
+    }
+
+    /// [`State::new`], with services discovered through `kube` when given.
+    pub(crate) fn with_discovery(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        kube: Option<Arc<Kubernetes>>,
+    ) -> Result<Self, String> {
         let spec = config.proxy.clone();
         let pools = Arc::new(Pools::new(client_settings(&spec)));
         let http = &metrics.http;
@@ -84,7 +104,8 @@ impl State {
                     .map_err(|e| format!("spec.identity: {e}"))?,
             ),
         };
-        let outbound = OutboundResolver::new(&spec, &config.routes, &pools, http, mesh.as_ref());
+        let outbound = OutboundResolver::new(&spec, &config.routes, &pools, http, mesh.as_ref())
+            .with_kubernetes(kube.clone());
         let observe_settings = Arc::new(ArcSwap::from_pointee(observe_settings(&spec)));
         let log = access_log_writer();
         let side = |direction| Side {
@@ -106,6 +127,10 @@ impl State {
             authz: Arc::new(ArcSwap::from_pointee(policy(config))),
             families: Arc::new(ArcSwap::from_pointee(family_filter(&config.proxy))),
             observe_settings,
+            kube,
+            discovered: ArcSwap::default(),
+            routes: ArcSwap::from_pointee(config.routes.clone()),
+            rebuilding: Mutex::new(()),
         })
     }
 
@@ -141,6 +166,7 @@ impl State {
                 old.limits.max_connections != spec.limits.max_connections,
             ),
             ("workers", old.workers != spec.workers),
+            ("discovery", old.discovery != spec.discovery),
             (
                 "admin.allowRemote",
                 old.admin.allow_remote != spec.admin.allow_remote,
@@ -156,13 +182,10 @@ impl State {
             }
         }
         self.pools.set_settings(client_settings(&spec));
-        self.outbound.resolver.update(
-            &spec,
-            &config.routes,
-            &self.pools,
-            &self.metrics.http,
-            self.mesh.as_ref(),
-        );
+        let rebuilding = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+        self.routes.store(Arc::new(config.routes));
+        self.rebuild_outbound(&spec, &rebuilding);
+        drop(rebuilding);
         self.inbound
             .resolver
             .update(&spec, &self.pools, &self.metrics.http);
@@ -175,6 +198,74 @@ impl State {
         self.documents.store(Arc::new(config.mesh_documents));
         Ok(())
     }
+
+    /// Replaces the services discovered from the Kubernetes API (the whole table): the
+    /// outbound routes are rebuilt, keeping every service whose entry did not change (with
+    /// its endpoints and their state).
+    pub(crate) fn set_discovered(&self, services: BTreeMap<String, ServiceSpec>) {
+        let rebuilding = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+        if **self.discovered.load() == services {
+            return;
+        }
+        tracing::info!(
+            services = services.len(),
+            "services discovered from the Kubernetes API"
+        );
+        self.discovered.store(Arc::new(services));
+        self.rebuild_outbound(&self.spec.load(), &rebuilding);
+    }
+
+    /// The services discovered so far, by table key.
+    pub(crate) fn discovered(&self) -> Arc<BTreeMap<String, ServiceSpec>> {
+        self.discovered.load_full()
+    }
+
+    /// Builds outbound routing from `spec`'s services and the discovered ones (`_held`: the
+    /// rebuild lock, taken by the caller).
+    fn rebuild_outbound(&self, spec: &ProxySpec, _held: &MutexGuard<'_, ()>) {
+        let merged = with_discovered(spec, &self.discovered.load());
+        self.outbound.resolver.update(
+            &merged,
+            &self.routes.load(),
+            &self.pools,
+            &self.metrics.http,
+            self.mesh.as_ref(),
+        );
+    }
+}
+
+/// `spec` with the discovered services added, except those a service written in the file
+/// already is: the same name, namespace and port, or one of its cluster IPs on that port.
+/// What a user writes wins, so a service can be pinned or given policies by hand.
+fn with_discovered(spec: &ProxySpec, discovered: &BTreeMap<String, ServiceSpec>) -> ProxySpec {
+    let mut merged = spec.clone();
+    if discovered.is_empty() {
+        return merged;
+    }
+    let written: Vec<(String, &str, u16)> = spec
+        .services
+        .iter()
+        .map(|(name, s)| {
+            let ns = s.namespace.as_deref().unwrap_or(&spec.namespace);
+            (kubernetes::key(name, ns, s.port), ns, s.port)
+        })
+        .collect();
+    let claimed: Vec<std::net::SocketAddr> = spec
+        .services
+        .values()
+        .flat_map(|s| s.cluster_ips.iter().map(|ip| (*ip, s.port).into()))
+        .collect();
+    for (key, svc) in discovered {
+        let by_name = written.iter().any(|(k, _, _)| k == key);
+        let by_ip = svc
+            .cluster_ips
+            .iter()
+            .any(|ip| claimed.contains(&(*ip, svc.port).into()));
+        if !by_name && !by_ip {
+            merged.services.insert(key.clone(), svc.clone());
+        }
+    }
+    merged
 }
 
 /// What a [`DirectionState`] is built from, but its resolver.

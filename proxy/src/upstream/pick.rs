@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use http::uri::Authority;
 use http::{Request, Response};
@@ -78,7 +79,7 @@ where
             return MaybeRejected::new(Err(e));
         };
         if let Target::Service(service) = &target {
-            if !needs_priming(&req) {
+            if !needs_priming(&req) && service.endpoints.is_synced() {
                 return match choose(service) {
                     Ok((endpoint, admission)) => {
                         let flight = send_to(&mut req, endpoint, admission);
@@ -101,6 +102,11 @@ where
     }
 }
 
+/// How long a request to a service whose endpoints are not known yet (a Kubernetes Service
+/// called for the first time, or after being idle) waits for the first answer before
+/// 503 `no-endpoints`.
+const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(5);
+
 async fn pick_later(
     mut inner: BoxHttpService,
     pools: Arc<Pools>,
@@ -111,7 +117,11 @@ async fn pick_later(
     // against the endpoint's breaker, latency or per-try deadline.
     let mut req = prime_chunked(req).await?;
     let (endpoint, admission) = match target {
-        Target::Service(service) => choose(&service)?,
+        Target::Service(service) => {
+            // Endpoints watched from the first request: wait (bounded) for their answer.
+            service.endpoints.synced(FIRST_ANSWER_WAIT).await;
+            choose(&service)?
+        }
         Target::Passthrough { authority } => {
             let endpoint = Endpoint {
                 pool: pools.get(resolve(&authority).await?),

@@ -32,6 +32,13 @@ const SKIP_ANNOTATIONS: [&str; 3] = [
 ];
 const CONFIG_VOLUME: &str = "skiff-config";
 const IDENTITY_VOLUME: &str = "skiff-identity";
+/// The sidecar's own Kubernetes API credentials (a projected service-account token), for
+/// `spec.discovery.kubernetes`. Mounted into the Skiff container only: where it sits, the
+/// kubelet does not mount the pod's automatic token into that container.
+const TOKEN_VOLUME: &str = "skiff-api-token";
+/// The annotation telling other proxies which port a meshed pod's Skiff takes mutual TLS
+/// on when no redirect rules send them there (explicit mode); see `docs/discovery.md`.
+pub const INBOUND_PORT: &str = "skiff.dev/inbound-port";
 const SCRAPE: [(&str, &str); 3] = [
     ("prometheus.io/scrape", "true"),
     ("prometheus.io/port", "4191"),
@@ -233,6 +240,7 @@ livenessProbe:
 volumeMounts:
 - {{name: {CONFIG_VOLUME}, mountPath: /etc/skiff, readOnly: true}}
 - {{name: {IDENTITY_VOLUME}, mountPath: /var/run/secrets/spiffe.io, readOnly: true}}
+- {{name: {TOKEN_VOLUME}, mountPath: /var/run/secrets/kubernetes.io/serviceaccount, readOnly: true}}
 "#,
         image = options.image
     ))
@@ -280,7 +288,7 @@ securityContext:
     init
 }
 
-fn volumes(options: &Options) -> [Value; 2] {
+fn volumes(options: &Options) -> [Value; 3] {
     let identity = match &options.identity_secret {
         Some(secret) => format!("{{name: {IDENTITY_VOLUME}, secret: {{secretName: {secret}}}}}"),
         None => format!(
@@ -294,6 +302,12 @@ fn volumes(options: &Options) -> [Value; 2] {
             options.config_map
         )),
         fragment(&identity),
+        fragment(&format!(
+            "{{name: {TOKEN_VOLUME}, projected: {{sources: [\
+             {{serviceAccountToken: {{path: token, expirationSeconds: 3600}}}}, \
+             {{configMap: {{name: kube-root-ca.crt, items: [{{key: ca.crt, path: ca.crt}}]}}}}, \
+             {{downwardAPI: {{items: [{{path: namespace, fieldRef: {{fieldPath: metadata.namespace}}}}]}}}}]}}}}"
+        )),
     ]
 }
 
@@ -310,6 +324,11 @@ fn add(template: &mut Value, options: &Options) {
         }
     }
     annotations.insert(INJECTED.into(), "true".into());
+    if !options.transparent {
+        // Nothing redirects other proxies' connections to this pod's Skiff: they must
+        // call its inbound port themselves.
+        annotations.insert(INBOUND_PORT.into(), "4143".into());
+    }
     if !added.is_empty() {
         annotations.insert(ADDED.into(), added.join(",").into());
     }
@@ -343,6 +362,7 @@ fn remove(template: &mut Value) {
                 }
             }
             annotations.remove(INJECTED);
+            annotations.remove(INBOUND_PORT);
             if annotations.is_empty() {
                 meta.remove("annotations");
             }
@@ -354,7 +374,10 @@ fn remove(template: &mut Value) {
     if let Some(spec) = t.get_mut("spec").and_then(Value::as_mapping_mut) {
         for (key, names) in [
             ("initContainers", &[INIT, SIDECAR][..]),
-            ("volumes", &[CONFIG_VOLUME, IDENTITY_VOLUME][..]),
+            (
+                "volumes",
+                &[CONFIG_VOLUME, IDENTITY_VOLUME, TOKEN_VOLUME][..],
+            ),
         ] {
             if let Some(list) = spec.get_mut(key).and_then(Value::as_sequence_mut) {
                 list.retain(|v| !named(v, names));

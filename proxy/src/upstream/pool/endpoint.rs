@@ -75,6 +75,11 @@ impl Pool {
         self.addr
     }
 
+    /// The identity the endpoint must prove, when meshed.
+    pub fn peer_id(&self) -> Option<&proxy_tls::SpiffeId> {
+        self.mesh.as_ref().map(|m| &m.id)
+    }
+
     /// Sends `req` (already in the upstream's form) and returns the response headers.
     pub async fn send(
         self: &Arc<Self>,

@@ -1,0 +1,269 @@
+//! The Kubernetes API as a source of services and endpoints (`spec.discovery.kubernetes`).
+//!
+//! Services are watched in the namespaces the workload may call (all by default): each TCP
+//! port of each Service becomes a service of the routing table, reached by its name and by
+//! its cluster IPs, so neither needs writing into the config file. A Service's
+//! EndpointSlices are watched lazily, from its first request, and dropped when it has gone
+//! unused for `endpointsIdleTimeout`: a proxy holds state only for what its application
+//! calls. Watches use kube-rs's watcher (list, then watch from the list's resourceVersion;
+//! re-list on 410 Gone; retries with backoff), and every answer replaces the previous one
+//! whole, so a watch that restarts never drops endpoints that are still there.
+
+mod model;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client};
+use tokio::task::JoinHandle;
+
+pub(crate) use model::{key, PodInfo, SliceEndpoint};
+
+use crate::config::{KubernetesSpec, ServiceSpec};
+
+/// A connection to the Kubernetes API.
+pub(crate) struct Kubernetes {
+    client: Client,
+    spec: KubernetesSpec,
+}
+
+impl fmt::Debug for Kubernetes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kubernetes")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Kubernetes {
+    /// A client with the kubeconfig `spec` names, else the pod's service-account
+    /// credentials. Nothing is sent yet: an unreachable API server is found by the watches.
+    pub(crate) async fn connect(spec: &KubernetesSpec) -> Result<Arc<Self>, String> {
+        let config = match &spec.kubeconfig {
+            Some(path) => {
+                let file = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(file, &Default::default())
+                    .await
+                    .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+            }
+            None => kube::Config::incluster().map_err(|e| {
+                format!("no in-cluster credentials ({e}); set discovery.kubernetes.kubeconfig")
+            })?,
+        };
+        let client = Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))?;
+        Ok(Arc::new(Self {
+            client,
+            spec: spec.clone(),
+        }))
+    }
+
+    /// The settings it was made with.
+    pub(crate) fn spec(&self) -> &KubernetesSpec {
+        &self.spec
+    }
+
+    /// Watches Services until the task is aborted. `publish` gets the whole table of
+    /// discovered services once every watched namespace has been listed, then after every
+    /// change.
+    pub(crate) fn watch_services(
+        &self,
+        publish: impl Fn(BTreeMap<String, ServiceSpec>) + Send + Sync + 'static,
+    ) -> JoinHandle<()> {
+        let apis: Vec<Api<Service>> = if self.spec.namespaces.is_empty() {
+            vec![Api::all(self.client.clone())]
+        } else {
+            self.spec
+                .namespaces
+                .iter()
+                .map(|ns| Api::namespaced(self.client.clone(), ns))
+                .collect()
+        };
+        let allowed = self.spec.namespaces.clone();
+        let stores: Arc<Mutex<Vec<Option<Store<Service>>>>> =
+            Arc::new(Mutex::new(vec![None; apis.len()]));
+        let publish = Arc::new(publish);
+        let tasks: Vec<JoinHandle<()>> = apis
+            .into_iter()
+            .enumerate()
+            .map(|(i, api)| {
+                let (stores, publish, allowed) = (stores.clone(), publish.clone(), allowed.clone());
+                tokio::spawn(follow(
+                    api,
+                    watcher::Config::default(),
+                    "services",
+                    move |store| {
+                        let mut all = stores.lock().unwrap_or_else(|e| e.into_inner());
+                        all[i] = Some(store.clone());
+                        // Until every namespace is listed, a partial table would drop services.
+                        if all.iter().all(Option::is_some) {
+                            let services = all.iter().flatten().flat_map(|s| s.values());
+                            publish(model::service_table(services, &allowed));
+                        }
+                    },
+                ))
+            })
+            .collect();
+        tokio::spawn(async move {
+            let _abort_all = AbortAll(tasks);
+            std::future::pending::<()>().await;
+        })
+    }
+
+    /// Watches the EndpointSlices of Service `namespace/service` until the task is
+    /// aborted; `publish` gets the endpoints of its port `port_name`, each with its Pod's
+    /// details, after the first list and after every change.
+    ///
+    /// Pods are read once each (`get`), when their address first appears: what Skiff needs
+    /// of them (service account, owner, the injection mark) does not change in a Pod's
+    /// life. A Pod that cannot be read is called in plaintext, and the failure logged.
+    pub(crate) fn watch_endpoints(
+        &self,
+        namespace: &str,
+        service: &str,
+        port_name: Option<String>,
+        publish: impl Fn(Vec<Resolved>) + Send + 'static,
+    ) -> JoinHandle<()> {
+        let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), namespace);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let selector = format!("kubernetes.io/service-name={service}");
+        let config = watcher::Config::default().labels(&selector);
+        let (tx, mut rx) = tokio::sync::watch::channel(None::<Vec<SliceEndpoint>>);
+        let slices = follow(api, config, "endpointslices", move |store| {
+            tx.send_replace(Some(model::endpoints(store.values(), port_name.as_deref())));
+        });
+        let resolve = async move {
+            let mut known: HashMap<String, Option<Arc<PodInfo>>> = HashMap::new();
+            while rx.changed().await.is_ok() {
+                let Some(endpoints) = rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                let mut resolved = Vec::with_capacity(endpoints.len());
+                for endpoint in endpoints {
+                    let pod = match &endpoint.pod {
+                        None => None,
+                        Some(name) => match known.get(name) {
+                            Some(info) => info.clone(),
+                            None => {
+                                let info = match pods.get_opt(name).await {
+                                    Ok(pod) => pod.map(|p| Arc::new(model::pod_info(&p))),
+                                    Err(e) => {
+                                        tracing::warn!(pod = %name, error = %e, "cannot read the Pod behind an endpoint; calling it in plaintext");
+                                        None
+                                    }
+                                };
+                                known.insert(name.clone(), info.clone());
+                                info
+                            }
+                        },
+                    };
+                    resolved.push(Resolved { endpoint, pod });
+                }
+                // Forget Pods that left, so the cache stays the size of the Service.
+                known.retain(|name, _| {
+                    resolved
+                        .iter()
+                        .any(|r| r.endpoint.pod.as_ref() == Some(name))
+                });
+                publish(resolved);
+            }
+        };
+        tokio::spawn(async move {
+            tokio::join!(slices, resolve);
+        })
+    }
+}
+
+/// An endpoint of a Service port with its Pod's details, when it has a Pod.
+#[derive(Clone, Debug)]
+pub(crate) struct Resolved {
+    /// The address and where it runs.
+    pub(crate) endpoint: SliceEndpoint,
+    /// Its Pod.
+    pub(crate) pod: Option<Arc<PodInfo>>,
+}
+
+/// Objects by namespace and name.
+type Store<K> = BTreeMap<(String, String), K>;
+
+/// Lists and watches `api`, calling `changed` with the whole store after each full list and
+/// after each change; retries forever with backoff. Errors are logged when they change (a
+/// 403 names the missing permission), so a persistent one is not repeated every retry.
+async fn follow<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: &'static str,
+    changed: impl Fn(&Store<K>) + Send + 'static,
+) where
+    K: kube::Resource + Clone + fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let mut store: Store<K> = BTreeMap::new();
+    let mut listing: Option<Store<K>> = None;
+    let mut last_error: Option<String> = None;
+    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                let message = e.to_string();
+                if last_error.as_deref() != Some(&message) {
+                    tracing::warn!(what, error = %message, "Kubernetes watch failed; serving the last state, retrying");
+                    last_error = Some(message);
+                }
+                continue;
+            }
+        };
+        if last_error.take().is_some() {
+            tracing::info!(what, "Kubernetes watch recovered");
+        }
+        match event {
+            Event::Init => listing = Some(BTreeMap::new()),
+            Event::InitApply(obj) => {
+                if let Some(listing) = listing.as_mut() {
+                    listing.insert(name_of(&obj), obj);
+                }
+            }
+            Event::InitDone => {
+                // A re-list (after 410 Gone, say) replaces the store whole: objects still
+                // there are unchanged for the caller, who keeps their endpoints.
+                store = listing.take().unwrap_or_default();
+                changed(&store);
+            }
+            Event::Apply(obj) => {
+                store.insert(name_of(&obj), obj);
+                changed(&store);
+            }
+            Event::Delete(obj) => {
+                store.remove(&name_of(&obj));
+                changed(&store);
+            }
+        }
+    }
+}
+
+fn name_of<K: kube::Resource>(obj: &K) -> (String, String) {
+    let meta = obj.meta();
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Aborts its tasks when dropped (the services watch is one task per namespace).
+struct AbortAll(Vec<JoinHandle<()>>);
+
+impl Drop for AbortAll {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
