@@ -29,6 +29,7 @@ pub use skiff::Running;
 
 mod config;
 pub mod dns;
+pub mod fake_api;
 pub mod mesh;
 
 /// The body test handlers answer with.
