@@ -1,0 +1,308 @@
+//! Discovery from the Kubernetes API, end to end: the real proxy, with
+//! `spec.discovery.kubernetes` pointing at the fake API server (`skiff_e2e::fake_api`, which
+//! follows the list/watch contract) through a kubeconfig, in front of real hyper backends.
+//! Services become callable by name with no `services` table; endpoints follow their
+//! EndpointSlices, also while requests flow; the proxy keeps serving its last state when the
+//! API server goes away, and resyncs when it returns or when a watch is told 410 Gone.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hyper::StatusCode;
+use serde_json::{json, Value};
+use skiff_e2e::fake_api::FakeApi;
+use skiff_e2e::*;
+
+const TOKEN: &str = "skiff-test-token";
+
+/// A kubeconfig for the fake API server, as `kubectl config view` would write it.
+fn kubeconfig(api: &FakeApi, name: &str) -> PathBuf {
+    let dir = temp_dir(name);
+    let path = dir.join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: '{}'}}\n\
+         users:\n- name: skiff\n  user: {{token: {TOKEN}}}\ncontexts:\n- name: fake\n  \
+         context: {{cluster: fake, user: skiff, namespace: shop}}\ncurrent-context: fake\n",
+        api.url()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn service(name: &str, port: u16, cluster_ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {
+            "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+            "ports": [{"name": "http", "port": port, "targetPort": "http"}]
+        }
+    })
+}
+
+/// The EndpointSlice `slice` of Service `svc`, with `addrs` ready (all on one port).
+fn slice(svc: &str, slice: &str, addrs: &[SocketAddr]) -> Value {
+    let port = addrs.first().map_or(1, |a| a.port());
+    let endpoints: Vec<Value> = addrs
+        .iter()
+        .map(|a| json!({"addresses": [a.ip().to_string()], "conditions": {"ready": true}}))
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": slice, "namespace": "shop",
+                     "labels": {"kubernetes.io/service-name": svc}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        "endpoints": endpoints
+    })
+}
+
+async fn api() -> FakeApi {
+    FakeApi::builder().token(TOKEN).start().await
+}
+
+async fn proxy(api: &FakeApi, name: &str) -> Running {
+    ProxyConfig::new(1)
+        .spec(json!({
+            "namespace": "shop",
+            "discovery": {"kubernetes": {"kubeconfig": kubeconfig(api, name)}}
+        }))
+        .start()
+        .await
+}
+
+/// The body (or the `skiff-error` reason) a request to `host` gets.
+async fn call(outbound: SocketAddr, host: &str) -> (StatusCode, String) {
+    let rsp = h1(outbound)
+        .await
+        .send_request(get(host, "/"))
+        .await
+        .unwrap();
+    let status = rsp.status();
+    let reason = rsp
+        .headers()
+        .get("skiff-error")
+        .map(|v| v.to_str().unwrap_or_default().to_owned());
+    let body = body_text(rsp).await;
+    (status, reason.unwrap_or(body))
+}
+
+/// Backends answering their own name, on one port of 127.0.0.1, 127.0.0.2, ... as pods of
+/// one Deployment would.
+async fn pods(names: &[&'static str]) -> Vec<(Backend, SocketAddr)> {
+    let first = hello(names[0]).await;
+    let port = first.addr.port();
+    let mut all = vec![(first.clone(), first.addr)];
+    for (i, name) in names.iter().copied().enumerate().skip(1) {
+        let addr = SocketAddr::from(([127, 0, 0, 1 + i as u8], port));
+        let b = backend_at(addr, move |_req| async move { ok(name) }).await;
+        all.push((b, addr));
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_are_called_by_name_and_follow_their_endpoint_slices() {
+    let api = api().await;
+    let pods = pods(&["a", "b"]).await;
+    api.apply(service("web", 80, "10.96.0.10"));
+    api.apply(slice("web", "web-1", &[pods[0].1]));
+    let proxy = proxy(&api, "discovery-follow").await;
+    let out = proxy.outbound_addr;
+
+    eventually(
+        Duration::from_secs(10),
+        "ready after the first list",
+        || async { admin_get(proxy.admin_addr, "/ready").await.0 == 200 },
+    )
+    .await;
+    // Every spelling of the name, with no services table.
+    for host in ["web", "web.shop", "web.shop.svc.cluster.local:80"] {
+        assert_eq!(
+            call(out, host).await,
+            (StatusCode::OK, "a".into()),
+            "{host}"
+        );
+    }
+    // A rollout: the slice now names the new pod.
+    api.apply(slice("web", "web-1", &[pods[1].1]));
+    eventually(Duration::from_secs(10), "the new endpoint", || async {
+        call(out, "web").await.1 == "b"
+    })
+    .await;
+    // A second slice adds an endpoint; both take requests.
+    api.apply(slice("web", "web-2", &[pods[0].1]));
+    eventually(Duration::from_secs(10), "both endpoints", || async {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            seen.insert(call(out, "web").await.1);
+        }
+        seen.len() == 2
+    })
+    .await;
+    // A name the API does not know.
+    let (status, reason) = call(out, "nothere").await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "no-endpoints")
+    );
+    // The Service goes: so does the name.
+    api.delete("v1", "Service", "shop", "web");
+    eventually(Duration::from_secs(10), "the deleted Service", || async {
+        call(out, "web").await.0 == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let (_, config) = admin_get(proxy.admin_addr, "/config").await;
+    assert!(!config.contains("\"web.shop:80\""), "{config}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_replaced_one_by_one_under_load_fail_no_request() {
+    let api = api().await;
+    let pods = pods(&["p0", "p1", "p2", "p3", "p4", "p5"]).await;
+    let addrs: Vec<SocketAddr> = pods.iter().map(|p| p.1).collect();
+    api.apply(service("web", 80, "10.96.0.11"));
+    api.apply(slice("web", "web-1", &addrs[0..3]));
+    let proxy = proxy(&api, "discovery-rollout").await;
+    let out = proxy.outbound_addr;
+    eventually(Duration::from_secs(10), "the first endpoints", || async {
+        call(out, "web").await.0 == StatusCode::OK
+    })
+    .await;
+
+    // About 200 requests a second on one keep-alive connection while the three endpoints
+    // are replaced one at a time (a rolling update with maxSurge 0); old pods keep serving
+    // for a while after they leave the slice, as terminating pods do.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = sent.clone();
+    let load = tokio::spawn(async move {
+        let mut conn = h1(out).await;
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        for _ in 0..4_000 {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop_rx.changed() => break,
+            }
+            let rsp = conn.send_request(get("web", "/")).await.unwrap();
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if rsp.status() == StatusCode::OK {
+                ok += 1;
+            } else {
+                failed.push(rsp.status());
+            }
+            let _ = body_text(rsp).await;
+        }
+        (ok, failed)
+    });
+    for step in 0..3 {
+        let mut now: Vec<SocketAddr> = addrs[step + 1..3].to_vec();
+        now.extend_from_slice(&addrs[3..4 + step]);
+        api.apply(slice("web", "web-1", &now));
+        // The old pod stops getting requests once the proxy has the new slice. (A new pod
+        // is tried as P2C's peak-EWMA lets it in, which with fast old pods can take a
+        // while: it starts from a conservative latency estimate.)
+        let gone = pods[step].0.clone();
+        eventually(
+            Duration::from_secs(10),
+            "the old pod gets no more requests",
+            || {
+                let gone = gone.clone();
+                async move {
+                    let before = gone.requests();
+                    for _ in 0..10 {
+                        call(out, "web").await;
+                    }
+                    gone.requests() == before
+                }
+            },
+        )
+        .await;
+    }
+    // Keep the load on a little after the last change (bounded by the loop's count).
+    let done = sent.load(std::sync::atomic::Ordering::Relaxed);
+    eventually(
+        Duration::from_secs(10),
+        "200 more requests after the rollout",
+        || {
+            let sent = sent.clone();
+            async move { sent.load(std::sync::atomic::Ordering::Relaxed) >= done + 200 }
+        },
+    )
+    .await;
+    stop_tx.send_replace(true);
+    let (ok, failed) = load.await.unwrap();
+    assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+    assert!(ok >= 200, "the load ran ({ok} requests)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_state_serves_while_the_api_is_away_and_resyncs_after_gone() {
+    let api = api().await;
+    let pods = pods(&["a", "b", "c"]).await;
+    api.apply(service("web", 80, "10.96.0.12"));
+    api.apply(slice("web", "web-1", &[pods[0].1]));
+    let proxy = proxy(&api, "discovery-outage").await;
+    let out = proxy.outbound_addr;
+    eventually(Duration::from_secs(10), "served", || async {
+        call(out, "web").await.1 == "a"
+    })
+    .await;
+
+    // The API server goes away: the last state keeps serving.
+    api.stop().await;
+    for _ in 0..20 {
+        assert_eq!(call(out, "web").await, (StatusCode::OK, "a".into()));
+    }
+    // It comes back with what changed meanwhile: the proxy lists again and follows.
+    api.apply(slice("web", "web-1", &[pods[1].1]));
+    api.start_again().await;
+    eventually(
+        Duration::from_secs(20),
+        "resynced after the outage",
+        || async { call(out, "web").await.1 == "b" },
+    )
+    .await;
+
+    // A fresh history: resuming the watches gets 410 Gone, and the proxy lists again,
+    // serving meanwhile.
+    api.restart_with_fresh_history();
+    api.drop_watches();
+    assert_eq!(call(out, "web").await.1, "b");
+    api.apply(slice("web", "web-1", &[pods[2].1]));
+    eventually(
+        Duration::from_secs(20),
+        "resynced after 410 Gone",
+        || async { call(out, "web").await.1 == "c" },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_until_the_first_list_and_file_services_served_meanwhile() {
+    let api = api().await;
+    let app = hello("pinned").await;
+    api.stop().await;
+    let proxy = ProxyConfig::new(1)
+        .service("pinned", &[app.addr])
+        .spec(json!({
+            "namespace": "shop",
+            "discovery": {"kubernetes": {"kubeconfig": kubeconfig(&api, "discovery-ready")}}
+        }))
+        .start()
+        .await;
+    let (status, body) = admin_get(proxy.admin_addr, "/ready").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("Kubernetes API"), "{body}");
+    assert_eq!(
+        call(proxy.outbound_addr, "pinned").await,
+        (StatusCode::OK, "pinned".into())
+    );
+    api.start_again().await;
+    eventually(Duration::from_secs(20), "ready once listed", || async {
+        admin_get(proxy.admin_addr, "/ready").await.0 == 200
+    })
+    .await;
+}
