@@ -32,6 +32,7 @@ pub struct Readiness {
     draining: AtomicBool,
     awaiting_identity: AtomicBool,
     awaiting_discovery: AtomicBool,
+    discovery_stale: AtomicBool,
 }
 
 impl Readiness {
@@ -50,6 +51,12 @@ impl Readiness {
     /// (`/ready` is 503 until then; services written in the file are served meanwhile).
     pub fn set_awaiting_discovery(&self, waiting: bool) {
         self.awaiting_discovery.store(waiting, Ordering::Release);
+    }
+
+    /// Whether some discovery watch is failing, so that the last known state is served: `/ready`
+    /// stays 200 (serving continues) but says so.
+    pub fn set_discovery_stale(&self, stale: bool) {
+        self.discovery_stale.store(stale, Ordering::Release);
     }
 
     /// Why `/ready` answers 503, or `None` when it answers 200.
@@ -206,6 +213,10 @@ async fn handle(admin: &Admin, req: Request<Incoming>, peer: IpAddr) -> Response
             )
         }
         (Method::GET | Method::HEAD, "/ready") => match admin.readiness.not_ready_because() {
+            None if admin.readiness.discovery_stale.load(Ordering::Acquire) => text(
+                StatusCode::OK,
+                "ready; the Kubernetes API is failing: serving the last known state\n",
+            ),
             None => text(StatusCode::OK, "ready\n"),
             Some(why) => owned_text(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -17,6 +17,7 @@
 //!   `POST /shutdown`.
 
 pub mod admin;
+pub mod discovery;
 pub mod http;
 pub mod identity;
 pub mod process;
@@ -44,6 +45,8 @@ pub struct Metrics {
     pub config_reloads: Family<Labels, Counter>,
     /// Identity and authorization series.
     pub identity: Arc<identity::IdentityFamilies>,
+    /// Kubernetes API watches, events and failures.
+    pub discovery: Arc<discovery::DiscoveryFamilies>,
     /// The tap clients.
     pub tap: Arc<tap::TapHub>,
 }
@@ -66,6 +69,7 @@ impl Metrics {
         let http = Arc::new(http::HttpFamilies::register(&mut registry));
         let tcp = Arc::new(tcp::TcpFamilies::register(&mut registry));
         let identity = Arc::new(identity::IdentityFamilies::register(&mut registry));
+        let discovery = Arc::new(discovery::DiscoveryFamilies::register(&mut registry));
         registry.register_collector(Box::new(process::ProcessCollector));
         let tap_dropped = Counter::default();
         registry.register(
@@ -86,6 +90,7 @@ impl Metrics {
                 tcp,
                 config_reloads,
                 identity,
+                discovery,
                 tap,
             },
             registry,

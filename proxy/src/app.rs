@@ -13,7 +13,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::discovery::kubernetes::Kubernetes;
+use crate::discovery::{self, kubernetes::Kubernetes};
 use crate::routing::state::State;
 use crate::server::accept_loop;
 use crate::server::drain;
@@ -40,8 +40,13 @@ pub struct Running {
 pub async fn start(config: Config) -> io::Result<Running> {
     let spec = config.proxy.clone();
     let (metrics, registry) = Metrics::new();
+    let readiness = Arc::<proxy_metrics::admin::Readiness>::default();
+    let observe = discovery::kubernetes::Observe {
+        metrics: metrics.discovery.clone(),
+        readiness: readiness.clone(),
+    };
     let kube = match &spec.discovery.kubernetes {
-        Some(k) => Some(Kubernetes::connect(k).await.map_err(|e| {
+        Some(k) => Some(Kubernetes::connect(k, observe).await.map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("spec.discovery.kubernetes: {e}"),
@@ -49,7 +54,7 @@ pub async fn start(config: Config) -> io::Result<Running> {
         })?),
         None => None,
     };
-    let state = State::with_discovery(&config, Arc::new(metrics), kube)
+    let state = State::with_discovery(&config, Arc::new(metrics), kube, readiness)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let state = Arc::new(state);
 

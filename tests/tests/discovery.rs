@@ -306,3 +306,53 @@ async fn not_ready_until_the_first_list_and_file_services_served_meanwhile() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_resource_is_counted_and_disturbs_nothing_else() {
+    let api = api().await;
+    let pods = pods(&["a"]).await;
+    let pinned = hello("pinned").await;
+    api.apply(service("web", 80, "10.96.0.13"));
+    api.apply(slice("web", "web-1", &[pods[0].1]));
+    api.deny("endpointslices.discovery.k8s.io", &["list", "watch"]);
+    let proxy = ProxyConfig::new(1)
+        .service("pinned", &[pinned.addr])
+        .spec(json!({
+            "namespace": "shop",
+            "discovery": {"kubernetes": {"kubeconfig": kubeconfig(&api, "discovery-403")}}
+        }))
+        .start()
+        .await;
+    let out = proxy.outbound_addr;
+    eventually(Duration::from_secs(10), "services listed", || async {
+        admin_get(proxy.admin_addr, "/ready").await.0 == 200
+    })
+    .await;
+    // The Service is known, but its endpoints cannot be read: no endpoints, after waiting
+    // for a first answer that cannot come.
+    let (status, reason) = call(out, "web").await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "no-endpoints")
+    );
+    // Counted, and said on /ready, which stays 200: everything else is served.
+    let (_, metrics) = admin_get(proxy.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains(r#"skiff_discovery_errors_total{resource="endpointslices",reason="403"}"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"skiff_discovery_stale{resource="endpointslices"} 1"#));
+    let (status, body) = admin_get(proxy.admin_addr, "/ready").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("serving the last known state"), "{body}");
+    assert_eq!(call(out, "pinned").await, (StatusCode::OK, "pinned".into()));
+    // Granted: the retrying watch lists, and the service answers.
+    api.allow_all();
+    eventually(Duration::from_secs(30), "served once allowed", || async {
+        call(out, "web").await == (StatusCode::OK, "a".into())
+    })
+    .await;
+    let (_, metrics) = admin_get(proxy.admin_addr, "/metrics").await;
+    assert!(metrics.contains(r#"skiff_discovery_stale{resource="endpointslices"} 0"#));
+    assert!(metrics.contains(r#"skiff_discovery_watches{resource="services"} 1"#));
+}

@@ -284,7 +284,9 @@ async fn route_policies_apply_to_their_route_only() {
     let flaky = backend(|_req| {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         async move {
-            if N.fetch_add(1, std::sync::atomic::Ordering::SeqCst).is_multiple_of(2) {
+            if N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                .is_multiple_of(2)
+            {
                 let mut rsp = ok("unavailable");
                 *rsp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
                 rsp

@@ -83,7 +83,7 @@ impl State {
 
     /// Builds the state for `config`, loading its identity's credentials if it has one.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, String> {
-        Self::with_discovery(config, metrics, None)
+        Self::with_discovery(config, metrics, None, Arc::default())
     }
 
     /// [`State::new`], with services discovered through `kube` when given.
@@ -91,11 +91,11 @@ impl State {
         config: &Config,
         metrics: Arc<Metrics>,
         kube: Option<Arc<Kubernetes>>,
+        readiness: Arc<Readiness>,
     ) -> Result<Self, String> {
         let spec = config.proxy.clone();
         let pools = Arc::new(Pools::new(client_settings(&spec)));
         let http = &metrics.http;
-        let readiness = Arc::<Readiness>::default();
         cardinality(&spec, &metrics);
         let mesh = match &spec.identity {
             None => None,

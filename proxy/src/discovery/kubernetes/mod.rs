@@ -27,12 +27,25 @@ use tokio::task::JoinHandle;
 
 pub(crate) use model::{key, PodInfo, SliceEndpoint};
 
+use proxy_metrics::admin::Readiness;
+use proxy_metrics::discovery::DiscoveryFamilies;
+
 use crate::config::{KubernetesSpec, ServiceSpec};
 
 /// A connection to the Kubernetes API.
 pub(crate) struct Kubernetes {
     client: Client,
     spec: KubernetesSpec,
+    observe: Observe,
+}
+
+/// Where watches report: metrics, and `/ready`'s note that the last state is stale.
+#[derive(Clone, Debug)]
+pub(crate) struct Observe {
+    /// The discovery series.
+    pub(crate) metrics: Arc<DiscoveryFamilies>,
+    /// Told when some watch is failing (and when none is any more).
+    pub(crate) readiness: Arc<Readiness>,
 }
 
 impl fmt::Debug for Kubernetes {
@@ -46,7 +59,10 @@ impl fmt::Debug for Kubernetes {
 impl Kubernetes {
     /// A client with the kubeconfig `spec` names, else the pod's service-account
     /// credentials. Nothing is sent yet: an unreachable API server is found by the watches.
-    pub(crate) async fn connect(spec: &KubernetesSpec) -> Result<Arc<Self>, String> {
+    pub(crate) async fn connect(
+        spec: &KubernetesSpec,
+        observe: Observe,
+    ) -> Result<Arc<Self>, String> {
         let config = match &spec.kubeconfig {
             Some(path) => {
                 let file = kube::config::Kubeconfig::read_from(path)
@@ -63,6 +79,7 @@ impl Kubernetes {
         Ok(Arc::new(Self {
             client,
             spec: spec.clone(),
+            observe,
         }))
     }
 
@@ -100,7 +117,8 @@ impl Kubernetes {
                     api,
                     watcher::Config::default(),
                     "services",
-                    move |store| {
+                    self.observe.clone(),
+                    move |store: &Store<Service>| {
                         let mut all = stores.lock().unwrap_or_else(|e| e.into_inner());
                         all[i] = Some(store.clone());
                         // Until every namespace is listed, a partial table would drop services.
@@ -137,7 +155,8 @@ impl Kubernetes {
         let selector = format!("kubernetes.io/service-name={service}");
         let config = watcher::Config::default().labels(&selector);
         let (tx, mut rx) = tokio::sync::watch::channel(None::<Vec<SliceEndpoint>>);
-        let slices = follow(api, config, "endpointslices", move |store| {
+        let observe = self.observe.clone();
+        let slices = follow(api, config, "endpointslices", observe, move |store| {
             tx.send_replace(Some(model::endpoints(store.values(), port_name.as_deref())));
         });
         let resolve = async move {
@@ -201,10 +220,12 @@ async fn follow<K>(
     api: Api<K>,
     config: watcher::Config,
     what: &'static str,
+    observe: Observe,
     changed: impl Fn(&Store<K>) + Send + 'static,
 ) where
     K: kube::Resource + Clone + fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
+    let _open = Watching::open(&observe.metrics, what);
     let mut store: Store<K> = BTreeMap::new();
     let mut listing: Option<Store<K>> = None;
     let mut last_error: Option<String> = None;
@@ -213,16 +234,23 @@ async fn follow<K>(
         let event = match event {
             Ok(event) => event,
             Err(e) => {
+                observe.metrics.error(what, reason(&e));
                 let message = e.to_string();
                 if last_error.as_deref() != Some(&message) {
+                    // A 403's message names the missing permission.
                     tracing::warn!(what, error = %message, "Kubernetes watch failed; serving the last state, retrying");
+                    observe.metrics.set_stale(what, true, last_error.is_some());
                     last_error = Some(message);
+                    observe.note_staleness();
                 }
                 continue;
             }
         };
+        observe.metrics.event(what);
         if last_error.take().is_some() {
             tracing::info!(what, "Kubernetes watch recovered");
+            observe.metrics.set_stale(what, false, true);
+            observe.note_staleness();
         }
         match event {
             Event::Init => listing = Some(BTreeMap::new()),
@@ -246,6 +274,61 @@ async fn follow<K>(
                 changed(&store);
             }
         }
+    }
+}
+
+impl Observe {
+    /// Tells `/ready` whether any watch is stale now.
+    fn note_staleness(&self) {
+        self.readiness
+            .set_discovery_stale(self.metrics.stale_now() > 0);
+    }
+}
+
+/// Counts a watch as open while it lives.
+struct Watching<'a> {
+    metrics: &'a DiscoveryFamilies,
+    what: &'static str,
+}
+
+impl<'a> Watching<'a> {
+    fn open(metrics: &'a DiscoveryFamilies, what: &'static str) -> Self {
+        metrics.watching(what, true);
+        Self { metrics, what }
+    }
+}
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        self.metrics.watching(self.what, false);
+    }
+}
+
+/// A failure's metric label: the API server's status code, or what failed before one.
+fn reason(e: &watcher::Error) -> &'static str {
+    let client = match e {
+        watcher::Error::WatchError(status) => return code(status.code),
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => e,
+        watcher::Error::NoResourceVersion => return "no-resource-version",
+    };
+    match client {
+        kube::Error::Api(status) => code(status.code),
+        kube::Error::Service(_) | kube::Error::HyperError(_) => "connect",
+        _ => "other",
+    }
+}
+
+fn code(code: u16) -> &'static str {
+    match code {
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        410 => "410",
+        429 => "429",
+        500..=599 => "5xx",
+        _ => "other",
     }
 }
 
