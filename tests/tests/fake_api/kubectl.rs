@@ -407,3 +407,43 @@ async fn kubectl_reports_unauthorized_and_forbidden() {
         .await;
     assert!(out.success(), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_accepts_the_discovery_rbac_manifest() {
+    let api = https_api()
+        .token("sesame")
+        .resource(
+            "rbac.authorization.k8s.io/v1",
+            "clusterroles",
+            "ClusterRole",
+            false,
+        )
+        .resource(
+            "rbac.authorization.k8s.io/v1",
+            "clusterrolebindings",
+            "ClusterRoleBinding",
+            false,
+        )
+        .start()
+        .await;
+    let Some(kubectl) = Kubectl::new(&api, "sesame") else {
+        return;
+    };
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/discovery-rbac.yaml");
+    let out = kubectl
+        .run(&[
+            "apply",
+            "--dry-run=client",
+            "--validate=false",
+            "-f",
+            manifest,
+        ])
+        .await;
+    assert!(out.success(), "kubectl failed: {out:?}");
+    for created in [
+        "clusterrole.rbac.authorization.k8s.io/skiff-discovery created (dry run)",
+        "clusterrolebinding.rbac.authorization.k8s.io/skiff-discovery-skiff-demo created (dry run)",
+    ] {
+        assert!(out.stdout.contains(created), "{out:?}");
+    }
+}
