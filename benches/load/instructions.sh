@@ -50,29 +50,8 @@ spec:
 YAML
 }
 { head; echo "    backend: {endpoints: [127.0.0.1:19000]}"; } > "$WORK/bare.yaml"
-{ head; cat <<'YAML'
-    backend:
-      endpoints: [127.0.0.1:19000]
-      timeouts: {request: 10s, backendRequest: 5s}
-      retry: {attempts: 2}
-      breaker: {consecutiveFailures: 7}
-      maxInFlight: 100000
-    backend-b:
-      endpoints: [127.0.0.1:19000]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: backend}
-spec:
-  parentRefs: [{kind: Service, name: backend}]
-  rules:
-  - name: api
-    matches: [{path: {type: PathPrefix, value: /api}}, {headers: [{name: x-canary, value: 'yes'}]}]
-    backendRefs: [{name: backend, weight: 90}, {name: backend-b, weight: 10}]
-  - name: rest
-    backendRefs: [{name: backend, weight: 90}, {name: backend-b, weight: 10}]
-YAML
-} > "$WORK/full.yaml"
+. benches/load/full-stack.sh
+{ head; echo "$FULL_STACK_SERVICES"; full_stack_route; } > "$WORK/full.yaml"
 
 for config in bare full; do
   out="$WORK/callgrind.$config"

@@ -89,28 +89,8 @@ $6
 EOF
 }
 proxy_yaml 19140 19143 19191 19000 "" "    backend: {endpoints: [127.0.0.1:19000]}" > "$WORK/bare.yaml"
-proxy_yaml 19240 19243 19291 19000 "" "    backend:
-      endpoints: [127.0.0.1:19000]
-      timeouts: {request: 10s, backendRequest: 5s}
-      retry: {attempts: 2}
-      breaker: {consecutiveFailures: 7}
-      maxInFlight: 100000
-    backend-b:
-      endpoints: [127.0.0.1:19000]" > "$WORK/full.yaml"
-cat >> "$WORK/full.yaml" <<'EOF'
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: backend}
-spec:
-  parentRefs: [{kind: Service, name: backend}]
-  rules:
-  - name: api
-    matches: [{path: {type: PathPrefix, value: /api}}, {headers: [{name: x-canary, value: 'yes'}]}]
-    backendRefs: [{name: backend, weight: 90}, {name: backend-b, weight: 10}]
-  - name: rest
-    backendRefs: [{name: backend, weight: 90}, {name: backend-b, weight: 10}]
-EOF
+. "$ROOT/benches/load/full-stack.sh"
+{ proxy_yaml 19240 19243 19291 19000 "" "$FULL_STACK_SERVICES"; full_stack_route; } > "$WORK/full.yaml"
 ID="  identity: {dir: $WORK/ids/bench/"
 proxy_yaml 19340 19343 19391 1 "${ID}client, serviceAccount: client}" \
   "    backend: {endpoints: [127.0.0.1:19443], identity: spiffe://cluster.local/ns/bench/sa/server}" > "$WORK/mtls-a.yaml"

@@ -62,6 +62,48 @@ async fn http(addr: SocketAddr, request: &str) -> String {
 }
 
 /// Lines of a child's output, read on a thread.
+/// A running `skiff run`, its output, and where it listens.
+struct Started {
+    proxy: Child,
+    stderr: mpsc::Receiver<String>,
+    stdout: mpsc::Receiver<String>,
+    outbound: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// Runs the binary on a config whose listeners are on port 0 and whose `spec` goes on with
+/// `more` (YAML lines indented two spaces, `admin` included), once it says it is ready.
+fn start_proxy(name: &str, more: &str) -> Started {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("skiff.yaml");
+    let text = format!(
+        "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  outbound: {{listen: 127.0.0.1:0}}\n  inbound: {{listen: 127.0.0.1:0}}\n{more}"
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut proxy = Command::new(SKIFF)
+        .args(["run", "--workers", "1", "--config"])
+        .arg(&config)
+        .env("SKIFF_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = lines(proxy.stderr.take().unwrap());
+    let stdout = lines(proxy.stdout.take().unwrap());
+    let ready = wait_line(&stderr, Duration::from_secs(10), |l| {
+        l.contains("Skiff is ready")
+    })
+    .expect("the proxy reports its addresses");
+    Started {
+        proxy,
+        stderr,
+        stdout,
+        outbound: addr_in(&ready, "outbound_addr"),
+        admin: addr_in(&ready, "admin_addr"),
+    }
+}
+
 fn lines(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -105,33 +147,18 @@ fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitSt
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tap_stat_access_log_log_level_and_shutdown_work_against_a_running_proxy() {
     let web = backend().await;
-    let dir = std::env::temp_dir().join(format!("skiff-tools-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("skiff.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  outbound: {{listen: 127.0.0.1:0}}\n  inbound: {{listen: 127.0.0.1:0}}\n  admin: {{listen: 127.0.0.1:0, shutdownEndpoint: true}}\n  accessLog: {{enabled: true, fields: [method, authority, path, status, route, classification]}}\n  services:\n    web:\n      endpoints: [{web}]\n"
+    let Started {
+        mut proxy,
+        // Kept: its reader drains the pipe, which would otherwise fill and block the proxy.
+        stderr: _stderr,
+        stdout: access_log,
+        outbound,
+        admin,
+    } = start_proxy(
+        "skiff-tools",
+        &format!(
+            "  admin: {{listen: 127.0.0.1:0, shutdownEndpoint: true}}\n  accessLog: {{enabled: true, fields: [method, authority, path, status, route, classification]}}\n  services:\n    web:\n      endpoints: [{web}]\n"
         ),
-    )
-    .unwrap();
-    let mut proxy = Command::new(SKIFF)
-        .args(["run", "--workers", "1", "--config"])
-        .arg(&config)
-        .env("SKIFF_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = lines(proxy.stderr.take().unwrap());
-    let access_log = lines(proxy.stdout.take().unwrap());
-    let ready = wait_line(&stderr, Duration::from_secs(10), |l| {
-        l.contains("Skiff is ready")
-    })
-    .expect("the proxy reports its addresses");
-    let (outbound, admin) = (
-        addr_in(&ready, "outbound_addr"),
-        addr_in(&ready, "admin_addr"),
     );
     let get = |path: &str| {
         format!("GET {path} HTTP/1.1\r\nHost: web\r\nAuthorization: secret\r\nConnection: close\r\n\r\n")
@@ -244,32 +271,18 @@ async fn top_counts_what_the_proxy_classified() {
         b"HTTP/1.1 200 OK\r\ngrpc-status: 14\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
     )
     .await;
-    let dir = std::env::temp_dir().join(format!("skiff-top-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("skiff.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  outbound: {{listen: 127.0.0.1:0}}\n  inbound: {{listen: 127.0.0.1:0}}\n  admin: {{listen: 127.0.0.1:0}}\n  services:\n    web:\n      endpoints: [{web}]\n    grpc:\n      endpoints: [{grpc}]\n"
+    let Started {
+        mut proxy,
+        // Kept: their readers drain the pipes, which would otherwise fill and block the proxy.
+        stderr: _stderr,
+        stdout: _stdout,
+        outbound,
+        admin,
+    } = start_proxy(
+        "skiff-top",
+        &format!(
+            "  admin: {{listen: 127.0.0.1:0}}\n  services:\n    web:\n      endpoints: [{web}]\n    grpc:\n      endpoints: [{grpc}]\n"
         ),
-    )
-    .unwrap();
-    let mut proxy = Command::new(SKIFF)
-        .args(["run", "--workers", "1", "--config"])
-        .arg(&config)
-        .env("SKIFF_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = lines(proxy.stderr.take().unwrap());
-    let ready = wait_line(&stderr, Duration::from_secs(10), |l| {
-        l.contains("Skiff is ready")
-    })
-    .expect("the proxy reports its addresses");
-    let (outbound, admin) = (
-        addr_in(&ready, "outbound_addr"),
-        addr_in(&ready, "admin_addr"),
     );
     let mut top = Command::new(SKIFF)
         .args(["top", "--admin", &admin.to_string(), "--path", "/top"])

@@ -48,6 +48,18 @@ struct Maker {
 }
 
 impl Maker {
+    fn new(
+        pools: &Arc<Pools>,
+        peer: Option<Arc<MeshPeer>>,
+        breaker: Option<BreakerConfig>,
+    ) -> Self {
+        Self {
+            pools: pools.clone(),
+            peer,
+            breaker,
+        }
+    }
+
     fn build(&self, addrs: &[SocketAddr], old: &[Arc<Endpoint>]) -> Vec<Arc<Endpoint>> {
         let with_peer: Vec<_> = addrs.iter().map(|a| (*a, self.peer.clone())).collect();
         self.build_each(&with_peer, old)
@@ -105,11 +117,7 @@ impl Endpoints {
         peer: Option<Arc<MeshPeer>>,
         breaker: Option<BreakerConfig>,
     ) -> Self {
-        let maker = Maker {
-            pools: pools.clone(),
-            peer,
-            breaker,
-        };
+        let maker = Maker::new(pools, peer, breaker);
         Self {
             current: Arc::new(ArcSwap::from_pointee(maker.build(addrs, &[]))),
             next: AtomicUsize::new(0),
@@ -136,11 +144,8 @@ impl Endpoints {
         mesh: Option<Arc<Mesh>>,
         breaker: Option<BreakerConfig>,
     ) -> Self {
-        let maker = Maker {
-            pools: pools.clone(),
-            peer: None,
-            breaker,
-        };
+        // Each endpoint gets its own peer, from its Pod.
+        let maker = Maker::new(pools, None, breaker);
         let current: Arc<ArcSwap<Vec<Arc<Endpoint>>>> = Arc::default();
         let shared = Arc::new(LazyShared::new(kube.spec().endpoints_idle_timeout.0));
         let (target, state) = (current.clone(), shared.clone());
@@ -224,11 +229,7 @@ impl Endpoints {
         peer: Option<Arc<MeshPeer>>,
         breaker: Option<BreakerConfig>,
     ) -> Self {
-        let maker = Maker {
-            pools: pools.clone(),
-            peer,
-            breaker,
-        };
+        let maker = Maker::new(pools, peer, breaker);
         let current: Arc<ArcSwap<Vec<Arc<Endpoint>>>> = Arc::default();
         let target = current.clone();
         let settings = resolver.settings().clone();
