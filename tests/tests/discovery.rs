@@ -335,6 +335,14 @@ async fn a_forbidden_resource_is_counted_and_disturbs_nothing_else() {
         (status, reason.as_str()),
         (StatusCode::SERVICE_UNAVAILABLE, "no-endpoints")
     );
+    // Having waited once, the next requests do not wait again for what cannot come.
+    let start = tokio::time::Instant::now();
+    assert_eq!(call(out, "web").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
     // Counted, and said on /ready, which stays 200: everything else is served.
     let (_, metrics) = admin_get(proxy.admin_addr, "/metrics").await;
     assert!(

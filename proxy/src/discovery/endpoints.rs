@@ -206,11 +206,22 @@ impl Endpoints {
 
     /// Waits for the first answer of lazily watched endpoints, for at most `within`; at
     /// once for the others.
+    /// Once a wait has run out, later requests do not wait again until the watch is
+    /// restarted: an answer that cannot come (a 403, say) must not add `within` to every
+    /// request.
     pub(crate) async fn synced(&self, within: Duration) {
         if let Some(lazy) = &self.lazy {
             lazy.use_now();
+            if lazy.shared.gave_up.load(Ordering::Acquire) {
+                return;
+            }
             let mut synced = lazy.shared.synced.subscribe();
-            let _ = tokio::time::timeout(within, synced.wait_for(|s| *s)).await;
+            if tokio::time::timeout(within, synced.wait_for(|s| *s))
+                .await
+                .is_err()
+            {
+                lazy.shared.gave_up.store(true, Ordering::Release);
+            }
         }
     }
 
@@ -326,6 +337,7 @@ impl Lazy {
         }
         let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
         if !self.shared.running.swap(true, Ordering::AcqRel) {
+            self.shared.gave_up.store(false, Ordering::Release);
             *task = Some(AbortOnDrop((self.start)()));
         }
     }
@@ -335,6 +347,8 @@ impl Lazy {
 #[derive(Debug)]
 struct LazyShared {
     running: std::sync::atomic::AtomicBool,
+    // A request waited for the first answer until its bound, in this watch's life.
+    gave_up: std::sync::atomic::AtomicBool,
     synced: tokio::sync::watch::Sender<bool>,
     // Milliseconds since `epoch` at the last use.
     last_use: std::sync::atomic::AtomicU64,
@@ -346,6 +360,7 @@ impl LazyShared {
     fn new(idle: Duration) -> Self {
         Self {
             running: Default::default(),
+            gave_up: Default::default(),
             synced: tokio::sync::watch::channel(false).0,
             last_use: Default::default(),
             epoch: tokio::time::Instant::now(),
