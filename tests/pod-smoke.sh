@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Pod-level smoke test: Skiff injected into a Deployment, run as a pod by podman.
 #
-#   bash tests/pod-smoke.sh [BINARY]      # default: target/debug/skiff (built if missing)
+#   bash tests/pod-smoke.sh [BINARY]      # default: $CARGO_TARGET_DIR (or target)/debug/skiff, built if missing
 #
 # 1. Packages BINARY into an image with buildah (FROM scratch: the binary, plus the shared
 #    libraries it links when it is not static), tagged localhost/skiff:smoke.
@@ -20,7 +20,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-binary=${1:-target/debug/skiff}
+binary=${1:-${CARGO_TARGET_DIR:-target}/debug/skiff}
 work=$(mktemp -d /tmp/skiff-pod-smoke.XXXXXX)
 
 skip() {
