@@ -1,9 +1,10 @@
 //! The fake Kubernetes API server (`skiff_e2e::fake_api`) against the list/watch contract,
 //! over real sockets: a plain hyper client checks discovery, lists and pagination, expiry
 //! (410), selectors, authentication and authorization, HTTP writes, injected failures and
-//! what the server records; watches are checked in `fake_api/watches.rs`; kubectl, an
-//! independent client, checks that the protocol is the one real clients speak
-//! (`fake_api/kubectl.rs`).
+//! what the server records; watches are checked in `fake_api/watches.rs`. kubectl, an
+//! independent client, checks that the protocol is the one real clients speak in
+//! `fake_api_kubectl.rs`, a test target of its own so that without kubectl its tests are
+//! reported as ignored.
 
 use std::time::Duration;
 
@@ -11,39 +12,17 @@ use serde_json::{json, Value};
 
 #[path = "fake_api/client.rs"]
 mod client;
-#[path = "fake_api/kubectl.rs"]
-mod kubectl;
+#[path = "fake_api/objects.rs"]
+mod objects;
 #[path = "fake_api/watches.rs"]
 mod watches;
 
 use client::{call, get_json, names, summary, Next, Watch};
+use objects::{service, slice};
 use skiff_e2e::fake_api::FakeApi;
 
 const SERVICES: &str = "/api/v1/namespaces/shop/services";
 const WAIT: Duration = Duration::from_secs(10);
-
-fn service(namespace: &str, name: &str) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
-        "spec": {"ports": [{"port": 80}]},
-    })
-}
-
-fn slice(name: &str, service: &str) -> Value {
-    json!({
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": name,
-            "namespace": "shop",
-            "labels": {"kubernetes.io/service-name": service},
-        },
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": ["10.0.0.1"]}],
-    })
-}
 
 fn rv(object: &Value) -> u64 {
     object["metadata"]["resourceVersion"]

@@ -6,7 +6,7 @@
 //! as its handling of the contract's edges (a resourceVersion that expired, a watch that
 //! ends or stalls, a relist after a restart), so the fake implements those edges as the
 //! API server does, and lets the test cause each one. kubectl, an independent client, is
-//! run against it (`tests/tests/fake_api/kubectl.rs`) to check that it speaks the same
+//! run against it (`tests/tests/fake_api_kubectl.rs`) to check that it speaks the same
 //! protocol.
 //!
 //! # What it implements

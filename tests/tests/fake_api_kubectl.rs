@@ -5,25 +5,78 @@
 //! kubectl runs with an empty kubeconfig and its own HOME (no cluster, credentials or
 //! discovery cache from the machine), `--server` and `--token`. Every wait on it is bounded:
 //! its output is read by threads and received with a deadline, and a kubectl still running
-//! at the deadline is killed. Without kubectl the tests print why and return (this file runs
-//! under libtest's harness, which cannot mark a test ignored at run time).
+//! at the deadline is killed.
+//!
+//! Without kubectl the tests cannot run, and must not pass as if they had: libtest has no way
+//! to skip a test once it runs, so this file is a test target with its own harness
+//! (libtest-mimic, `harness = false` in `Cargo.toml`) and reports each test as ignored, with
+//! the reason on its line. The objects it stores are shared with `fake_api.rs`, through
+//! `fake_api/objects.rs`.
 
+use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use libtest_mimic::{Arguments, Completion, Trial};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use proxy_tls::devca::DevCa;
 
-use super::{service, slice};
+#[path = "fake_api/objects.rs"]
+mod objects;
+
+use objects::{service, slice};
 use skiff_e2e::fake_api::{FakeApi, FakeApiBuilder};
 
 /// The longest a kubectl run may take.
 const KUBECTL_WAIT: Duration = Duration::from_secs(60);
+
+fn main() -> ExitCode {
+    let args = Arguments::from_args();
+    let trials = vec![
+        trial(
+            "kubectl_lists_through_discovery_with_server_side_selectors",
+            kubectl_lists_through_discovery_with_server_side_selectors,
+        ),
+        trial(
+            "kubectl_watch_prints_objects_applied_after_it_started",
+            kubectl_watch_prints_objects_applied_after_it_started,
+        ),
+        trial(
+            "kubectl_reports_unauthorized_and_forbidden",
+            kubectl_reports_unauthorized_and_forbidden,
+        ),
+        trial(
+            "kubectl_accepts_the_discovery_rbac_manifest",
+            kubectl_accepts_the_discovery_rbac_manifest,
+        ),
+    ];
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+/// A test that needs kubectl: ignored, saying why, when it is not installed; otherwise run
+/// on a tokio runtime of its own with two workers (kubectl runs on blocking threads while
+/// the fake server answers it).
+fn trial<F: Future<Output = ()> + 'static>(name: &'static str, test: fn() -> F) -> Trial {
+    Trial::ignorable_test(name, move || {
+        if !kubectl_found() {
+            let why = "kubectl is not installed";
+            eprintln!("SKIPPED kubectl against the fake API server ({name}): {why}");
+            return Ok(Completion::ignored_with(why));
+        }
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+            .block_on(test());
+        Ok(Completion::Completed)
+    })
+}
 
 fn kubectl_found() -> bool {
     Command::new("kubectl")
@@ -106,19 +159,15 @@ fn read_lines<R: Read + Send + 'static>(
 }
 
 impl Kubectl {
-    /// kubectl for `api` with `token`, or `None` (having said why) if it is not installed.
-    fn new(api: &FakeApi, token: &str) -> Option<Self> {
-        if !kubectl_found() {
-            eprintln!("SKIPPED kubectl against the fake API server: kubectl is not installed");
-            return None;
-        }
+    /// kubectl for `api` with `token` (the trial checked that kubectl is installed).
+    fn new(api: &FakeApi, token: &str) -> Self {
         let home = skiff_e2e::temp_dir("kubectl-home");
         std::fs::write(home.join("kubeconfig"), "").unwrap();
-        Some(Self {
+        Self {
             server: api.url(),
             token: token.into(),
             home,
-        })
+        }
     }
 
     fn spawn(&self, args: &[&str]) -> Running {
@@ -235,12 +284,9 @@ fn list_of(out: &Finished) -> Value {
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_lists_through_discovery_with_server_side_selectors() {
     let api = https_api().token("sesame").start().await;
-    let Some(kubectl) = Kubectl::new(&api, "sesame") else {
-        return;
-    };
+    let kubectl = Kubectl::new(&api, "sesame");
     api.apply(service("shop", "web"));
     api.apply(service("shop", "api"));
     api.apply(service("other", "db"));
@@ -313,12 +359,9 @@ async fn kubectl_lists_through_discovery_with_server_side_selectors() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_watch_prints_objects_applied_after_it_started() {
     let api = https_api().token("sesame").start().await;
-    let Some(kubectl) = Kubectl::new(&api, "sesame") else {
-        return;
-    };
+    let kubectl = Kubectl::new(&api, "sesame");
     api.apply(service("shop", "before"));
     let mut running = kubectl.spawn(&["get", "services", "-n", "shop", "--watch", "-o", "json"]);
     api.wait_for_watches(1, KUBECTL_WAIT).await;
@@ -364,16 +407,13 @@ async fn kubectl_watch_prints_objects_applied_after_it_started() {
     assert!(watch.query.contains("resourceVersion=1"), "{watch:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_reports_unauthorized_and_forbidden() {
     let api = https_api()
         .token("sesame")
         .user("system:serviceaccount:shop:web")
         .start()
         .await;
-    let Some(wrong) = Kubectl::new(&api, "wrong") else {
-        return;
-    };
+    let wrong = Kubectl::new(&api, "wrong");
     api.apply(service("shop", "web"));
     let out = wrong
         .run(&["get", "services", "-n", "shop", "-o", "json"])
@@ -388,7 +428,7 @@ async fn kubectl_reports_unauthorized_and_forbidden() {
     assert!(api.requests().iter().all(|r| r.status == 401));
 
     api.deny("services", &["list"]);
-    let right = Kubectl::new(&api, "sesame").unwrap();
+    let right = Kubectl::new(&api, "sesame");
     let out = right
         .run(&["get", "services", "-n", "shop", "-o", "json"])
         .await;
@@ -408,7 +448,6 @@ async fn kubectl_reports_unauthorized_and_forbidden() {
     assert!(out.success(), "{out:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_accepts_the_discovery_rbac_manifest() {
     let api = https_api()
         .token("sesame")
@@ -426,9 +465,7 @@ async fn kubectl_accepts_the_discovery_rbac_manifest() {
         )
         .start()
         .await;
-    let Some(kubectl) = Kubectl::new(&api, "sesame") else {
-        return;
-    };
+    let kubectl = Kubectl::new(&api, "sesame");
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/discovery-rbac.yaml");
     let out = kubectl
         .run(&[
