@@ -420,12 +420,14 @@ impl FakeApi {
     /// expires, so clients resuming a watch get 410 and must list again. Objects stay.
     /// Returns the new resourceVersion.
     pub fn restart_with_fresh_history(&self) -> u64 {
+        // Watches break first, as a restarting server's connections do; one that saw the
+        // new history before its drop would end with a 410 instead.
+        self.drop_watches();
         let rv = {
             let mut store = lock(&self.shared.store);
             store.fresh_history(FRESH_HISTORY_JUMP);
             store.resource_version()
         };
-        self.drop_watches();
         self.shared.changes.send_replace(rv);
         rv
     }

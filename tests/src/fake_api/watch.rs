@@ -337,9 +337,11 @@ impl Watcher {
                 continue;
             }
             tokio::select! {
+                // In this order: a drop asked for wins over anything that arrived with it.
+                biased;
+                _ = self.dropping.changed() => return Err(self.abort()),
                 // The server-side timeout: the stream ends cleanly.
                 () = &mut timeout => return Ok(()),
-                _ = self.dropping.changed() => return Err(self.abort()),
                 _ = self.stalled.changed() => {}
                 () = self.tx.closed() => return Err(Ended),
                 changed = self.changes.changed() => {
