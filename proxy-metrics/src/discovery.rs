@@ -16,6 +16,8 @@ pub struct DiscoveryFamilies {
     events: Family<Labels, Counter>,
     errors: Family<Labels, Counter>,
     stale: Family<Labels, Gauge>,
+    refused: Counter,
+    ignored_fields: Counter,
 }
 
 impl DiscoveryFamilies {
@@ -37,6 +39,16 @@ impl DiscoveryFamilies {
             this.errors.clone(),
         );
         registry.register(
+            "skiff_discovery_refused_objects",
+            "Mesh documents from the Kubernetes API that could not be honoured (each refused alone)",
+            this.refused.clone(),
+        );
+        registry.register(
+            "skiff_discovery_ignored_fields",
+            "Fields of Kubernetes API objects that Skiff does not know, ignored",
+            this.ignored_fields.clone(),
+        );
+        registry.register(
             "skiff_discovery_stale",
             "Watches whose last attempt failed (the last known state is served), by resource",
             this.stale.clone(),
@@ -46,6 +58,17 @@ impl DiscoveryFamilies {
 
     fn labels(resource: &str) -> Labels {
         vec![("resource", resource.to_owned())]
+    }
+
+    /// A mesh document from the API was refused.
+    pub fn refused(&self) {
+        self.refused.inc();
+    }
+
+    /// `n` fields of API objects were ignored.
+    pub fn ignored_fields(&self, n: usize) {
+        self.ignored_fields
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
     }
 
     /// A watch on `resource` opened (`true`) or closed.
@@ -85,7 +108,7 @@ impl DiscoveryFamilies {
     /// How many watches are stale now, over every resource.
     pub fn stale_now(&self) -> i64 {
         let mut total = 0;
-        for resource in ["services", "endpointslices"] {
+        for resource in ["services", "endpointslices", "documents"] {
             total += self.stale.get_or_create(&Self::labels(resource)).get();
         }
         total

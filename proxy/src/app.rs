@@ -114,6 +114,11 @@ pub async fn start(config: Config) -> io::Result<Running> {
             // The Proxy spec, plus the mesh documents (routes, splits) under `documents`.
             let mut view = serde_json::to_value(&*view_state.spec.load())
                 .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
+            let refused = view_state.refused();
+            if let (Some(map), false) = (view.as_object_mut(), refused.is_empty()) {
+                let refused = serde_json::to_value(&*refused).unwrap_or_default();
+                map.insert("refused".into(), refused);
+            }
             let discovered = view_state.discovered();
             if let (Some(map), false) = (view.as_object_mut(), discovered.is_empty()) {
                 let services = serde_json::to_value(&*discovered).unwrap_or_default();
@@ -152,6 +157,12 @@ pub async fn start(config: Config) -> io::Result<Running> {
         watchers.push(tokio::spawn(mesh.clone().watch(state.readiness.clone())));
     }
     if let Some(kube) = &state.kube {
+        let target = Arc::downgrade(&state);
+        watchers.push(kube.watch_documents(move |objects| {
+            if let Some(state) = target.upgrade() {
+                state.set_api_objects(objects);
+            }
+        }));
         // Not ready until the first full list: the file's services are served meanwhile.
         state.readiness.set_awaiting_discovery(true);
         let target = Arc::downgrade(&state);

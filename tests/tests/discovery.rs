@@ -364,3 +364,167 @@ async fn a_forbidden_resource_is_counted_and_disturbs_nothing_else() {
     assert!(metrics.contains(r#"skiff_discovery_stale{resource="endpointslices"} 0"#));
     assert!(metrics.contains(r#"skiff_discovery_watches{resource="services"} 1"#));
 }
+
+fn http_route(name: &str, parent: &str, backends: Value) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": "shop", "generation": 3,
+                     "managedFields": [{"manager": "kubectl"}]},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": parent, "port": 80}],
+            "rules": [{"backendRefs": backends}]
+        },
+        // What an API server or a controller adds: read leniently.
+        "status": {"parents": []}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_from_the_api_split_traffic_and_a_bad_one_is_refused_alone() {
+    let api = api().await;
+    let pods = pods(&["apex", "v1", "v2"]).await;
+    for (name, ip, pod) in [
+        ("web", "10.96.1.1", 0),
+        ("web-v1", "10.96.1.2", 1),
+        ("web-v2", "10.96.1.3", 2),
+    ] {
+        api.apply(service(name, 80, ip));
+        api.apply(slice(name, &format!("{name}-1"), &[pods[pod].1]));
+    }
+    let proxy = proxy(&api, "discovery-routes").await;
+    let out = proxy.outbound_addr;
+    eventually(Duration::from_secs(10), "the apex answers", || async {
+        call(out, "web").await.1 == "apex"
+    })
+    .await;
+
+    // A 90/10 split, with a field this version does not know (ignored, counted).
+    let mut route = http_route(
+        "web-split",
+        "web",
+        json!([{"name": "web-v1", "port": 80, "weight": 90}, {"name": "web-v2", "port": 80, "weight": 10}]),
+    );
+    route["spec"]["rules"][0]["sessionPersistence"] = json!({"sessionName": "x"});
+    api.apply(route);
+    // And one Skiff cannot honour (its parent does not exist): refused alone.
+    api.apply(http_route(
+        "orphan",
+        "nothere",
+        json!([{"name": "web-v1", "port": 80}]),
+    ));
+    eventually(Duration::from_secs(10), "the split applies", || async {
+        call(out, "web").await.1 != "apex"
+    })
+    .await;
+    let (mut v1, mut v2) = (0, 0);
+    for _ in 0..200 {
+        match call(out, "web").await.1.as_str() {
+            "v1" => v1 += 1,
+            "v2" => v2 += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // 10% of 200 is 20; 3 and 45 are more than four standard deviations away.
+    assert!(v2 > 3 && v2 < 45 && v1 > v2, "v1 {v1}, v2 {v2}");
+    let (_, config) = admin_get(proxy.admin_addr, "/config").await;
+    assert!(config.contains("HTTPRoute shop/orphan"), "{config}");
+    assert!(config.contains("nothere"), "{config}");
+    let (_, metrics) = admin_get(proxy.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains("skiff_discovery_refused_objects_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("skiff_discovery_ignored_fields_total 0"),
+        "{metrics}"
+    );
+
+    // Deleting the route restores the default: the apex's own endpoints.
+    api.delete(
+        "gateway.networking.k8s.io/v1",
+        "HTTPRoute",
+        "shop",
+        "web-split",
+    );
+    eventually(Duration::from_secs(10), "the default again", || async {
+        call(out, "web").await.1 == "apex"
+    })
+    .await;
+}
+
+/// A proxy as `shop/sa` with discovery from `api`, and with `more` in its spec.
+async fn meshed_proxy(
+    ca: &proxy_tls::devca::DevCa,
+    api: &FakeApi,
+    sa: &str,
+    app_port: u16,
+) -> Running {
+    use skiff_e2e::mesh::{credentials, identity};
+    let dir = credentials(ca, "shop", sa);
+    ProxyConfig::new(app_port)
+        .spec(identity(&dir, "shop", sa))
+        .spec(json!({
+            "namespace": "shop",
+            "discovery": {"kubernetes": {"kubeconfig": kubeconfig(api, &format!("discovery-{sa}"))}}
+        }))
+        .start()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meshed_pods_are_called_over_mtls_and_traffic_targets_from_the_api_apply() {
+    let ca = proxy_tls::devca::DevCa::new("cluster.local").unwrap();
+    let api = api().await;
+    let app = hello("api").await;
+    // B: shop/api's proxy, reading its TrafficTargets from the API.
+    let b = meshed_proxy(&ca, &api, "api", app.addr.port()).await;
+    // The api Service's one endpoint is B's mTLS port, on a Pod that skiff inject marked.
+    api.apply(service("api", 80, "10.96.2.1"));
+    let mut s = slice("api", "api-1", &[b.inbound_addr]);
+    s["endpoints"][0]["targetRef"] = json!({"kind": "Pod", "name": "api-0", "namespace": "shop"});
+    api.apply(s);
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "api-0", "namespace": "shop",
+                     "annotations": {"skiff.dev/injected": "true"}},
+        "spec": {"serviceAccountName": "api", "containers": []}
+    }));
+    let web = meshed_proxy(&ca, &api, "web", 1).await;
+    let db = meshed_proxy(&ca, &api, "db", 1).await;
+    let status = |proxy: SocketAddr| async move { call(proxy, "api").await };
+
+    // Over mTLS with the Pod's identity: B sees the caller's SPIFFE ID.
+    eventually(Duration::from_secs(10), "web reaches api", || async {
+        status(web.outbound_addr).await == (StatusCode::OK, "api".into())
+    })
+    .await;
+    let (_, metrics) = admin_get(b.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains(r#"client_id="spiffe://cluster.local/ns/shop/sa/web""#),
+        "{metrics}"
+    );
+
+    // A TrafficTarget from the API lets only db call: web gets 403 from B.
+    api.apply(json!({
+        "apiVersion": "specs.smi-spec.io/v1alpha4", "kind": "HTTPRouteGroup",
+        "metadata": {"name": "api-routes", "namespace": "shop"},
+        "spec": {"matches": [{"name": "all", "pathRegex": ".*", "methods": ["*"]}]}
+    }));
+    api.apply(json!({
+        "apiVersion": "access.smi-spec.io/v1alpha3", "kind": "TrafficTarget",
+        "metadata": {"name": "db-only", "namespace": "shop"},
+        "spec": {
+            "destination": {"kind": "ServiceAccount", "name": "api", "namespace": "shop"},
+            "rules": [{"kind": "HTTPRouteGroup", "name": "api-routes", "matches": ["all"]}],
+            "sources": [{"kind": "ServiceAccount", "name": "db", "namespace": "shop"}]
+        }
+    }));
+    eventually(Duration::from_secs(10), "web forbidden", || async {
+        status(web.outbound_addr).await == (StatusCode::FORBIDDEN, "forbidden".into())
+    })
+    .await;
+    eventually(Duration::from_secs(10), "db allowed", || async {
+        status(db.outbound_addr).await == (StatusCode::OK, "api".into())
+    })
+    .await;
+}

@@ -4,6 +4,7 @@
 //!
 //! `load` reads a file of YAML documents; [`Config`] is the parsed result.
 
+pub(crate) mod api;
 mod discovery;
 mod duration;
 mod load;

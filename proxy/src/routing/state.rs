@@ -12,6 +12,7 @@ use proxy_metrics::http::{
 use proxy_metrics::tcp::ListenerMetrics;
 use proxy_metrics::Metrics;
 
+use crate::config::api::{self, ApiObject, Refused};
 use crate::config::{AuthzMode, Config, ProxySpec, ServiceRoutes, ServiceSpec};
 use crate::discovery::kubernetes::{self, Kubernetes};
 use crate::identity::Mesh;
@@ -51,6 +52,12 @@ pub struct State {
     discovered: ArcSwap<BTreeMap<String, ServiceSpec>>,
     /// The routes attached to services in the running config.
     routes: ArcSwap<BTreeMap<String, ServiceRoutes>>,
+    /// Mesh documents from the Kubernetes API (routes, splits, access).
+    api_objects: ArcSwap<Vec<ApiObject>>,
+    /// The API objects that could not be honoured, for `/config`.
+    refused: ArcSwap<Vec<Refused>>,
+    /// Who may call the application by the file's TrafficTargets alone.
+    file_authz: ArcSwap<Policy>,
     // One outbound rebuild at a time: a reload and a discovery change each build from both
     // sources, and the later build must see the other's input.
     rebuilding: Mutex<()>,
@@ -130,6 +137,9 @@ impl State {
             kube,
             discovered: ArcSwap::default(),
             routes: ArcSwap::from_pointee(config.routes.clone()),
+            api_objects: ArcSwap::default(),
+            refused: ArcSwap::default(),
+            file_authz: ArcSwap::from_pointee(policy(config)),
             rebuilding: Mutex::new(()),
         })
     }
@@ -184,18 +194,18 @@ impl State {
         self.pools.set_settings(client_settings(&spec));
         let rebuilding = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
         self.routes.store(Arc::new(config.routes));
+        self.file_authz.store(Arc::new(authz));
+        self.documents.store(Arc::new(config.mesh_documents));
         self.rebuild_outbound(&spec, &rebuilding);
         drop(rebuilding);
         self.inbound
             .resolver
             .update(&spec, &self.pools, &self.metrics.http);
-        self.authz.store(Arc::new(authz));
         self.observe_settings
             .store(Arc::new(observe_settings(&spec)));
         self.families.store(Arc::new(family_filter(&spec)));
         cardinality(&spec, &self.metrics);
         self.spec.store(Arc::new(spec));
-        self.documents.store(Arc::new(config.mesh_documents));
         Ok(())
     }
 
@@ -215,6 +225,26 @@ impl State {
         self.rebuild_outbound(&self.spec.load(), &rebuilding);
     }
 
+    /// Replaces the mesh documents read from the Kubernetes API (all of them): routes and
+    /// access rules are joined again with the file's.
+    pub(crate) fn set_api_objects(&self, objects: Vec<ApiObject>) {
+        let rebuilding = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+        if **self.api_objects.load() == objects {
+            return;
+        }
+        tracing::info!(
+            objects = objects.len(),
+            "mesh documents from the Kubernetes API"
+        );
+        self.api_objects.store(Arc::new(objects));
+        self.rebuild_outbound(&self.spec.load(), &rebuilding);
+    }
+
+    /// The API objects that could not be honoured, each with its reason.
+    pub(crate) fn refused(&self) -> Arc<Vec<Refused>> {
+        self.refused.load_full()
+    }
+
     /// The services discovered so far, by table key.
     pub(crate) fn discovered(&self) -> Arc<BTreeMap<String, ServiceSpec>> {
         self.discovered.load_full()
@@ -224,9 +254,47 @@ impl State {
     /// rebuild lock, taken by the caller).
     fn rebuild_outbound(&self, spec: &ProxySpec, _held: &MutexGuard<'_, ()>) {
         let merged = with_discovered(spec, &self.discovered.load());
+        let objects = self.api_objects.load();
+        let joined = if objects.is_empty() {
+            None
+        } else {
+            match api::join(&self.documents.load(), &merged, &objects) {
+                Ok(joined) => Some(joined),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot join the Kubernetes API's mesh documents; using the file's alone");
+                    None
+                }
+            }
+        };
+        let routes = match &joined {
+            Some(joined) => {
+                for refused in &joined.refused {
+                    if !self.refused.load().contains(refused) {
+                        tracing::warn!(object = %refused.object, reason = %refused.reason, "refused a mesh document from the Kubernetes API");
+                        self.metrics.discovery.refused();
+                    }
+                }
+                if !joined.ignored.is_empty() {
+                    tracing::debug!(fields = ?joined.ignored, "fields Skiff does not know, ignored");
+                    self.metrics.discovery.ignored_fields(joined.ignored.len());
+                }
+                self.refused.store(Arc::new(joined.refused.clone()));
+                let mode = self.file_authz.load().mode;
+                self.authz.store(Arc::new(Policy {
+                    mode,
+                    rules: joined.access.rules.clone(),
+                }));
+                Arc::new(joined.routes.clone())
+            }
+            None => {
+                self.refused.store(Arc::default());
+                self.authz.store(self.file_authz.load_full());
+                self.routes.load_full()
+            }
+        };
         self.outbound.resolver.update(
             &merged,
-            &self.routes.load(),
+            &routes,
             &self.pools,
             &self.metrics.http,
             self.mesh.as_ref(),

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use proxy_core::route::{HttpMatch, PathMatch, ValueMatch};
 
 use super::*;
-use crate::config::{ProxySpec, RetrySpec, TimeoutsSpec};
+use crate::config::{ProxySpec, RetrySpec, ServiceSpec, TimeoutsSpec};
 
 /// What Skiff adds to a route: its own policies, by route name, from the Proxy document's
 /// `routePolicies`. Set fields replace the route's (or service's) own.
@@ -77,12 +77,24 @@ pub(in crate::config) fn resolve(
 ) -> Result<BTreeMap<String, ServiceRoutes>, Vec<Problem>> {
     let mut problems = Vec::new();
     let local_ns = proxy.namespace.as_str();
+    let in_namespace =
+        |s: &ServiceSpec, namespace: &str| s.namespace.as_deref().unwrap_or(local_ns) == namespace;
+    // A service written in the file by its name, else one discovered from the Kubernetes
+    // API (keyed `name.namespace:port`: a Service with several ports takes its routes on
+    // the first).
     let find_service = |name: &str, namespace: &str| -> Option<String> {
         proxy
             .services
             .get(name)
-            .filter(|s| s.namespace.as_deref().unwrap_or(local_ns) == namespace)
+            .filter(|s| s.name.is_none() && in_namespace(s, namespace))
             .map(|_| name.to_owned())
+            .or_else(|| {
+                proxy
+                    .services
+                    .iter()
+                    .find(|(_, s)| s.name.as_deref() == Some(name) && in_namespace(s, namespace))
+                    .map(|(key, _)| key.clone())
+            })
     };
     let mut groups: HashMap<(String, String), &Object<HttpRouteGroupSpec>> = HashMap::new();
     for (_, doc) in documents {

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
@@ -30,6 +31,7 @@ pub(crate) use model::{key, PodInfo, SliceEndpoint};
 use proxy_metrics::admin::Readiness;
 use proxy_metrics::discovery::DiscoveryFamilies;
 
+use crate::config::api::ApiObject;
 use crate::config::{KubernetesSpec, ServiceSpec};
 
 /// A connection to the Kubernetes API.
@@ -136,6 +138,60 @@ impl Kubernetes {
         })
     }
 
+    /// Watches the mesh documents (routes, splits, access) until the task is aborted, in
+    /// the watched namespaces. `publish` gets every object of every kind after each change.
+    /// A kind whose CRD is not installed (404) simply has no objects.
+    pub(crate) fn watch_documents(
+        &self,
+        publish: impl Fn(Vec<ApiObject>) + Send + Sync + 'static,
+    ) -> JoinHandle<()> {
+        let namespaces: Vec<Option<String>> = if self.spec.namespaces.is_empty() {
+            vec![None]
+        } else {
+            self.spec.namespaces.iter().cloned().map(Some).collect()
+        };
+        let scopes: Vec<(ApiResource, Option<String>)> = crate::config::api::KINDS
+            .iter()
+            .flat_map(|(api_version, kind, plural)| {
+                let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+                let gvk = GroupVersionKind::gvk(group, version, kind);
+                let resource = ApiResource::from_gvk_with_plural(&gvk, plural);
+                namespaces
+                    .iter()
+                    .map(move |ns| (resource.clone(), ns.clone()))
+            })
+            .collect();
+        let stores: Arc<Mutex<Vec<Store<DynamicObject>>>> =
+            Arc::new(Mutex::new(vec![BTreeMap::new(); scopes.len()]));
+        let publish = Arc::new(publish);
+        let tasks: Vec<JoinHandle<()>> = scopes
+            .into_iter()
+            .enumerate()
+            .map(|(i, (resource, ns))| {
+                let api: Api<DynamicObject> = match &ns {
+                    Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
+                    None => Api::all_with(self.client.clone(), &resource),
+                };
+                let (stores, publish) = (stores.clone(), publish.clone());
+                tokio::spawn(follow(
+                    api,
+                    watcher::Config::default(),
+                    "documents",
+                    self.observe.clone(),
+                    move |store: &Store<DynamicObject>| {
+                        let mut all = stores.lock().unwrap_or_else(|e| e.into_inner());
+                        all[i] = store.clone();
+                        publish(api_objects(&all));
+                    },
+                ))
+            })
+            .collect();
+        tokio::spawn(async move {
+            let _abort_all = AbortAll(tasks);
+            std::future::pending::<()>().await;
+        })
+    }
+
     /// Watches the EndpointSlices of Service `namespace/service` until the task is
     /// aborted; `publish` gets the endpoints of its port `port_name`, each with its Pod's
     /// details, after the first list and after every change.
@@ -210,6 +266,24 @@ pub(crate) struct Resolved {
     pub(crate) pod: Option<Arc<PodInfo>>,
 }
 
+/// Every object of every kind, in a stable order.
+fn api_objects(stores: &[Store<DynamicObject>]) -> Vec<ApiObject> {
+    stores
+        .iter()
+        .flat_map(|s| s.values())
+        .filter_map(|obj| {
+            let kind = obj.types.as_ref()?.kind.clone();
+            let value = serde_json::to_value(obj).ok()?;
+            Some(ApiObject {
+                kind,
+                namespace: obj.metadata.namespace.clone().unwrap_or_default(),
+                name: obj.metadata.name.clone().unwrap_or_default(),
+                value,
+            })
+        })
+        .collect()
+}
+
 /// Objects by namespace and name.
 type Store<K> = BTreeMap<(String, String), K>;
 
@@ -234,7 +308,12 @@ async fn follow<K>(
         let event = match event {
             Ok(event) => event,
             Err(e) => {
-                observe.metrics.error(what, reason(&e));
+                let reason = reason(&e);
+                observe.metrics.error(what, reason);
+                // A mesh kind whose CRD is not installed: nothing to read, nothing wrong.
+                if what == "documents" && reason == "404" {
+                    continue;
+                }
                 let message = e.to_string();
                 if last_error.as_deref() != Some(&message) {
                     // A 403's message names the missing permission.
