@@ -90,6 +90,14 @@ snapshot() {
 }
 count() { awk -v k="$2" '$1 == k {v = $2} END {print v + 0}' "$WORK/counts.$1"; }
 delta() { echo $(($(count "$2" "$3") - $(count "$1" "$3"))); }
+sum() { awk -v p="$2" 'index($1, p) == 1 {s += $2} END {print s + 0}' "$WORK/counts.$1"; }
+# Watches open: Services + the route and access kinds + EndpointSlices.
+watches() {
+  local s e
+  s=$(count "$1" watches.open.services) e=$(count "$1" watches.open.endpointslices)
+  echo "$s + $(($(count "$1" watches.open) - s - e)) + $e"
+}
+requests() { echo "$(sum "$1" requests.list.), $(sum "$1" requests.watch.), $(count "$1" requests.get.pods)"; }
 count_now_is() { snapshot now && [ "$(count now "$1")" -ge "$2" ]; }
 # Established TCP connections from process $1 to the API server.
 api_connections() { ss -tnpH state established "( dport = :${API##*:} )" | grep -c "pid=$1," || true; }
@@ -174,6 +182,8 @@ wait_until 10 "$USED EndpointSlice watches" count_now_is watches.open.endpointsl
 sleep 2
 snapshot used
 RSS_USED=$(rss_kb "$SKIFF_PID")
+# The proxy's own count, where it has one.
+OWN_WATCHES=$(curl -s --max-time 5 "http://$ADMIN/metrics" | awk '/^skiff_discovery_watches\{/ {sub(/.*resource="/, ""); sub(/"\}/, ""); printf "%s%s", sep, $0; sep = ", "}')
 CONN_USED=$(api_connections "$SKIFF_PID")
 # What the proxy holds of the cluster: connections, watches and Pod reads so far.
 
@@ -223,13 +233,13 @@ cat <<EOF
 Written by \`bash benches/load/discovery.sh\` (SERVICES=$SERVICES ENDPOINTS=$ENDPOINTS NAMESPACES=$NAMESPACES USED=$USED CALLS=$CALLS) on $(date -u '+%Y-%m-%d %H:%M UTC'), $("$SKIFF" version), one worker thread.
 $(sed 's/^fake API server [^ ]* ([^)]*): /Cluster: /' "$WORK/fake.log")
 
-| state | RSS (MB) | API connections | watches open (Services + EndpointSlices) | API requests so far (list, watch, get) | proxy CPU so far (ms) |
+| state | RSS (MB) | API connections | watches open (Services + route and access kinds + EndpointSlices) | API requests so far (list, watch, get) | proxy CPU so far (ms) |
 |---|---|---|---|---|---|
 | discovery off (same binary) | $(mb "$RSS_OFF") | 0 | 0 | - | - |
 | discovery on, before the first list | $(mb "$RSS_IDLE") | 0 | 0 | 0 | $CPU_IDLE |
-| after the first list ($SERVICES Services) | $(mb "$RSS_LISTED") | $CONN_LISTED | $(count listed watches.open.services) + $(count listed watches.open.endpointslices) | $(count listed requests.list.services), $(count listed requests.watch.services), 0 | $(count listed cpu.ms) |
-| $USED Services in use ($((USED * ENDPOINTS)) endpoints), $OK calls | $(mb "$RSS_USED") | $CONN_USED | $(count used watches.open.services) + $(count used watches.open.endpointslices) | $(($(count used requests.list.services) + $(count used requests.list.endpointslices))), $(($(count used requests.watch.services) + $(count used requests.watch.endpointslices))), $(count used requests.get.pods) | $(count used cpu.ms) |
-| after the changes below | $(mb "$RSS_END") (peak $(mb "$HWM_END")) | $CONN_END | $(count after_relabel watches.open.services) + $(count after_relabel watches.open.endpointslices) | - | $(count after_relabel cpu.ms) |
+| after the first list ($SERVICES Services) | $(mb "$RSS_LISTED") | $CONN_LISTED | $(watches listed) | $(requests listed) | $(count listed cpu.ms) |
+| $USED Services in use ($((USED * ENDPOINTS)) endpoints), $OK calls | $(mb "$RSS_USED") | $CONN_USED | $(watches used) | $(requests used) | $(count used cpu.ms) |
+| after the changes below | $(mb "$RSS_END") (peak $(mb "$HWM_END")) | $CONN_END | $(watches after_relabel) | $(requests after_relabel) | $(count after_relabel cpu.ms) |
 
 | change | events sent to the proxy | on EndpointSlice watches | on the Service watch | Pod gets | API requests | proxy CPU (ms) |
 |---|---|---|---|---|---|---|
@@ -237,5 +247,6 @@ $(row "one endpoint of a used Service replaced (new Pod, slice updated)" before_
 $(row "one endpoint of an unused Service replaced" before_unused after_unused)
 $(row "a Service object changed (a label)" before_relabel after_relabel)
 
+The proxy's own gauge with $USED Services in use (skiff_discovery_watches by resource): ${OWN_WATCHES:--}.
 Bookmarks sent meanwhile (one a minute per watch, as a real API server's watch cache): $(count after_relabel watch.bookmarks.services) on the Service watch, $(count after_relabel watch.bookmarks.endpointslices) on the EndpointSlice watches.
 EOF
