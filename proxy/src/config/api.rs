@@ -94,6 +94,11 @@ pub(crate) fn join(
     let mut ignored = Vec::new();
     let mut names = Vec::new();
     for object in objects {
+        // A TrafficTarget binds the proxy it names; one without an identity is named by
+        // none (the file would refuse it, but the API's are for every workload).
+        if object.kind == "TrafficTarget" && spec.identity.is_none() {
+            continue;
+        }
         let label = format!("{} {}/{}", object.kind, object.namespace, object.name);
         match lenient(&object.kind, object.value.clone()) {
             Ok((doc, dropped)) => {

@@ -305,8 +305,11 @@ pub(in crate::config) fn resolve(
     for routes in out.values() {
         known.extend(routes.routes.iter().map(|r| r.name.as_str()));
     }
+    // With discovery, routes also come from the Kubernetes API: a policy may name one that
+    // is not applied yet.
+    let routes_from_api = proxy.discovery.kubernetes.is_some();
     for name in proxy.route_policies.keys() {
-        if !known.contains(&name.as_str()) {
+        if !routes_from_api && !known.contains(&name.as_str()) {
             problems.push((
                 usize::MAX,
                 format!("routePolicies.{name}: no route of that name (routes are named `<HTTPRoute>` or `<HTTPRoute>/<rule>`, `<HTTPRouteGroup>/<match>`, or the TrafficSplit's name)"),

@@ -232,3 +232,57 @@ fn pods_give_their_account_owner_and_whether_skiff_runs_beside_them() {
     assert!(!info.meshed, "not injected: called in plaintext");
     assert_eq!(info.owner, Some(("StatefulSet".into(), "db".into())));
 }
+
+/// The `deploy/` example is consistent: its Proxy document writes no services, and the
+/// routes and access rules of its mesh.yaml join, with nothing refused, the services its
+/// app.yaml's Services become.
+#[test]
+fn the_deploy_example_needs_no_services_table() {
+    let config_map: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(include_str!("../../../../deploy/example/skiff-config.yaml"))
+            .unwrap();
+    let text = config_map["data"]["skiff.yaml"].as_str().unwrap();
+    let mut spec = crate::config::parse(text, None).unwrap().proxy;
+    assert!(spec.services.is_empty());
+    assert!(spec.discovery.kubernetes.is_some());
+
+    let docs = |text: &str| -> Vec<serde_json::Value> {
+        serde_yaml_ng::Deserializer::from_str(text)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect()
+    };
+    let services: Vec<Service> = docs(include_str!("../../../../deploy/example/app.yaml"))
+        .into_iter()
+        .filter(|d| d["kind"] == "Service")
+        .map(service)
+        .collect();
+    spec.services = service_table(&services, &[]);
+    // Access rules are joined for the proxy they name; routes are what is checked here.
+    spec.identity = None;
+    let objects: Vec<crate::config::api::ApiObject> =
+        docs(include_str!("../../../../deploy/example/mesh.yaml"))
+            .into_iter()
+            .map(|value| crate::config::api::ApiObject {
+                kind: value["kind"].as_str().unwrap().to_owned(),
+                namespace: value["metadata"]["namespace"].as_str().unwrap().to_owned(),
+                name: value["metadata"]["name"].as_str().unwrap().to_owned(),
+                value,
+            })
+            .collect();
+    let joined = crate::config::api::join(&[], &spec, &objects).unwrap();
+    assert!(joined.refused.is_empty(), "{:?}", joined.refused);
+    let canary = &joined.routes["api.skiff-demo:80"].routes[0];
+    assert_eq!(canary.name, "api-canary");
+    let backends: Vec<Option<&str>> = canary
+        .backends
+        .iter()
+        .map(|b| b.service.as_deref())
+        .collect();
+    assert_eq!(
+        backends,
+        [
+            Some("api-v1.skiff-demo:4143"),
+            Some("api-v2.skiff-demo:4143")
+        ]
+    );
+}
