@@ -281,16 +281,23 @@ mod tests {
         let mut bad_regex = route("bad", "web-v2");
         bad_regex["spec"]["rules"][0]["matches"] =
             json!([{"path": {"type": "RegularExpression", "value": "(unclosed"}}]);
+        // A filter is known and not supported: honouring the rest would send traffic
+        // where its author did not mean it to go.
+        let mut filtered = route("filtered", "web-v2");
+        filtered["spec"]["rules"][0]["filters"] =
+            json!([{"type": "RequestRedirect", "requestRedirect": {"hostname": "elsewhere"}}]);
         let objects = [
             object("HTTPRoute", "good", route("good", "web")),
             object("HTTPRoute", "orphan", route("orphan", "nothere")),
             object("HTTPRoute", "bad", bad_regex),
+            object("HTTPRoute", "filtered", filtered),
         ];
         let joined = join(&[], &spec(), &objects).unwrap();
         let refused: Vec<&str> = joined.refused.iter().map(|r| r.object.as_str()).collect();
-        assert_eq!(refused.len(), 2, "{:?}", joined.refused);
+        assert_eq!(refused.len(), 3, "{:?}", joined.refused);
         assert!(refused.contains(&"HTTPRoute shop/orphan"));
         assert!(refused.contains(&"HTTPRoute shop/bad"));
+        assert!(refused.contains(&"HTTPRoute shop/filtered"));
         assert!(joined.routes.contains_key("web"), "the good one applies");
     }
 
