@@ -457,3 +457,15 @@ pub fn dead_addr() -> DeadAddr {
         _reserved: socket,
     }
 }
+
+/// Runs `test` on a tokio runtime of its own with two workers, as
+/// `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]` would, for the tests that
+/// run under a libtest-mimic harness (so that a missing tool can mark them ignored).
+pub fn block_on_two_workers(test: impl Future<Output = ()>) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(test);
+}

@@ -68,12 +68,7 @@ fn trial<F: Future<Output = ()> + 'static>(name: &'static str, test: fn() -> F) 
             eprintln!("SKIPPED kubectl against the fake API server ({name}): {why}");
             return Ok(Completion::ignored_with(why));
         }
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a tokio runtime")
-            .block_on(test());
+        skiff_e2e::block_on_two_workers(test());
         Ok(Completion::Completed)
     })
 }

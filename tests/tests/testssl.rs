@@ -22,12 +22,7 @@ fn main() -> ExitCode {
                 eprintln!("SKIPPED the mesh port check: {why}");
                 return Ok(Completion::ignored_with(why));
             }
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("a tokio runtime")
-                .block_on(the_mesh_port_offers_only_tls_1_3_with_aead_suites());
+            block_on_two_workers(the_mesh_port_offers_only_tls_1_3_with_aead_suites());
             Ok(Completion::Completed)
         },
     )];
