@@ -66,7 +66,9 @@ cleanup() {
 trap cleanup EXIT
 
 # ---- helpers ----
-rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+# RSS as "total (anonymous)" MB: file-backed pages are the binary's, shared between
+# processes that map the same file.
+rss_mb() { awk '/^VmRSS:/ {t = $2} /^RssAnon:/ {a = $2} END {printf "%.1f (%.1f)", t / 1024, a / 1024}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 # Waits until the command succeeds, for at most $1 seconds.
@@ -143,7 +145,7 @@ PIDS+=("$SKIFF_PID")
 wait_until 10 "skiff's admin listener" is_status 200 "$ADMIN" /live
 is_status 503 "$ADMIN" /ready || { echo "skiff was ready before any list" >&2; exit 1; }
 sleep 2
-RSS_IDLE=$(rss_kb "$SKIFF_PID")
+RSS_IDLE=$(rss_mb "$SKIFF_PID")
 CPU_IDLE=$(cpu_ms "$SKIFF_PID")
 
 # ---- 2. The cluster, listed ----
@@ -165,7 +167,7 @@ wait_until 90 "skiff /ready after the first list" is_status 200 "$ADMIN" /ready
 wait_until 10 "the Service watch" count_now_is watches.open.services 1
 sleep 2
 snapshot listed
-RSS_LISTED=$(rss_kb "$SKIFF_PID")
+RSS_LISTED=$(rss_mb "$SKIFF_PID")
 CONN_LISTED=$(api_connections "$SKIFF_PID")
 
 # ---- 3. USED Services in use ----
@@ -181,7 +183,7 @@ done
 wait_until 10 "$USED EndpointSlice watches" count_now_is watches.open.endpointslices "$USED"
 sleep 2
 snapshot used
-RSS_USED=$(rss_kb "$SKIFF_PID")
+RSS_USED=$(rss_mb "$SKIFF_PID")
 # The proxy's own count, where it has one.
 OWN_WATCHES=$(curl -s --max-time 5 "http://$ADMIN/metrics" | awk '/^skiff_discovery_watches\{/ {sub(/.*resource="/, ""); sub(/"\}/, ""); printf "%s%s", sep, $0; sep = ", "}')
 CONN_USED=$(api_connections "$SKIFF_PID")
@@ -211,7 +213,7 @@ curl -sf --max-time 5 "http://$FAKE_ADMIN/relabel?service=$(printf svc-%04d $UNU
 wait_until 10 "the Service event" count_now_is watch.events.services $(($(count before_relabel watch.events.services) + 1))
 sleep 2
 snapshot after_relabel
-RSS_END=$(rss_kb "$SKIFF_PID")
+RSS_END=$(rss_mb "$SKIFF_PID")
 HWM_END=$(hwm_kb "$SKIFF_PID")
 CONN_END=$(api_connections "$SKIFF_PID")
 
@@ -222,7 +224,7 @@ OFF_PID=$!
 PIDS+=("$OFF_PID")
 wait_until 10 "skiff without discovery" is_status 200 "$OFF_ADMIN" /ready
 sleep 2
-RSS_OFF=$(rss_kb "$OFF_PID")
+RSS_OFF=$(rss_mb "$OFF_PID")
 
 # ---- report ----
 row() { # label snapshot-before snapshot-after
@@ -233,13 +235,13 @@ cat <<EOF
 Written by \`bash benches/load/discovery.sh\` (SERVICES=$SERVICES ENDPOINTS=$ENDPOINTS NAMESPACES=$NAMESPACES USED=$USED CALLS=$CALLS) on $(date -u '+%Y-%m-%d %H:%M UTC'), $("$SKIFF" version), one worker thread.
 $(sed 's/^fake API server [^ ]* ([^)]*): /Cluster: /' "$WORK/fake.log")
 
-| state | RSS (MB) | API connections | watches open (Services + route and access kinds + EndpointSlices) | API requests so far (list, watch, get) | proxy CPU so far (ms) |
+| state | RSS, MB (anonymous) | API connections | watches open (Services + route and access kinds + EndpointSlices) | API requests so far (list, watch, get) | proxy CPU so far (ms) |
 |---|---|---|---|---|---|
-| discovery off (same binary) | $(mb "$RSS_OFF") | 0 | 0 | - | - |
-| discovery on, before the first list | $(mb "$RSS_IDLE") | 0 | 0 | 0 | $CPU_IDLE |
-| after the first list ($SERVICES Services) | $(mb "$RSS_LISTED") | $CONN_LISTED | $(watches listed) | $(requests listed) | $(count listed cpu.ms) |
-| $USED Services in use ($((USED * ENDPOINTS)) endpoints), $OK calls | $(mb "$RSS_USED") | $CONN_USED | $(watches used) | $(requests used) | $(count used cpu.ms) |
-| after the changes below | $(mb "$RSS_END") (peak $(mb "$HWM_END")) | $CONN_END | $(watches after_relabel) | $(requests after_relabel) | $(count after_relabel cpu.ms) |
+| discovery off (same binary) | $RSS_OFF | 0 | 0 | - | - |
+| discovery on, before the first list | $RSS_IDLE | 0 | 0 | 0 | $CPU_IDLE |
+| after the first list ($SERVICES Services) | $RSS_LISTED | $CONN_LISTED | $(watches listed) | $(requests listed) | $(count listed cpu.ms) |
+| $USED Services in use ($((USED * ENDPOINTS)) endpoints), $OK calls | $RSS_USED | $CONN_USED | $(watches used) | $(requests used) | $(count used cpu.ms) |
+| after the changes below | $RSS_END (peak $(mb "$HWM_END")) | $CONN_END | $(watches after_relabel) | $(requests after_relabel) | $(count after_relabel cpu.ms) |
 
 | change | events sent to the proxy | on EndpointSlice watches | on the Service watch | Pod gets | API requests | proxy CPU (ms) |
 |---|---|---|---|---|---|---|
