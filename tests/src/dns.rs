@@ -11,6 +11,19 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
+/// A UDP socket and a TCP listener on one loopback port number. The UDP port the kernel
+/// picks may be taken for TCP (by a connection of another test): then another pair is
+/// tried, a bounded number of times.
+async fn pair() -> (UdpSocket, TcpListener) {
+    for _ in 0..50 {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        if let Ok(listener) = TcpListener::bind(socket.local_addr().unwrap()).await {
+            return (socket, listener);
+        }
+    }
+    panic!("no loopback port free for both UDP and TCP in 50 tries");
+}
+
 /// The running server.
 #[derive(Clone, Debug)]
 pub struct DnsServer {
@@ -25,7 +38,7 @@ pub struct DnsServer {
 impl DnsServer {
     /// Starts answering with `addrs` and `ttl` (seconds).
     pub async fn start(addrs: &[Ipv4Addr], ttl: u32) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (socket, listener) = pair().await;
         let server = Self {
             addr: socket.local_addr().unwrap(),
             answer: Arc::new(Mutex::new((addrs.to_vec(), ttl))),
@@ -33,7 +46,7 @@ impl DnsServer {
             tcp_queries: Arc::default(),
             truncate: Arc::default(),
         };
-        server.serve_tcp().await;
+        server.serve_tcp(listener);
         let (answer, queries) = (server.answer.clone(), server.queries.clone());
         let truncate = server.truncate.clone();
         tokio::spawn(async move {
@@ -60,8 +73,7 @@ impl DnsServer {
     }
 
     /// Answers on TCP at the same port number: two-byte length, then the message.
-    async fn serve_tcp(&self) {
-        let listener = TcpListener::bind(self.addr).await.unwrap();
+    fn serve_tcp(&self, listener: TcpListener) {
         let (answer, queries) = (self.answer.clone(), self.tcp_queries.clone());
         tokio::spawn(async move {
             loop {
