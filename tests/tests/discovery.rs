@@ -528,3 +528,48 @@ async fn meshed_pods_are_called_over_mtls_and_traffic_targets_from_the_api_apply
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_service_stops_being_watched_and_is_watched_again_when_called() {
+    let api = api().await;
+    let pods = pods(&["a"]).await;
+    api.apply(service("web", 80, "10.96.3.1"));
+    api.apply(slice("web", "web-1", &[pods[0].1]));
+    let proxy = ProxyConfig::new(1)
+        .spec(json!({
+            "namespace": "shop",
+            "discovery": {"kubernetes": {
+                "kubeconfig": kubeconfig(&api, "discovery-idle"),
+                "endpointsIdleTimeout": "300ms"
+            }}
+        }))
+        .start()
+        .await;
+    let out = proxy.outbound_addr;
+    let slice_watches = || {
+        api.watches()
+            .iter()
+            .filter(|w| w.open && w.resource.starts_with("endpointslices"))
+            .count()
+    };
+    eventually(Duration::from_secs(10), "served", || async {
+        call(out, "web").await.1 == "a"
+    })
+    .await;
+    // (The watch opens right after the list that answered the request.)
+    eventually(Duration::from_secs(10), "watched while in use", || async {
+        slice_watches() == 1
+    })
+    .await;
+    // Unused for the idle timeout: the watch goes.
+    eventually(Duration::from_secs(10), "the idle watch closed", || async {
+        slice_watches() == 0
+    })
+    .await;
+    // Called again: watched again, and the first request waits for the answer.
+    assert_eq!(call(out, "web").await, (StatusCode::OK, "a".into()));
+    eventually(Duration::from_secs(10), "watched again", || async {
+        slice_watches() == 1
+    })
+    .await;
+}
