@@ -19,6 +19,18 @@ use crate::server::accept_loop;
 use crate::server::drain;
 use proxy_core::Direction;
 
+/// Adds `value` to the `/config` view under `key`, unless there is nothing to show.
+fn insert_unless_empty(
+    map: &mut serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    value: &impl serde::Serialize,
+    empty: bool,
+) {
+    if !empty {
+        map.insert(key.into(), serde_json::to_value(value).unwrap_or_default());
+    }
+}
+
 /// A running proxy.
 #[derive(Debug)]
 pub struct Running {
@@ -112,22 +124,16 @@ pub async fn start(config: Config) -> io::Result<Running> {
         readiness: state.readiness.clone(),
         config: Arc::new(move || {
             // The Proxy spec, plus the mesh documents (routes, splits) under `documents`.
+            // With discovery, also what was discovered and what was refused.
             let mut view = serde_json::to_value(&*view_state.spec.load())
                 .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
-            let refused = view_state.refused();
-            if let (Some(map), false) = (view.as_object_mut(), refused.is_empty()) {
-                let refused = serde_json::to_value(&*refused).unwrap_or_default();
-                map.insert("refused".into(), refused);
-            }
-            let discovered = view_state.discovered();
-            if let (Some(map), false) = (view.as_object_mut(), discovered.is_empty()) {
-                let services = serde_json::to_value(&*discovered).unwrap_or_default();
-                map.insert("discovered".into(), services);
-            }
-            let documents = view_state.documents.load();
-            if let (Some(map), false) = (view.as_object_mut(), documents.is_empty()) {
-                let documents = serde_json::to_value(&**documents).unwrap_or_default();
-                map.insert("documents".into(), documents);
+            if let Some(map) = view.as_object_mut() {
+                let refused = view_state.refused();
+                insert_unless_empty(map, "refused", &*refused, refused.is_empty());
+                let discovered = view_state.discovered();
+                insert_unless_empty(map, "discovered", &*discovered, discovered.is_empty());
+                let documents = view_state.documents.load();
+                insert_unless_empty(map, "documents", &**documents, documents.is_empty());
             }
             serde_json::to_string_pretty(&view).unwrap_or_default()
         }),

@@ -31,7 +31,7 @@ pub use headers::{strip_hop_by_hop, strip_response_headers, strip_skiff_headers}
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WebSocketUpgrade;
 
-/// HeaderLimits enforced on every request.
+/// Header and body limits enforced on every request.
 #[derive(Clone, Debug)]
 pub struct HeaderLimits {
     /// Most header fields a request may carry (431 beyond).

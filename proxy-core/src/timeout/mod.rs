@@ -111,21 +111,18 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let scope = match self.scope {
+        let layer = match self.scope {
             Scope::Request => "request timeout",
             Scope::Backend => "per-try timeout",
         };
-        let timeouts = match RouteContext::of(req.extensions(), scope) {
+        let t = match RouteContext::of(req.extensions(), layer) {
             Ok(ctx) => ctx.timeouts,
             Err(e) => return ResponseFuture::new(Err(e)),
         };
-        let limit = match self.scope {
-            Scope::Request => timeouts.request,
-            Scope::Backend => timeouts.backend_request,
-        };
-        let stream_idle = match self.scope {
-            Scope::Request => timeouts.stream_idle,
-            Scope::Backend => None,
+        // The whole request also watches the response body's pauses; a try does not.
+        let (limit, stream_idle) = match self.scope {
+            Scope::Request => (t.request, t.stream_idle),
+            Scope::Backend => (t.backend_request, None),
         };
         ResponseFuture::new(Ok(Deadline {
             inner: self.inner.call(req),

@@ -115,17 +115,18 @@ pub(crate) fn join(
     // Refuse the API objects with problems, one round at a time, until the rest join: a
     // problem can come from a combination (two TrafficSplits for one service), and the
     // file's own documents joined alone when it was loaded.
+    let own_id = spec
+        .identity
+        .as_ref()
+        .map(|i| i.own_id(&spec.namespace))
+        .transpose()
+        .map_err(|e| format!("spec.identity: {e}"))?;
+    // TrafficTargets live in their destination's namespace: this proxy's own.
+    let own_ns = own_id
+        .as_ref()
+        .and_then(|id| id.workload_parts())
+        .map_or(spec.namespace.as_str(), |(ns, _)| ns);
     for _ in 0..=documents.len() {
-        let own_id = spec
-            .identity
-            .as_ref()
-            .map(|i| i.own_id(&spec.namespace))
-            .transpose()
-            .map_err(|e| format!("spec.identity: {e}"))?;
-        let own_ns = own_id
-            .as_ref()
-            .and_then(|id| id.workload_parts())
-            .map_or(spec.namespace.as_str(), |(ns, _)| ns);
         let access = mesh::resolve_access(own_id.as_ref(), own_ns, &documents);
         let routes = mesh::resolve(spec, &documents);
         let problems = match (routes, access) {

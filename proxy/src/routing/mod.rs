@@ -395,7 +395,7 @@ impl Resolve for InboundResolver {
         _head: &RequestHead<'_>,
         extensions: &mut http::Extensions,
     ) -> Result<(), ProxyError> {
-        let app = self.app.load_full();
+        let app = self.app.load();
         // A meshed caller's requests count under its identity (the slot keeps the first).
         if let (Some(PeerMetrics(m)), Some(slot)) = (
             extensions.get::<PeerMetrics>(),

@@ -213,31 +213,34 @@ impl State {
     /// outbound routes are rebuilt, keeping every service whose entry did not change (with
     /// its endpoints and their state).
     pub(crate) fn set_discovered(&self, services: BTreeMap<String, ServiceSpec>) {
-        let rebuilding = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
-        if **self.discovered.load() == services {
-            return;
+        let count = services.len();
+        if self.replace(&self.discovered, services) {
+            tracing::info!(
+                services = count,
+                "services discovered from the Kubernetes API"
+            );
         }
-        tracing::info!(
-            services = services.len(),
-            "services discovered from the Kubernetes API"
-        );
-        self.discovered.store(Arc::new(services));
-        self.rebuild_outbound(&self.spec.load(), &rebuilding);
     }
 
     /// Replaces the mesh documents read from the Kubernetes API (all of them): routes and
     /// access rules are joined again with the file's.
     pub(crate) fn set_api_objects(&self, objects: Vec<ApiObject>) {
-        let rebuilding = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
-        if **self.api_objects.load() == objects {
-            return;
+        let count = objects.len();
+        if self.replace(&self.api_objects, objects) {
+            tracing::info!(objects = count, "mesh documents from the Kubernetes API");
         }
-        tracing::info!(
-            objects = objects.len(),
-            "mesh documents from the Kubernetes API"
-        );
-        self.api_objects.store(Arc::new(objects));
+    }
+
+    /// Stores `value` in `slot` and rebuilds outbound routing, under the rebuild lock;
+    /// nothing when the value is unchanged. Returns whether it changed.
+    fn replace<T: PartialEq>(&self, slot: &ArcSwap<T>, value: T) -> bool {
+        let rebuilding = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+        if **slot.load() == value {
+            return false;
+        }
+        slot.store(Arc::new(value));
         self.rebuild_outbound(&self.spec.load(), &rebuilding);
+        true
     }
 
     /// The API objects that could not be honoured, each with its reason.
