@@ -32,6 +32,7 @@ pub struct Readiness {
     draining: AtomicBool,
     awaiting_identity: AtomicBool,
     awaiting_discovery: AtomicBool,
+    awaiting_documents: AtomicBool,
     discovery_stale: AtomicBool,
 }
 
@@ -53,6 +54,13 @@ impl Readiness {
         self.awaiting_discovery.store(waiting, Ordering::Release);
     }
 
+    /// Whether the proxy still waits for the first list of every route and access kind from
+    /// discovery (`/ready` is 503 until then: until it knows every TrafficTarget naming this
+    /// workload, it lets nobody in).
+    pub fn set_awaiting_documents(&self, waiting: bool) {
+        self.awaiting_documents.store(waiting, Ordering::Release);
+    }
+
     /// Whether some discovery watch is failing, so that the last known state is served: `/ready`
     /// stays 200 (serving continues) but says so.
     pub fn set_discovery_stale(&self, stale: bool) {
@@ -69,6 +77,8 @@ impl Readiness {
             Some("waiting for the first valid credentials")
         } else if self.awaiting_discovery.load(Ordering::Acquire) {
             Some("waiting for the first list of services from the Kubernetes API")
+        } else if self.awaiting_documents.load(Ordering::Acquire) {
+            Some("waiting for the first list of route and access documents from the Kubernetes API")
         } else {
             None
         }

@@ -163,14 +163,17 @@ pub async fn start(config: Config) -> io::Result<Running> {
         watchers.push(tokio::spawn(mesh.clone().watch(state.readiness.clone())));
     }
     if let Some(kube) = &state.kube {
+        // Not ready until the first full lists: the file's services are served meanwhile,
+        // and inbound calls are refused until the access rules are known.
+        state.readiness.set_awaiting_documents(true);
+        state.readiness.set_awaiting_discovery(true);
         let target = Arc::downgrade(&state);
         watchers.push(kube.watch_documents(move |objects| {
             if let Some(state) = target.upgrade() {
                 state.set_api_objects(objects);
+                state.readiness.set_awaiting_documents(false);
             }
         }));
-        // Not ready until the first full list: the file's services are served meanwhile.
-        state.readiness.set_awaiting_discovery(true);
         let target = Arc::downgrade(&state);
         watchers.push(kube.watch_services(move |services| {
             if let Some(state) = target.upgrade() {

@@ -471,14 +471,9 @@ async fn meshed_proxy(
         .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn meshed_pods_are_called_over_mtls_and_traffic_targets_from_the_api_apply() {
-    let ca = proxy_tls::devca::DevCa::new("cluster.local").unwrap();
-    let api = api().await;
-    let app = hello("api").await;
-    // B: shop/api's proxy, reading its TrafficTargets from the API.
-    let b = meshed_proxy(&ca, &api, "api", app.addr.port()).await;
-    // The api Service's one endpoint is B's mTLS port, on a Pod that skiff inject marked.
+/// The `api` Service, whose one endpoint is `b`'s mTLS port on a Pod that skiff inject
+/// marked, running as service account `api`.
+fn api_service_in_front_of(api: &FakeApi, b: &Running) {
     api.apply(service("api", 80, "10.96.2.1"));
     let mut s = slice("api", "api-1", &[b.inbound_addr]);
     s["endpoints"][0]["targetRef"] = json!({"kind": "Pod", "name": "api-0", "namespace": "shop"});
@@ -489,6 +484,81 @@ async fn meshed_pods_are_called_over_mtls_and_traffic_targets_from_the_api_apply
                      "annotations": {"skiff.dev/injected": "true"}},
         "spec": {"serviceAccountName": "api", "containers": []}
     }));
+}
+
+/// A TrafficTarget letting `source` call shop/api on HTTPRouteGroup `group`'s `all`.
+fn target(name: &str, source: &str, group: &str) -> Value {
+    json!({
+        "apiVersion": "access.smi-spec.io/v1alpha3", "kind": "TrafficTarget",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {
+            "destination": {"kind": "ServiceAccount", "name": "api", "namespace": "shop"},
+            "rules": [{"kind": "HTTPRouteGroup", "name": group, "matches": ["all"]}],
+            "sources": [{"kind": "ServiceAccount", "name": source, "namespace": "shop"}]
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_stays_closed_until_every_access_kind_is_listed_and_while_a_target_is_refused() {
+    let ca = proxy_tls::devca::DevCa::new("cluster.local").unwrap();
+    let api = api().await;
+    let app = hello("api").await;
+    // TrafficTargets cannot be listed yet: B does not know who may call it.
+    api.deny("traffictargets.access.smi-spec.io", &["list", "watch"]);
+    let b = meshed_proxy(&ca, &api, "api", app.addr.port()).await;
+    api_service_in_front_of(&api, &b);
+    let web = meshed_proxy(&ca, &api, "web", 1).await;
+    eventually(Duration::from_secs(10), "B refuses web", || async {
+        call(web.outbound_addr, "api").await == (StatusCode::FORBIDDEN, "forbidden".into())
+    })
+    .await;
+    let (status, body) = admin_get(b.admin_addr, "/ready").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("route and access documents"), "{body}");
+    let rsp = h1(web.outbound_addr)
+        .await
+        .send_request(get("api", "/"))
+        .await
+        .unwrap();
+    let body = body_text(rsp).await;
+    assert!(
+        body.contains("not read from the Kubernetes API yet"),
+        "{body}"
+    );
+
+    // Listed, with none naming B: everyone may call, and B is ready.
+    api.allow_all();
+    eventually(
+        Duration::from_secs(30),
+        "web let in once listed",
+        || async { call(web.outbound_addr, "api").await == (StatusCode::OK, "api".into()) },
+    )
+    .await;
+    eventually(Duration::from_secs(10), "B ready", || async {
+        admin_get(b.admin_addr, "/ready").await.0 == 200
+    })
+    .await;
+
+    // The only TrafficTarget naming B is refused (its HTTPRouteGroup does not exist): B
+    // cannot know what it allows, so it allows nobody rather than everybody.
+    api.apply(target("db-only", "db", "missing-group"));
+    eventually(Duration::from_secs(10), "refused, and closed", || async {
+        let (_, config) = admin_get(b.admin_addr, "/config").await;
+        config.contains("TrafficTarget shop/db-only")
+            && call(web.outbound_addr, "api").await == (StatusCode::FORBIDDEN, "forbidden".into())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meshed_pods_are_called_over_mtls_and_traffic_targets_from_the_api_apply() {
+    let ca = proxy_tls::devca::DevCa::new("cluster.local").unwrap();
+    let api = api().await;
+    let app = hello("api").await;
+    // B: shop/api's proxy, reading its TrafficTargets from the API.
+    let b = meshed_proxy(&ca, &api, "api", app.addr.port()).await;
+    api_service_in_front_of(&api, &b);
     let web = meshed_proxy(&ca, &api, "web", 1).await;
     let db = meshed_proxy(&ca, &api, "db", 1).await;
     let status = |proxy: SocketAddr| async move { call(proxy, "api").await };
@@ -510,15 +580,7 @@ async fn meshed_pods_are_called_over_mtls_and_traffic_targets_from_the_api_apply
         "metadata": {"name": "api-routes", "namespace": "shop"},
         "spec": {"matches": [{"name": "all", "pathRegex": ".*", "methods": ["*"]}]}
     }));
-    api.apply(json!({
-        "apiVersion": "access.smi-spec.io/v1alpha3", "kind": "TrafficTarget",
-        "metadata": {"name": "db-only", "namespace": "shop"},
-        "spec": {
-            "destination": {"kind": "ServiceAccount", "name": "api", "namespace": "shop"},
-            "rules": [{"kind": "HTTPRouteGroup", "name": "api-routes", "matches": ["all"]}],
-            "sources": [{"kind": "ServiceAccount", "name": "db", "namespace": "shop"}]
-        }
-    }));
+    api.apply(target("db-only", "db", "api-routes"));
     eventually(Duration::from_secs(10), "web forbidden", || async {
         status(web.outbound_addr).await == (StatusCode::FORBIDDEN, "forbidden".into())
     })

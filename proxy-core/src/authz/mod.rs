@@ -54,6 +54,9 @@ pub struct Policy {
     pub mode: Mode,
     /// The allow rules; `None` when no TrafficTarget selects this workload (allow all).
     pub rules: Option<Vec<Rule>>,
+    /// Why every call is refused while the rules are not known (say, not yet read from the
+    /// Kubernetes API): not knowing must not mean allowing. `None` normally.
+    pub closed: Option<&'static str>,
 }
 
 /// The outcome of a check.
@@ -73,6 +76,9 @@ pub enum Decision {
 impl Policy {
     /// Decides an HTTP request from `client`.
     pub fn check_http(&self, client: Option<&Client>, head: &RequestHead<'_>) -> Decision {
+        if self.closed.is_some() {
+            return Decision::Denied;
+        }
         let Some(rules) = &self.rules else {
             return Decision::Unrestricted;
         };
@@ -91,6 +97,9 @@ impl Policy {
 
     /// Decides a TCP connection from `client` to `port`.
     pub fn check_tcp(&self, client: Option<&Client>, port: u16) -> Decision {
+        if self.closed.is_some() {
+            return Decision::Denied;
+        }
         let Some(rules) = &self.rules else {
             return Decision::Unrestricted;
         };
@@ -195,9 +204,10 @@ where
                 } else {
                     self.observer.decided("deny", "");
                     tracing::info!(%source, method = %head.method, path, "authorization denied");
+                    let why = policy.closed.map(|c| format!(": {c}")).unwrap_or_default();
                     let err = ProxyError::new(
                         Reason::Forbidden,
-                        format!("{source} may not call {} {path}", head.method),
+                        format!("{source} may not call {} {path}{why}", head.method),
                     );
                     return ResponseFuture::new(Err(err));
                 }

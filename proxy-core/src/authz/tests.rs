@@ -32,6 +32,7 @@ fn policy(mode: Mode) -> Policy {
             ports: vec![5432],
             any_port: false,
         }]),
+        closed: None,
     }
 }
 
@@ -110,4 +111,30 @@ async fn the_layer_refuses_with_403_unless_auditing() {
         let decision = if allowed { "audit-deny" } else { "deny" };
         assert_eq!(count.0.lock().unwrap()[0].0, decision);
     }
+}
+
+#[tokio::test]
+async fn a_closed_policy_refuses_everyone_and_says_why() {
+    let closed = Policy {
+        closed: Some("the access rules are not known yet"),
+        ..Policy::default()
+    };
+    let web = Client::Identity(WEB.into());
+    assert_eq!(
+        head_check(&closed, Some(&web), Method::GET, "/x"),
+        Decision::Denied,
+        "no rules known is not allow-all"
+    );
+    assert_eq!(closed.check_tcp(Some(&web), 5432), Decision::Denied);
+    let inner = service_fn(|_req: Request<()>| async { Ok::<_, BoxError>(Response::new(())) });
+    let layer = AuthorizeLayer::new(
+        Arc::new(ArcSwap::from_pointee(closed)),
+        std::sync::Arc::new(Count::default()),
+    );
+    let mut req = Request::get("/x").body(()).unwrap();
+    req.extensions_mut().insert(web);
+    let e = layer.layer(inner).oneshot(req).await.unwrap_err();
+    let e = e.downcast_ref::<ProxyError>().unwrap();
+    assert_eq!(e.reason(), Reason::Forbidden);
+    assert!(e.detail().contains("not known yet"), "{}", e.detail());
 }

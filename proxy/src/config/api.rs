@@ -99,7 +99,7 @@ pub(crate) fn join(
         if object.kind == "TrafficTarget" && spec.identity.is_none() {
             continue;
         }
-        let label = format!("{} {}/{}", object.kind, object.namespace, object.name);
+        let label = label(object);
         match lenient(&object.kind, object.value.clone()) {
             Ok((doc, dropped)) => {
                 ignored.extend(dropped.into_iter().map(|p| format!("{label}: {p}")));
@@ -130,13 +130,24 @@ pub(crate) fn join(
         let access = mesh::resolve_access(own_id.as_ref(), own_ns, &documents);
         let routes = mesh::resolve(spec, &documents);
         let problems = match (routes, access) {
-            (Ok(routes), Ok(access)) => {
+            (Ok(routes), Ok(mut access)) => {
+                // A refused TrafficTarget naming this proxy restricted it to rules now
+                // unknown: what the others allow stands, and nothing more (fail closed).
+                let own = own_id.as_ref().and_then(|id| id.workload_parts());
+                let restricted = objects.iter().any(|o| {
+                    o.kind == "TrafficTarget"
+                        && own.is_some_and(|own| names_as_destination(o, own))
+                        && refused.iter().any(|r| r.object == label(o))
+                });
+                if restricted && access.rules.is_none() {
+                    access.rules = Some(Vec::new());
+                }
                 return Ok(Joined {
                     routes,
                     access,
                     refused,
                     ignored,
-                })
+                });
             }
             (Err(a), Err(b)) => [a, b].concat(),
             (Err(p), _) | (_, Err(p)) => p,
@@ -161,6 +172,25 @@ pub(crate) fn join(
         documents.retain(|(i, _)| !blamed.contains(i));
     }
     Err("the API's documents could not be joined".into())
+}
+
+/// An object's name in logs and on `/config`: `kind namespace/name`.
+fn label(object: &ApiObject) -> String {
+    format!("{} {}/{}", object.kind, object.namespace, object.name)
+}
+
+/// Whether TrafficTarget `object` names service account `(namespace, name)` as its
+/// destination, read from the raw object so that it works for one that could not be
+/// parsed; one whose destination cannot be read counts when it lives in that namespace.
+fn names_as_destination(object: &ApiObject, (own_ns, own_sa): (&str, &str)) -> bool {
+    let destination = &object.value["spec"]["destination"];
+    let ns = destination["namespace"]
+        .as_str()
+        .unwrap_or(&object.namespace);
+    match destination["name"].as_str() {
+        Some(name) => name == own_sa && ns == own_ns,
+        None => object.namespace == own_ns,
+    }
 }
 
 /// Parses an API object as `kind`, dropping the fields Skiff does not know (each named by
@@ -259,6 +289,128 @@ mod tests {
                      "rules": [{"backendRefs": [{"name": "web-v2"}]}]},
             "status": {}
         })
+    }
+
+    /// `web` and `web-v2` as discovered, each with ports 80 and 9090.
+    fn multi_port_spec() -> ProxySpec {
+        let mut spec = spec();
+        let template = spec.services.remove("web").unwrap();
+        spec.services.clear();
+        for name in ["web", "web-v2"] {
+            for port in [80, 9090] {
+                let mut svc = template.clone();
+                svc.name = Some(name.into());
+                svc.namespace = Some("shop".into());
+                svc.port = port;
+                spec.services.insert(format!("{name}.shop:{port}"), svc);
+            }
+        }
+        spec
+    }
+
+    fn backends_of(joined: &Joined, key: &str) -> Vec<Option<String>> {
+        joined.routes[key].routes[0]
+            .backends
+            .iter()
+            .map(|b| b.service.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_route_on_one_port_of_a_multi_port_service_attaches_to_that_port_only() {
+        let mut value = route("r", "web");
+        value["spec"]["parentRefs"][0]["port"] = json!(9090);
+        value["spec"]["rules"][0]["backendRefs"][0]["port"] = json!(9090);
+        let joined = join(&[], &multi_port_spec(), &[object("HTTPRoute", "r", value)]).unwrap();
+        assert!(joined.refused.is_empty(), "{:?}", joined.refused);
+        let keys: Vec<&String> = joined.routes.keys().collect();
+        assert_eq!(keys, ["web.shop:9090"]);
+        assert_eq!(
+            backends_of(&joined, "web.shop:9090"),
+            [Some("web-v2.shop:9090".to_owned())]
+        );
+        // Another route on the other port is no conflict.
+        let mut other = route("other", "web");
+        other["spec"]["parentRefs"][0]["port"] = json!(80);
+        let mut first = route("r", "web");
+        first["spec"]["parentRefs"][0]["port"] = json!(9090);
+        let objects = [
+            object("HTTPRoute", "r", first),
+            object("HTTPRoute", "other", other),
+        ];
+        let joined = join(&[], &multi_port_spec(), &objects).unwrap();
+        assert!(joined.refused.is_empty(), "{:?}", joined.refused);
+        assert_eq!(joined.routes["web.shop:80"].routes[0].name, "other");
+        assert_eq!(joined.routes["web.shop:9090"].routes[0].name, "r");
+    }
+
+    #[test]
+    fn routes_without_ports_attach_to_every_port_with_backends_on_the_same_port() {
+        let split = json!({
+            "apiVersion": "split.smi-spec.io/v1alpha4", "kind": "TrafficSplit",
+            "metadata": {"name": "s", "namespace": "shop"},
+            "spec": {"service": "web", "backends": [{"service": "web-v2", "weight": 1}]}
+        });
+        for (kind, value) in [("HTTPRoute", route("r", "web")), ("TrafficSplit", split)] {
+            let joined = join(&[], &multi_port_spec(), &[object(kind, "r", value)]).unwrap();
+            assert!(joined.refused.is_empty(), "{kind}: {:?}", joined.refused);
+            for port in [80, 9090] {
+                assert_eq!(
+                    backends_of(&joined, &format!("web.shop:{port}")),
+                    [Some(format!("web-v2.shop:{port}"))],
+                    "{kind} on port {port}"
+                );
+            }
+        }
+        let mut nowhere = route("r", "web");
+        nowhere["spec"]["parentRefs"][0]["port"] = json!(7);
+        let joined = join(
+            &[],
+            &multi_port_spec(),
+            &[object("HTTPRoute", "r", nowhere)],
+        )
+        .unwrap();
+        assert!(
+            joined.refused[0].reason.contains("on port 7"),
+            "{:?}",
+            joined.refused
+        );
+    }
+
+    fn target(name: &str, destination: &str, group: &str) -> ApiObject {
+        object(
+            "TrafficTarget",
+            name,
+            json!({
+                "apiVersion": "access.smi-spec.io/v1alpha3", "kind": "TrafficTarget",
+                "metadata": {"name": name, "namespace": "shop"},
+                "spec": {"destination": {"kind": "ServiceAccount", "name": destination},
+                         "rules": [{"kind": "HTTPRouteGroup", "name": group}],
+                         "sources": [{"kind": "ServiceAccount", "name": "web"}]}
+            }),
+        )
+    }
+
+    #[test]
+    fn a_refused_traffic_target_naming_this_proxy_closes_it_rather_than_opening_it() {
+        let text = "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  namespace: shop\n  identity: {dir: /nonexistent, serviceAccount: api}\n  services:\n    web: {endpoints: [127.0.0.1:1]}\n";
+        let spec = crate::config::parse(text, None).unwrap().proxy;
+        // Its HTTPRouteGroup does not exist: refused, so its rules are unknown.
+        let joined = join(&[], &spec, &[target("t", "api", "missing")]).unwrap();
+        assert_eq!(joined.refused.len(), 1, "{:?}", joined.refused);
+        assert_eq!(
+            joined.access.rules.as_deref().map(<[_]>::len),
+            Some(0),
+            "restricted to nothing, not open to all"
+        );
+        // One naming another workload leaves this one unrestricted.
+        let joined = join(&[], &spec, &[target("t", "other", "missing")]).unwrap();
+        assert!(joined.access.rules.is_none());
+        // One that cannot even be parsed, in this namespace, counts as naming it.
+        let mut garbled = target("g", "api", "missing");
+        garbled.value["spec"]["destination"] = json!("api");
+        let joined = join(&[], &spec, &[garbled]).unwrap();
+        assert_eq!(joined.access.rules.as_deref().map(<[_]>::len), Some(0));
     }
 
     #[test]

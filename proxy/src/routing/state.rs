@@ -52,8 +52,12 @@ pub struct State {
     discovered: ArcSwap<BTreeMap<String, ServiceSpec>>,
     /// The routes attached to services in the running config.
     routes: ArcSwap<BTreeMap<String, ServiceRoutes>>,
-    /// Mesh documents from the Kubernetes API (routes, splits, access).
-    api_objects: ArcSwap<Vec<ApiObject>>,
+    /// Mesh documents from the Kubernetes API (routes, splits, access); `None` until every
+    /// kind has been listed in every watched namespace.
+    api_objects: ArcSwap<Option<Vec<ApiObject>>>,
+    /// The last successful join of the file's documents with the API's, kept for when a
+    /// join fails: the last good routes and access rules go on serving, not the file's alone.
+    joined: ArcSwap<Option<api::Joined>>,
     /// The API objects that could not be honoured, for `/config`.
     refused: ArcSwap<Vec<Refused>>,
     /// Who may call the application by the file's TrafficTargets alone.
@@ -138,6 +142,7 @@ impl State {
             discovered: ArcSwap::default(),
             routes: ArcSwap::from_pointee(config.routes.clone()),
             api_objects: ArcSwap::default(),
+            joined: ArcSwap::default(),
             refused: ArcSwap::default(),
             file_authz: ArcSwap::from_pointee(policy(config)),
             rebuilding: Mutex::new(()),
@@ -192,12 +197,6 @@ impl State {
             }
         }
         self.pools.set_settings(client_settings(&spec));
-        let rebuilding = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
-        self.routes.store(Arc::new(config.routes));
-        self.file_authz.store(Arc::new(authz));
-        self.documents.store(Arc::new(config.mesh_documents));
-        self.rebuild_outbound(&spec, &rebuilding);
-        drop(rebuilding);
         self.inbound
             .resolver
             .update(&spec, &self.pools, &self.metrics.http);
@@ -205,7 +204,14 @@ impl State {
             .store(Arc::new(observe_settings(&spec)));
         self.families.store(Arc::new(family_filter(&spec)));
         cardinality(&spec, &self.metrics);
+        // Every input of the outbound build is stored under the rebuild lock, before the
+        // build: a discovery change that rebuilds next must see this spec, not the last.
+        let rebuilding = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+        self.routes.store(Arc::new(config.routes));
+        self.file_authz.store(Arc::new(authz));
+        self.documents.store(Arc::new(config.mesh_documents));
         self.spec.store(Arc::new(spec));
+        self.rebuild_outbound(&rebuilding);
         Ok(())
     }
 
@@ -226,7 +232,7 @@ impl State {
     /// access rules are joined again with the file's.
     pub(crate) fn set_api_objects(&self, objects: Vec<ApiObject>) {
         let count = objects.len();
-        if self.replace(&self.api_objects, objects) {
+        if self.replace(&self.api_objects, Some(objects)) {
             tracing::info!(objects = count, "mesh documents from the Kubernetes API");
         }
     }
@@ -239,7 +245,7 @@ impl State {
             return false;
         }
         slot.store(Arc::new(value));
-        self.rebuild_outbound(&self.spec.load(), &rebuilding);
+        self.rebuild_outbound(&rebuilding);
         true
     }
 
@@ -253,48 +259,70 @@ impl State {
         self.discovered.load_full()
     }
 
-    /// Builds outbound routing from `spec`'s services and the discovered ones (`_held`: the
-    /// rebuild lock, taken by the caller).
-    fn rebuild_outbound(&self, spec: &ProxySpec, _held: &MutexGuard<'_, ()>) {
-        let merged = with_discovered(spec, &self.discovered.load());
-        let objects = self.api_objects.load();
-        let joined = if objects.is_empty() {
-            None
-        } else {
-            match api::join(&self.documents.load(), &merged, &objects) {
-                Ok(joined) => Some(joined),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot join the Kubernetes API's mesh documents; using the file's alone");
-                    None
-                }
+    /// Builds outbound routing and the access policy from the running spec, the discovered
+    /// services and the API's documents (`_held`: the rebuild lock, taken by the caller).
+    fn rebuild_outbound(&self, _held: &MutexGuard<'_, ()>) {
+        let spec = self.spec.load();
+        let merged = with_discovered(&spec, &self.discovered.load());
+        let file_policy = self.file_authz.load_full();
+        let (routes, authz) = match &**self.api_objects.load() {
+            // The API's documents are not all listed yet: the file's routes serve, but
+            // nobody may call in, as a TrafficTarget not yet seen may restrict this workload.
+            None if self.kube.is_some() && self.mesh.is_some() => (
+                self.routes.load_full(),
+                Policy {
+                    mode: file_policy.mode,
+                    rules: Some(Vec::new()),
+                    closed: Some("the access rules are not read from the Kubernetes API yet"),
+                },
+            ),
+            None => (self.routes.load_full(), (*file_policy).clone()),
+            Some(objects) if objects.is_empty() => {
+                self.refused.store(Arc::default());
+                self.joined.store(Arc::default());
+                (self.routes.load_full(), (*file_policy).clone())
             }
-        };
-        let routes = match &joined {
-            Some(joined) => {
-                for refused in &joined.refused {
-                    if !self.refused.load().contains(refused) {
-                        tracing::warn!(object = %refused.object, reason = %refused.reason, "refused a mesh document from the Kubernetes API");
-                        self.metrics.discovery.refused();
+            Some(objects) => {
+                match api::join(&self.documents.load(), &merged, objects) {
+                    Ok(joined) => {
+                        self.note_join(&joined);
+                        let routes = Arc::new(joined.routes.clone());
+                        let rules = joined.access.rules.clone();
+                        self.joined.store(Arc::new(Some(joined)));
+                        (
+                            routes,
+                            Policy {
+                                mode: file_policy.mode,
+                                rules,
+                                closed: None,
+                            },
+                        )
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot join the Kubernetes API's mesh documents; the last joined routes and access rules go on serving");
+                        match &**self.joined.load() {
+                        Some(last) => (
+                            Arc::new(last.routes.clone()),
+                            Policy {
+                                mode: file_policy.mode,
+                                rules: last.access.rules.clone(),
+                                closed: None,
+                            },
+                        ),
+                        None => (
+                            self.routes.load_full(),
+                            Policy {
+                                mode: file_policy.mode,
+                                rules: Some(Vec::new()),
+                                closed: Some("the access rules from the Kubernetes API could not be joined"),
+                            },
+                        ),
+                    }
                     }
                 }
-                if !joined.ignored.is_empty() {
-                    tracing::debug!(fields = ?joined.ignored, "fields Skiff does not know, ignored");
-                    self.metrics.discovery.ignored_fields(joined.ignored.len());
-                }
-                self.refused.store(Arc::new(joined.refused.clone()));
-                let mode = self.file_authz.load().mode;
-                self.authz.store(Arc::new(Policy {
-                    mode,
-                    rules: joined.access.rules.clone(),
-                }));
-                Arc::new(joined.routes.clone())
-            }
-            None => {
-                self.refused.store(Arc::default());
-                self.authz.store(self.file_authz.load_full());
-                self.routes.load_full()
             }
         };
+        self.authz.store(Arc::new(authz));
         self.outbound.resolver.update(
             &merged,
             &routes,
@@ -302,6 +330,29 @@ impl State {
             &self.metrics.http,
             self.mesh.as_ref(),
         );
+    }
+
+    /// Logs and counts what a join refused or ignored that the last join did not: a
+    /// rebuild for another reason (an endpoint change, a reload) repeats nothing.
+    fn note_join(&self, joined: &api::Joined) {
+        let last = self.joined.load();
+        let last = last.as_ref().as_ref();
+        for refused in &joined.refused {
+            if !self.refused.load().contains(refused) {
+                tracing::warn!(object = %refused.object, reason = %refused.reason, "refused a mesh document from the Kubernetes API");
+                self.metrics.discovery.refused();
+            }
+        }
+        let new_fields: Vec<&String> = joined
+            .ignored
+            .iter()
+            .filter(|f| !last.is_some_and(|l| l.ignored.contains(f)))
+            .collect();
+        if !new_fields.is_empty() {
+            tracing::debug!(fields = ?new_fields, "fields Skiff does not know, ignored");
+            self.metrics.discovery.ignored_fields(new_fields.len());
+        }
+        self.refused.store(Arc::new(joined.refused.clone()));
     }
 }
 
@@ -415,6 +466,7 @@ fn policy(config: &Config) -> Policy {
             AuthzMode::Audit => Mode::Audit,
         },
         rules: config.access.rules.clone(),
+        closed: None,
     }
 }
 

@@ -79,22 +79,33 @@ pub(in crate::config) fn resolve(
     let local_ns = proxy.namespace.as_str();
     let in_namespace =
         |s: &ServiceSpec, namespace: &str| s.namespace.as_deref().unwrap_or(local_ns) == namespace;
-    // A service written in the file by its name, else one discovered from the Kubernetes
-    // API (keyed `name.namespace:port`: a Service with several ports takes its routes on
-    // the first).
-    let find_service = |name: &str, namespace: &str| -> Option<String> {
-        proxy
+    // Every service of that name in that namespace, on `port` when given: one written in
+    // the file (keyed by its name) and the ports of one discovered from the Kubernetes API
+    // (keyed `name.namespace:port`, one entry per port), in port order.
+    let find_services = |name: &str, namespace: &str, port: Option<u16>| -> Vec<String> {
+        let mut found: Vec<(u16, &String)> = proxy
             .services
-            .get(name)
-            .filter(|s| s.name.is_none() && in_namespace(s, namespace))
-            .map(|_| name.to_owned())
-            .or_else(|| {
-                proxy
-                    .services
-                    .iter()
-                    .find(|(_, s)| s.name.as_deref() == Some(name) && in_namespace(s, namespace))
-                    .map(|(key, _)| key.clone())
+            .iter()
+            .filter(|(key, s)| {
+                s.name.as_deref().unwrap_or(key.as_str()) == name
+                    && in_namespace(s, namespace)
+                    && port.is_none_or(|p| s.port == p)
             })
+            .map(|(key, s)| (s.port, key))
+            .collect();
+        found.sort();
+        found.into_iter().map(|(_, key)| key.clone()).collect()
+    };
+    // A backend named without a port: the port of the same number as its parent's (SMI
+    // and Gateway API both expect a Service's backends to mirror its ports), else the lowest.
+    let find_backend = |name: &str, namespace: &str, port: Option<u16>, parent: &str| {
+        let found = find_services(name, namespace, port);
+        let parent_port = proxy.services.get(parent).map(|s| s.port);
+        found
+            .iter()
+            .find(|key| proxy.services.get(*key).map(|s| s.port) == parent_port)
+            .or(found.first())
+            .cloned()
     };
     let mut groups: HashMap<(String, String), &Object<HttpRouteGroupSpec>> = HashMap::new();
     for (_, doc) in documents {
@@ -147,7 +158,8 @@ pub(in crate::config) fn resolve(
             Document::HttpRouteGroup(_) | Document::TrafficTarget(_) | Document::TcpRoute(_) => {}
             Document::TrafficSplit(split) => {
                 let ns = split.metadata.namespace.as_deref().unwrap_or(local_ns);
-                let Some(apex) = find_service(&split.spec.service, ns) else {
+                let apexes = find_services(&split.spec.service, ns, None);
+                if apexes.is_empty() {
                     problems.push((
                         index,
                         format!(
@@ -156,43 +168,46 @@ pub(in crate::config) fn resolve(
                         ),
                     ));
                     continue;
-                };
-                let backends: Vec<BackendSpec> = split
-                    .spec
-                    .backends
-                    .iter()
-                    .map(|b| BackendSpec {
-                        name: b.service.clone(),
-                        service: find_service(&b.service, ns),
-                        weight: b.weight,
-                    })
-                    .collect();
-                let mut routes = Vec::new();
-                if split.spec.matches.is_empty() {
-                    routes.push(route(
-                        &split.metadata.name,
-                        vec![HttpMatch::default()],
-                        &backends,
-                    ));
                 }
-                for (i, m) in split.spec.matches.iter().enumerate() {
-                    let Some(group) = groups.get(&(ns.to_owned(), m.name.clone())) else {
-                        problems.push((
-                            index,
-                            format!(
-                                "spec.matches[{i}]: no HTTPRouteGroup {} in namespace {ns}",
-                                m.name
-                            ),
+                // A Service with several ports is split on each, to the backends' same port.
+                for apex in apexes {
+                    let backends: Vec<BackendSpec> = split
+                        .spec
+                        .backends
+                        .iter()
+                        .map(|b| BackendSpec {
+                            name: b.service.clone(),
+                            service: find_backend(&b.service, ns, None, &apex),
+                            weight: b.weight,
+                        })
+                        .collect();
+                    let mut routes = Vec::new();
+                    if split.spec.matches.is_empty() {
+                        routes.push(route(
+                            &split.metadata.name,
+                            vec![HttpMatch::default()],
+                            &backends,
                         ));
-                        continue;
-                    };
-                    for gm in &group.spec.matches {
-                        let name = format!("{}/{}", group.metadata.name, gm.name);
-                        routes.push(route(&name, smi_matches(gm), &backends));
                     }
-                }
-                if let Err(e) = attach(index, apex, true, routes) {
-                    problems.push((index, format!("spec.service: {e}")));
+                    for (i, m) in split.spec.matches.iter().enumerate() {
+                        let Some(group) = groups.get(&(ns.to_owned(), m.name.clone())) else {
+                            problems.push((
+                                index,
+                                format!(
+                                    "spec.matches[{i}]: no HTTPRouteGroup {} in namespace {ns}",
+                                    m.name
+                                ),
+                            ));
+                            continue;
+                        };
+                        for gm in &group.spec.matches {
+                            let name = format!("{}/{}", group.metadata.name, gm.name);
+                            routes.push(route(&name, smi_matches(gm), &backends));
+                        }
+                    }
+                    if let Err(e) = attach(index, apex, true, routes) {
+                        problems.push((index, format!("spec.service: {e}")));
+                    }
                 }
             }
             Document::HttpRoute(r) => {
@@ -215,18 +230,14 @@ pub(in crate::config) fn resolve(
                     } else {
                         rule.matches.iter().map(gateway_match).collect()
                     };
+                    // Which service each backend is depends on the parent's port: found below.
                     let backends = rule
                         .backend_refs
                         .iter()
-                        .map(|b| {
-                            let ns = b.namespace.as_deref().unwrap_or(ns);
-                            let service = find_service(&b.name, ns)
-                                .filter(|s| b.port.is_none_or(|p| proxy.services[s].port == p));
-                            BackendSpec {
-                                name: b.name.clone(),
-                                service,
-                                weight: b.weight,
-                            }
+                        .map(|b| BackendSpec {
+                            name: b.name.clone(),
+                            service: None,
+                            weight: b.weight,
                         })
                         .collect();
                     let timeouts = rule.timeouts.map(|t| TimeoutsSpec {
@@ -262,9 +273,9 @@ pub(in crate::config) fn resolve(
                 }
                 for (i, parent) in r.spec.parent_refs.iter().enumerate() {
                     let pns = parent.namespace.as_deref().unwrap_or(ns);
-                    let found = find_service(&parent.name, pns)
-                        .filter(|s| parent.port.is_none_or(|p| proxy.services[s].port == p));
-                    let Some(service) = found else {
+                    // No port: every port of the Service (Gateway API's mesh semantics).
+                    let parents = find_services(&parent.name, pns, parent.port);
+                    if parents.is_empty() {
                         problems.push((
                             index,
                             format!(
@@ -274,9 +285,18 @@ pub(in crate::config) fn resolve(
                             ),
                         ));
                         continue;
-                    };
-                    if let Err(e) = attach(index, service, false, routes.clone()) {
-                        problems.push((index, format!("spec.parentRefs[{i}]: {e}")));
+                    }
+                    for service in parents {
+                        let mut routes = routes.clone();
+                        for (route, rule) in routes.iter_mut().zip(rules) {
+                            for (backend, b) in route.backends.iter_mut().zip(&rule.backend_refs) {
+                                let bns = b.namespace.as_deref().unwrap_or(ns);
+                                backend.service = find_backend(&b.name, bns, b.port, &service);
+                            }
+                        }
+                        if let Err(e) = attach(index, service, false, routes) {
+                            problems.push((index, format!("spec.parentRefs[{i}]: {e}")));
+                        }
                     }
                 }
             }

@@ -139,8 +139,9 @@ impl Kubernetes {
     }
 
     /// Watches the mesh documents (routes, splits, access) until the task is aborted, in
-    /// the watched namespaces. `publish` gets every object of every kind after each change.
-    /// A kind whose CRD is not installed (404) simply has no objects.
+    /// the watched namespaces. `publish` gets every object of every kind once every kind
+    /// has been listed in every namespace, then after each change. A kind whose CRD is not
+    /// installed (404) simply has no objects.
     pub(crate) fn watch_documents(
         &self,
         publish: impl Fn(Vec<ApiObject>) + Send + Sync + 'static,
@@ -161,8 +162,8 @@ impl Kubernetes {
                     .map(move |ns| (resource.clone(), ns.clone()))
             })
             .collect();
-        let stores: Arc<Mutex<Vec<Store<DynamicObject>>>> =
-            Arc::new(Mutex::new(vec![BTreeMap::new(); scopes.len()]));
+        let stores: Arc<Mutex<Vec<Option<Store<DynamicObject>>>>> =
+            Arc::new(Mutex::new(vec![None; scopes.len()]));
         let publish = Arc::new(publish);
         let tasks: Vec<JoinHandle<()>> = scopes
             .into_iter()
@@ -180,8 +181,12 @@ impl Kubernetes {
                     self.observe.clone(),
                     move |store: &Store<DynamicObject>| {
                         let mut all = stores.lock().unwrap_or_else(|e| e.into_inner());
-                        all[i] = store.clone();
-                        publish(api_objects(&all));
+                        all[i] = Some(store.clone());
+                        // Until every kind is listed, a TrafficTarget could be seen without
+                        // its HTTPRouteGroup, or not at all: nothing partial is published.
+                        if all.iter().all(Option::is_some) {
+                            publish(api_objects(all.iter().flatten()));
+                        }
                     },
                 ))
             })
@@ -267,9 +272,8 @@ pub(crate) struct Resolved {
 }
 
 /// Every object of every kind, in a stable order.
-fn api_objects(stores: &[Store<DynamicObject>]) -> Vec<ApiObject> {
+fn api_objects<'a>(stores: impl Iterator<Item = &'a Store<DynamicObject>>) -> Vec<ApiObject> {
     stores
-        .iter()
         .flat_map(|s| s.values())
         .filter_map(|obj| {
             let kind = obj.types.as_ref()?.kind.clone();
@@ -299,38 +303,34 @@ async fn follow<K>(
 ) where
     K: kube::Resource + Clone + fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
-    let _open = Watching::open(&observe.metrics, what);
+    let mut watching = Watching::open(observe, what);
     let mut store: Store<K> = BTreeMap::new();
     let mut listing: Option<Store<K>> = None;
-    let mut last_error: Option<String> = None;
+    let mut listed = false;
     let mut events = watcher::watcher(api, config).default_backoff().boxed();
     while let Some(event) = events.next().await {
         let event = match event {
             Ok(event) => event,
             Err(e) => {
                 let reason = reason(&e);
-                observe.metrics.error(what, reason);
-                // A mesh kind whose CRD is not installed: nothing to read, nothing wrong.
+                watching.observe.metrics.error(what, reason);
+                // A mesh kind whose CRD is not installed (or was removed) has no objects,
+                // and nothing is wrong: it counts as listed, empty.
                 if what == "documents" && reason == "404" {
+                    watching.recovered();
+                    if !listed || !store.is_empty() {
+                        store.clear();
+                        listed = true;
+                        changed(&store);
+                    }
                     continue;
                 }
-                let message = e.to_string();
-                if last_error.as_deref() != Some(&message) {
-                    // A 403's message names the missing permission.
-                    tracing::warn!(what, error = %message, "Kubernetes watch failed; serving the last state, retrying");
-                    observe.metrics.set_stale(what, true, last_error.is_some());
-                    last_error = Some(message);
-                    observe.note_staleness();
-                }
+                watching.failed(e.to_string());
                 continue;
             }
         };
-        observe.metrics.event(what);
-        if last_error.take().is_some() {
-            tracing::info!(what, "Kubernetes watch recovered");
-            observe.metrics.set_stale(what, false, true);
-            observe.note_staleness();
-        }
+        watching.observe.metrics.event(what);
+        watching.recovered();
         match event {
             Event::Init => listing = Some(BTreeMap::new()),
             Event::InitApply(obj) => {
@@ -342,6 +342,7 @@ async fn follow<K>(
                 // A re-list (after 410 Gone, say) replaces the store whole: objects still
                 // there are unchanged for the caller, who keeps their endpoints.
                 store = listing.take().unwrap_or_default();
+                listed = true;
                 changed(&store);
             }
             Event::Apply(obj) => {
@@ -364,22 +365,55 @@ impl Observe {
     }
 }
 
-/// Counts a watch as open while it lives.
-struct Watching<'a> {
-    metrics: &'a DiscoveryFamilies,
+/// One open watch: counted as open while it lives, and as stale from a failure until the
+/// next answer, or until it is dropped (a watch stopped while failing is no longer stale:
+/// it is gone).
+struct Watching {
+    observe: Observe,
     what: &'static str,
+    /// The last failure's message, while failing.
+    failing: Option<String>,
 }
 
-impl<'a> Watching<'a> {
-    fn open(metrics: &'a DiscoveryFamilies, what: &'static str) -> Self {
-        metrics.watching(what, true);
-        Self { metrics, what }
+impl Watching {
+    fn open(observe: Observe, what: &'static str) -> Self {
+        observe.metrics.watching(what, true);
+        Self {
+            observe,
+            what,
+            failing: None,
+        }
+    }
+
+    /// A request failed: logged when the message changes, marked stale.
+    fn failed(&mut self, message: String) {
+        if self.failing.as_deref() == Some(&message) {
+            return;
+        }
+        // A 403's message names the missing permission.
+        tracing::warn!(what = self.what, error = %message, "Kubernetes watch failed; serving the last state, retrying");
+        let was = self.failing.replace(message).is_some();
+        self.observe.metrics.set_stale(self.what, true, was);
+        self.observe.note_staleness();
+    }
+
+    /// An answer came: no longer stale.
+    fn recovered(&mut self) {
+        if self.failing.take().is_some() {
+            tracing::info!(what = self.what, "Kubernetes watch recovered");
+            self.observe.metrics.set_stale(self.what, false, true);
+            self.observe.note_staleness();
+        }
     }
 }
 
-impl Drop for Watching<'_> {
+impl Drop for Watching {
     fn drop(&mut self) {
-        self.metrics.watching(self.what, false);
+        if self.failing.take().is_some() {
+            self.observe.metrics.set_stale(self.what, false, true);
+            self.observe.note_staleness();
+        }
+        self.observe.metrics.watching(self.what, false);
     }
 }
 
