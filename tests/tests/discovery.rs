@@ -602,7 +602,7 @@ async fn an_idle_service_stops_being_watched_and_is_watched_again_when_called() 
             "namespace": "shop",
             "discovery": {"kubernetes": {
                 "kubeconfig": kubeconfig(&api, "discovery-idle"),
-                "endpointsIdleTimeout": "300ms"
+                "endpointsIdleTimeout": "1s"
             }}
         }))
         .start()
@@ -634,4 +634,82 @@ async fn an_idle_service_stops_being_watched_and_is_watched_again_when_called() 
         slice_watches() == 1
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_whose_pod_cannot_be_read_is_not_called_until_it_can_be() {
+    let api = api().await;
+    let pods = pods(&["a"]).await;
+    api.apply(service("web", 80, "10.96.3.2"));
+    let mut s = slice("web", "web-1", &[pods[0].1]);
+    s["endpoints"][0]["targetRef"] = json!({"kind": "Pod", "name": "web-0", "namespace": "shop"});
+    api.apply(s);
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-0", "namespace": "shop"},
+        "spec": {"serviceAccountName": "web", "containers": []}
+    }));
+    // Whether web-0 runs Skiff (and expects mTLS) cannot be known: it is not called in
+    // plaintext meanwhile.
+    api.deny("pods", &["get"]);
+    let proxy = proxy(&api, "discovery-pod-403").await;
+    let out = proxy.outbound_addr;
+    eventually(Duration::from_secs(10), "listed", || async {
+        admin_get(proxy.admin_addr, "/ready").await.0 == 200
+    })
+    .await;
+    assert_eq!(
+        call(out, "web").await,
+        (StatusCode::SERVICE_UNAVAILABLE, "no-endpoints".into())
+    );
+    let (_, metrics) = admin_get(proxy.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains(r#"skiff_discovery_errors_total{resource="pods",reason="403"}"#),
+        "{metrics}"
+    );
+    // Readable again: the read is retried without any change to the slice.
+    api.allow_all();
+    eventually(
+        Duration::from_secs(20),
+        "called once its Pod is read",
+        || async { call(out, "web").await == (StatusCode::OK, "a".into()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_watch_that_stops_is_no_longer_counted_stale() {
+    let api = api().await;
+    api.apply(service("web", 80, "10.96.3.3"));
+    api.deny("endpointslices.discovery.k8s.io", &["list", "watch"]);
+    let proxy = ProxyConfig::new(1)
+        .spec(json!({
+            "namespace": "shop",
+            "discovery": {"kubernetes": {
+                "kubeconfig": kubeconfig(&api, "discovery-stale-stop"),
+                "endpointsIdleTimeout": "1s"
+            }}
+        }))
+        .start()
+        .await;
+    let stale = || async {
+        let (_, metrics) = admin_get(proxy.admin_addr, "/metrics").await;
+        metrics.contains(r#"skiff_discovery_stale{resource="endpointslices"} 1"#)
+    };
+    eventually(Duration::from_secs(10), "listed", || async {
+        admin_get(proxy.admin_addr, "/ready").await.0 == 200
+    })
+    .await;
+    assert_eq!(call(proxy.outbound_addr, "web").await.0, 503);
+    assert!(stale().await, "the failing watch is stale");
+    // Unused, the watch stops: nothing is stale any more, and /ready says so.
+    eventually(
+        Duration::from_secs(10),
+        "not stale once stopped",
+        || async { !stale().await },
+    )
+    .await;
+    let (status, body) = admin_get(proxy.admin_addr, "/ready").await;
+    assert_eq!(status, 200);
+    assert!(!body.contains("last known state"), "{body}");
 }

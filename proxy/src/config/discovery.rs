@@ -29,8 +29,21 @@ pub struct KubernetesSpec {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
     /// A service's endpoints are watched from its first request until it has had none for
-    /// this long.
+    /// this long; at least 1s, as a shorter one would restart the watch (and make the next
+    /// request wait for its first answer) between requests of any ordinary client.
+    #[serde(deserialize_with = "at_least_a_second")]
     pub endpoints_idle_timeout: Dur,
+}
+
+fn at_least_a_second<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+    let idle = Dur::deserialize(d)?;
+    if idle < Dur::secs(1) {
+        return Err(serde::de::Error::custom(format!(
+            "{idle} is too short: at least 1s, or endpoints would be watched again for \
+             every other request"
+        )));
+    }
+    Ok(idle)
 }
 
 impl Default for KubernetesSpec {

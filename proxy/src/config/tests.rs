@@ -533,3 +533,16 @@ spec:
         "is not a header name",
     );
 }
+
+#[test]
+fn an_endpoints_idle_timeout_under_a_second_is_refused_with_its_line() {
+    let text =
+        format!("{HEAD}spec:\n  discovery:\n    kubernetes:\n      endpointsIdleTimeout: 300ms\n");
+    let e = rejected(&text, "at least 1s");
+    assert_eq!(e.line, Some(6), "{e:?}");
+    let c = ok(&format!(
+        "{HEAD}spec:\n  discovery:\n    kubernetes: {{endpointsIdleTimeout: 2s}}\n"
+    ));
+    let kube = c.proxy.discovery.kubernetes.unwrap();
+    assert_eq!(kube.endpoints_idle_timeout, Dur::secs(2));
+}

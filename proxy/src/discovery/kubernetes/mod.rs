@@ -13,7 +13,7 @@ mod model;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
@@ -203,7 +203,8 @@ impl Kubernetes {
     ///
     /// Pods are read once each (`get`), when their address first appears: what Skiff needs
     /// of them (service account, owner, the injection mark) does not change in a Pod's
-    /// life. A Pod that cannot be read is called in plaintext, and the failure logged.
+    /// life. An endpoint whose Pod cannot be read is not called (whether it expects mTLS is
+    /// unknown); the failure is logged and counted, and the read retried every few seconds.
     pub(crate) fn watch_endpoints(
         &self,
         namespace: &str,
@@ -217,36 +218,82 @@ impl Kubernetes {
         let config = watcher::Config::default().labels(&selector);
         let (tx, mut rx) = tokio::sync::watch::channel(None::<Vec<SliceEndpoint>>);
         let observe = self.observe.clone();
-        let slices = follow(api, config, "endpointslices", observe, move |store| {
-            tx.send_replace(Some(model::endpoints(store.values(), port_name.as_deref())));
-        });
+        let slices = follow(
+            api,
+            config,
+            "endpointslices",
+            observe.clone(),
+            move |store| {
+                tx.send_replace(Some(model::endpoints(store.values(), port_name.as_deref())));
+            },
+        );
         let resolve = async move {
             let mut known: HashMap<String, Option<Arc<PodInfo>>> = HashMap::new();
-            while rx.changed().await.is_ok() {
+            let mut failing: HashSet<String> = HashSet::new();
+            loop {
+                // The next answer; while some Pod could not be read, also a retry.
+                let changed = if failing.is_empty() {
+                    rx.changed().await.is_ok()
+                } else {
+                    tokio::select! {
+                        changed = rx.changed() => changed.is_ok(),
+                        () = tokio::time::sleep(POD_RETRY) => true,
+                    }
+                };
+                if !changed {
+                    break;
+                }
                 let Some(endpoints) = rx.borrow_and_update().clone() else {
                     continue;
                 };
-                let mut resolved = Vec::with_capacity(endpoints.len());
-                for endpoint in endpoints {
-                    let pod = match &endpoint.pod {
-                        None => None,
-                        Some(name) => match known.get(name) {
-                            Some(info) => info.clone(),
-                            None => {
-                                let info = match pods.get_opt(name).await {
-                                    Ok(pod) => pod.map(|p| Arc::new(model::pod_info(&p))),
-                                    Err(e) => {
-                                        tracing::warn!(pod = %name, error = %e, "cannot read the Pod behind an endpoint; calling it in plaintext");
-                                        None
-                                    }
-                                };
-                                known.insert(name.clone(), info.clone());
-                                info
+                let unread: HashSet<String> = endpoints
+                    .iter()
+                    .filter_map(|e| e.pod.as_ref())
+                    .filter(|name| !known.contains_key(*name))
+                    .cloned()
+                    .collect();
+                // Read together (bounded): a rollout brings many new Pods at once.
+                let reads: Vec<(String, Result<Option<Pod>, kube::Error>)> =
+                    futures_util::stream::iter(unread)
+                        .map(|name: String| {
+                            let pods = pods.clone();
+                            async move {
+                                let read = pods.get_opt(&name).await;
+                                (name, read)
                             }
-                        },
-                    };
-                    resolved.push(Resolved { endpoint, pod });
+                        })
+                        .buffer_unordered(POD_READS)
+                        .collect()
+                        .await;
+                for (name, read) in reads {
+                    match read {
+                        Ok(pod) => {
+                            failing.remove(&name);
+                            known.insert(name, pod.map(|p| Arc::new(model::pod_info(&p))));
+                        }
+                        Err(e) => {
+                            observe.metrics.error("pods", client_reason(&e));
+                            if failing.insert(name.clone()) {
+                                tracing::warn!(pod = %name, error = %e, "cannot read the Pod behind an endpoint; not calling it until it can be read (it may expect mTLS)");
+                            }
+                        }
+                    }
                 }
+                // An endpoint whose Pod could not be read is left out: called in plaintext,
+                // a meshed Pod would get the request unencrypted and unauthenticated.
+                let resolved: Vec<Resolved> = endpoints
+                    .into_iter()
+                    .filter_map(|endpoint| match &endpoint.pod {
+                        None => Some(Resolved {
+                            endpoint,
+                            pod: None,
+                        }),
+                        Some(name) => known
+                            .get(name)
+                            .cloned()
+                            .map(|pod| Resolved { endpoint, pod }),
+                    })
+                    .collect();
                 // Forget Pods that left, so the cache stays the size of the Service.
                 known.retain(|name, _| {
                     resolved
@@ -261,6 +308,12 @@ impl Kubernetes {
         })
     }
 }
+
+/// How long to wait before reading again a Pod that could not be read.
+const POD_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How many Pods are read at once.
+const POD_READS: usize = 8;
 
 /// An endpoint of a Service port with its Pod's details, when it has a Pod.
 #[derive(Clone, Debug)]
@@ -330,7 +383,10 @@ async fn follow<K>(
             }
         };
         watching.observe.metrics.event(what);
-        watching.recovered();
+        // The watcher says Init before it sends its list request: only an answer is one.
+        if !matches!(event, Event::Init) {
+            watching.recovered();
+        }
         match event {
             Event::Init => listing = Some(BTreeMap::new()),
             Event::InitApply(obj) => {
@@ -426,7 +482,12 @@ fn reason(e: &watcher::Error) -> &'static str {
         | watcher::Error::WatchFailed(e) => e,
         watcher::Error::NoResourceVersion => return "no-resource-version",
     };
-    match client {
+    client_reason(client)
+}
+
+/// A failed request's metric label.
+fn client_reason(e: &kube::Error) -> &'static str {
+    match e {
         kube::Error::Api(status) => code(status.code),
         kube::Error::Service(_) | kube::Error::HyperError(_) => "connect",
         _ => "other",

@@ -12,12 +12,16 @@ use proxy_core::balance::Load;
 use proxy_core::breaker::{self, BreakerObserver, Gate};
 use tokio::task::JoinHandle;
 
+mod lazy;
+
 use crate::config::DnsSpec;
 use crate::discovery::dns::Resolver;
 use crate::discovery::kubernetes::{Kubernetes, Resolved};
 use crate::identity::Mesh;
 use crate::upstream::pool::{MeshPeer, Pool, Pools};
 use proxy_tls::SpiffeId;
+
+use lazy::{Lazy, LazyShared, Waiting};
 
 /// One endpoint of one service.
 #[derive(Debug)]
@@ -149,7 +153,8 @@ impl Endpoints {
         let current: Arc<ArcSwap<Vec<Arc<Endpoint>>>> = Arc::default();
         let shared = Arc::new(LazyShared::new(kube.spec().endpoints_idle_timeout.0));
         let (target, state) = (current.clone(), shared.clone());
-        let start = move || {
+        // Called under the gate, with this watch's generation.
+        let start = move |generation: u64| {
             let (target, state, maker) = (target.clone(), state.clone(), maker.clone());
             let (ns, svc, mesh) = (namespace.clone(), service.clone(), mesh.clone());
             tracing::debug!(namespace = %ns, service = %svc, "watching EndpointSlices");
@@ -169,6 +174,7 @@ impl Endpoints {
                             (addr, peer)
                         })
                         .collect();
+                    state.publish(generation, || {
                     let old = target.load_full();
                     let changed = old.len() != peers.len()
                         || old.iter().zip(&peers).any(|(e, (addr, peer))| {
@@ -180,7 +186,7 @@ impl Endpoints {
                         tracing::info!(namespace = %ns, service = %svc, endpoints = ?addrs, meshed, "Kubernetes endpoints changed");
                         target.store(Arc::new(maker.build_each(&peers, &old)));
                     }
-                    state.synced.send_replace(true);
+                    });
                 }
             });
             tokio::spawn(state.expire(watch, target))
@@ -199,9 +205,14 @@ impl Endpoints {
     }
 
     /// Whether a request can pick now: false only while lazily watched endpoints wait for
-    /// their first answer (the request then waits with [`Endpoints::synced`]).
+    /// their first answer (the request then waits with [`Endpoints::synced`]). Notes the
+    /// use first, so that a watch the idle timer is stopping is started again, and then
+    /// reported as waiting, rather than a request picking from endpoints being forgotten.
     pub(crate) fn is_synced(&self) -> bool {
-        self.lazy.as_ref().is_none_or(|l| *l.shared.synced.borrow())
+        self.lazy.as_ref().is_none_or(|l| {
+            l.use_now();
+            *l.shared.synced.borrow()
+        })
     }
 
     /// Waits for the first answer of lazily watched endpoints, for at most `within`; at
@@ -215,6 +226,8 @@ impl Endpoints {
             if lazy.shared.gave_up.load(Ordering::Acquire) {
                 return;
             }
+            // A request waiting for the first answer is a use: the watch is not idle.
+            let _waiting = Waiting::new(&lazy.shared);
             let mut synced = lazy.shared.synced.subscribe();
             if tokio::time::timeout(within, synced.wait_for(|s| *s))
                 .await
@@ -308,95 +321,6 @@ fn peer_of(mesh: Option<&Mesh>, namespace: &str, resolved: &Resolved) -> Option<
             tracing::warn!(namespace, account = %pod.service_account, error = %e, "no SPIFFE ID for a meshed endpoint; calling it in plaintext");
             None
         }
-    }
-}
-
-/// Endpoints watched while in use: the watch starts at the first request and stops after
-/// the idle timeout.
-struct Lazy {
-    shared: Arc<LazyShared>,
-    // Starts the watch and its idle timer; returns the timer's task.
-    start: Box<dyn Fn() -> JoinHandle<()> + Send + Sync>,
-    task: std::sync::Mutex<Option<AbortOnDrop>>,
-}
-
-impl std::fmt::Debug for Lazy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lazy")
-            .field("shared", &self.shared)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Lazy {
-    /// Notes a use, and starts the watch if it is not running.
-    fn use_now(&self) {
-        self.shared.touch();
-        if self.shared.running.load(Ordering::Acquire) {
-            return;
-        }
-        let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
-        if !self.shared.running.swap(true, Ordering::AcqRel) {
-            self.shared.gave_up.store(false, Ordering::Release);
-            *task = Some(AbortOnDrop((self.start)()));
-        }
-    }
-}
-
-/// What the watch, its idle timer and the request path share.
-#[derive(Debug)]
-struct LazyShared {
-    running: std::sync::atomic::AtomicBool,
-    // A request waited for the first answer until its bound, in this watch's life.
-    gave_up: std::sync::atomic::AtomicBool,
-    synced: tokio::sync::watch::Sender<bool>,
-    // Milliseconds since `epoch` at the last use.
-    last_use: std::sync::atomic::AtomicU64,
-    epoch: tokio::time::Instant,
-    idle: Duration,
-}
-
-impl LazyShared {
-    fn new(idle: Duration) -> Self {
-        Self {
-            running: Default::default(),
-            gave_up: Default::default(),
-            synced: tokio::sync::watch::channel(false).0,
-            last_use: Default::default(),
-            epoch: tokio::time::Instant::now(),
-            idle,
-        }
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_use.store(ms, Ordering::Relaxed);
-    }
-
-    fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_use.load(Ordering::Relaxed));
-        self.epoch.elapsed().saturating_sub(last)
-    }
-
-    /// Keeps `watch` running until the service has been idle for the timeout, then stops
-    /// it and forgets the endpoints: the next request starts a new watch and waits for its
-    /// first answer, rather than being sent to addresses nobody kept current.
-    async fn expire(
-        self: Arc<Self>,
-        watch: JoinHandle<()>,
-        current: Arc<ArcSwap<Vec<Arc<Endpoint>>>>,
-    ) {
-        let _watch = AbortOnDrop(watch);
-        loop {
-            let idle = self.idle_for();
-            if idle >= self.idle {
-                break;
-            }
-            tokio::time::sleep(self.idle - idle).await;
-        }
-        self.synced.send_replace(false);
-        current.store(Arc::default());
-        self.running.store(false, Ordering::Release);
     }
 }
 
