@@ -477,3 +477,6 @@ fn client_settings(spec: &ProxySpec) -> Settings {
         ..Settings::default()
     }
 }
+
+#[cfg(test)]
+mod tests;
