@@ -183,15 +183,14 @@ pub async fn start(config: Config) -> io::Result<Running> {
         }));
     }
     state.readiness.set_loaded();
-    if state.readiness.is_ready() {
-        tracing::info!(%outbound_addr, %inbound_addr, %admin_addr, "Skiff is ready");
-    } else {
-        tracing::info!(
+    match state.readiness.not_ready_because() {
+        None => tracing::info!(%outbound_addr, %inbound_addr, %admin_addr, "Skiff is ready"),
+        Some(why) => tracing::info!(
             %outbound_addr,
             %inbound_addr,
             %admin_addr,
-            "Skiff is listening; not ready until its credentials load"
-        );
+            "Skiff is listening; not ready yet: {why}"
+        ),
     }
     Ok(Running {
         outbound_addr,

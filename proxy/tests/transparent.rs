@@ -9,6 +9,10 @@
 //! through Skiff inbound, and Skiff's own upstream connections are not redirected into
 //! itself. Both backends (nft and iptables) are run; cleanup removes every rule.
 //!
+//! A third run has no `services` table at all: Skiff reads the Service and its EndpointSlice
+//! from the fake Kubernetes API server (`skiff_e2e::fake_api`, run by this binary inside the
+//! remote namespace), so the cluster IP the app calls is one that only the API knows.
+//!
 //! Needs root and `ip`, `iptables`, `nft`, `setpriv`, `curl` and `bash` (`.ci/run` installs
 //! them). Without them the tests cannot run, and must not pass as if they had: libtest has no
 //! way to skip a test once it runs, so this file has its own harness (libtest-mimic,
@@ -33,6 +37,13 @@ const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
 /// The environment variable that turns this test binary into a TCP echo server (run inside
 /// the remote namespace by `ip netns exec`) instead of a test run.
 const ECHO_HELPER: &str = "SKIFF_TEST_TCP_ECHO";
+
+/// The environment variable that turns this test binary into the fake Kubernetes API
+/// server (in the remote namespace), holding one Service and its EndpointSlice.
+const FAKE_API_HELPER: &str = "SKIFF_TEST_FAKE_API";
+
+/// Where the fake API server listens, in the remote namespace.
+const API_ADDR: &str = "10.250.0.2:6443";
 
 const POD_IP: &str = "10.250.0.1";
 const REMOTE_IP: &str = "10.250.0.2";
@@ -147,9 +158,17 @@ fn missing_tools() -> Option<String> {
     None
 }
 
-fn config() -> String {
-    format!(
-        "apiVersion: skiff.dev/v1alpha1
+/// Where `web` (10.96.0.10:80) and `gone` (10.96.0.11:80) come from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Source {
+    /// The config file's `services` table.
+    File,
+    /// The Kubernetes API: the config has no services.
+    Api,
+}
+
+fn config(source: Source, dir: &std::path::Path) -> String {
+    let head = "apiVersion: skiff.dev/v1alpha1
 kind: Proxy
 spec:
   outbound:
@@ -159,7 +178,10 @@ spec:
     appPort: 8081
   admin:
     listen: 127.0.0.1:4191
-  services:
+";
+    match source {
+        Source::File => format!(
+            "{head}  services:
     web:
       clusterIP: 10.96.0.10
       endpoints: [{REMOTE_IP}:8080]
@@ -167,18 +189,70 @@ spec:
       clusterIP: 10.96.0.11
       endpoints: [{REMOTE_IP}:1]
 "
-    )
+        ),
+        Source::Api => {
+            let kubeconfig = dir.join("kubeconfig");
+            let text = format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: 'http://{API_ADDR}'}}\n\
+                 users:\n- name: skiff\n  user: {{token: t}}\ncontexts:\n- name: fake\n  \
+                 context: {{cluster: fake, user: skiff, namespace: default}}\ncurrent-context: fake\n"
+            );
+            std::fs::write(&kubeconfig, text).unwrap();
+            std::fs::set_permissions(&kubeconfig, std::fs::Permissions::from_mode(0o644)).unwrap();
+            format!(
+                "{head}  discovery:\n    kubernetes: {{kubeconfig: {}}}\n",
+                kubeconfig.display()
+            )
+        }
+    }
 }
 
-/// Sets up the namespaces, backends, rules and Skiff for `backend`.
-fn lab(backend: &str) -> Lab {
-    let tag = format!("{}-{backend}", std::process::id());
+/// With `SKIFF_TEST_FAKE_API=ip:port`, this binary serves the fake Kubernetes API there
+/// (in the remote namespace) until killed, holding Services `web` and `gone` and their
+/// EndpointSlices, as the file's services table would give them.
+fn fake_api(addr: &str) -> ! {
+    use serde_json::json;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let api = skiff_e2e::fake_api::FakeApi::builder()
+            .token("t")
+            .addr(addr.parse().unwrap())
+            .start()
+            .await;
+        for (name, ip, port) in [("web", "10.96.0.10", 8080), ("gone", "10.96.0.11", 1)] {
+            api.apply(json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"clusterIP": ip, "clusterIPs": [ip],
+                         "ports": [{"name": "http", "port": 80, "targetPort": port}]}
+            }));
+            api.apply(json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": format!("{name}-1"), "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": name}},
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+                "endpoints": [{"addresses": [REMOTE_IP], "conditions": {"ready": true}}]
+            }));
+        }
+        std::future::pending::<()>().await;
+    });
+    unreachable!("the fake API server serves until killed")
+}
+
+/// Sets up the namespaces, backends, rules and Skiff for `backend`, with its services from
+/// `source`.
+fn lab(backend: &str, source: Source) -> Lab {
+    let tag = format!("{}-{backend}-{}", std::process::id(), source as u8);
     let dir = std::env::temp_dir().join(format!("skiff-transparent-{tag}"));
     std::fs::create_dir_all(&dir).unwrap();
     // Skiff runs as uid 2102: it must be able to read its config.
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let config_path = dir.join("skiff.yaml");
-    std::fs::write(&config_path, config()).unwrap();
+    std::fs::write(&config_path, config(source, &dir)).unwrap();
     std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut lab = Lab {
         pod: format!("skiff-pod-{tag}"),
@@ -215,6 +289,13 @@ fn lab(backend: &str) -> Lab {
     let me = std::env::current_exe().unwrap();
     let echo = format!("{REMOTE_IP}:9000");
     lab.spawn(&remote, &[me.to_str().unwrap()], &[(ECHO_HELPER, &echo)]);
+    if source == Source::Api {
+        lab.spawn(
+            &remote,
+            &[me.to_str().unwrap()],
+            &[(FAKE_API_HELPER, API_ADDR)],
+        );
+    }
     lab.spawn(
         &pod,
         &[SKIFF, "bench-backend", "--listen", "127.0.0.1:8081"],
@@ -258,25 +339,36 @@ fn main() -> ExitCode {
     if let Ok(addr) = std::env::var(ECHO_HELPER) {
         tcp_echo(&addr);
     }
+    if let Ok(addr) = std::env::var(FAKE_API_HELPER) {
+        fake_api(&addr);
+    }
     let args = Arguments::from_args();
-    let trials = ["nft", "iptables"]
-        .into_iter()
-        .map(|backend| {
-            Trial::ignorable_test(format!("transparent_mode_with_{backend}"), move || {
-                if let Some(why) = missing_tools() {
-                    eprintln!("SKIPPED transparent mode ({backend}): {why}");
-                    return Ok(Completion::ignored_with(why));
-                }
-                transparent_mode(backend);
-                Ok(Completion::Completed)
-            })
+    let trials = [
+        ("transparent_mode_with_nft", "nft", Source::File),
+        ("transparent_mode_with_iptables", "iptables", Source::File),
+        (
+            "transparent_mode_with_cluster_ips_only_the_api_knows",
+            "nft",
+            Source::Api,
+        ),
+    ]
+    .into_iter()
+    .map(|(name, backend, source)| {
+        Trial::ignorable_test(name, move || {
+            if let Some(why) = missing_tools() {
+                eprintln!("SKIPPED {name}: {why}");
+                return Ok(Completion::ignored_with(why));
+            }
+            transparent_mode(backend, source);
+            Ok(Completion::Completed)
         })
-        .collect();
+    })
+    .collect();
     libtest_mimic::run(&args, trials).exit_code()
 }
 
-fn transparent_mode(backend: &str) {
-    let lab = lab(backend);
+fn transparent_mode(backend: &str, source: Source) {
+    let lab = lab(backend, source);
     let pod = lab.pod.clone();
 
     // A cluster IP known to Skiff's config: routed to the service's endpoint.
@@ -315,11 +407,7 @@ fn transparent_mode(backend: &str) {
     // connections to the endpoints been redirected, it would have accepted them too.
     let outbound = r#"direction="outbound""#;
     for (name, labels, want) in [
-        (
-            "request_total",
-            &[outbound, r#"target_addr="web:80""#][..],
-            3.0,
-        ),
+        ("request_total", &[outbound, r#"target_addr="web"#][..], 3.0),
         (
             "request_total",
             &[outbound, r#"target_addr="passthrough""#],
