@@ -9,6 +9,7 @@
 //! | [`crate::limit`] | `limits` |
 //! | [`crate::timeout`] (request and per try) | `timeouts` |
 //! | [`crate::retry`] | `retry` |
+//! | [`crate::filter`] (the rule's) | `filters` |
 //! | [`crate::split`] | `backends` (one draw per try) |
 //!
 //! A layer that finds no context answers 500 `internal` rather than passing the request on
@@ -21,6 +22,7 @@
 use std::sync::Arc;
 
 use crate::error::{ProxyError, Reason};
+use crate::filter::Filters;
 use crate::limit;
 use crate::retry;
 use crate::split::Draw;
@@ -39,6 +41,8 @@ pub struct RouteContext {
     pub timeouts: Timeouts,
     /// Rate and concurrency limits; `None`: unlimited.
     pub limits: Option<Arc<limit::Policy>>,
+    /// The rule's filters (header changes, redirect, rewrite); `None`: none.
+    pub filters: Option<Arc<Filters>>,
 }
 
 impl RouteContext {
@@ -50,6 +54,7 @@ impl RouteContext {
             retry: None,
             timeouts: Timeouts::default(),
             limits: None,
+            filters: None,
         }
     }
 

@@ -34,6 +34,7 @@ pub mod classify;
 pub mod context;
 pub mod direction;
 pub mod error;
+pub mod filter;
 pub mod future;
 pub mod limit;
 pub mod normalize;

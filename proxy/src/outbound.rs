@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 
 use proxy_core::breaker::BreakerLayer;
+use proxy_core::filter::FilterLayer;
 use proxy_core::limit::{Client, LimitLayer};
 use proxy_core::normalize::NormalizeLayer;
 use proxy_core::respond::RespondLayer;
@@ -45,14 +46,18 @@ pub fn stack(state: &State, client: Client, orig_dst: Option<SocketAddr>) -> Htt
         .layer(NormalizeLayer::new(normalize_limits(&state.spec.load())))
         // Reads `Authority`, `OriginalDst`; writes `ctx` and starts the `MetricsSlot`.
         .layer(RouteLayer::new(side.resolver.clone()))
+        // Reads `ctx.filters`: answers a redirect, or rewrites and changes headers once.
+        .layer(FilterLayer::rule())
         // Reads `ctx.limits` and `Client`.
         .layer(LimitLayer)
         // Reads `ctx.timeouts.request`.
         .layer(TimeoutLayer::request())
         // Reads `ctx.retry`; each try below runs again from here.
         .layer(RetryLayer)
-        // Reads `ctx.backends`; writes the drawn `Target`.
+        // Reads `ctx.backends`; writes the drawn `Target` and its `BackendFilters`.
         .layer(SplitLayer)
+        // Reads `BackendFilters`: the drawn backend's header changes, on each try.
+        .layer(FilterLayer::backend())
         // Reads `Target`; writes the `Endpoint` and the breaker's `Admission`.
         .layer(PickLayer::new(state.pools.clone()))
         // Reads `Admission`.

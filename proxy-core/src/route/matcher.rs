@@ -130,7 +130,7 @@ impl HttpMatch {
     }
 }
 
-fn prefix_matches(prefix: &str, path: &str) -> bool {
+pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
     let prefix = prefix.strip_suffix('/').unwrap_or(prefix);
     match path.strip_prefix(prefix) {
         Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.is_empty(),

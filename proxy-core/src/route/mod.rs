@@ -19,6 +19,7 @@ use tower::{Layer, Service};
 use crate::error::ProxyError;
 use crate::BoxError;
 
+pub(crate) use matcher::prefix_matches;
 pub use matcher::{anchored, Anchor, HttpMatch, PathMatch, RequestHead, RouteSet, ValueMatch};
 pub use table::Table;
 

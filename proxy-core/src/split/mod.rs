@@ -11,6 +11,7 @@
 mod tests;
 
 use std::fmt;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Request;
@@ -18,6 +19,7 @@ use tower::{Layer, Service};
 
 use crate::context::RouteContext;
 use crate::error::{ProxyError, Reason};
+use crate::filter::{BackendFilters, Filters};
 use crate::BoxError;
 
 /// One backend of a split.
@@ -29,6 +31,9 @@ pub struct Backend<T> {
     pub weight: u32,
     /// Its target, or `None` when the name refers to no configured service.
     pub target: Option<T>,
+    /// Its own filters (Gateway API `backendRefs[].filters`), applied to each try sent to
+    /// it; `None`: none.
+    pub filters: Option<Arc<Filters>>,
 }
 
 /// The backends of one route, with their weights.
@@ -58,6 +63,7 @@ impl<T> Backends<T> {
                 name: name.into(),
                 weight: 1,
                 target: Some(target),
+                filters: None,
             }],
             total: 1,
             single: true,
@@ -119,6 +125,11 @@ impl<T: Clone + fmt::Debug + Send + Sync + 'static> Draw for Backends<T> {
             )
         })?;
         extensions.insert(target);
+        // A retry draws again: the last try's backend filters must not stay behind.
+        match &backend.filters {
+            Some(filters) => extensions.insert(BackendFilters(filters.clone())),
+            None => extensions.remove::<BackendFilters>(),
+        };
         Ok(())
     }
 

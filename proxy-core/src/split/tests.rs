@@ -14,6 +14,7 @@ fn backends(weights: &[(&str, u32, bool)]) -> Backends<&'static str> {
                 name: name.to_owned(),
                 weight,
                 target: valid.then(|| if name == "a" { "A" } else { "B" }),
+                filters: None,
             })
             .collect(),
     )

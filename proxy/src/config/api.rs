@@ -434,11 +434,11 @@ mod tests {
         let mut bad_regex = route("bad", "web-v2");
         bad_regex["spec"]["rules"][0]["matches"] =
             json!([{"path": {"type": "RegularExpression", "value": "(unclosed"}}]);
-        // A filter is known and not supported: honouring the rest would send traffic
-        // where its author did not mean it to go.
+        // A filter Skiff does not implement: honouring the rest would send traffic where
+        // its author did not mean it to go.
         let mut filtered = route("filtered", "web-v2");
-        filtered["spec"]["rules"][0]["filters"] =
-            json!([{"type": "RequestRedirect", "requestRedirect": {"hostname": "elsewhere"}}]);
+        filtered["spec"]["rules"][0]["filters"] = json!([{"type": "ExtensionRef",
+            "extensionRef": {"group": "example.com", "kind": "Thing", "name": "t"}}]);
         let objects = [
             object("HTTPRoute", "good", route("good", "web")),
             object("HTTPRoute", "orphan", route("orphan", "nothere")),
@@ -451,6 +451,13 @@ mod tests {
         assert!(refused.contains(&"HTTPRoute shop/orphan"));
         assert!(refused.contains(&"HTTPRoute shop/bad"));
         assert!(refused.contains(&"HTTPRoute shop/filtered"));
+        let why = &joined
+            .refused
+            .iter()
+            .find(|r| r.object.ends_with("filtered"))
+            .unwrap()
+            .reason;
+        assert!(why.contains("ExtensionRef is not supported"), "{why}");
         assert!(joined.routes.contains_key("web"), "the good one applies");
     }
 

@@ -345,7 +345,7 @@ spec:
   - filters: [{{type: RequestHeaderModifier}}]
 "
         ),
-        "filters are not supported",
+        "type RequestHeaderModifier needs `requestHeaderModifier`",
     );
     assert_eq!(filters.line, Some(14));
 

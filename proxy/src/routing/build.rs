@@ -193,6 +193,7 @@ pub(super) fn route_set(
             name: apex.name.clone(),
             weight: 1,
             target: Some(Target::Service(apex.clone())),
+            filters: None,
         }]);
         Arc::new(apex.policies.route(Arc::new(backends)))
     });
@@ -286,6 +287,7 @@ fn route(
             name: apex.name.clone(),
             weight: 1,
             target: Some(Target::Service(backend(apex))),
+            filters: None,
         }]
     } else {
         spec.backends
@@ -298,6 +300,7 @@ fn route(
                     .as_ref()
                     .and_then(|s| services.get(s))
                     .map(|s| Target::Service(backend(s))),
+                filters: b.filters.clone(),
             })
             .collect()
     };
@@ -308,7 +311,7 @@ fn route(
         timeouts,
         limits,
     };
-    policies.route(Arc::new(Backends::new(entries)))
+    policies.route_with(Arc::new(Backends::new(entries)), spec.filters.clone())
 }
 
 /// The inbound target: the local application.

@@ -21,6 +21,7 @@ use arc_swap::ArcSwap;
 use http::uri::Authority;
 use proxy_core::balance;
 use proxy_core::context::RouteContext;
+use proxy_core::filter::Filters;
 use proxy_core::limit;
 use proxy_core::retry;
 use proxy_core::route::{RequestHead, Resolve, RouteSet, Table};
@@ -71,6 +72,11 @@ pub(crate) struct Policies {
 impl Policies {
     /// The route (or service default) that applies these policies to `backends`.
     fn route(&self, backends: Arc<dyn Draw>) -> Route {
+        self.route_with(backends, None)
+    }
+
+    /// [`Policies::route`], with the rule's filters.
+    fn route_with(&self, backends: Arc<dyn Draw>, filters: Option<Arc<Filters>>) -> Route {
         Route {
             context: Arc::new(RouteContext {
                 name: self.route.clone(),
@@ -78,6 +84,7 @@ impl Policies {
                 retry: self.retry.clone(),
                 timeouts: self.timeouts,
                 limits: self.limits.clone(),
+                filters,
             }),
             metrics: self.metrics.clone(),
         }

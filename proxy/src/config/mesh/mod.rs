@@ -17,6 +17,7 @@ use serde::{Deserialize, Deserializer};
 use super::{BreakerSpec, Dur, RateLimitSpec};
 
 mod access;
+mod filters;
 mod resolve;
 
 pub(super) use access::resolve as resolve_access;
@@ -274,29 +275,12 @@ struct Rule {
     timeouts: Option<GatewayTimeouts>,
     #[serde(default)]
     retry: Option<GatewayRetry>,
-    #[serde(default, rename = "filters")]
-    _filters: NoFilters,
+    #[serde(default)]
+    filters: filters::FiltersSpec,
 }
 
 fn default_matches() -> Vec<GatewayMatch> {
     vec![GatewayMatch::default()]
-}
-
-/// `filters`: not supported yet, so any filter is refused rather than silently skipped.
-#[derive(Clone, Copy, Debug, Default)]
-struct NoFilters;
-
-impl<'de> Deserialize<'de> for NoFilters {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let list = Vec::<serde_yaml_ng::Value>::deserialize(d)?;
-        if list.is_empty() {
-            Ok(Self)
-        } else {
-            Err(serde::de::Error::custom(
-                "filters are not supported by this version of Skiff",
-            ))
-        }
-    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -461,8 +445,8 @@ struct BackendRef {
     port: Option<u16>,
     #[serde(default = "one")]
     weight: u32,
-    #[serde(default, rename = "filters")]
-    _filters: NoFilters,
+    #[serde(default)]
+    filters: filters::FiltersSpec,
 }
 
 fn one() -> u32 {

@@ -2,6 +2,9 @@
 //! each service, with their matches, weighted backends and policies.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use proxy_core::filter::Filters;
 
 use proxy_core::route::{HttpMatch, PathMatch, ValueMatch};
 
@@ -54,6 +57,8 @@ pub struct RouteSpec {
     pub retry: Option<RetrySpec>,
     /// Skiff's policies for it.
     pub policy: RoutePolicySpec,
+    /// The rule's filters (header changes, redirect, rewrite).
+    pub filters: Option<Arc<Filters>>,
 }
 
 /// One weighted backend of a route.
@@ -65,6 +70,8 @@ pub struct BackendSpec {
     pub service: Option<String>,
     /// Its relative weight.
     pub weight: u32,
+    /// Its own filters (header changes).
+    pub filters: Option<Arc<Filters>>,
 }
 
 /// A problem joining the documents: the document's index and what is wrong.
@@ -179,6 +186,7 @@ pub(in crate::config) fn resolve(
                             name: b.service.clone(),
                             service: find_backend(&b.service, ns, None, &apex),
                             weight: b.weight,
+                            filters: None,
                         })
                         .collect();
                     let mut routes = Vec::new();
@@ -230,14 +238,47 @@ pub(in crate::config) fn resolve(
                     } else {
                         rule.matches.iter().map(gateway_match).collect()
                     };
+                    // A filter Skiff does not implement refuses the route.
+                    let unsupported = std::iter::once(&rule.filters)
+                        .chain(rule.backend_refs.iter().map(|b| &b.filters))
+                        .find_map(|f| f.unsupported.clone());
+                    if let Some(why) = unsupported {
+                        problems.push((index, format!("spec.rules[{i}].{why}")));
+                    }
+                    let prefixes: Vec<String> = rule
+                        .matches
+                        .iter()
+                        .filter_map(|m| match m.path.as_ref().map(|p| &p.0) {
+                            Some(PathMatch::Prefix(p)) => Some(p.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    if rule.filters.redirects() && !rule.backend_refs.is_empty() {
+                        problems.push((
+                            index,
+                            format!("spec.rules[{i}]: a rule with a RequestRedirect has no backendRefs (the redirect is its answer)"),
+                        ));
+                    }
+                    let filters = rule.filters.build(&prefixes).unwrap_or_else(|e| {
+                        problems.push((index, format!("spec.rules[{i}].filters: {e}")));
+                        None
+                    });
                     // Which service each backend is depends on the parent's port: found below.
                     let backends = rule
                         .backend_refs
                         .iter()
-                        .map(|b| BackendSpec {
-                            name: b.name.clone(),
-                            service: None,
-                            weight: b.weight,
+                        .enumerate()
+                        .map(|(j, b)| {
+                            if let Some(why) = b.filters.backend_problem() {
+                                let at = format!("spec.rules[{i}].backendRefs[{j}].filters");
+                                problems.push((index, format!("{at}: {why}")));
+                            }
+                            BackendSpec {
+                                name: b.name.clone(),
+                                service: None,
+                                weight: b.weight,
+                                filters: b.filters.build(&[]).ok().flatten(),
+                            }
                         })
                         .collect();
                     let timeouts = rule.timeouts.map(|t| TimeoutsSpec {
@@ -269,6 +310,7 @@ pub(in crate::config) fn resolve(
                         timeouts,
                         retry,
                         policy: RoutePolicySpec::default(),
+                        filters,
                     });
                 }
                 for (i, parent) in r.spec.parent_refs.iter().enumerate() {
@@ -351,6 +393,7 @@ fn route(name: &str, matches: Vec<HttpMatch>, backends: &[BackendSpec]) -> Route
         timeouts: None,
         retry: None,
         policy: RoutePolicySpec::default(),
+        filters: None,
     }
 }
 
