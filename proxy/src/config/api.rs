@@ -80,12 +80,9 @@ pub(crate) fn join(
 ) -> Result<Joined, String> {
     let mut documents: Vec<(usize, Document)> = Vec::new();
     for (index, value) in config_documents.iter().enumerate() {
-        let kind = value
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .unwrap_or_default();
+        let field = |name: &str| value.get(name).and_then(|k| k.as_str()).unwrap_or_default();
         // The file's documents parsed when it was loaded; they parse again.
-        let doc = mesh::parse_document(kind, value.clone())
+        let doc = mesh::parse_document(field("apiVersion"), field("kind"), value.clone())
             .map_err(|e| format!("config document {}: {e}", index + 1))?;
         documents.push((index, doc));
     }
@@ -196,10 +193,11 @@ fn names_as_destination(object: &ApiObject, (own_ns, own_sa): (&str, &str)) -> b
 /// Parses an API object as `kind`, dropping the fields Skiff does not know (each named by
 /// its path), and refusing only what it cannot read.
 fn lenient(kind: &str, mut value: serde_json::Value) -> Result<(Document, Vec<String>), String> {
+    let api_version = value["apiVersion"].as_str().unwrap_or_default().to_owned();
     let mut dropped = Vec::new();
     // Bounded: each round removes one field.
     for _ in 0..64 {
-        match mesh::parse_document(kind, &value) {
+        match mesh::parse_document(&api_version, kind, &value) {
             Ok(doc) => return Ok((doc, dropped)),
             Err(e) => {
                 let message = e.inner().to_string();

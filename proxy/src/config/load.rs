@@ -148,8 +148,8 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
                 "apiVersion: `kind: Proxy` needs apiVersion {PROXY_API_VERSION}, got {}",
                 v.unwrap_or("none")
             ))),
-            (Some(v), Some(kind)) if mesh::KINDS.contains(&(v, kind)) => {
-                match mesh::parse_document(kind, document) {
+            (Some(v), Some(kind)) if mesh::known(v, kind) => {
+                match mesh::parse_document(v, kind, document) {
                     Ok(doc) => mesh_documents.push((index, doc)),
                     Err(e) => {
                         let path = e.path().to_string();
@@ -158,13 +158,14 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
                 }
             }
             (v, Some(kind)) if mesh::KINDS.iter().any(|(_, k)| *k == kind) => {
-                let want = mesh::KINDS
+                let versions: Vec<&str> = mesh::KINDS
                     .iter()
-                    .find(|(_, k)| *k == kind)
-                    .map(|(v, _)| *v);
+                    .filter(|(_, k)| *k == kind)
+                    .map(|(v, _)| *v)
+                    .collect();
                 errors.push(doc_error(format!(
                     "apiVersion: kind {kind} is read as apiVersion {}, got {}",
-                    want.unwrap_or_default(),
+                    versions.join(", "),
                     v.unwrap_or("none")
                 )));
             }

@@ -370,13 +370,13 @@ spec:
     rejected(
         &format!(
             "{MESH_HEAD}---
-apiVersion: split.smi-spec.io/v1alpha2
+apiVersion: split.smi-spec.io/v1beta1
 kind: TrafficSplit
 metadata: {{name: s}}
 spec: {{service: web, backends: []}}
 "
         ),
-        "split.smi-spec.io/v1alpha4",
+        "split.smi-spec.io/v1alpha1, split.smi-spec.io/v1alpha2",
     );
 
     let policy = err(&format!("{MESH_HEAD}  routePolicies:\n    ghost: {{}}\n"));

@@ -1,5 +1,6 @@
-//! SMI access control: `TrafficTarget` (`access.smi-spec.io/v1alpha3`) and `TCPRoute`
-//! (`specs.smi-spec.io/v1alpha4`), resolved into the allow rules of this workload.
+//! SMI access control: `TrafficTarget` and `TCPRoute` (every version, converted to
+//! `access.smi-spec.io/v1alpha3` and `specs.smi-spec.io/v1alpha4` by `versions`), resolved
+//! into the allow rules of this workload.
 //!
 //! Only TrafficTargets whose destination is this proxy's own service account count. Their
 //! sources become SPIFFE IDs in this proxy's trust domain; their HTTPRouteGroup rules become
@@ -23,12 +24,15 @@ pub(in crate::config) struct TrafficTargetSpec {
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct IdentityRef {
+pub(super) struct IdentityRef {
     #[serde(rename = "kind")]
     _kind: ServiceAccountKind,
     name: String,
     #[serde(default)]
     namespace: Option<String>,
+    /// v1alpha1 and v1alpha2: the one port a destination may be called on.
+    #[serde(default)]
+    port: Option<u16>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -38,7 +42,7 @@ enum ServiceAccountKind {
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TargetRule {
+pub(super) struct TargetRule {
     kind: RuleKind,
     name: String,
     #[serde(default)]
@@ -61,11 +65,38 @@ pub(in crate::config) struct TcpRouteSpec {
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TcpMatches {
+pub(super) struct TcpMatches {
     #[serde(default, rename = "name")]
     _name: Option<String>,
     #[serde(default)]
     ports: Vec<u16>,
+}
+
+impl TrafficTargetSpec {
+    /// A spec from its parts (TrafficTarget v1alpha1 has them at the top of the object).
+    pub(super) fn new(
+        destination: IdentityRef,
+        rules: Vec<TargetRule>,
+        sources: Vec<IdentityRef>,
+    ) -> Self {
+        Self {
+            destination,
+            rules,
+            sources,
+        }
+    }
+}
+
+impl TcpRouteSpec {
+    /// A TCPRoute of a version without `matches`: every port.
+    pub(super) fn every_port() -> Self {
+        Self {
+            matches: TcpMatches {
+                _name: None,
+                ports: Vec::new(),
+            },
+        }
+    }
 }
 
 /// This workload's access policy.
@@ -174,6 +205,15 @@ pub(in crate::config) fn resolve(
                     }
                     rule.ports.extend(&tcp.spec.matches.ports);
                 }
+            }
+        }
+        // v1alpha1 and v1alpha2 could name the destination's port: TCP on that port only.
+        if let Some(port) = dest.port {
+            if rule.any_port {
+                rule.any_port = false;
+                rule.ports = vec![port];
+            } else {
+                rule.ports.retain(|p| *p == port);
             }
         }
         rules.push(rule);

@@ -1,6 +1,6 @@
-//! The mesh documents of a config file, as their specs publish them: SMI `TrafficSplit`
-//! (`split.smi-spec.io/v1alpha4`) and `HTTPRouteGroup` (`specs.smi-spec.io/v1alpha4`), and
-//! Gateway API `HTTPRoute` (`gateway.networking.k8s.io/v1`) attached to a Service.
+//! The mesh documents of a config file, as their specs publish them: SMI `TrafficSplit`,
+//! `HTTPRouteGroup`, `TCPRoute` and `TrafficTarget`, and Gateway API `HTTPRoute` attached to
+//! a Service, in every version [`versions`] lists, converted there into one model.
 //!
 //! Each document parses into typed values (regular expressions compiled, methods and
 //! durations checked), so a typo is reported with its line and field. [`resolve`](mod@resolve) then joins
@@ -19,6 +19,7 @@ use super::{BreakerSpec, Dur, RateLimitSpec};
 mod access;
 mod filters;
 mod resolve;
+mod versions;
 
 pub(super) use access::resolve as resolve_access;
 pub use access::AccessSpec;
@@ -59,30 +60,7 @@ pub(super) enum Document {
     TcpRoute(Object<access::TcpRouteSpec>),
 }
 
-/// The mesh kinds this version reads, by `apiVersion` and `kind`.
-pub(super) const KINDS: [(&str, &str); 5] = [
-    ("split.smi-spec.io/v1alpha4", "TrafficSplit"),
-    ("specs.smi-spec.io/v1alpha4", "HTTPRouteGroup"),
-    ("gateway.networking.k8s.io/v1", "HTTPRoute"),
-    ("access.smi-spec.io/v1alpha3", "TrafficTarget"),
-    ("specs.smi-spec.io/v1alpha4", "TCPRoute"),
-];
-
-/// Parses `document` as `kind` (one of [`KINDS`]).
-pub(super) fn parse_document<'de, D: Deserializer<'de>>(
-    kind: &str,
-    document: D,
-) -> Result<Document, serde_path_to_error::Error<D::Error>> {
-    match kind {
-        "TrafficSplit" => serde_path_to_error::deserialize(document).map(Document::TrafficSplit),
-        "HTTPRouteGroup" => {
-            serde_path_to_error::deserialize(document).map(Document::HttpRouteGroup)
-        }
-        "TrafficTarget" => serde_path_to_error::deserialize(document).map(Document::TrafficTarget),
-        "TCPRoute" => serde_path_to_error::deserialize(document).map(Document::TcpRoute),
-        _ => serde_path_to_error::deserialize(document).map(Document::HttpRoute),
-    }
-}
+pub(super) use versions::{known, parse as parse_document, KINDS};
 
 // ---- SMI ----
 

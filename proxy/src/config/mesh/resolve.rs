@@ -165,13 +165,24 @@ pub(in crate::config) fn resolve(
             Document::HttpRouteGroup(_) | Document::TrafficTarget(_) | Document::TcpRoute(_) => {}
             Document::TrafficSplit(split) => {
                 let ns = split.metadata.namespace.as_deref().unwrap_or(local_ns);
-                let apexes = find_services(&split.spec.service, ns, None);
+                // `name`, `name.ns` or the whole name: a Service of the split's namespace.
+                let named = |written: &str, field: &str, problems: &mut Vec<Problem>| {
+                    super::versions::split_service(written, ns)
+                        .map_err(|e| problems.push((index, format!("{field}: {e}"))))
+                        .ok()
+                        .map(str::to_owned)
+                };
+                let Some(apex_name) = named(&split.spec.service, "spec.service", &mut problems)
+                else {
+                    continue;
+                };
+                let apexes = find_services(&apex_name, ns, None);
                 if apexes.is_empty() {
                     problems.push((
                         index,
                         format!(
                             "spec.service: no service {} in namespace {ns} in the Proxy document",
-                            split.spec.service
+                            apex_name
                         ),
                     ));
                     continue;
@@ -182,11 +193,16 @@ pub(in crate::config) fn resolve(
                         .spec
                         .backends
                         .iter()
-                        .map(|b| BackendSpec {
-                            name: b.service.clone(),
-                            service: find_backend(&b.service, ns, None, &apex),
-                            weight: b.weight,
-                            filters: None,
+                        .enumerate()
+                        .map(|(j, b)| {
+                            let field = format!("spec.backends[{j}].service");
+                            let name = named(&b.service, &field, &mut problems);
+                            BackendSpec {
+                                name: b.service.clone(),
+                                service: name.and_then(|n| find_backend(&n, ns, None, &apex)),
+                                weight: b.weight,
+                                filters: None,
+                            }
                         })
                         .collect();
                     let mut routes = Vec::new();
