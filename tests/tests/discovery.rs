@@ -713,3 +713,66 @@ async fn a_failing_watch_that_stops_is_no_longer_counted_stale() {
     assert_eq!(status, 200);
     assert!(!body.contains("last known state"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_smi_versions_and_linkerds_httproutes_apply_from_the_api() {
+    // As with Linkerd's SMI extension: TrafficSplit served in v1alpha1 and v1alpha2 only.
+    let api = FakeApi::builder()
+        .token(TOKEN)
+        .unserve("split.smi-spec.io/v1alpha4")
+        .unserve("split.smi-spec.io/v1alpha3")
+        .start()
+        .await;
+    let pods = pods(&["apex", "v1", "v2"]).await;
+    for (name, ip, pod) in [
+        ("web", "10.96.4.1", 0),
+        ("web-v1", "10.96.4.2", 1),
+        ("web-v2", "10.96.4.3", 2),
+    ] {
+        api.apply(service(name, 80, ip));
+        api.apply(slice(name, &format!("{name}-1"), &[pods[pod].1]));
+    }
+    let proxy = proxy(&api, "discovery-versions").await;
+    let out = proxy.outbound_addr;
+    eventually(Duration::from_secs(10), "the apex answers", || async {
+        call(out, "web").await.1 == "apex"
+    })
+    .await;
+    // Skiff reads the preferred of the versions served, v1alpha2. A split written as
+    // v1alpha1 reads back through it unconverted: quantity weights, a qualified name.
+    api.apply(json!({
+        "apiVersion": "split.smi-spec.io/v1alpha2", "kind": "TrafficSplit",
+        "metadata": {"name": "canary", "namespace": "shop"},
+        "spec": {"service": "web.shop.svc.cluster.local", "backends": [
+            {"service": "web-v1", "weight": "0m"},
+            {"service": "web-v2", "weight": 1}
+        ]}
+    }));
+    eventually(Duration::from_secs(10), "the split applies", || async {
+        call(out, "web").await.1 == "v2"
+    })
+    .await;
+    assert!(api
+        .requests()
+        .iter()
+        .any(|r| r.path.starts_with("/apis/split.smi-spec.io/v1alpha2/")));
+    api.delete(
+        "split.smi-spec.io/v1alpha2",
+        "TrafficSplit",
+        "shop",
+        "canary",
+    );
+    // Linkerd's own HTTPRoute kind, parented by the Service.
+    api.apply(json!({
+        "apiVersion": "policy.linkerd.io/v1beta3", "kind": "HTTPRoute",
+        "metadata": {"name": "to-v1", "namespace": "shop"},
+        "spec": {"parentRefs": [{"group": "core", "kind": "Service", "name": "web", "port": 80}],
+                 "rules": [{"backendRefs": [{"name": "web-v1", "port": 80}]}]}
+    }));
+    eventually(
+        Duration::from_secs(10),
+        "Linkerd's HTTPRoute applies",
+        || async { call(out, "web").await.1 == "v1" },
+    )
+    .await;
+}

@@ -50,26 +50,22 @@ pub(crate) struct Joined {
     pub(crate) ignored: Vec<String>,
 }
 
-/// The kinds read from the API: `apiVersion`, `kind` and the resource's plural name.
-pub(crate) const KINDS: [(&str, &str, &str); 5] = [
-    (
-        "split.smi-spec.io/v1alpha4",
-        "TrafficSplit",
-        "trafficsplits",
-    ),
-    (
-        "specs.smi-spec.io/v1alpha4",
-        "HTTPRouteGroup",
-        "httproutegroups",
-    ),
-    ("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes"),
-    (
-        "access.smi-spec.io/v1alpha3",
-        "TrafficTarget",
-        "traffictargets",
-    ),
-    ("specs.smi-spec.io/v1alpha4", "TCPRoute", "tcproutes"),
+/// The kinds watched in the API, by group: each is read in the version its API server
+/// prefers among those Skiff reads ([`readable`]), so a cluster serving only an older SMI
+/// version (as Linkerd's SMI extension does) is read too.
+pub(crate) const KINDS: [(&str, &str); 6] = [
+    ("split.smi-spec.io", "TrafficSplit"),
+    ("specs.smi-spec.io", "HTTPRouteGroup"),
+    ("gateway.networking.k8s.io", "HTTPRoute"),
+    ("policy.linkerd.io", "HTTPRoute"),
+    ("access.smi-spec.io", "TrafficTarget"),
+    ("specs.smi-spec.io", "TCPRoute"),
 ];
+
+/// Whether Skiff reads `kind` in `api_version`.
+pub(crate) fn readable(api_version: &str, kind: &str) -> bool {
+    mesh::known(api_version, kind)
+}
 
 /// Joins `config`'s documents with `objects`, against `spec`'s services (the file's and
 /// the discovered ones).

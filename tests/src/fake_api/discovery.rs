@@ -173,6 +173,12 @@ impl Registry {
             .position(|t| t.group == group && t.version == version && t.kind == kind)
     }
 
+    /// Stops serving a group-version.
+    pub(crate) fn remove(&mut self, group: &str, version: &str) {
+        self.types
+            .retain(|t| !(t.group == group && t.version == version));
+    }
+
     /// Whether a group-version is served at all.
     fn serves(&self, group: &str, version: &str) -> bool {
         self.types

@@ -16,7 +16,8 @@
 //!   `grpcroutes` (`v1`, `v1alpha2`); `split.smi-spec.io` `trafficsplits` and
 //!   `specs.smi-spec.io` `httproutegroups`, `tcproutes` (`v1alpha1`..`v1alpha4`);
 //!   `access.smi-spec.io` `traffictargets` (`v1alpha1`..`v1alpha3`);
-//!   `policy.linkerd.io/v1beta3` `httproutes`; more with [`FakeApiBuilder::resource`].
+//!   `policy.linkerd.io/v1beta3` `httproutes`; more with [`FakeApiBuilder::resource`], fewer
+//!   with [`FakeApiBuilder::unserve`].
 //!   Objects are JSON values kept per (group, version, plural, namespace, name): an object
 //!   is served under the version it was written with, with no conversion between versions.
 //! - **Metadata**: `resourceVersion` from one global counter (as etcd's revision), `uid`,
@@ -241,6 +242,14 @@ impl FakeApiBuilder {
             namespaced,
             short_names: Vec::new(),
         });
+        self
+    }
+
+    /// Stops serving `api_version` (`group/version`), as a cluster whose CRD serves fewer
+    /// versions would (Linkerd's SMI extension serves TrafficSplit v1alpha1 and v1alpha2).
+    pub fn unserve(mut self, api_version: &str) -> Self {
+        let (group, version) = split_api_version(api_version);
+        self.registry.remove(group, version);
         self
     }
 

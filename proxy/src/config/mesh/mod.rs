@@ -77,7 +77,20 @@ pub(super) struct TrafficSplitSpec {
 #[serde(deny_unknown_fields)]
 struct SplitBackend {
     service: String,
-    weight: u32,
+    weight: versions::Weight,
+}
+
+impl TrafficSplitSpec {
+    /// The backends' relative weights. Quantities (`500m`, v1alpha1's form) are read as
+    /// thousandths, and then so are the plain numbers beside them (`1` is `1000m`): an API
+    /// server without conversion serves a v1alpha1 object under later versions unchanged.
+    fn weights(&self) -> Vec<u32> {
+        let quantities = self.backends.iter().any(|b| b.weight.is_quantity());
+        self.backends
+            .iter()
+            .map(|b| b.weight.value(quantities))
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

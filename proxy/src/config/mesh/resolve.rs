@@ -189,18 +189,20 @@ pub(in crate::config) fn resolve(
                 }
                 // A Service with several ports is split on each, to the backends' same port.
                 for apex in apexes {
+                    let weights = split.spec.weights();
                     let backends: Vec<BackendSpec> = split
                         .spec
                         .backends
                         .iter()
+                        .zip(&weights)
                         .enumerate()
-                        .map(|(j, b)| {
+                        .map(|(j, (b, weight))| {
                             let field = format!("spec.backends[{j}].service");
                             let name = named(&b.service, &field, &mut problems);
                             BackendSpec {
                                 name: b.service.clone(),
                                 service: name.and_then(|n| find_backend(&n, ns, None, &apex)),
-                                weight: b.weight,
+                                weight: *weight,
                                 filters: None,
                             }
                         })

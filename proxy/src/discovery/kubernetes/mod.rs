@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::core::DynamicObject;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
@@ -151,16 +151,9 @@ impl Kubernetes {
         } else {
             self.spec.namespaces.iter().cloned().map(Some).collect()
         };
-        let scopes: Vec<(ApiResource, Option<String>)> = crate::config::api::KINDS
+        let scopes: Vec<(&'static str, &'static str, Option<String>)> = crate::config::api::KINDS
             .iter()
-            .flat_map(|(api_version, kind, plural)| {
-                let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-                let gvk = GroupVersionKind::gvk(group, version, kind);
-                let resource = ApiResource::from_gvk_with_plural(&gvk, plural);
-                namespaces
-                    .iter()
-                    .map(move |ns| (resource.clone(), ns.clone()))
-            })
+            .flat_map(|(group, kind)| namespaces.iter().map(move |ns| (*group, *kind, ns.clone())))
             .collect();
         let stores: Arc<Mutex<Vec<Option<Store<DynamicObject>>>>> =
             Arc::new(Mutex::new(vec![None; scopes.len()]));
@@ -168,26 +161,24 @@ impl Kubernetes {
         let tasks: Vec<JoinHandle<()>> = scopes
             .into_iter()
             .enumerate()
-            .map(|(i, (resource, ns))| {
-                let api: Api<DynamicObject> = match &ns {
-                    Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
-                    None => Api::all_with(self.client.clone(), &resource),
-                };
+            .map(|(i, (group, kind, ns))| {
                 let (stores, publish) = (stores.clone(), publish.clone());
-                tokio::spawn(follow(
-                    api,
-                    watcher::Config::default(),
-                    "documents",
+                let changed = move |store: &Store<DynamicObject>| {
+                    let mut all = stores.lock().unwrap_or_else(|e| e.into_inner());
+                    all[i] = Some(store.clone());
+                    // Until every kind is listed, a TrafficTarget could be seen without its
+                    // HTTPRouteGroup, or not at all: nothing partial is published.
+                    if all.iter().all(Option::is_some) {
+                        publish(api_objects(all.iter().flatten()));
+                    }
+                };
+                tokio::spawn(watch_kind(
+                    self.client.clone(),
+                    group,
+                    kind,
+                    ns,
                     self.observe.clone(),
-                    move |store: &Store<DynamicObject>| {
-                        let mut all = stores.lock().unwrap_or_else(|e| e.into_inner());
-                        all[i] = Some(store.clone());
-                        // Until every kind is listed, a TrafficTarget could be seen without
-                        // its HTTPRouteGroup, or not at all: nothing partial is published.
-                        if all.iter().all(Option::is_some) {
-                            publish(api_objects(all.iter().flatten()));
-                        }
-                    },
+                    changed,
                 ))
             })
             .collect();
@@ -322,6 +313,73 @@ pub(crate) struct Resolved {
     pub(crate) endpoint: SliceEndpoint,
     /// Its Pod.
     pub(crate) pod: Option<Arc<PodInfo>>,
+}
+
+/// How long to wait before asking again for a kind the API server does not serve (its CRD
+/// may be installed later), or after discovery failed.
+const REDISCOVER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Watches `kind` of `group` in `ns` (all namespaces when `None`), in the version the API
+/// server prefers among those Skiff reads. A kind the server does not serve has no objects
+/// (published as an empty list), and is asked for again every [`REDISCOVER`].
+async fn watch_kind(
+    client: Client,
+    group: &'static str,
+    kind: &'static str,
+    ns: Option<String>,
+    observe: Observe,
+    changed: impl Fn(&Store<DynamicObject>) + Send + 'static,
+) {
+    let mut listed_empty = false;
+    loop {
+        match kube::discovery::group(&client, group).await {
+            Ok(found) => {
+                let version = found
+                    .versions()
+                    .find(|v| crate::config::api::readable(&format!("{group}/{v}"), kind));
+                let resource = version.and_then(|v| {
+                    found
+                        .versioned_resources(v)
+                        .into_iter()
+                        .find(|(r, _)| r.kind == kind)
+                });
+                if let Some((resource, _)) = resource {
+                    let api: Api<DynamicObject> = match &ns {
+                        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+                        None => Api::all_with(client.clone(), &resource),
+                    };
+                    // Runs until the task is aborted.
+                    follow(
+                        api,
+                        watcher::Config::default(),
+                        "documents",
+                        observe,
+                        changed,
+                    )
+                    .await;
+                    return;
+                }
+            }
+            Err(kube::Error::Discovery(_)) => {}
+            Err(e) => {
+                observe.metrics.error("documents", client_reason(&e));
+                tracing::debug!(group, kind, error = %e, "API discovery failed; asking again");
+                tokio::time::sleep(REDISCOVER.min(std::time::Duration::from_secs(5))).await;
+                continue;
+            }
+        }
+        // Not served: nothing to read, nothing wrong.
+        if !listed_empty {
+            tracing::debug!(
+                group,
+                kind,
+                "not served by the API server; no objects of this kind"
+            );
+            changed(&BTreeMap::new());
+            listed_empty = true;
+        }
+        tokio::time::sleep(REDISCOVER).await;
+    }
 }
 
 /// Every object of every kind, in a stable order.

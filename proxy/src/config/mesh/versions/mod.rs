@@ -4,7 +4,7 @@
 //!
 //! | kind | versions | differences converted here |
 //! |---|---|---|
-//! | `TrafficSplit` | `split.smi-spec.io` v1alpha1-v1alpha4 | v1alpha1 weights are Kubernetes quantities (`500m`): each becomes its thousandths |
+//! | `TrafficSplit` | `split.smi-spec.io` v1alpha1-v1alpha4 | v1alpha1 weights are Kubernetes quantities (`500m`), read as thousandths ([`Weight`]) |
 //! | `HTTPRouteGroup` | `specs.smi-spec.io` v1alpha1-v1alpha4 | v1alpha1 and v1alpha2 have `matches` at the top, with no `spec` |
 //! | `TCPRoute` | `specs.smi-spec.io` v1alpha1-v1alpha4 | before v1alpha4 there are no `matches`: every port |
 //! | `TrafficTarget` | `access.smi-spec.io` v1alpha1-v1alpha3 | v1alpha1 has no `spec` and says `specs` for `rules`; v1alpha1 and v1alpha2 may limit the destination to a `port` |
@@ -15,9 +15,7 @@
 use serde::{Deserialize, Deserializer};
 
 use super::access::{IdentityRef, TargetRule, TcpRouteSpec, TrafficTargetSpec};
-use super::{
-    Document, GroupMatch, HttpRouteGroupSpec, Metadata, Object, SplitBackend, TrafficSplitSpec,
-};
+use super::{Document, GroupMatch, HttpRouteGroupSpec, Metadata, Object};
 
 /// The mesh kinds read, by `apiVersion` and `kind`.
 pub(in crate::config) const KINDS: [(&str, &str); 20] = [
@@ -58,8 +56,6 @@ pub(in crate::config) fn parse<'de, D: Deserializer<'de>>(
 ) -> Result<Document, serde_path_to_error::Error<D::Error>> {
     let version = api_version.rsplit('/').next().unwrap_or_default();
     match (kind, version) {
-        ("TrafficSplit", "v1alpha1") => serde_path_to_error::deserialize(document)
-            .map(|o: Object<SplitV1alpha1>| Document::TrafficSplit(o.map(Into::into))),
         ("TrafficSplit", _) => {
             serde_path_to_error::deserialize(document).map(Document::TrafficSplit)
         }
@@ -94,59 +90,50 @@ impl<S> Object<S> {
     }
 }
 
-/// TrafficSplit v1alpha1: weights are quantities.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SplitV1alpha1 {
-    service: String,
-    backends: Vec<QuantityBackend>,
+/// A TrafficSplit backend's weight: a whole number (v1alpha2 on), or a Kubernetes quantity
+/// (`500m`, `1.5`, `2k`; v1alpha1), kept as thousandths (rounded up, as Kubernetes'
+/// `MilliValue` does): `1` and `500m` split 1000:500, the spec's 2:1.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(in crate::config) enum Weight {
+    /// Written as a number.
+    Number(u32),
+    /// Written as a quantity, in thousandths.
+    Quantity(u32),
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct QuantityBackend {
-    service: String,
-    weight: Quantity,
-}
+impl Weight {
+    pub(in crate::config) fn is_quantity(self) -> bool {
+        matches!(self, Self::Quantity(_))
+    }
 
-impl From<SplitV1alpha1> for TrafficSplitSpec {
-    fn from(v1: SplitV1alpha1) -> Self {
-        Self {
-            service: v1.service,
-            backends: v1
-                .backends
-                .into_iter()
-                .map(|b| SplitBackend {
-                    service: b.service,
-                    weight: b.weight.0,
-                })
-                .collect(),
-            matches: Vec::new(),
+    /// The weight, in thousandths when `thousandths`.
+    pub(in crate::config) fn value(self, thousandths: bool) -> u32 {
+        match self {
+            Self::Number(n) if thousandths => n.saturating_mul(1000),
+            Self::Number(n) | Self::Quantity(n) => n,
         }
     }
 }
 
-/// A Kubernetes quantity (`500m`, `1`, `1.5`, `2k`), as thousandths (rounded up, as
-/// Kubernetes' `MilliValue` does): `1` and `500m` split 1000:500, the spec's 2:1.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(in crate::config) struct Quantity(pub(in crate::config) u32);
-
-impl<'de> Deserialize<'de> for Quantity {
+impl<'de> Deserialize<'de> for Weight {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = match serde_yaml_ng::Value::deserialize(d)? {
-            serde_yaml_ng::Value::String(s) => s,
-            serde_yaml_ng::Value::Number(n) => n.to_string(),
-            other => {
-                return Err(serde::de::Error::custom(format!(
-                    "weight {other:?}: expected a quantity such as 1, 500m or 1.5"
-                )))
-            }
+        let bad = |what: &dyn std::fmt::Display| {
+            serde::de::Error::custom(format!(
+                "weight {what}: expected a whole number, or a quantity such as 500m or 1.5"
+            ))
         };
-        parse_quantity(&text)
-            .map(Self)
-            .ok_or_else(|| serde::de::Error::custom(format!(
-                "weight {text:?}: expected a non-negative quantity such as 1, 500m or 1.5 (at most 4000000)"
-            )))
+        match serde_yaml_ng::Value::deserialize(d)? {
+            serde_yaml_ng::Value::Number(n) => match n.as_u64().map(u32::try_from) {
+                Some(Ok(n)) => Ok(Self::Number(n)),
+                _ => parse_quantity(&n.to_string())
+                    .map(Self::Quantity)
+                    .ok_or_else(|| bad(&n)),
+            },
+            serde_yaml_ng::Value::String(s) => parse_quantity(&s)
+                .map(Self::Quantity)
+                .ok_or_else(|| bad(&s)),
+            other => Err(bad(&format!("{other:?}"))),
+        }
     }
 }
 
