@@ -296,6 +296,11 @@ mod tests {
                 svc.name = Some(name.into());
                 svc.namespace = Some("shop".into());
                 svc.port = port;
+                svc.endpoints = crate::config::EndpointSource::Kubernetes {
+                    namespace: "shop".into(),
+                    service: name.into(),
+                    port_name: Some(if port == 80 { "http" } else { "metrics" }.into()),
+                };
                 spec.services.insert(format!("{name}.shop:{port}"), svc);
             }
         }
@@ -356,6 +361,12 @@ mod tests {
                 );
             }
         }
+        // A sectionName is a port's name.
+        let mut by_name = route("r", "web");
+        by_name["spec"]["parentRefs"][0]["sectionName"] = json!("metrics");
+        let joined = join(&[], &multi_port_spec(), &[object("HTTPRoute", "r", by_name)]).unwrap();
+        let keys: Vec<&String> = joined.routes.keys().collect();
+        assert_eq!(keys, ["web.shop:9090"]);
         let mut nowhere = route("r", "web");
         nowhere["spec"]["parentRefs"][0]["port"] = json!(7);
         let joined = join(

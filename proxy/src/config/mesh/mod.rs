@@ -231,6 +231,9 @@ struct ParentRef {
     namespace: Option<String>,
     #[serde(default)]
     port: Option<u16>,
+    /// For a Service, the name of one of its ports.
+    #[serde(default)]
+    section_name: Option<String>,
 }
 
 /// The core API group, which Gateway API spells `""` and some docs `core`.

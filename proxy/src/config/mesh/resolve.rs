@@ -9,7 +9,7 @@ use proxy_core::filter::Filters;
 use proxy_core::route::{HttpMatch, PathMatch, ValueMatch};
 
 use super::*;
-use crate::config::{ProxySpec, RetrySpec, ServiceSpec, TimeoutsSpec};
+use crate::config::{EndpointSource, ProxySpec, RetrySpec, ServiceSpec, TimeoutsSpec};
 
 /// What Skiff adds to a route: its own policies, by route name, from the Proxy document's
 /// `routePolicies`. Set fields replace the route's (or service's) own.
@@ -333,15 +333,23 @@ pub(in crate::config) fn resolve(
                 }
                 for (i, parent) in r.spec.parent_refs.iter().enumerate() {
                     let pns = parent.namespace.as_deref().unwrap_or(ns);
-                    // No port: every port of the Service (Gateway API's mesh semantics).
-                    let parents = find_services(&parent.name, pns, parent.port);
+                    // No port: every port of the Service (Gateway API's mesh semantics);
+                    // a `sectionName` is the name of one (known for discovered Services).
+                    let mut parents = find_services(&parent.name, pns, parent.port);
+                    if let Some(section) = &parent.section_name {
+                        parents.retain(|key| {
+                            matches!(&proxy.services[key].endpoints,
+                                EndpointSource::Kubernetes { port_name: Some(p), .. } if p == section)
+                        });
+                    }
                     if parents.is_empty() {
                         problems.push((
                             index,
                             format!(
-                                "spec.parentRefs[{i}]: no service {} in namespace {pns}{} in the Proxy document",
+                                "spec.parentRefs[{i}]: no service {} in namespace {pns}{}{} in the Proxy document",
                                 parent.name,
-                                parent.port.map(|p| format!(" on port {p}")).unwrap_or_default()
+                                parent.port.map(|p| format!(" on port {p}")).unwrap_or_default(),
+                                parent.section_name.as_ref().map(|p| format!(" with a port named {p}")).unwrap_or_default()
                             ),
                         ));
                         continue;
