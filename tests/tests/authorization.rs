@@ -187,3 +187,36 @@ async fn traffic_targets_allow_only_listed_sources_on_listed_routes() {
     );
     assert!(metrics.contains(r#"error="forbidden""#), "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_policy_decides_while_no_traffic_target_names_the_workload() {
+    let ca = DevCa::new("cluster.local").unwrap();
+    let app = hello("api").await;
+    let b_creds = credentials(&ca, "shop", "api");
+    for (default, want, decision) in [
+        ("allow", 200, None),
+        ("deny", 403, Some("deny")),
+        ("audit", 200, Some("audit-deny")),
+    ] {
+        let b = ProxyConfig::new(app.addr.port())
+            .spec(identity(&b_creds, "shop", "api"))
+            .inbound(json!({"defaultPolicy": default}))
+            .start()
+            .await;
+        let web = client_proxy(&ca, "web", b.inbound_addr, "api").await;
+        let rsp = h1(web.outbound_addr)
+            .await
+            .send_request(get("api", "/x"))
+            .await
+            .unwrap();
+        assert_eq!(rsp.status().as_u16(), want, "defaultPolicy {default}");
+        let (_, metrics) = admin_get(b.admin_addr, "/metrics").await;
+        match decision {
+            Some(d) => assert!(
+                metrics.contains(&format!("decision=\"{d}\"")),
+                "{default}: {metrics}"
+            ),
+            None => assert!(!metrics.contains("decision=\"deny\""), "{default}"),
+        }
+    }
+}

@@ -32,6 +32,18 @@ pub enum Mode {
     Audit,
 }
 
+/// Who may call while no rule applies (no TrafficTarget names the workload).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Default {
+    /// Everyone.
+    #[default]
+    Allow,
+    /// Nobody.
+    Deny,
+    /// Everyone, each call logged and counted as `deny` would refuse it.
+    Audit,
+}
+
 /// One allow rule (one `TrafficTarget`).
 #[derive(Clone, Debug)]
 pub struct Rule {
@@ -52,8 +64,11 @@ pub struct Rule {
 pub struct Policy {
     /// Enforce or audit.
     pub mode: Mode,
-    /// The allow rules; `None` when no TrafficTarget selects this workload (allow all).
+    /// The allow rules; `None` when no TrafficTarget selects this workload (then `default`
+    /// decides).
     pub rules: Option<Vec<Rule>>,
+    /// Who may call while `rules` is `None`.
+    pub default: Default,
     /// Why every call is refused while the rules are not known (say, not yet read from the
     /// Kubernetes API): not knowing must not mean allowing. `None` normally.
     pub closed: Option<&'static str>,
@@ -80,7 +95,7 @@ impl Policy {
             return Decision::Denied;
         }
         let Some(rules) = &self.rules else {
-            return Decision::Unrestricted;
+            return self.by_default();
         };
         let Some(Client::Identity(id)) = client else {
             return Decision::Denied;
@@ -101,7 +116,7 @@ impl Policy {
             return Decision::Denied;
         }
         let Some(rules) = &self.rules else {
-            return Decision::Unrestricted;
+            return self.by_default();
         };
         let Some(Client::Identity(id)) = client else {
             return Decision::Denied;
@@ -117,6 +132,22 @@ impl Policy {
         } else {
             Decision::Denied
         }
+    }
+}
+
+impl Policy {
+    fn by_default(&self) -> Decision {
+        match self.default {
+            Default::Allow => Decision::Unrestricted,
+            Default::Deny | Default::Audit => Decision::Denied,
+        }
+    }
+
+    /// Whether a denial is only logged and counted, then let through: in audit mode, or
+    /// by an auditing default when no rule applies (and the rules are known).
+    pub fn audits(&self) -> bool {
+        self.mode == Mode::Audit
+            || (self.rules.is_none() && self.closed.is_none() && self.default == Default::Audit)
     }
 }
 
@@ -197,7 +228,7 @@ where
                     _ => "unauthenticated".to_owned(),
                 };
                 let path = head.uri.path();
-                if policy.mode == Mode::Audit {
+                if policy.audits() {
                     self.observer.decided("audit-deny", "");
                     crate::notes::note(req.extensions(), |n| n.authz = Some("audit-deny".into()));
                     tracing::warn!(%source, method = %head.method, path, "authorization would deny (audit mode)");

@@ -32,6 +32,7 @@ fn policy(mode: Mode) -> Policy {
             ports: vec![5432],
             any_port: false,
         }]),
+        default: Default::Allow,
         closed: None,
     }
 }

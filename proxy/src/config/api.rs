@@ -364,7 +364,12 @@ mod tests {
         // A sectionName is a port's name.
         let mut by_name = route("r", "web");
         by_name["spec"]["parentRefs"][0]["sectionName"] = json!("metrics");
-        let joined = join(&[], &multi_port_spec(), &[object("HTTPRoute", "r", by_name)]).unwrap();
+        let joined = join(
+            &[],
+            &multi_port_spec(),
+            &[object("HTTPRoute", "r", by_name)],
+        )
+        .unwrap();
         let keys: Vec<&String> = joined.routes.keys().collect();
         assert_eq!(keys, ["web.shop:9090"]);
         let mut nowhere = route("r", "web");

@@ -165,6 +165,21 @@ pub struct InboundSpec {
     pub mtls: MtlsMode,
     /// Whether TrafficTarget denials are enforced (403) or only logged and counted.
     pub authorization: AuthzMode,
+    /// Who may call while no TrafficTarget names this workload.
+    pub default_policy: DefaultPolicy,
+}
+
+/// Who may call a workload that no TrafficTarget names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DefaultPolicy {
+    /// Everyone (Linkerd's default): meshing a workload changes nobody's access.
+    #[default]
+    Allow,
+    /// Nobody (SMI's "deny by default"): only TrafficTargets let callers in.
+    Deny,
+    /// Everyone, each call logged and counted as `audit-deny` as `deny` would refuse it.
+    Audit,
 }
 
 /// Whether authorization denials are enforced.
@@ -250,6 +265,7 @@ impl Default for InboundSpec {
             max_in_flight: None,
             mtls: MtlsMode::Strict,
             authorization: AuthzMode::Enforce,
+            default_policy: DefaultPolicy::Allow,
         }
     }
 }

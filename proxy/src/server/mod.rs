@@ -31,7 +31,7 @@ use crate::server::conn_service::ConnService;
 use crate::server::detect::{detect, Prefixed, Protocol};
 use crate::server::drain::Drain;
 use crate::server::head_timeout::{HeadTimeoutIo, InRequest};
-use proxy_core::authz::{Decision, Mode};
+use proxy_core::authz::Decision;
 use proxy_core::limit::Client;
 use proxy_core::normalize::HeaderLimits;
 use proxy_core::{Body, Direction};
@@ -369,7 +369,7 @@ fn tcp_allowed(state: &State, direction: Direction, peer: SocketAddr, target: So
             counts.authz("allow", &route);
             true
         }
-        Decision::Denied if policy.mode == Mode::Audit => {
+        Decision::Denied if policy.audits() => {
             counts.authz("audit-deny", "");
             tracing::warn!(%peer, port = target.port(), "authorization would close this TCP connection (audit mode)");
             true

@@ -13,12 +13,12 @@ use proxy_metrics::tcp::ListenerMetrics;
 use proxy_metrics::Metrics;
 
 use crate::config::api::{self, ApiObject, Refused};
-use crate::config::{AuthzMode, Config, ProxySpec, ServiceRoutes, ServiceSpec};
+use crate::config::{AuthzMode, Config, DefaultPolicy, ProxySpec, ServiceRoutes, ServiceSpec};
 use crate::discovery::kubernetes::{self, Kubernetes};
 use crate::identity::Mesh;
 use crate::routing::{InboundResolver, OutboundResolver};
 use crate::upstream::pool::{Pools, Settings};
-use proxy_core::authz::{Mode, Policy};
+use proxy_core::authz::{self, Mode, Policy};
 use proxy_core::Direction;
 
 /// Shared by every listener and connection.
@@ -271,9 +271,9 @@ impl State {
             None if self.kube.is_some() && self.mesh.is_some() => (
                 self.routes.load_full(),
                 Policy {
-                    mode: file_policy.mode,
                     rules: Some(Vec::new()),
                     closed: Some("the access rules are not read from the Kubernetes API yet"),
+                    ..(*file_policy).clone()
                 },
             ),
             None => (self.routes.load_full(), (*file_policy).clone()),
@@ -292,9 +292,9 @@ impl State {
                         (
                             routes,
                             Policy {
-                                mode: file_policy.mode,
                                 rules,
                                 closed: None,
+                                ..(*file_policy).clone()
                             },
                         )
                     }
@@ -304,17 +304,17 @@ impl State {
                         Some(last) => (
                             Arc::new(last.routes.clone()),
                             Policy {
-                                mode: file_policy.mode,
                                 rules: last.access.rules.clone(),
                                 closed: None,
+                                ..(*file_policy).clone()
                             },
                         ),
                         None => (
                             self.routes.load_full(),
                             Policy {
-                                mode: file_policy.mode,
                                 rules: Some(Vec::new()),
                                 closed: Some("the access rules from the Kubernetes API could not be joined"),
+                                ..(*file_policy).clone()
                             },
                         ),
                     }
@@ -466,6 +466,11 @@ fn policy(config: &Config) -> Policy {
             AuthzMode::Audit => Mode::Audit,
         },
         rules: config.access.rules.clone(),
+        default: match config.proxy.inbound.default_policy {
+            DefaultPolicy::Allow => authz::Default::Allow,
+            DefaultPolicy::Deny => authz::Default::Deny,
+            DefaultPolicy::Audit => authz::Default::Audit,
+        },
         closed: None,
     }
 }
