@@ -34,7 +34,7 @@ pub enum Mode {
 
 /// Who may call while no rule applies (no TrafficTarget names the workload).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Default {
+pub enum DefaultPolicy {
     /// Everyone.
     #[default]
     Allow,
@@ -68,7 +68,7 @@ pub struct Policy {
     /// decides).
     pub rules: Option<Vec<Rule>>,
     /// Who may call while `rules` is `None`.
-    pub default: Default,
+    pub default: DefaultPolicy,
     /// Why every call is refused while the rules are not known (say, not yet read from the
     /// Kubernetes API): not knowing must not mean allowing. `None` normally.
     pub closed: Option<&'static str>,
@@ -138,8 +138,8 @@ impl Policy {
 impl Policy {
     fn by_default(&self) -> Decision {
         match self.default {
-            Default::Allow => Decision::Unrestricted,
-            Default::Deny | Default::Audit => Decision::Denied,
+            DefaultPolicy::Allow => Decision::Unrestricted,
+            DefaultPolicy::Deny | DefaultPolicy::Audit => Decision::Denied,
         }
     }
 
@@ -147,7 +147,9 @@ impl Policy {
     /// by an auditing default when no rule applies (and the rules are known).
     pub fn audits(&self) -> bool {
         self.mode == Mode::Audit
-            || (self.rules.is_none() && self.closed.is_none() && self.default == Default::Audit)
+            || (self.rules.is_none()
+                && self.closed.is_none()
+                && self.default == DefaultPolicy::Audit)
     }
 }
 

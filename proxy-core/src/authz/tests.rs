@@ -32,7 +32,7 @@ fn policy(mode: Mode) -> Policy {
             ports: vec![5432],
             any_port: false,
         }]),
-        default: Default::Allow,
+        default: DefaultPolicy::Allow,
         closed: None,
     }
 }
@@ -138,4 +138,35 @@ async fn a_closed_policy_refuses_everyone_and_says_why() {
     let e = e.downcast_ref::<ProxyError>().unwrap();
     assert_eq!(e.reason(), Reason::Forbidden);
     assert!(e.detail().contains("not known yet"), "{}", e.detail());
+}
+
+#[test]
+fn the_default_decides_only_while_no_rule_applies() {
+    let web = Client::Identity(WEB.into());
+    let with = |default| Policy {
+        default,
+        ..Policy::default()
+    };
+    assert_eq!(
+        head_check(&with(DefaultPolicy::Allow), Some(&web), Method::GET, "/x"),
+        Decision::Unrestricted
+    );
+    let deny = with(DefaultPolicy::Deny);
+    assert_eq!(
+        head_check(&deny, Some(&web), Method::GET, "/x"),
+        Decision::Denied
+    );
+    assert!(!deny.audits());
+    let audit = with(DefaultPolicy::Audit);
+    assert_eq!(
+        head_check(&audit, Some(&web), Method::GET, "/x"),
+        Decision::Denied
+    );
+    assert!(audit.audits(), "denied by the default, let through");
+    // Once rules apply, an auditing default audits nothing.
+    let ruled = Policy {
+        default: DefaultPolicy::Audit,
+        ..policy(Mode::Enforce)
+    };
+    assert!(!ruled.audits());
 }

@@ -467,9 +467,9 @@ fn policy(config: &Config) -> Policy {
         },
         rules: config.access.rules.clone(),
         default: match config.proxy.inbound.default_policy {
-            DefaultPolicy::Allow => authz::Default::Allow,
-            DefaultPolicy::Deny => authz::Default::Deny,
-            DefaultPolicy::Audit => authz::Default::Audit,
+            DefaultPolicy::Allow => authz::DefaultPolicy::Allow,
+            DefaultPolicy::Deny => authz::DefaultPolicy::Deny,
+            DefaultPolicy::Audit => authz::DefaultPolicy::Audit,
         },
         closed: None,
     }
