@@ -424,6 +424,58 @@ mod tests {
     }
 
     #[test]
+    fn consumer_routes_apply_to_their_namespace_only_and_win_over_the_producers() {
+        // This proxy is in shop; Service api (and its versions) in backend.
+        let mut spec = spec();
+        let template = spec.services.remove("web").unwrap();
+        spec.services.clear();
+        for name in ["api", "api-v2", "api-v3"] {
+            let mut svc = template.clone();
+            svc.name = Some(name.into());
+            svc.namespace = Some("backend".into());
+            spec.services.insert(format!("{name}.backend:80"), svc);
+        }
+        let in_ns = |ns: &str, name: &str, to: &str| {
+            let mut value = route(name, "api");
+            value["metadata"]["namespace"] = json!(ns);
+            value["spec"]["parentRefs"][0]["namespace"] = json!("backend");
+            value["spec"]["rules"][0]["backendRefs"] =
+                json!([{"name": to, "namespace": "backend", "port": 80}]);
+            ApiObject {
+                kind: "HTTPRoute".into(),
+                namespace: ns.into(),
+                name: name.into(),
+                value,
+            }
+        };
+        let producer = in_ns("backend", "producer", "api-v2");
+        let consumer = in_ns("shop", "consumer", "api-v3");
+        let elsewhere = in_ns("other", "elsewhere", "api-v2");
+        let names = |objects: &[ApiObject]| {
+            let joined = join(&[], &spec, objects).unwrap();
+            assert!(joined.refused.is_empty(), "{:?}", joined.refused);
+            joined.routes["api.backend:80"]
+                .routes
+                .iter()
+                .map(|r| r.name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&[producer.clone()]), ["producer"]);
+        assert_eq!(names(&[producer.clone(), consumer.clone()]), ["consumer"]);
+        assert_eq!(
+            names(&[consumer, producer.clone()]),
+            ["consumer"],
+            "in any order"
+        );
+        assert_eq!(names(&[producer, elsewhere.clone()]), ["producer"]);
+        let joined = join(&[], &spec, &[elsewhere]).unwrap();
+        assert!(
+            joined.routes.is_empty(),
+            "another namespace's consumer route"
+        );
+    }
+
+    #[test]
     fn unknown_fields_are_dropped_by_path_and_the_object_applies() {
         let mut value = route("r", "web");
         value["spec"]["rules"][0]["sessionPersistence"] = json!({"sessionName": "s"});

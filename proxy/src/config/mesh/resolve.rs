@@ -74,6 +74,18 @@ pub struct BackendSpec {
     pub filters: Option<Arc<Filters>>,
 }
 
+/// Where a service's routes come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// An SMI TrafficSplit.
+    Split,
+    /// HTTPRoutes in the Service's namespace: for every caller.
+    Producer,
+    /// HTTPRoutes in this proxy's namespace for a Service of another: for this proxy's
+    /// callers, instead of the producer's.
+    Consumer,
+}
+
 /// A problem joining the documents: the document's index and what is wrong.
 pub(in crate::config) type Problem = (usize, String);
 
@@ -125,38 +137,44 @@ pub(in crate::config) fn resolve(
             groups.insert((ns, g.metadata.name.clone()), g);
         }
     }
-    let mut out: BTreeMap<String, (usize, bool, ServiceRoutes)> = BTreeMap::new();
-    let mut attach = |index: usize, service: String, smi: bool, routes: Vec<RouteSpec>| match out
-        .get_mut(&service)
-    {
-        Some((_, was_smi, existing)) if *was_smi == smi && !smi => {
-            existing.routes.extend(routes);
-            Ok(())
-        }
-        Some((first, was_smi, _)) => Err(format!(
-            "service {service} already has {} (document {}); a service takes either \
+    let mut out: BTreeMap<String, (usize, Origin, ServiceRoutes)> = BTreeMap::new();
+    let mut attach = |index: usize, service: String, origin: Origin, routes: Vec<RouteSpec>| {
+        let entry = |routes| {
+            (
+                index,
+                origin,
+                ServiceRoutes {
+                    routes,
+                    fallback_to_service: origin == Origin::Split,
+                },
+            )
+        };
+        match out.get_mut(&service) {
+            None => {
+                out.insert(service, entry(routes));
+                Ok(())
+            }
+            Some((_, was, existing)) if *was == origin && origin != Origin::Split => {
+                existing.routes.extend(routes);
+                Ok(())
+            }
+            // GAMMA: for callers in its namespace, a consumer route replaces the producer's
+            // routes (and SMI split) of the Service.
+            Some(slot) if origin == Origin::Consumer => {
+                *slot = entry(routes);
+                Ok(())
+            }
+            Some((_, Origin::Consumer, _)) => Ok(()),
+            Some((first, was, _)) => Err(format!(
+                "service {service} already has {} (document {}); a service takes either \
                  HTTPRoutes or one TrafficSplit",
-            if *was_smi {
-                "a TrafficSplit"
-            } else {
-                "HTTPRoutes"
-            },
-            *first + 1
-        )),
-        None => {
-            let fallback_to_service = smi;
-            out.insert(
-                service,
-                (
-                    index,
-                    smi,
-                    ServiceRoutes {
-                        routes,
-                        fallback_to_service,
-                    },
-                ),
-            );
-            Ok(())
+                if *was == Origin::Split {
+                    "a TrafficSplit"
+                } else {
+                    "HTTPRoutes"
+                },
+                *first + 1
+            )),
         }
     };
     for (index, doc) in documents {
@@ -231,7 +249,7 @@ pub(in crate::config) fn resolve(
                             routes.push(route(&name, smi_matches(gm), &backends));
                         }
                     }
-                    if let Err(e) = attach(index, apex, true, routes) {
+                    if let Err(e) = attach(index, apex, Origin::Split, routes) {
                         problems.push((index, format!("spec.service: {e}")));
                     }
                 }
@@ -333,6 +351,16 @@ pub(in crate::config) fn resolve(
                 }
                 for (i, parent) in r.spec.parent_refs.iter().enumerate() {
                     let pns = parent.namespace.as_deref().unwrap_or(ns);
+                    // GAMMA: a route beside its Service is the producer's, for every caller;
+                    // one in another namespace is that namespace's callers' own (a consumer
+                    // route), and means nothing to the callers of any other.
+                    let origin = if pns == ns {
+                        Origin::Producer
+                    } else if ns == local_ns {
+                        Origin::Consumer
+                    } else {
+                        continue;
+                    };
                     // No port: every port of the Service (Gateway API's mesh semantics);
                     // a `sectionName` is the name of one (known for discovered Services).
                     let mut parents = find_services(&parent.name, pns, parent.port);
@@ -362,7 +390,7 @@ pub(in crate::config) fn resolve(
                                 backend.service = find_backend(&b.name, bns, b.port, &service);
                             }
                         }
-                        if let Err(e) = attach(index, service, false, routes) {
+                        if let Err(e) = attach(index, service, origin, routes) {
                             problems.push((index, format!("spec.parentRefs[{i}]: {e}")));
                         }
                     }
