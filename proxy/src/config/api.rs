@@ -460,7 +460,7 @@ mod tests {
                 .map(|r| r.name.clone())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(names(&[producer.clone()]), ["producer"]);
+        assert_eq!(names(std::slice::from_ref(&producer)), ["producer"]);
         assert_eq!(names(&[producer.clone(), consumer.clone()]), ["consumer"]);
         assert_eq!(
             names(&[consumer, producer.clone()]),
