@@ -139,3 +139,56 @@ async fn two_ports_of_one_service_take_their_own_routes() {
         "port 80 by default"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linkerds_retry_and_timeout_annotations_on_a_route_are_honoured() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    // Fails twice, then answers.
+    let tries = Arc::new(AtomicUsize::new(0));
+    let counted = tries.clone();
+    let flaky = backend(move |_req| {
+        let n = counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut rsp = ok("ok");
+            if n < 2 {
+                *rsp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            }
+            rsp
+        }
+    })
+    .await;
+    let slow = backend(|_req| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        ok("late")
+    })
+    .await;
+    let annotated = |name: &str, annotations: Value| {
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {"parentRefs": [{"kind": "Service", "name": name, "port": 80}]}
+        })
+    };
+    let proxy = ProxyConfig::new(1)
+        .service("flaky", &[flaky.addr])
+        .service("slow", &[slow.addr])
+        .document(annotated(
+            "flaky",
+            json!({"retry.linkerd.io/http": "5xx", "retry.linkerd.io/limit": "2"}),
+        ))
+        .document(annotated(
+            "slow",
+            json!({"timeout.linkerd.io/request": "200ms"}),
+        ))
+        .start()
+        .await;
+    let mut c = h1(proxy.outbound_addr).await;
+    let rsp = c.send_request(get("flaky", "/")).await.unwrap();
+    assert_eq!(rsp.status(), 200, "two retries after the first try");
+    assert_eq!(tries.load(Ordering::SeqCst), 3);
+    body_text(rsp).await;
+    let rsp = c.send_request(get("slow", "/")).await.unwrap();
+    assert_eq!(rsp.status(), 504);
+    assert_eq!(rsp.headers()["skiff-error"], "request-timeout");
+}

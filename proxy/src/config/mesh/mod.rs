@@ -17,6 +17,7 @@ use serde::{Deserialize, Deserializer};
 use super::{BreakerSpec, Dur, RateLimitSpec};
 
 mod access;
+mod annotations;
 mod filters;
 mod resolve;
 mod versions;
@@ -27,13 +28,16 @@ pub(super) use resolve::resolve;
 use resolve::smi_matches as smi_group_matches;
 pub use resolve::{BackendSpec, RoutePolicySpec, RouteSpec, ServiceRoutes};
 
-/// `metadata` of a Kubernetes object: only the name and namespace matter here; labels,
-/// annotations and the rest are accepted and ignored.
+/// `metadata` of a Kubernetes object: only the name, namespace and (on routes) annotations
+/// matter here; labels and the rest are accepted and ignored.
 #[derive(Clone, Debug, Deserialize)]
 pub(super) struct Metadata {
     name: String,
     #[serde(default)]
     namespace: Option<String>,
+    /// Read for Linkerd's retry and timeout annotations on routes.
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
 }
 
 /// A Kubernetes object whose `spec` is `S`.

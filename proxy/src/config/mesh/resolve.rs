@@ -8,6 +8,7 @@ use proxy_core::filter::Filters;
 
 use proxy_core::route::{HttpMatch, PathMatch, ValueMatch};
 
+use super::annotations;
 use super::*;
 use crate::config::{EndpointSource, ProxySpec, RetrySpec, ServiceSpec, TimeoutsSpec};
 
@@ -256,6 +257,10 @@ pub(in crate::config) fn resolve(
             }
             Document::HttpRoute(r) => {
                 let ns = r.metadata.namespace.as_deref().unwrap_or(local_ns);
+                let linkerd = annotations::linkerd(&r.metadata.annotations).unwrap_or_else(|e| {
+                    problems.push((index, e));
+                    annotations::LinkerdPolicy::default()
+                });
                 let mut routes = Vec::new();
                 // Gateway API: no rules, or a rule without matches, match every request.
                 let default_rules = super::default_rules();
@@ -317,27 +322,29 @@ pub(in crate::config) fn resolve(
                             }
                         })
                         .collect();
-                    let timeouts = rule.timeouts.map(|t| TimeoutsSpec {
+                    let timeouts = linkerd.timeouts_over(rule.timeouts.map(|t| TimeoutsSpec {
                         request: t.request,
                         backend_request: t.backend_request,
                         stream_idle: None,
-                    });
+                    }));
                     if let Some(Err(e)) = timeouts.as_ref().map(TimeoutsSpec::check) {
                         problems.push((index, format!("spec.rules[{i}].{e}")));
                     }
-                    let retry = rule.retry.as_ref().map(|g| {
-                        let mut spec = RetrySpec::default();
-                        if !g.codes.is_empty() {
-                            spec.codes.clone_from(&g.codes);
-                        }
-                        if let Some(a) = g.attempts {
-                            spec.attempts = a;
-                        }
-                        if let Some(b) = g.backoff {
-                            spec.backoff = b;
-                            spec.max_backoff = spec.max_backoff.max(b);
-                        }
-                        spec
+                    let retry = linkerd.retry.clone().or_else(|| {
+                        rule.retry.as_ref().map(|g| {
+                            let mut spec = RetrySpec::default();
+                            if !g.codes.is_empty() {
+                                spec.codes.clone_from(&g.codes);
+                            }
+                            if let Some(a) = g.attempts {
+                                spec.attempts = a;
+                            }
+                            if let Some(b) = g.backoff {
+                                spec.backoff = b;
+                                spec.max_backoff = spec.max_backoff.max(b);
+                            }
+                            spec
+                        })
                     });
                     routes.push(RouteSpec {
                         name,
