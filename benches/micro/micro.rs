@@ -94,6 +94,7 @@ fn routing(c: &mut Criterion) {
                 name: name.to_owned(),
                 weight,
                 target: Some(name),
+                filters: None,
             })
             .collect(),
     );

@@ -50,6 +50,7 @@ pub struct Running {
 /// Binds the listeners of `config` and starts serving. Listen addresses with port 0 get an
 /// ephemeral port, reported in [`Running`].
 pub async fn start(config: Config) -> io::Result<Running> {
+    config.log_warnings();
     let spec = config.proxy.clone();
     let (metrics, registry) = Metrics::new();
     let readiness = Arc::<proxy_metrics::admin::Readiness>::default();

@@ -50,8 +50,16 @@ fn run(command: Option<Command>) -> anyhow::Result<ExitCode> {
         }
         Command::Check(args) => match config::load_file(&args.config) {
             Ok(c) => {
+                for warning in &c.warnings {
+                    eprintln!("warning: {warning}");
+                }
                 let path = args.config.display();
-                println!("{path}: ok ({} services)", c.proxy.services.len());
+                let warned = match c.warnings.len() {
+                    0 => String::new(),
+                    1 => ", 1 warning".to_owned(),
+                    n => format!(", {n} warnings"),
+                };
+                println!("{path}: ok ({} services{warned})", c.proxy.services.len());
                 Ok(ExitCode::SUCCESS)
             }
             Err(errors) => {

@@ -55,6 +55,59 @@ fn check_reports_every_bad_document_with_line_and_field() {
     assert!(err.contains(&format!("{file}:6: kind: Mystery")), "{err}");
 }
 
+#[test]
+fn check_warns_of_ignored_fields_and_refused_routes_and_passes() {
+    let text = "apiVersion: skiff.dev/v1alpha1
+kind: Proxy
+spec:
+  services:
+    web: {endpoints: [127.0.0.1:1]}
+    api: {endpoints: [127.0.0.1:2]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web-route}
+spec:
+  parentRefs: [{kind: Service, name: web}]
+  rules:
+  - backendRefs: [{name: web}]
+    futureField: {enabled: true}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: api-route}
+spec:
+  parentRefs: [{kind: Service, name: api}]
+  rules:
+  - filters:
+    - type: ExtensionRef
+      extensionRef: {group: example.com, kind: Thing, name: t}
+";
+    let path = temp_file("warnings", text);
+    let out = Command::new(SKIFF)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("ok (2 services, 2 warnings)"), "{stdout}");
+    let file = path.display().to_string();
+    assert!(
+        stderr.contains(&format!(
+            "warning: {file}:15: spec.rules.0.futureField: HTTPRoute has no field futureField; ignored"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("warning: {file}:16: route refused, the rest of the file applies: spec.rules[0].filters[0]: type ExtensionRef is not supported by Skiff")),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     // A backend that sends half its response, then waits for the test's go-ahead.

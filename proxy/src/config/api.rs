@@ -123,7 +123,20 @@ pub(crate) fn join(
         let access = mesh::resolve_access(own_id.as_ref(), own_ns, &documents);
         let routes = mesh::resolve(spec, &documents);
         let problems = match (routes, access) {
-            (Ok(routes), Ok(mut access)) => {
+            (
+                Ok(mesh::Resolved {
+                    routes,
+                    refused: unsupported,
+                }),
+                Ok(mut access),
+            ) => {
+                // The file's were reported when it loaded; the API's are refused here.
+                for (index, reason) in unsupported.into_iter().filter(|(i, _)| *i >= first_api) {
+                    refused.push(Refused {
+                        object: names[index - first_api].clone(),
+                        reason,
+                    });
+                }
                 // A refused TrafficTarget naming this proxy restricted it to rules now
                 // unknown: what the others allow stands, and nothing more (fail closed).
                 let own = own_id.as_ref().and_then(|id| id.workload_parts());
@@ -186,73 +199,22 @@ fn names_as_destination(object: &ApiObject, (own_ns, own_sa): (&str, &str)) -> b
     }
 }
 
-/// Parses an API object as `kind`, dropping the fields Skiff does not know (each named by
+/// Parses an API object as `kind`, ignoring the fields Skiff does not know (each named by
 /// its path), and refusing only what it cannot read.
-fn lenient(kind: &str, mut value: serde_json::Value) -> Result<(Document, Vec<String>), String> {
+fn lenient(kind: &str, value: serde_json::Value) -> Result<(Document, Vec<String>), String> {
     let api_version = value["apiVersion"].as_str().unwrap_or_default().to_owned();
-    let mut dropped = Vec::new();
-    // Bounded: each round removes one field.
-    for _ in 0..64 {
-        match mesh::parse_document(&api_version, kind, &value) {
-            Ok(doc) => return Ok((doc, dropped)),
-            Err(e) => {
-                let message = e.inner().to_string();
-                let Some(field) = unknown_field(&message) else {
-                    return Err(format!("{}: {message}", e.path()));
-                };
-                let path = e.path().to_string();
-                if !remove(&mut value, &path, &field) {
-                    return Err(format!("{path}: {message}"));
-                }
-                dropped.push(if path == "." {
-                    field
-                } else {
-                    format!("{path}.{field}")
-                });
-            }
+    let mut ignored = Vec::new();
+    let mut note = |path: serde_ignored::Path<'_>| {
+        let path = path.to_string();
+        if mesh::reported(&path) {
+            ignored.push(path);
         }
-    }
-    Err("too many fields Skiff does not know".into())
-}
-
-/// The field name of serde's "unknown field `x`, expected ..." message.
-fn unknown_field(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("unknown field `")?;
-    Some(rest.split('`').next()?.to_owned())
-}
-
-/// Removes `field` from the map at `path` (serde_path_to_error's `a.b[0].c` form, where
-/// the last segment may already be the unknown field itself).
-fn remove(value: &mut serde_json::Value, path: &str, field: &str) -> bool {
-    let mut at = value;
-    let segments: Vec<&str> = if path == "." {
-        Vec::new()
-    } else {
-        path.split('.').collect()
     };
-    for segment in segments {
-        let (name, indices) = match segment.find('[') {
-            Some(i) => (&segment[..i], &segment[i..]),
-            None => (segment, ""),
-        };
-        if name == field && indices.is_empty() {
-            break;
-        }
-        if !name.is_empty() {
-            match at.get_mut(name) {
-                Some(next) => at = next,
-                None => return false,
-            }
-        }
-        for index in indices.split(['[', ']']).filter(|s| !s.is_empty()) {
-            let Some(next) = index.parse::<usize>().ok().and_then(|i| at.get_mut(i)) else {
-                return false;
-            };
-            at = next;
-        }
+    let document = serde_ignored::Deserializer::new(&value, &mut note);
+    match mesh::parse_document(&api_version, kind, document) {
+        Ok(doc) => Ok((doc, ignored)),
+        Err(e) => Err(format!("{}: {}", e.path(), e.inner())),
     }
-    at.as_object_mut()
-        .is_some_and(|m| m.remove(field).is_some())
 }
 
 #[cfg(test)]

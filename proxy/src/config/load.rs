@@ -99,6 +99,9 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
         }
     };
     let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    // Occurrences of each ignored field name already placed, per document.
+    let mut seen_fields: Vec<(usize, String)> = Vec::new();
     let mut proxy: Option<(usize, ProxySpec)> = None;
     let mut mesh_documents = Vec::new();
 
@@ -149,7 +152,27 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
                 v.unwrap_or("none")
             ))),
             (Some(v), Some(kind)) if mesh::known(v, kind) => {
-                match mesh::parse_document(v, kind, document) {
+                // Fields these kinds do not have are ignored, each named in a warning: a
+                // newer spec version or an API server's defaults add stanzas.
+                let mut ignored = Vec::new();
+                let mut note = |path: serde_ignored::Path<'_>| {
+                    let path = path.to_string();
+                    if mesh::reported(&path) {
+                        ignored.push(path);
+                    }
+                };
+                let document = serde_ignored::Deserializer::new(document, &mut note);
+                let parsed = mesh::parse_document(v, kind, document);
+                for path in ignored {
+                    let field = path.rsplit('.').next().unwrap_or(&path).to_owned();
+                    warnings.push(ConfigError {
+                        file: file.clone(),
+                        line: field_line(text, &starts, index, &field, &mut seen_fields),
+                        column: None,
+                        message: format!("{path}: {kind} has no field {field}; ignored"),
+                    });
+                }
+                match parsed {
                     Ok(doc) => mesh_documents.push((index, doc)),
                     Err(e) => {
                         let path = e.path().to_string();
@@ -231,7 +254,13 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
         .map_or(proxy.namespace.as_str(), |(ns, _)| ns);
     let access = mesh::resolve_access(own_id.as_ref(), own_ns, &mesh_documents);
     let routes = mesh::resolve(&proxy, &mesh_documents).and_then(|r| access.map(|a| (r, a)));
-    let (routes, access) = routes.map_err(|problems| {
+    let (
+        mesh::Resolved {
+            routes,
+            refused: unsupported,
+        },
+        access,
+    ) = routes.map_err(|problems| {
         ConfigErrors(
             problems
                 .into_iter()
@@ -252,6 +281,14 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
                 .collect(),
         )
     })?;
+    for (index, reason) in unsupported {
+        warnings.push(ConfigError {
+            file: file.clone(),
+            line: starts.get(index).copied(),
+            column: None,
+            message: format!("route refused, the rest of the file applies: {reason}"),
+        });
+    }
     // The mesh documents as written, for `/config`.
     let written: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(text)
         .enumerate()
@@ -265,7 +302,42 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
         routes,
         access,
         mesh_documents: written,
+        warnings,
     })
+}
+
+/// The line of the next occurrence of `field:` as a key in document `index` (1-based), one
+/// occurrence per call for the same field: serde names an ignored field by its path, not
+/// its position.
+fn field_line(
+    text: &str,
+    starts: &[usize],
+    index: usize,
+    field: &str,
+    seen: &mut Vec<(usize, String)>,
+) -> Option<usize> {
+    let first = *starts.get(index)?;
+    let last = starts.get(index + 1).copied().unwrap_or(usize::MAX);
+    let before = seen
+        .iter()
+        .filter(|(i, f)| *i == index && f == field)
+        .count();
+    seen.push((index, field.to_owned()));
+    let key = format!("{field}:");
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| (i + 1, line))
+        .filter(|(n, _)| *n >= first && *n < last)
+        .filter(|(_, line)| {
+            line.match_indices(&key).any(|(at, _)| {
+                line[..at]
+                    .chars()
+                    .next_back()
+                    .is_none_or(|c| matches!(c, ' ' | '{' | ',' | '-' | '"' | '\''))
+            })
+        })
+        .nth(before)
+        .map(|(n, _)| n)
 }
 
 /// The error's own words, with the field path in front: serde_yaml's message carries a

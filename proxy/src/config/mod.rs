@@ -54,6 +54,20 @@ pub struct Config {
     /// Those documents as written, for `/config`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mesh_documents: Vec<serde_yaml_ng::Value>,
+    /// What the file says that Skiff does not honour and the rest of it can do without:
+    /// fields of the mesh kinds it does not know (ignored), and routes it cannot honour
+    /// (refused, each alone). `skiff check` prints them; `skiff run` logs them.
+    #[serde(skip)]
+    pub warnings: Vec<ConfigError>,
+}
+
+impl Config {
+    /// Logs each warning (fields ignored, routes refused), as `skiff check` prints them.
+    pub fn log_warnings(&self) {
+        for warning in &self.warnings {
+            tracing::warn!(%warning, "config");
+        }
+    }
 }
 
 /// The `spec` of the `kind: Proxy` document.

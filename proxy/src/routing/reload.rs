@@ -53,17 +53,19 @@ pub(crate) async fn watch(path: PathBuf, running: Vec<u8>, state: Arc<State>) {
         }
         last = Some(bytes.clone());
         let text = String::from_utf8_lossy(&bytes);
-        match config::parse(&text, Some(&path)) {
-            Ok(cfg) => match state.apply(cfg) {
-                Ok(()) => {
-                    state.metrics.config_reload(true);
-                    tracing::info!(file = %path.display(), "config reloaded");
-                }
-                Err(e) => {
-                    state.metrics.config_reload(false);
-                    tracing::error!(file = %path.display(), "config rejected, the running config keeps serving: {e}");
-                }
-            },
+        let applied = config::parse(&text, Some(&path)).map(|cfg| {
+            cfg.log_warnings();
+            state.apply(cfg)
+        });
+        match applied {
+            Ok(Ok(())) => {
+                state.metrics.config_reload(true);
+                tracing::info!(file = %path.display(), "config reloaded");
+            }
+            Ok(Err(e)) => {
+                state.metrics.config_reload(false);
+                tracing::error!(file = %path.display(), "config rejected, the running config keeps serving: {e}");
+            }
             Err(errors) => {
                 state.metrics.config_reload(false);
                 for e in &errors.0 {

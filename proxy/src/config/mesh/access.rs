@@ -15,7 +15,6 @@ use super::resolve::Problem;
 use super::{smi_group_matches, Document, HttpRouteGroupSpec, Object};
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(in crate::config) struct TrafficTargetSpec {
     destination: IdentityRef,
     rules: Vec<TargetRule>,
@@ -23,7 +22,6 @@ pub(in crate::config) struct TrafficTargetSpec {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct IdentityRef {
     #[serde(rename = "kind")]
     _kind: ServiceAccountKind,
@@ -41,7 +39,6 @@ enum ServiceAccountKind {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct TargetRule {
     kind: RuleKind,
     name: String,
@@ -58,13 +55,11 @@ enum RuleKind {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(in crate::config) struct TcpRouteSpec {
     matches: TcpMatches,
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct TcpMatches {
     #[serde(default, rename = "name")]
     _name: Option<String>,

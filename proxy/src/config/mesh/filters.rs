@@ -40,7 +40,6 @@ struct RawFilter {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawHeaderModifier {
     #[serde(default)]
     set: Vec<RawHeader>,
@@ -51,14 +50,13 @@ struct RawHeaderModifier {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawHeader {
     name: String,
     value: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 struct RawRedirect {
     #[serde(default)]
     scheme: Option<String>,
@@ -73,7 +71,6 @@ struct RawRedirect {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRewrite {
     #[serde(default)]
     hostname: Option<String>,
@@ -82,7 +79,7 @@ struct RawRewrite {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 struct RawPathModifier {
     #[serde(rename = "type")]
     kind: PathModifierKind,

@@ -24,8 +24,8 @@ mod versions;
 
 pub(super) use access::resolve as resolve_access;
 pub use access::AccessSpec;
-pub(super) use resolve::resolve;
 use resolve::smi_matches as smi_group_matches;
+pub(super) use resolve::{resolve, Resolved};
 pub use resolve::{BackendSpec, RoutePolicySpec, RouteSpec, ServiceRoutes};
 
 /// `metadata` of a Kubernetes object: only the name, namespace and (on routes) annotations
@@ -42,7 +42,7 @@ pub(super) struct Metadata {
 
 /// A Kubernetes object whose `spec` is `S`.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub(super) struct Object<S> {
     #[serde(rename = "apiVersion")]
     _api_version: String,
@@ -66,10 +66,16 @@ pub(super) enum Document {
 
 pub(super) use versions::{known, parse as parse_document, KINDS};
 
+/// Whether an ignored field is worth reporting: not one of `metadata`'s, where Kubernetes
+/// keeps uids, labels, managed fields and the like that no route depends on.
+pub(super) fn reported(ignored_path: &str) -> bool {
+    !ignored_path.starts_with("metadata.")
+}
+
 // ---- SMI ----
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub(super) struct TrafficSplitSpec {
     service: String,
     backends: Vec<SplitBackend>,
@@ -78,7 +84,6 @@ pub(super) struct TrafficSplitSpec {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct SplitBackend {
     service: String,
     weight: versions::Weight,
@@ -98,7 +103,7 @@ impl TrafficSplitSpec {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 struct GroupRef {
     #[serde(rename = "kind")]
     _kind: GroupKind,
@@ -114,13 +119,12 @@ enum GroupKind {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct HttpRouteGroupSpec {
     matches: Vec<GroupMatch>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 struct GroupMatch {
     name: String,
     #[serde(default)]
@@ -209,7 +213,7 @@ impl<'de> Deserialize<'de> for WholeRegex {
 // ---- Gateway API ----
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub(super) struct HttpRouteSpec {
     parent_refs: Vec<ParentRef>,
     /// Mesh routes attach to a Service; hostnames do not apply and are ignored.
@@ -224,7 +228,7 @@ fn default_rules() -> Vec<Rule> {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 struct ParentRef {
     #[serde(default, rename = "group")]
     _group: Option<CoreGroup>,
@@ -261,7 +265,7 @@ enum ServiceKind {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 struct Rule {
     #[serde(default)]
     name: Option<String>,
@@ -282,7 +286,7 @@ fn default_matches() -> Vec<GatewayMatch> {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 struct GatewayMatch {
     #[serde(default)]
     path: Option<GatewayPath>,
@@ -300,7 +304,6 @@ struct GatewayMatch {
 struct GatewayPath(PathMatch);
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawGatewayPath {
     #[serde(default, rename = "type")]
     kind: PathKind,
@@ -363,7 +366,6 @@ struct GatewayValue<N> {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawGatewayValue<N> {
     #[serde(default, rename = "type")]
     kind: ValueKind,
@@ -430,7 +432,7 @@ impl<'de> Deserialize<'de> for GatewayMethod {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 struct BackendRef {
     #[serde(default, rename = "group")]
     _group: Option<CoreGroup>,
@@ -452,7 +454,7 @@ fn one() -> u32 {
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 struct GatewayTimeouts {
     #[serde(default)]
     request: Option<Dur>,
@@ -461,7 +463,6 @@ struct GatewayTimeouts {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct GatewayRetry {
     #[serde(default)]
     codes: Vec<super::StatusCode>,

@@ -75,6 +75,15 @@ pub struct BackendSpec {
     pub filters: Option<Arc<Filters>>,
 }
 
+/// The documents joined with the services.
+#[derive(Debug)]
+pub(in crate::config) struct Resolved {
+    /// The routes attached to each service.
+    pub(in crate::config) routes: BTreeMap<String, ServiceRoutes>,
+    /// Routes refused alone for what Skiff does not implement (an unsupported filter).
+    pub(in crate::config) refused: Vec<Problem>,
+}
+
 /// Where a service's routes come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Origin {
@@ -94,8 +103,10 @@ pub(in crate::config) type Problem = (usize, String);
 pub(in crate::config) fn resolve(
     proxy: &ProxySpec,
     documents: &[(usize, Document)],
-) -> Result<BTreeMap<String, ServiceRoutes>, Vec<Problem>> {
+) -> Result<Resolved, Vec<Problem>> {
     let mut problems = Vec::new();
+    // Routes that are valid but use what Skiff does not implement: refused alone.
+    let mut refused = Vec::new();
     let local_ns = proxy.namespace.as_str();
     let in_namespace =
         |s: &ServiceSpec, namespace: &str| s.namespace.as_deref().unwrap_or(local_ns) == namespace;
@@ -269,6 +280,17 @@ pub(in crate::config) fn resolve(
                 } else {
                     &r.spec.rules
                 };
+                // A filter Skiff does not implement refuses the route, alone.
+                let unsupported = rules.iter().enumerate().find_map(|(i, rule)| {
+                    std::iter::once(&rule.filters)
+                        .chain(rule.backend_refs.iter().map(|b| &b.filters))
+                        .find_map(|f| f.unsupported.clone())
+                        .map(|why| format!("spec.rules[{i}].{why}"))
+                });
+                if let Some(why) = unsupported {
+                    refused.push((index, why));
+                    continue;
+                }
                 for (i, rule) in rules.iter().enumerate() {
                     let name = match &rule.name {
                         Some(rule) => format!("{}/{rule}", r.metadata.name),
@@ -279,13 +301,6 @@ pub(in crate::config) fn resolve(
                     } else {
                         rule.matches.iter().map(gateway_match).collect()
                     };
-                    // A filter Skiff does not implement refuses the route.
-                    let unsupported = std::iter::once(&rule.filters)
-                        .chain(rule.backend_refs.iter().map(|b| &b.filters))
-                        .find_map(|f| f.unsupported.clone());
-                    if let Some(why) = unsupported {
-                        problems.push((index, format!("spec.rules[{i}].{why}")));
-                    }
                     let prefixes: Vec<String> = rule
                         .matches
                         .iter()
@@ -440,7 +455,10 @@ pub(in crate::config) fn resolve(
         }
     }
     if problems.is_empty() {
-        Ok(out)
+        Ok(Resolved {
+            routes: out,
+            refused,
+        })
     } else {
         Err(problems)
     }

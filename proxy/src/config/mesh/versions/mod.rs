@@ -186,7 +186,6 @@ fn binary(number: &str, factor: u128) -> Option<u32> {
 
 /// HTTPRouteGroup v1alpha1 and v1alpha2: `matches` at the top, no `spec`.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct TopLevelMatches {
     #[serde(rename = "apiVersion")]
     api_version: String,
@@ -209,7 +208,6 @@ impl From<TopLevelMatches> for Object<HttpRouteGroupSpec> {
 
 /// TCPRoute v1alpha1 and v1alpha2: only metadata.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct MetadataOnly {
     #[serde(rename = "apiVersion")]
     api_version: String,
@@ -231,12 +229,10 @@ impl MetadataOnly {
 
 /// TCPRoute v1alpha3's empty `spec`.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct EmptySpec {}
 
 /// TrafficTarget v1alpha1: no `spec`; `specs` for `rules`.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct TargetV1alpha1 {
     #[serde(rename = "apiVersion")]
     api_version: String,
