@@ -20,6 +20,7 @@ pub mod admin;
 pub mod discovery;
 pub mod http;
 pub mod identity;
+pub mod mirror;
 pub mod process;
 pub mod stats;
 pub mod tap;

@@ -161,3 +161,60 @@ async fn rewrites_change_the_path_and_host_sent_upstream() {
         assert_eq!(seen.headers["host"], want_host, "{path}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_gets_a_copy_and_a_dead_or_slow_mirror_changes_nothing_for_the_primary() {
+    let primary = hello("primary").await;
+    let shadow = hello("shadow").await;
+    let slow = backend(|_req| async {
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        ok("late")
+    })
+    .await;
+    let dead = dead_addr();
+    let mirrored = |prefix: &str, to: &str| {
+        json!({
+            "matches": [{"path": {"type": "PathPrefix", "value": prefix}}],
+            "filters": [{"type": "RequestMirror", "requestMirror": {
+                "backendRef": {"name": to, "port": 80}}}],
+            "backendRefs": [{"name": "web", "port": 80}]
+        })
+    };
+    let proxy = ProxyConfig::new(1)
+        .service("web", &[primary.addr])
+        .service("shadow", &[shadow.addr])
+        .service("slow", &[slow.addr])
+        .service("dead", &[dead.addr])
+        .document(httproute(json!([
+            mirrored("/copy", "shadow"),
+            mirrored("/slow", "slow"),
+            mirrored("/dead", "dead"),
+        ])))
+        .start()
+        .await;
+    let mut c = h1(proxy.outbound_addr).await;
+    for path in ["/copy", "/slow", "/dead"] {
+        for _ in 0..20 {
+            let rsp = c.send_request(get("web", path)).await.unwrap();
+            assert_eq!(rsp.status(), StatusCode::OK, "{path}");
+            assert_eq!(body_text(rsp).await, "primary", "{path}");
+        }
+    }
+    // Each copy of /copy reached the shadow, with the request's path.
+    eventually(std::time::Duration::from_secs(10), "20 copies", || async {
+        shadow.requests() == 20
+    })
+    .await;
+    assert_eq!(shadow.last().uri.path(), "/copy");
+    assert_eq!(primary.requests(), 60, "every primary request, once");
+    let (_, metrics) = admin_get(proxy.admin_addr, "/metrics").await;
+    assert!(
+        metrics.contains(r#"skiff_mirror_requests_total{route="web-route",backend="shadow",result="answered"} 20"#),
+        "{metrics}"
+    );
+    eventually(std::time::Duration::from_secs(10), "dead mirror counted", || async {
+        let (_, metrics) = admin_get(proxy.admin_addr, "/metrics").await;
+        metrics.contains(r#"skiff_mirror_requests_total{route="web-route",backend="dead",result="failed"} 20"#)
+    })
+    .await;
+}

@@ -9,12 +9,16 @@
 //! | `ResponseHeaderModifier` | set, add and remove response headers |
 //! | `RequestRedirect` | answer with a redirect (scheme, host, port, path, status) |
 //! | `URLRewrite` | change the host and path sent upstream |
+//! | `RequestMirror` | send a copy to another backend, fire and forget ([`Mirror`]) |
 //!
 //! Filters are parsed and checked when the config loads; what reaches this layer cannot
 //! fail, so it has no error of its own.
 
+mod mirror;
 #[cfg(test)]
 mod tests;
+
+pub use mirror::{Mirror, MirrorSink, MAX_MIRRORED_BODY};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -223,6 +227,8 @@ pub struct Filters {
     pub redirect: Option<Redirect>,
     /// `URLRewrite`.
     pub rewrite: Option<Rewrite>,
+    /// `RequestMirror`s (a rule's only).
+    pub mirrors: Vec<Mirror>,
 }
 
 impl Filters {
@@ -322,9 +328,9 @@ where
     }
 }
 
-impl<S, B> Service<Request<B>> for Filter<S>
+impl<S> Service<Request<Body>> for Filter<S>
 where
-    S: Service<Request<B>, Response = Response<Body>, Error = BoxError>,
+    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
 {
     type Response = Response<Body>;
     type Error = BoxError;
@@ -334,7 +340,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let filters = match self.level {
             Level::Rule => RouteContext::of(req.extensions(), "filter")
                 .ok()
@@ -369,6 +375,10 @@ where
         }
         if let Some(headers) = &filters.request_headers {
             headers.apply(req.headers_mut());
+        }
+        // Copies are of the request as it goes upstream, after the rule's changes.
+        if !filters.mirrors.is_empty() {
+            mirror::start(&mut req, &filters.mirrors);
         }
         ResponseFuture::Forwarded {
             future: self.inner.call(req),

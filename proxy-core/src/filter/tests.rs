@@ -93,9 +93,9 @@ fn header_changes_set_then_add_then_remove() {
 
 /// An upstream answering with the path and `Host` it got, and one response header.
 fn echo(
-) -> impl Service<Request<()>, Response = Response<Body>, Error = BoxError, Future = impl Send> + Clone
+) -> impl Service<Request<Body>, Response = Response<Body>, Error = BoxError, Future = impl Send> + Clone
 {
-    service_fn(|req: Request<()>| async move {
+    service_fn(|req: Request<Body>| async move {
         let host = req
             .headers()
             .get(HOST)
@@ -115,12 +115,12 @@ async fn text(rsp: Response<Body>) -> String {
     String::from_utf8(bytes.to_vec()).unwrap()
 }
 
-fn request(filters: Filters) -> Request<()> {
+fn request(filters: Filters) -> Request<Body> {
     let mut req = Request::builder()
         .method(Method::GET)
         .uri("/foo/bar?q=1")
         .header(HOST, "web.shop:8080")
-        .body(())
+        .body(body::empty())
         .unwrap();
     req.extensions_mut()
         .insert(for_tests(|c| c.filters = Some(Arc::new(filters))));
@@ -150,6 +150,7 @@ async fn a_rule_rewrites_and_changes_headers_both_ways() {
             path: Some(prefix(&["/foo"], "/v2")),
         }),
         redirect: None,
+        mirrors: Vec::new(),
     };
     let rsp = FilterLayer::rule()
         .layer(echo())
@@ -176,7 +177,7 @@ async fn a_redirect_answers_without_calling_upstream() {
         }),
         ..Filters::default()
     };
-    let never = service_fn(|_req: Request<()>| async {
+    let never = service_fn(|_req: Request<Body>| async {
         panic!("a redirect must not reach the upstream");
         #[allow(unreachable_code)]
         Ok::<Response<Body>, BoxError>(Response::new(body::empty()))
@@ -192,7 +193,10 @@ async fn a_redirect_answers_without_calling_upstream() {
 
 #[tokio::test]
 async fn backend_filters_come_from_the_drawn_backend_and_only_apply_with_it() {
-    let mut req = Request::get("/x").header(HOST, "web").body(()).unwrap();
+    let mut req = Request::get("/x")
+        .header(HOST, "web")
+        .body(body::empty())
+        .unwrap();
     req.extensions_mut()
         .insert(BackendFilters(Arc::new(Filters {
             request_headers: Some(HeaderModifier {
@@ -210,11 +214,125 @@ async fn backend_filters_come_from_the_drawn_backend_and_only_apply_with_it() {
         .await
         .unwrap();
     assert!(text(rsp).await.ends_with(r#"x=Some("backend")"#));
-    let plain = Request::get("/x").header(HOST, "web").body(()).unwrap();
+    let plain = Request::get("/x")
+        .header(HOST, "web")
+        .body(body::empty())
+        .unwrap();
     let rsp = FilterLayer::backend()
         .layer(echo())
         .oneshot(plain)
         .await
         .unwrap();
     assert!(text(rsp).await.ends_with("x=None"));
+}
+
+/// A sink keeping what it is sent.
+#[derive(Debug, Default)]
+struct Recorder {
+    sent: std::sync::Mutex<Vec<(String, Vec<u8>)>>,
+    skipped: std::sync::atomic::AtomicUsize,
+}
+
+impl MirrorSink for Recorder {
+    fn send(&self, req: Request<Body>) {
+        use http_body_util::BodyExt;
+        let uri = req.uri().to_string();
+        // Full bodies are ready at once: read them in place.
+        let bytes = ready_now(req.into_body().collect())
+            .expect("a full body does not fail")
+            .to_bytes()
+            .to_vec();
+        self.sent.lock().unwrap().push((uri, bytes));
+    }
+
+    fn skipped(&self) {
+        self.skipped
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Polls a future that is ready at once (a full body's collection).
+fn ready_now<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let waker = std::task::Waker::noop();
+    match f.as_mut().poll(&mut std::task::Context::from_waker(waker)) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("a full body is ready at once"),
+    }
+}
+
+fn mirrored(sink: &Arc<Recorder>, numerator: u32) -> Filters {
+    Filters {
+        mirrors: vec![Mirror {
+            name: "shadow".into(),
+            sink: Some(sink.clone() as Arc<dyn MirrorSink>),
+            numerator,
+            denominator: 100,
+        }],
+        ..Filters::default()
+    }
+}
+
+/// An upstream that reads the whole body and answers its length.
+fn reader(
+) -> impl Service<Request<Body>, Response = Response<Body>, Error = BoxError, Future = impl Send> + Clone
+{
+    service_fn(|req: Request<Body>| async move {
+        use http_body_util::BodyExt;
+        let n = req.into_body().collect().await?.to_bytes().len();
+        Ok::<_, BoxError>(Response::new(body::full(n.to_string())))
+    })
+}
+
+#[tokio::test]
+async fn a_mirror_gets_a_copy_once_the_primary_has_the_body() {
+    let sink = Arc::new(Recorder::default());
+    // No body: the copy leaves at once.
+    let rsp = FilterLayer::rule()
+        .layer(reader())
+        .oneshot(request(mirrored(&sink, 100)))
+        .await
+        .unwrap();
+    assert_eq!(text(rsp).await, "0");
+    assert_eq!(
+        sink.sent.lock().unwrap()[0],
+        ("/foo/bar?q=1".to_owned(), vec![])
+    );
+    // A body: copied as the primary reads it, sent at its end.
+    let mut req = request(mirrored(&sink, 100));
+    *req.body_mut() = body::full("payload");
+    let rsp = FilterLayer::rule()
+        .layer(reader())
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert_eq!(text(rsp).await, "7");
+    assert_eq!(sink.sent.lock().unwrap()[1].1, b"payload");
+    // Over the bound: the primary gets all of it, the mirror nothing.
+    let mut req = request(mirrored(&sink, 100));
+    *req.body_mut() = body::full(vec![b'x'; MAX_MIRRORED_BODY + 1]);
+    let rsp = FilterLayer::rule()
+        .layer(reader())
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert_eq!(text(rsp).await, (MAX_MIRRORED_BODY + 1).to_string());
+    assert_eq!(sink.sent.lock().unwrap().len(), 2);
+    assert_eq!(sink.skipped.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_mirror_takes_its_share_of_requests() {
+    for (numerator, range) in [(0, 0..=0), (100, 1000..=1000), (30, 240..=360)] {
+        let sink = Arc::new(Recorder::default());
+        for _ in 0..1000 {
+            FilterLayer::rule()
+                .layer(reader())
+                .oneshot(request(mirrored(&sink, numerator)))
+                .await
+                .unwrap();
+        }
+        let sent = sink.sent.lock().unwrap().len();
+        assert!(range.contains(&sent), "{numerator}%: {sent} of 1000");
+    }
 }

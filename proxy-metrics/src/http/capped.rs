@@ -174,6 +174,11 @@ impl HttpFamilies {
         &self.caps
     }
 
+    /// Where request mirroring is counted.
+    pub fn mirror(&self) -> &crate::mirror::MirrorFamilies {
+        &self.mirror
+    }
+
     /// How many passthrough authorities are tracked (`other` included).
     pub fn passthrough_tracked(&self) -> usize {
         self.passthrough.len()

@@ -59,11 +59,13 @@ pub struct HttpFamilies {
     clients: capped::Capped,
     servers: capped::Capped,
     epoch: tokio::time::Instant,
+    mirror: crate::mirror::MirrorFamilies,
 }
 
 impl HttpFamilies {
     pub(crate) fn register(registry: &mut Registry) -> Self {
         let this = Self {
+            mirror: crate::mirror::MirrorFamilies::register(registry),
             windows: Mutex::default(),
             window: std::time::Duration::from_secs(30),
             caps: capped::CardinalityLimits::default(),

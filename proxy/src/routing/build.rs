@@ -9,6 +9,7 @@ use std::sync::Arc;
 use proxy_core::balance;
 use proxy_core::breaker;
 use proxy_core::classify::Classifier;
+use proxy_core::filter::{Filters, Mirror, MirrorSink};
 use proxy_core::limit::{self, MaxInFlight, PerClientRateLimit, RateLimit};
 use proxy_core::retry::{self, Backoff, BudgetParams};
 use proxy_core::route::RouteSet;
@@ -26,6 +27,7 @@ use crate::discovery::dns::Resolver;
 use crate::discovery::endpoints::{BreakerConfig, Endpoints};
 use crate::discovery::kubernetes::Kubernetes;
 use crate::identity::Mesh;
+use crate::upstream::mirror::ServiceMirror;
 use crate::upstream::pool::{MeshPeer, Pools};
 
 /// Clients tracked by one per-client rate limit before idle ones are forgotten.
@@ -311,7 +313,39 @@ fn route(
         timeouts,
         limits,
     };
-    policies.route_with(Arc::new(Backends::new(entries)), spec.filters.clone())
+    let filters = with_mirrors(ctx, spec, services);
+    policies.route_with(Arc::new(Backends::new(entries)), filters)
+}
+
+/// The route's filters, with a sink for each of its mirrors.
+fn with_mirrors(
+    ctx: &Context<'_>,
+    spec: &RouteSpec,
+    services: &HashMap<String, Arc<ServiceTarget>>,
+) -> Option<Arc<Filters>> {
+    if spec.mirrors.is_empty() {
+        return spec.filters.clone();
+    }
+    let mut filters = spec.filters.as_deref().cloned().unwrap_or_default();
+    filters.mirrors = spec
+        .mirrors
+        .iter()
+        .map(|m| Mirror {
+            name: m.name.clone(),
+            sink: m.service.as_ref().and_then(|s| services.get(s)).map(|s| {
+                Arc::new(ServiceMirror::new(
+                    &spec.name,
+                    &m.name,
+                    s.clone(),
+                    ctx.pools,
+                    ctx.metrics,
+                )) as Arc<dyn MirrorSink>
+            }),
+            numerator: m.numerator,
+            denominator: m.denominator,
+        })
+        .collect();
+    Some(Arc::new(filters))
 }
 
 /// The inbound target: the local application.

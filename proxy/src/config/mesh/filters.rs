@@ -3,7 +3,7 @@
 //!
 //! A filter Skiff implements is checked here (its type names its one stanza, header names
 //! and values are valid, a redirect's status is one Gateway API allows). A filter Skiff does
-//! not implement (`RequestMirror` for now, `ExtensionRef`, `CORS`, anything newer) parses,
+//! not implement (`ExtensionRef`, `CORS`, anything newer) parses,
 //! and makes the route it is on refused, with the reason: honouring the rest of the route
 //! without it would send traffic where its author did not mean it to go.
 
@@ -27,10 +27,10 @@ struct RawFilter {
     request_redirect: Option<RawRedirect>,
     #[serde(default)]
     url_rewrite: Option<RawRewrite>,
+    #[serde(default)]
+    request_mirror: Option<RawMirror>,
     // Stanzas of filters Skiff does not implement: read, so the route can be refused
     // by type rather than for an unknown field.
-    #[serde(default, rename = "requestMirror")]
-    _request_mirror: Option<serde_yaml_ng::Value>,
     #[serde(default, rename = "extensionRef")]
     _extension_ref: Option<serde_yaml_ng::Value>,
     #[serde(default, rename = "cors")]
@@ -68,6 +68,45 @@ struct RawRedirect {
     port: Option<u16>,
     #[serde(default)]
     status_code: Option<u16>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawMirror {
+    backend_ref: MirrorRef,
+    #[serde(default)]
+    percent: Option<u32>,
+    #[serde(default)]
+    fraction: Option<RawFraction>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+struct RawFraction {
+    numerator: u32,
+    #[serde(default = "hundred")]
+    denominator: u32,
+}
+
+fn hundred() -> u32 {
+    100
+}
+
+/// A mirror's backend, as written (resolved to a service with the rule's backends).
+#[derive(Clone, Debug, Deserialize)]
+pub(in crate::config) struct MirrorRef {
+    pub(in crate::config) name: String,
+    #[serde(default)]
+    pub(in crate::config) namespace: Option<String>,
+    #[serde(default)]
+    pub(in crate::config) port: Option<u16>,
+}
+
+/// A `RequestMirror`: where, and which share of requests (`numerator` in `denominator`).
+#[derive(Clone, Debug)]
+pub(in crate::config) struct MirrorSpec {
+    pub(in crate::config) backend: MirrorRef,
+    pub(in crate::config) numerator: u32,
+    pub(in crate::config) denominator: u32,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -110,6 +149,8 @@ pub(in crate::config) struct FiltersSpec {
     response_headers: Option<HeaderModifier>,
     redirect: Option<(Redirect, Option<PathSpec>)>,
     rewrite: Option<(Option<String>, Option<PathSpec>)>,
+    /// `RequestMirror`s (repeatable).
+    pub(in crate::config) mirrors: Vec<MirrorSpec>,
     /// Why the route cannot be honoured, when a filter is not implemented.
     pub(in crate::config) unsupported: Option<String>,
 }
@@ -163,6 +204,34 @@ fn parse(raw: Vec<RawFilter>) -> Result<FiltersSpec, String> {
                 if spec.rewrite.replace((r.hostname, path)).is_some() {
                     return Err(twice());
                 }
+            }
+            "RequestMirror" => {
+                let m = filter
+                    .request_mirror
+                    .clone()
+                    .ok_or_else(|| missing("requestMirror"))?;
+                let (numerator, denominator) = match (m.percent, m.fraction) {
+                    (Some(_), Some(_)) => {
+                        return Err(format!(
+                            "[{i}]: a mirror takes percent or fraction, not both"
+                        ))
+                    }
+                    (Some(p), None) if p <= 100 => (p, 100),
+                    (None, Some(f)) if f.denominator >= 1 && f.numerator <= f.denominator => {
+                        (f.numerator, f.denominator)
+                    }
+                    (None, None) => (1, 1),
+                    _ => {
+                        return Err(format!(
+                            "[{i}]: a mirror's percent is 0 to 100, its fraction at most 1"
+                        ))
+                    }
+                };
+                spec.mirrors.push(MirrorSpec {
+                    backend: m.backend_ref,
+                    numerator,
+                    denominator,
+                });
             }
             other => {
                 spec.unsupported.get_or_insert_with(|| {
@@ -292,11 +361,13 @@ impl FiltersSpec {
                 path: path(p)?,
             }),
         };
+        // Mirrors get their services when the route is built.
         let filters = Filters {
             request_headers: self.request_headers.clone(),
             response_headers: self.response_headers.clone(),
             redirect,
             rewrite,
+            mirrors: Vec::new(),
         };
         Ok((!filters.is_empty()).then(|| Arc::new(filters)))
     }
@@ -308,8 +379,8 @@ impl FiltersSpec {
 
     /// Why these filters cannot be a backend's: only header changes can.
     pub(in crate::config) fn backend_problem(&self) -> Option<String> {
-        if self.redirect.is_some() || self.rewrite.is_some() {
-            Some("a backend's filters can change headers only (RequestRedirect and URLRewrite belong on the rule)".into())
+        if self.redirect.is_some() || self.rewrite.is_some() || !self.mirrors.is_empty() {
+            Some("a backend's filters can change headers only (RequestRedirect, URLRewrite and RequestMirror belong on the rule)".into())
         } else {
             self.unsupported.clone()
         }

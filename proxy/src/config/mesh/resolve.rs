@@ -60,6 +60,21 @@ pub struct RouteSpec {
     pub policy: RoutePolicySpec,
     /// The rule's filters (header changes, redirect, rewrite).
     pub filters: Option<Arc<Filters>>,
+    /// Where copies of its requests go (`RequestMirror`).
+    pub mirrors: Vec<MirrorTarget>,
+}
+
+/// A mirror of a route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirrorTarget {
+    /// The backend's name as written.
+    pub name: String,
+    /// The configured service it names, or `None` (then nothing is sent).
+    pub service: Option<String>,
+    /// Mirrored share: `numerator` in `denominator`.
+    pub numerator: u32,
+    /// See `numerator`.
+    pub denominator: u32,
 }
 
 /// One weighted backend of a route.
@@ -369,6 +384,7 @@ pub(in crate::config) fn resolve(
                         retry,
                         policy: RoutePolicySpec::default(),
                         filters,
+                        mirrors: Vec::new(),
                     });
                 }
                 for (i, parent) in r.spec.parent_refs.iter().enumerate() {
@@ -411,6 +427,21 @@ pub(in crate::config) fn resolve(
                                 let bns = b.namespace.as_deref().unwrap_or(ns);
                                 backend.service = find_backend(&b.name, bns, b.port, &service);
                             }
+                            route.mirrors = rule
+                                .filters
+                                .mirrors
+                                .iter()
+                                .map(|m| {
+                                    let b = &m.backend;
+                                    let bns = b.namespace.as_deref().unwrap_or(ns);
+                                    MirrorTarget {
+                                        name: b.name.clone(),
+                                        service: find_backend(&b.name, bns, b.port, &service),
+                                        numerator: m.numerator,
+                                        denominator: m.denominator,
+                                    }
+                                })
+                                .collect();
                         }
                         if let Err(e) = attach(index, service, origin, routes) {
                             problems.push((index, format!("spec.parentRefs[{i}]: {e}")));
@@ -473,6 +504,7 @@ fn route(name: &str, matches: Vec<HttpMatch>, backends: &[BackendSpec]) -> Route
         retry: None,
         policy: RoutePolicySpec::default(),
         filters: None,
+        mirrors: Vec::new(),
     }
 }
 
