@@ -53,10 +53,11 @@ pub(crate) struct Joined {
 /// The kinds watched in the API, by group: each is read in the version its API server
 /// prefers among those Skiff reads ([`readable`]), so a cluster serving only an older SMI
 /// version (as Linkerd's SMI extension does) is read too.
-pub(crate) const KINDS: [(&str, &str); 6] = [
+pub(crate) const KINDS: [(&str, &str); 7] = [
     ("split.smi-spec.io", "TrafficSplit"),
     ("specs.smi-spec.io", "HTTPRouteGroup"),
     ("gateway.networking.k8s.io", "HTTPRoute"),
+    ("gateway.networking.k8s.io", "GRPCRoute"),
     ("policy.linkerd.io", "HTTPRoute"),
     ("access.smi-spec.io", "TrafficTarget"),
     ("specs.smi-spec.io", "TCPRoute"),

@@ -4,6 +4,7 @@
 //! | annotation | value | becomes |
 //! |---|---|---|
 //! | `retry.linkerd.io/http` | `5xx`, `gateway-error`, `NNN`, `NNN-MMM`, comma-separated | the statuses retried |
+//! | `retry.linkerd.io/grpc` | `cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`, `unavailable`, comma-separated | the gRPC statuses retried |
 //! | `retry.linkerd.io/limit` | a whole number | retries after the first try |
 //! | `retry.linkerd.io/timeout` | a duration | each try's deadline |
 //! | `timeout.linkerd.io/request` | a duration | the whole request's deadline |
@@ -11,10 +12,10 @@
 //! | `timeout.linkerd.io/idle` | a duration | the longest pause in a response stream |
 //!
 //! As in Linkerd: any retry annotation turns retries on, with a limit of 1 and `5xx` unless
-//! said otherwise, replacing the route's own `retry`; a timeout annotation wins over the
-//! rule's `timeouts` field by field. Durations are one number and one unit (`ms`, `s`, `m`,
-//! `h`, `d`), or `0` for none. `retry.linkerd.io/grpc` is for GRPCRoutes. Other annotations
-//! are ignored; a value that does not parse refuses the route, saying which.
+//! said otherwise (with only `retry.linkerd.io/grpc`, gRPC statuses only), replacing the
+//! route's own `retry`; a timeout annotation wins over the rule's `timeouts` field by field.
+//! Durations are one number and one unit (`ms`, `s`, `m`, `h`, `d`), or `0` for none. Other
+//! annotations are ignored; a value that does not parse refuses the route, saying which.
 
 use std::collections::BTreeMap;
 
@@ -73,12 +74,22 @@ pub(in crate::config) fn linkerd(
             })
         })
         .transpose()?;
+    let grpc = get("retry.linkerd.io/grpc")
+        .map(|v| {
+            parse_grpc(v).map_err(|e| format!("metadata.annotations.retry.linkerd.io/grpc: {e}"))
+        })
+        .transpose()?;
     let try_timeout = duration("retry.linkerd.io/timeout")?;
-    let any_retry = codes.is_some() || limit.is_some() || try_timeout.is_some();
+    let any_retry = codes.is_some() || grpc.is_some() || limit.is_some() || try_timeout.is_some();
     let retry = any_retry.then(|| RetrySpec {
         // Linkerd: 1 unless said, and "0" counts as unsaid.
         attempts: u32::from(limit.filter(|l| *l > 0).unwrap_or(1)),
-        codes: codes.unwrap_or_else(|| (500..=599).map(StatusCode).collect()),
+        codes: match (&codes, &grpc) {
+            (Some(codes), _) => codes.clone(),
+            (None, Some(_)) => Vec::new(),
+            (None, None) => (500..=599).map(StatusCode).collect(),
+        },
+        grpc_codes: grpc.unwrap_or_default(),
         ..RetrySpec::default()
     });
     let response = duration("timeout.linkerd.io/response")?;
@@ -117,6 +128,23 @@ fn parse_codes(value: &str) -> Result<Vec<StatusCode>, String> {
     codes.sort_unstable_by_key(|c| c.0);
     codes.dedup();
     Ok(codes)
+}
+
+/// gRPC status names, comma-separated, as their codes.
+fn parse_grpc(value: &str) -> Result<Vec<u32>, String> {
+    value
+        .split(',')
+        .map(|item| match item.trim().to_ascii_lowercase().as_str() {
+            "cancelled" => Ok(1),
+            "deadline-exceeded" => Ok(4),
+            "resource-exhausted" => Ok(8),
+            "internal" => Ok(13),
+            "unavailable" => Ok(14),
+            _ => Err(format!(
+                "{item:?} is not cancelled, deadline-exceeded, internal, resource-exhausted or unavailable"
+            )),
+        })
+        .collect()
 }
 
 /// One number and one unit (`ms`, `s`, `m`, `h`, `d`), or `0`.
@@ -172,6 +200,11 @@ mod tests {
             .unwrap();
         assert_eq!((only_limit.attempts, only_limit.codes.len()), (1, 100));
         assert_eq!(with(&[]).unwrap(), LinkerdPolicy::default());
+        let grpc = with(&[("retry.linkerd.io/grpc", "unavailable,deadline-exceeded")])
+            .unwrap()
+            .retry
+            .unwrap();
+        assert_eq!((grpc.grpc_codes, grpc.codes.len()), (vec![14, 4], 0));
     }
 
     #[test]

@@ -372,6 +372,16 @@ impl FiltersSpec {
         Ok((!filters.is_empty()).then(|| Arc::new(filters)))
     }
 
+    /// These filters on a GRPCRoute, which has no redirect or rewrite: either refuses it.
+    pub(in crate::config) fn for_grpc(mut self) -> Self {
+        if self.redirect.is_some() || self.rewrite.is_some() {
+            self.unsupported.get_or_insert_with(|| {
+                "filters: a GRPCRoute has no RequestRedirect or URLRewrite".into()
+            });
+        }
+        self
+    }
+
     /// Whether a redirect is among them.
     pub(in crate::config) fn redirects(&self) -> bool {
         self.redirect.is_some()

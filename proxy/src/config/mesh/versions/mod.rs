@@ -9,16 +9,19 @@
 //! | `TCPRoute` | `specs.smi-spec.io` v1alpha1-v1alpha4 | before v1alpha4 there are no `matches`: every port |
 //! | `TrafficTarget` | `access.smi-spec.io` v1alpha1-v1alpha3 | v1alpha1 has no `spec` and says `specs` for `rules`; v1alpha1 and v1alpha2 may limit the destination to a `port` |
 //! | `HTTPRoute` | `gateway.networking.k8s.io` v1, v1beta1; `policy.linkerd.io` v1alpha1-v1beta3 | none: one schema (Linkerd's older versions lack fields, which default) |
+//! | `GRPCRoute` | `gateway.networking.k8s.io` v1, v1alpha2 | becomes an HTTPRoute ([`grpc`]) |
 //!
 //! Each version is parsed straight from the document, so an error keeps its line and field.
 
 use serde::{Deserialize, Deserializer};
 
+mod grpc;
+
 use super::access::{IdentityRef, TargetRule, TcpRouteSpec, TrafficTargetSpec};
 use super::{Document, GroupMatch, HttpRouteGroupSpec, Metadata, Object};
 
 /// The mesh kinds read, by `apiVersion` and `kind`.
-pub(in crate::config) const KINDS: [(&str, &str); 20] = [
+pub(in crate::config) const KINDS: [(&str, &str); 22] = [
     ("split.smi-spec.io/v1alpha1", "TrafficSplit"),
     ("split.smi-spec.io/v1alpha2", "TrafficSplit"),
     ("split.smi-spec.io/v1alpha3", "TrafficSplit"),
@@ -39,6 +42,8 @@ pub(in crate::config) const KINDS: [(&str, &str); 20] = [
     ("policy.linkerd.io/v1beta3", "HTTPRoute"),
     ("policy.linkerd.io/v1beta2", "HTTPRoute"),
     ("policy.linkerd.io/v1beta1", "HTTPRoute"),
+    ("gateway.networking.k8s.io/v1", "GRPCRoute"),
+    ("gateway.networking.k8s.io/v1alpha2", "GRPCRoute"),
 ];
 
 /// Whether `(api_version, kind)` is read ([`KINDS`], and Linkerd's v1alpha1 HTTPRoute, which
@@ -74,6 +79,8 @@ pub(in crate::config) fn parse<'de, D: Deserializer<'de>>(
         ("TrafficTarget", _) => {
             serde_path_to_error::deserialize(document).map(Document::TrafficTarget)
         }
+        ("GRPCRoute", _) => serde_path_to_error::deserialize(document)
+            .map(|o: Object<grpc::GrpcRouteSpec>| Document::HttpRoute(grpc::into_http(o))),
         _ => serde_path_to_error::deserialize(document).map(Document::HttpRoute),
     }
 }

@@ -275,3 +275,57 @@ fn http_route_versions_including_linkerds() {
         );
     }
 }
+
+#[test]
+fn grpc_routes_route_as_http_routes_on_the_grpc_path() {
+    let grpc = "---
+apiVersion: gateway.networking.k8s.io/VERSION
+kind: GRPCRoute
+metadata: {name: grpc}
+spec:
+  parentRefs: [{kind: Service, name: web, port: 80}]
+  rules:
+  - matches:
+    - method: {service: echo.Echo, method: Say}
+      headers: [{name: x-test-case, value: set}]
+    - method: {service: echo.Echo}
+    - method: {type: RegularExpression, method: 'S.*'}
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-header-set, value: v}]}
+    backendRefs: [{name: web-v1, port: 80, weight: 70}, {name: web-v2, port: 80, weight: 30}]
+";
+    let http = "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: grpc}
+spec:
+  parentRefs: [{kind: Service, name: web, port: 80}]
+  rules:
+  - matches:
+    - path: {type: Exact, value: /echo.Echo/Say}
+      headers: [{name: x-test-case, value: set}]
+    - path: {type: PathPrefix, value: /echo.Echo}
+    - path: {type: RegularExpression, value: '/(?:[^/]+)/(?:S.*)'}
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-header-set, value: v}]}
+    backendRefs: [{name: web-v1, port: 80, weight: 70}, {name: web-v2, port: 80, weight: 30}]
+";
+    for version in ["v1", "v1alpha2"] {
+        same(&grpc.replace("VERSION", version), http);
+    }
+    let bad = parse(
+        &format!(
+            "{HEAD}{}",
+            grpc.replace("VERSION", "v1")
+                .replace("service: echo.Echo}", "service: 'not a name'}")
+        ),
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        bad.to_string().contains("is not a gRPC service name"),
+        "{bad}"
+    );
+}
