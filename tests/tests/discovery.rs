@@ -16,18 +16,9 @@ use skiff_e2e::*;
 
 const TOKEN: &str = "skiff-test-token";
 
-/// A kubeconfig for the fake API server, as `kubectl config view` would write it.
+/// A kubeconfig for the fake API server.
 fn kubeconfig(api: &FakeApi, name: &str) -> PathBuf {
-    let dir = temp_dir(name);
-    let path = dir.join("kubeconfig");
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: '{}'}}\n\
-         users:\n- name: skiff\n  user: {{token: {TOKEN}}}\ncontexts:\n- name: fake\n  \
-         context: {{cluster: fake, user: skiff, namespace: shop}}\ncurrent-context: fake\n",
-        api.url()
-    );
-    std::fs::write(&path, text).unwrap();
-    path
+    api.kubeconfig(TOKEN, name)
 }
 
 fn service(name: &str, port: u16, cluster_ip: &str) -> Value {

@@ -4,7 +4,6 @@
 //! per port of one Service.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -68,19 +67,6 @@ async fn a_consumer_route_applies_to_its_namespace_only_and_replaces_the_produce
 
 const TOKEN: &str = "gamma-token";
 
-fn kubeconfig(api: &FakeApi) -> PathBuf {
-    let dir = temp_dir("gamma-ports");
-    let path = dir.join("kubeconfig");
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: '{}'}}\n\
-         users:\n- name: skiff\n  user: {{token: {TOKEN}}}\ncontexts:\n- name: fake\n  \
-         context: {{cluster: fake, user: skiff, namespace: shop}}\ncurrent-context: fake\n",
-        api.url()
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_ports_of_one_service_take_their_own_routes() {
     let api = FakeApi::builder().token(TOKEN).start().await;
@@ -115,7 +101,7 @@ async fn two_ports_of_one_service_take_their_own_routes() {
     let proxy = ProxyConfig::new(1)
         .spec(json!({
             "namespace": "shop",
-            "discovery": {"kubernetes": {"kubeconfig": kubeconfig(&api)}}
+            "discovery": {"kubernetes": {"kubeconfig": api.kubeconfig(TOKEN, "gamma-ports")}}
         }))
         .start()
         .await;

@@ -313,6 +313,21 @@ impl FakeApi {
         format!("{scheme}://{}", self.addr)
     }
 
+    /// A kubeconfig for this server with bearer `token` (context namespace `shop`), as
+    /// `kubectl config view` would write it, in a fresh directory named after `name`.
+    pub fn kubeconfig(&self, token: &str, name: &str) -> std::path::PathBuf {
+        let dir = crate::temp_dir(name);
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: '{}'}}\n\
+             users:\n- name: skiff\n  user: {{token: {token}}}\ncontexts:\n- name: fake\n  \
+             context: {{cluster: fake, user: skiff, namespace: shop}}\ncurrent-context: fake\n",
+            self.url()
+        );
+        std::fs::write(&path, text).expect("the kubeconfig is written");
+        path
+    }
+
     /// Creates or replaces an object (by its `apiVersion`, `kind`, `metadata.namespace`,
     /// defaulting to `default` for namespaced kinds, and `metadata.name`); watches get
     /// `ADDED` or `MODIFIED`, or nothing if nothing changed. Returns the stored object, with
