@@ -767,3 +767,40 @@ async fn older_smi_versions_and_linkerds_httproutes_apply_from_the_api() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_is_read_in_the_first_version_that_serves_it() {
+    // As Gateway API v1.0: HTTPRoute in v1, GRPCRoute only in v1alpha2.
+    let api = FakeApi::builder()
+        .token(TOKEN)
+        .unserve_kind("gateway.networking.k8s.io/v1", "GRPCRoute")
+        .start()
+        .await;
+    let pods = pods(&["apex", "v2"]).await;
+    for (name, ip, pod) in [("web", "10.96.5.1", 0), ("web-v2", "10.96.5.2", 1)] {
+        api.apply(service(name, 80, ip));
+        api.apply(slice(name, &format!("{name}-1"), &[pods[pod].1]));
+    }
+    api.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": "GRPCRoute",
+        "metadata": {"name": "echo", "namespace": "shop"},
+        "spec": {"parentRefs": [{"kind": "Service", "name": "web", "port": 80}],
+                 "rules": [{"matches": [{"method": {"service": "echo.Echo"}}],
+                            "backendRefs": [{"name": "web-v2", "port": 80}]}]}
+    }));
+    let proxy = proxy(&api, "discovery-grpc-version").await;
+    let out = proxy.outbound_addr;
+    eventually(
+        Duration::from_secs(10),
+        "the v1alpha2 GRPCRoute applies",
+        || async {
+            let rsp = h1(out)
+                .await
+                .send_request(get("web", "/echo.Echo/Say"))
+                .await
+                .unwrap();
+            body_text(rsp).await == "v2"
+        },
+    )
+    .await;
+}

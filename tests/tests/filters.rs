@@ -164,8 +164,28 @@ async fn rewrites_change_the_path_and_host_sent_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mirror_gets_a_copy_and_a_dead_or_slow_mirror_changes_nothing_for_the_primary() {
-    let primary = hello("primary").await;
-    let shadow = hello("shadow").await;
+    let primary = backend(|req| async move {
+        // Read the body as an application would.
+        let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+        ok("primary")
+    })
+    .await;
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = bodies.clone();
+    let shadow = backend(move |req| {
+        let seen = seen.clone();
+        async move {
+            let bytes = http_body_util::BodyExt::collect(req.into_body())
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            seen.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&bytes).into_owned());
+            ok("shadow")
+        }
+    })
+    .await;
     let slow = backend(|_req| async {
         tokio::time::sleep(std::time::Duration::from_secs(30)).await;
         ok("late")
@@ -200,18 +220,29 @@ async fn a_mirror_gets_a_copy_and_a_dead_or_slow_mirror_changes_nothing_for_the_
             assert_eq!(body_text(rsp).await, "primary", "{path}");
         }
     }
-    // Each copy of /copy reached the shadow, with the request's path.
-    eventually(std::time::Duration::from_secs(10), "20 copies", || async {
-        shadow.requests() == 20
+    // A request with a body (sized, as most are): the copy carries the same body.
+    let post = http::Request::post("/copy")
+        .header("host", "web")
+        .body(text("payload"))
+        .unwrap();
+    let rsp = c.send_request(post).await.unwrap();
+    assert_eq!(body_text(rsp).await, "primary");
+    // Each copy of /copy reached the shadow, with the request's path and body.
+    eventually(std::time::Duration::from_secs(10), "21 copies", || async {
+        shadow.requests() == 21
     })
     .await;
     assert_eq!(shadow.last().uri.path(), "/copy");
-    assert_eq!(primary.requests(), 60, "every primary request, once");
-    let (_, metrics) = admin_get(proxy.admin_addr, "/metrics").await;
-    assert!(
-        metrics.contains(r#"skiff_mirror_requests_total{route="web-route",backend="shadow",result="answered"} 20"#),
-        "{metrics}"
+    assert_eq!(
+        bodies.lock().unwrap().last().map(String::as_str),
+        Some("payload")
     );
+    assert_eq!(primary.requests(), 61, "every primary request, once");
+    eventually(std::time::Duration::from_secs(10), "copies counted", || async {
+        let (_, metrics) = admin_get(proxy.admin_addr, "/metrics").await;
+        metrics.contains(r#"skiff_mirror_requests_total{route="web-route",backend="shadow",result="answered"} 21"#)
+    })
+    .await;
     eventually(std::time::Duration::from_secs(10), "dead mirror counted", || async {
         let (_, metrics) = admin_get(proxy.admin_addr, "/metrics").await;
         metrics.contains(r#"skiff_mirror_requests_total{route="web-route",backend="dead",result="failed"} 20"#)

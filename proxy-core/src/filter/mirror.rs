@@ -129,6 +129,18 @@ impl Head {
     }
 }
 
+impl Tee {
+    /// The body has ended: the copies leave (once).
+    fn finish(&mut self) {
+        if let Some(copy) = self.copy.take() {
+            let copy = copy.freeze();
+            for sink in &self.sinks {
+                sink.send(self.head.request(copy.clone()));
+            }
+        }
+    }
+}
+
 /// The primary's body, copied (up to the bound) as it streams; the copies leave at its end.
 struct Tee {
     inner: Body,
@@ -158,20 +170,19 @@ impl http_body::Body for Tee {
                         copy.extend_from_slice(data);
                     }
                 }
+                // The end is often known before the body says `None`: hyper stops polling
+                // a body whose length is reached (or that reports its end), and trailers
+                // are its last frame. (Trailers are not copied.)
+                if f.is_trailers() || this.inner.is_end_stream() {
+                    this.finish();
+                }
             }
             Some(Err(_)) => {
                 if this.copy.take().is_some() {
                     this.sinks.iter().for_each(|s| s.skipped());
                 }
             }
-            None => {
-                if let Some(copy) = this.copy.take() {
-                    let copy = copy.freeze();
-                    for sink in &this.sinks {
-                        sink.send(this.head.request(copy.clone()));
-                    }
-                }
-            }
+            None => this.finish(),
         }
         Poll::Ready(frame)
     }

@@ -1,4 +1,6 @@
+use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
+use http_body::Body as _;
 use tower::{service_fn, Layer, ServiceExt};
 
 use super::*;
@@ -273,13 +275,21 @@ fn mirrored(sink: &Arc<Recorder>, numerator: u32) -> Filters {
     }
 }
 
-/// An upstream that reads the whole body and answers its length.
+/// An upstream that reads the body as hyper's client does (stopping once the body says it
+/// has ended, without waiting for its `None`) and answers its length.
 fn reader(
 ) -> impl Service<Request<Body>, Response = Response<Body>, Error = BoxError, Future = impl Send> + Clone
 {
     service_fn(|req: Request<Body>| async move {
         use http_body_util::BodyExt;
-        let n = req.into_body().collect().await?.to_bytes().len();
+        let mut body = req.into_body();
+        let mut n = 0;
+        while !body.is_end_stream() {
+            match body.frame().await {
+                Some(frame) => n += frame?.data_ref().map_or(0, Bytes::len),
+                None => break,
+            }
+        }
         Ok::<_, BoxError>(Response::new(body::full(n.to_string())))
     })
 }

@@ -213,6 +213,11 @@ fn lenient(kind: &str, value: serde_json::Value) -> Result<(Document, Vec<String
     };
     let document = serde_ignored::Deserializer::new(&value, &mut note);
     match mesh::parse_document(&api_version, kind, document) {
+        // Access kinds fail closed: refused, not read without the field.
+        Ok(_) if mesh::is_access_kind(kind) && !ignored.is_empty() => Err(format!(
+            "{}: {kind} has no such field, and access documents take no unknown fields",
+            ignored.join(", ")
+        )),
         Ok(doc) => Ok((doc, ignored)),
         Err(e) => Err(format!("{}: {}", e.path(), e.inner())),
     }
@@ -436,6 +441,48 @@ mod tests {
             joined.routes.is_empty(),
             "another namespace's consumer route"
         );
+    }
+
+    #[test]
+    fn the_deployed_cluster_role_grants_every_kind_watched() {
+        let rbac = include_str!("../../../deploy/discovery-rbac.yaml");
+        let role: serde_yaml_ng::Value = serde_yaml_ng::Deserializer::from_str(rbac)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .find(|d: &serde_yaml_ng::Value| d["kind"] == "ClusterRole")
+            .unwrap();
+        let granted = |group: &str, resource: &str| {
+            role["rules"].as_sequence().unwrap().iter().any(|rule| {
+                let has = |field: &str, want: &str| {
+                    rule[field]
+                        .as_sequence()
+                        .is_some_and(|l| l.iter().any(|v| v.as_str() == Some(want)))
+                };
+                has("apiGroups", group) && has("resources", resource) && has("verbs", "watch")
+            })
+        };
+        for (group, kind) in KINDS {
+            let plural = format!("{}s", kind.to_ascii_lowercase());
+            assert!(
+                granted(group, &plural),
+                "{plural}.{group} is watched but not granted"
+            );
+        }
+    }
+
+    #[test]
+    fn an_access_object_with_an_unknown_field_is_refused_not_read_without_it() {
+        let tcp = object(
+            "TCPRoute",
+            "db",
+            json!({
+                "apiVersion": "specs.smi-spec.io/v1alpha4", "kind": "TCPRoute",
+                "metadata": {"name": "db", "namespace": "shop"},
+                "spec": {"matches": {"port": [5432]}}
+            }),
+        );
+        let joined = join(&[], &spec(), &[tcp]).unwrap();
+        assert_eq!(joined.refused.len(), 1, "{:?}", joined.refused);
+        assert!(joined.refused[0].reason.contains("spec.matches.port"));
     }
 
     #[test]

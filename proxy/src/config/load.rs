@@ -165,11 +165,21 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
                 let parsed = mesh::parse_document(v, kind, document);
                 for path in ignored {
                     let field = path.rsplit('.').next().unwrap_or(&path).to_owned();
-                    warnings.push(ConfigError {
+                    let line = field_line(text, &starts, index, &field, &mut seen_fields);
+                    // Access kinds fail closed: an unknown field there is an error.
+                    let (list, message) = if mesh::is_access_kind(kind) {
+                        (&mut errors, format!("{path}: {kind} has no field {field} (access documents take no unknown fields: ignoring one could let in what it meant to keep out)"))
+                    } else {
+                        (
+                            &mut warnings,
+                            format!("{path}: {kind} has no field {field}; ignored"),
+                        )
+                    };
+                    list.push(ConfigError {
                         file: file.clone(),
-                        line: field_line(text, &starts, index, &field, &mut seen_fields),
+                        line,
                         column: None,
-                        message: format!("{path}: {kind} has no field {field}; ignored"),
+                        message,
                     });
                 }
                 match parsed {
@@ -227,6 +237,13 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
                 .map_err(|e| proxy_error(format!("spec.identity: {e}")))?,
         ),
         None => {
+            if proxy.inbound.default_policy != super::DefaultPolicy::Allow {
+                return Err(proxy_error(
+                    "spec.inbound.defaultPolicy: deny and audit need this proxy's own \
+                     `spec.identity` (without one, no caller can be told apart)"
+                        .into(),
+                ));
+            }
             if let Some((name, _)) = proxy.services.iter().find(|(_, s)| s.identity.is_some()) {
                 return Err(proxy_error(format!(
                     "spec.services.{name}.identity: mTLS to a service needs this proxy's own \

@@ -1,7 +1,7 @@
 //! Where a route's `RequestMirror` copies go: an endpoint of the mirror's service, picked
 //! and called as a try of its own would be (its balancer, pools, breaker gates), in a task
-//! of its own. The outcome is counted (`skiff_mirror_requests_total`) and the response
-//! dropped; nothing waits for it.
+//! of its own, at most [`MAX_IN_FLIGHT`] at a time. The outcome is counted
+//! (`skiff_mirror_requests_total`) and the response dropped; nothing waits for it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,10 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
+use proxy_core::breaker::{Breaker, BreakerLayer};
 use proxy_core::filter::MirrorSink;
 use proxy_core::{Body, BoxError};
 use proxy_metrics::http::HttpFamilies;
 use proxy_metrics::mirror::MirrorResult;
+use tokio::sync::Semaphore;
 use tower::{Layer, ServiceExt};
 
 use crate::routing::{ServiceTarget, Target};
@@ -23,13 +25,18 @@ use crate::upstream::pool::Pools;
 /// The longest a copy may take before it counts as failed (and is dropped).
 const MIRROR_DEADLINE: Duration = Duration::from_secs(10);
 
+/// The most copies in flight to one mirror of one route: beyond it, copies are skipped, so
+/// a slow mirror holds a bounded amount of memory and connections.
+const MAX_IN_FLIGHT: usize = 100;
+
 /// Sends copies to one service.
 pub(crate) struct ServiceMirror {
     route: String,
     backend: String,
     service: Arc<ServiceTarget>,
-    send: Pick<Forward>,
+    send: Pick<Breaker<Forward>>,
     metrics: Arc<HttpFamilies>,
+    in_flight: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for ServiceMirror {
@@ -50,19 +57,26 @@ impl ServiceMirror {
         pools: &Arc<Pools>,
         metrics: &Arc<HttpFamilies>,
     ) -> Self {
-        let send = PickLayer::new(pools.clone()).layer(Forward);
+        // The breaker layer settles the admission the pick takes: without it, a copy that
+        // took an endpoint's half-open probe would hold it for ever.
+        let send = PickLayer::new(pools.clone()).layer(BreakerLayer.layer(Forward));
         Self {
             route: route.to_owned(),
             backend: backend.to_owned(),
             service,
             send,
             metrics: metrics.clone(),
+            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         }
     }
 }
 
 impl MirrorSink for ServiceMirror {
     fn send(&self, mut req: Request<Body>) {
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            self.skipped();
+            return;
+        };
         req.extensions_mut()
             .insert(Target::Service(self.service.clone()));
         // Boxed here, where its types are concrete: the compiler cannot prove the pick's
@@ -72,6 +86,7 @@ impl MirrorSink for ServiceMirror {
         let metrics = self.metrics.clone();
         let (route, backend) = (self.route.clone(), self.backend.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let answered = tokio::time::timeout(MIRROR_DEADLINE, async move {
                 let rsp = call.await?;
                 // Read to the end so the connection goes back to its pool.

@@ -179,6 +179,12 @@ impl Registry {
             .retain(|t| !(t.group == group && t.version == version));
     }
 
+    /// Stops serving one kind of a group-version.
+    pub(crate) fn remove_kind(&mut self, group: &str, version: &str, kind: &str) {
+        self.types
+            .retain(|t| !(t.group == group && t.version == version && t.kind == kind));
+    }
+
     /// Whether a group-version is served at all.
     fn serves(&self, group: &str, version: &str) -> bool {
         self.types

@@ -253,6 +253,14 @@ impl FakeApiBuilder {
         self
     }
 
+    /// Stops serving `kind` in `api_version` only (Gateway API v1.0 served HTTPRoute in
+    /// `v1` but GRPCRoute only in `v1alpha2`).
+    pub fn unserve_kind(mut self, api_version: &str, kind: &str) -> Self {
+        let (group, version) = split_api_version(api_version);
+        self.registry.remove_kind(group, version, kind);
+        self
+    }
+
     /// Starts the server; it is listening when this returns.
     ///
     /// # Panics

@@ -36,8 +36,25 @@ pub(super) struct Metadata {
     #[serde(default)]
     namespace: Option<String>,
     /// Read for Linkerd's retry and timeout annotations on routes.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "annotations_as_text")]
     annotations: BTreeMap<String, String>,
+}
+
+/// Annotations, each value as text: Kubernetes keeps only strings, but a hand-written file
+/// may say `x: true`, which was accepted (and ignored) before annotations were read.
+fn annotations_as_text<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let raw = BTreeMap::<String, serde_yaml_ng::Value>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .filter_map(|(k, v)| match v {
+            serde_yaml_ng::Value::String(s) => Some((k, s)),
+            serde_yaml_ng::Value::Bool(b) => Some((k, b.to_string())),
+            serde_yaml_ng::Value::Number(n) => Some((k, n.to_string())),
+            _ => None,
+        })
+        .collect())
 }
 
 /// A Kubernetes object whose `spec` is `S`.
@@ -65,6 +82,12 @@ pub(super) enum Document {
 }
 
 pub(super) use versions::{known, parse as parse_document, KINDS};
+
+/// Whether `kind` says who may call: an unknown field in one is not ignored (a misspelt
+/// `ports` or `pathRegex` would otherwise let in everything it meant to keep out).
+pub(super) fn is_access_kind(kind: &str) -> bool {
+    matches!(kind, "TrafficTarget" | "HTTPRouteGroup" | "TCPRoute")
+}
 
 /// Whether an ignored field is worth reporting: not one of `metadata`'s, where Kubernetes
 /// keeps uids, labels, managed fields and the like that no route depends on.

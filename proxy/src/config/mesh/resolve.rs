@@ -283,10 +283,16 @@ pub(in crate::config) fn resolve(
             }
             Document::HttpRoute(r) => {
                 let ns = r.metadata.namespace.as_deref().unwrap_or(local_ns);
-                let linkerd = annotations::linkerd(&r.metadata.annotations).unwrap_or_else(|e| {
-                    problems.push((index, e));
-                    annotations::LinkerdPolicy::default()
-                });
+                // An annotation Skiff cannot read, like a filter it does not implement,
+                // refuses the route alone: honouring the rest would drop its retries or
+                // timeouts without a word.
+                let linkerd = match annotations::linkerd(&r.metadata.annotations) {
+                    Ok(policy) => policy,
+                    Err(e) => {
+                        refused.push((index, e));
+                        continue;
+                    }
+                };
                 let mut routes = Vec::new();
                 // Gateway API: no rules, or a rule without matches, match every request.
                 let default_rules = super::default_rules();
@@ -295,12 +301,20 @@ pub(in crate::config) fn resolve(
                 } else {
                     &r.spec.rules
                 };
-                // A filter Skiff does not implement refuses the route, alone.
+                // A filter Skiff does not implement (on the rule, or one only the rule may
+                // have on a backend) refuses the route, alone.
                 let unsupported = rules.iter().enumerate().find_map(|(i, rule)| {
-                    std::iter::once(&rule.filters)
-                        .chain(rule.backend_refs.iter().map(|b| &b.filters))
-                        .find_map(|f| f.unsupported.clone())
+                    rule.filters
+                        .unsupported
+                        .clone()
                         .map(|why| format!("spec.rules[{i}].{why}"))
+                        .or_else(|| {
+                            rule.backend_refs.iter().enumerate().find_map(|(j, b)| {
+                                b.filters.backend_problem().map(|why| {
+                                    format!("spec.rules[{i}].backendRefs[{j}].filters: {why}")
+                                })
+                            })
+                        })
                 });
                 if let Some(why) = unsupported {
                     refused.push((index, why));
@@ -316,14 +330,20 @@ pub(in crate::config) fn resolve(
                     } else {
                         rule.matches.iter().map(gateway_match).collect()
                     };
-                    let prefixes: Vec<String> = rule
-                        .matches
-                        .iter()
-                        .filter_map(|m| match m.path.as_ref().map(|p| &p.0) {
-                            Some(PathMatch::Prefix(p)) => Some(p.clone()),
-                            _ => None,
-                        })
-                        .collect();
+                    // A match without a path (or a rule without matches) is Gateway API's
+                    // default, PathPrefix `/`.
+                    let prefixes: Vec<String> = if rule.matches.is_empty() {
+                        vec!["/".to_owned()]
+                    } else {
+                        rule.matches
+                            .iter()
+                            .filter_map(|m| match m.path.as_ref().map(|p| &p.0) {
+                                Some(PathMatch::Prefix(p)) => Some(p.clone()),
+                                None => Some("/".to_owned()),
+                                _ => None,
+                            })
+                            .collect()
+                    };
                     if rule.filters.redirects() && !rule.backend_refs.is_empty() {
                         problems.push((
                             index,
@@ -338,18 +358,11 @@ pub(in crate::config) fn resolve(
                     let backends = rule
                         .backend_refs
                         .iter()
-                        .enumerate()
-                        .map(|(j, b)| {
-                            if let Some(why) = b.filters.backend_problem() {
-                                let at = format!("spec.rules[{i}].backendRefs[{j}].filters");
-                                problems.push((index, format!("{at}: {why}")));
-                            }
-                            BackendSpec {
-                                name: b.name.clone(),
-                                service: None,
-                                weight: b.weight,
-                                filters: b.filters.build(&[]).ok().flatten(),
-                            }
+                        .map(|b| BackendSpec {
+                            name: b.name.clone(),
+                            service: None,
+                            weight: b.weight,
+                            filters: b.filters.build(&[]).ok().flatten(),
                         })
                         .collect();
                     let timeouts = linkerd.timeouts_over(rule.timeouts.map(|t| TimeoutsSpec {

@@ -272,6 +272,8 @@ impl Kubernetes {
                 }
                 // An endpoint whose Pod could not be read is left out: called in plaintext,
                 // a meshed Pod would get the request unencrypted and unauthenticated.
+                // A Pod that left unread is not retried for ever.
+                failing.retain(|name| endpoints.iter().any(|e| e.pod.as_ref() == Some(name)));
                 let resolved: Vec<Resolved> = endpoints
                     .into_iter()
                     .filter_map(|endpoint| match &endpoint.pod {
@@ -334,15 +336,17 @@ async fn watch_kind(
     loop {
         match kube::discovery::group(&client, group).await {
             Ok(found) => {
-                let version = found
+                // The first version, in the server's preference, that Skiff reads and that
+                // serves this kind (a group's versions need not all serve every kind).
+                let resource = found
                     .versions()
-                    .find(|v| crate::config::api::readable(&format!("{group}/{v}"), kind));
-                let resource = version.and_then(|v| {
-                    found
-                        .versioned_resources(v)
-                        .into_iter()
-                        .find(|(r, _)| r.kind == kind)
-                });
+                    .filter(|v| crate::config::api::readable(&format!("{group}/{v}"), kind))
+                    .find_map(|v| {
+                        found
+                            .versioned_resources(v)
+                            .into_iter()
+                            .find(|(r, _)| r.kind == kind)
+                    });
                 if let Some((resource, _)) = resource {
                     let api: Api<DynamicObject> = match &ns {
                         Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),

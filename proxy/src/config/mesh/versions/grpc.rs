@@ -90,10 +90,8 @@ fn method_path(raw: RawMethodMatch) -> Result<Option<PathMatch>, String> {
     match raw.kind {
         MethodKind::Exact => {
             if let Some(s) = &service {
-                let ok = s
-                    .trim_start_matches('.')
-                    .split('.')
-                    .all(|part| identifier(part, false));
+                // `pkg.Service`, with at most one leading dot.
+                let ok = s.strip_prefix('.').unwrap_or(s).split('.').all(identifier);
                 if !ok {
                     return Err(format!(
                         "service {s:?} is not a gRPC service name (pkg.Service)"
@@ -101,7 +99,7 @@ fn method_path(raw: RawMethodMatch) -> Result<Option<PathMatch>, String> {
                 }
             }
             if let Some(m) = &method {
-                if !identifier(m, true) {
+                if !identifier(m) {
                     return Err(format!("method {m:?} is not a gRPC method name"));
                 }
             }
@@ -121,13 +119,12 @@ fn method_path(raw: RawMethodMatch) -> Result<Option<PathMatch>, String> {
 }
 
 /// A protobuf identifier (letters, digits, `_`, not starting with a digit).
-fn identifier(s: &str, upper_ok: bool) -> bool {
+fn identifier(s: &str) -> bool {
     let mut chars = s.chars();
     chars
         .next()
         .is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
         && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
-        && (upper_ok || !s.is_empty())
 }
 
 impl From<GrpcRouteSpec> for HttpRouteSpec {

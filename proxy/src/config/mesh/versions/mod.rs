@@ -164,12 +164,12 @@ pub(in crate::config) fn parse_quantity(text: &str) -> Option<u32> {
         "k" => 6,
         "M" => 9,
         "Ki" | "Mi" => return binary(number, if suffix == "Ki" { 1024 } else { 1024 * 1024 }),
-        e if e.starts_with(['e', 'E']) => 3 + e[1..].parse::<i32>().ok()?,
+        e if e.starts_with(['e', 'E']) => e[1..].parse::<i32>().ok()?.checked_add(3)?,
         _ => return None,
     };
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
     let digits: String = format!("{whole}{fraction}");
-    let scale = exponent - i32::try_from(fraction.len()).ok()?;
+    let scale = exponent.checked_sub(i32::try_from(fraction.len()).ok()?)?;
     let mantissa: u128 = if digits.is_empty() {
         0
     } else {
@@ -188,7 +188,8 @@ fn binary(number: &str, factor: u128) -> Option<u32> {
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
     let digits: u128 = format!("{whole}{fraction}").parse().ok()?;
     let div = 10u128.checked_pow(u32::try_from(fraction.len()).ok()?)?;
-    u32::try_from((digits * factor * 1000).div_ceil(div)).ok()
+    let thousandths = digits.checked_mul(factor)?.checked_mul(1000)?;
+    u32::try_from(thousandths.div_ceil(div)).ok()
 }
 
 /// HTTPRouteGroup v1alpha1 and v1alpha2: `matches` at the top, no `spec`.

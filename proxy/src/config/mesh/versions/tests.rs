@@ -54,6 +54,8 @@ fn quantities_become_thousandths() {
         ("", None),
         ("abc", None),
         ("1E", None),
+        ("1e2147483647", None),
+        ("99999999999999999999999999999999Ki", None),
     ] {
         assert_eq!(parse_quantity(text), want, "{text:?}");
     }
