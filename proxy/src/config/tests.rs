@@ -641,3 +641,26 @@ fn a_default_policy_that_denies_needs_an_identity() {
         "{HEAD}spec:\n  inbound: {{defaultPolicy: allow}}\n"
     ));
 }
+
+#[test]
+fn a_rewrite_or_redirect_host_must_be_a_host_name() {
+    for (filter, stanza) in [
+        ("URLRewrite", "urlRewrite"),
+        ("RequestRedirect", "requestRedirect"),
+    ] {
+        rejected(
+            &format!(
+                "{MESH_HEAD}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r}}
+spec:
+  parentRefs: [{{kind: Service, name: web}}]
+  rules:
+  - filters: [{{type: {filter}, {stanza}: {{hostname: 'bad host:99'}}}}]
+"
+            ),
+            "is not a host name",
+        );
+    }
+}

@@ -201,7 +201,8 @@ fn parse(raw: Vec<RawFilter>) -> Result<FiltersSpec, String> {
                     .clone()
                     .ok_or_else(|| missing("urlRewrite"))?;
                 let path = r.path.map(|p| path(p, i)).transpose()?;
-                if spec.rewrite.replace((r.hostname, path)).is_some() {
+                let hostname = r.hostname.map(|h| hostname(h, i)).transpose()?;
+                if spec.rewrite.replace((hostname, path)).is_some() {
                     return Err(twice());
                 }
             }
@@ -283,6 +284,18 @@ fn modifier(raw: RawHeaderModifier, i: usize) -> Result<HeaderModifier, String> 
     Ok(m)
 }
 
+/// A host name alone (no port, no wildcard), as `Host` can carry it.
+fn hostname(h: String, i: usize) -> Result<String, String> {
+    let valid = !h.is_empty()
+        && !h.contains([':', '*', '/'])
+        && http::uri::Authority::try_from(h.as_str()).is_ok();
+    if valid {
+        Ok(h)
+    } else {
+        Err(format!("[{i}].hostname: {h:?} is not a host name"))
+    }
+}
+
 fn path(raw: RawPathModifier, i: usize) -> Result<PathSpec, String> {
     let value = match raw.kind {
         PathModifierKind::ReplaceFullPath => raw.replace_full_path.map(PathSpec::Full),
@@ -318,7 +331,7 @@ fn redirect(raw: RawRedirect, i: usize) -> Result<(Redirect, Option<PathSpec>), 
     Ok((
         Redirect {
             scheme,
-            hostname: raw.hostname,
+            hostname: raw.hostname.map(|h| hostname(h, i)).transpose()?,
             port: raw.port,
             path: None,
             status,
