@@ -22,6 +22,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::exposition;
 use crate::http::HttpFamilies;
 use crate::tap::{Filter, Subscription, TapHub};
 
@@ -217,10 +218,19 @@ async fn handle(admin: &Admin, req: Request<Incoming>, peer: IpAddr) -> Response
             if prometheus_client::encoding::text::encode(&mut out, &admin.registry).is_err() {
                 return text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n");
             }
-            with_type(
-                full(admin.families.load().apply(out)),
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )
+            let out = admin.families.load().apply(out);
+            let accept = req
+                .headers()
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            if exposition::wants_openmetrics(accept) {
+                with_type(
+                    full(exposition::with_whole_le(&out)),
+                    exposition::OPENMETRICS_FORMAT,
+                )
+            } else {
+                with_type(full(exposition::to_text(&out)), exposition::TEXT_FORMAT)
+            }
         }
         (Method::GET | Method::HEAD, "/ready") => match admin.readiness.not_ready_because() {
             None if admin.readiness.discovery_stale.load(Ordering::Acquire) => text(

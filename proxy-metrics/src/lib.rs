@@ -18,6 +18,7 @@
 
 pub mod admin;
 pub mod discovery;
+pub mod exposition;
 pub mod http;
 pub mod identity;
 pub mod mirror;
