@@ -13,6 +13,9 @@ use crate::Labels;
 pub struct IdentityFamilies {
     reloads: Family<Labels, Counter>,
     expiry: Gauge,
+    // Linkerd's names for the same facts, for its dashboards and alerts.
+    linkerd_expiry: Gauge,
+    linkerd_refreshes: Gauge,
     handshake_failures: Family<Labels, Counter>,
     authz: Family<Labels, Counter>,
 }
@@ -29,6 +32,18 @@ impl IdentityFamilies {
             "skiff_identity_cert_expiry_timestamp_seconds",
             "When the certificate in use expires, in seconds since the Unix epoch",
             this.expiry.clone(),
+        );
+        registry.register(
+            "identity_cert_expiration_timestamp_seconds",
+            "When the certificate in use expires, in seconds since the Unix epoch (Linkerd's name)",
+            this.linkerd_expiry.clone(),
+        );
+        // A gauge that only grows, so that the sample keeps Linkerd's name exactly (a
+        // counter's would gain `_total`).
+        registry.register(
+            "identity_cert_refresh_count",
+            "Certificates loaded successfully (Linkerd's name)",
+            this.linkerd_refreshes.clone(),
         );
         registry.register(
             "skiff_tls_handshake_failures",
@@ -54,7 +69,10 @@ impl IdentityFamilies {
             .get_or_create(&vec![("result", result.to_owned())])
             .inc();
         if let Some(secs) = expiry_unix_secs {
-            self.expiry.set(i64::try_from(secs).unwrap_or(i64::MAX));
+            let secs = i64::try_from(secs).unwrap_or(i64::MAX);
+            self.expiry.set(secs);
+            self.linkerd_expiry.set(secs);
+            self.linkerd_refreshes.inc();
         }
     }
 

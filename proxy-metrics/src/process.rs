@@ -1,6 +1,7 @@
-//! Process series, read from `/proc` at scrape time: CPU seconds, resident memory, open
-//! file descriptors and start time, under the names every Prometheus client library uses.
-//! Elsewhere than Linux the series are absent.
+//! Process series, read from `/proc` at scrape time: CPU seconds, resident and virtual
+//! memory, open and maximum file descriptors and start time, under the names every
+//! Prometheus client library (and Linkerd's proxy) uses. Elsewhere than Linux the series
+//! are absent.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -22,6 +23,10 @@ pub struct Sample {
     pub cpu_seconds: f64,
     /// Resident set size, bytes.
     pub resident_bytes: i64,
+    /// Virtual memory size, bytes.
+    pub virtual_bytes: i64,
+    /// The soft limit on open file descriptors (`None`: unlimited).
+    pub max_fds: Option<i64>,
     /// Open file descriptors.
     pub open_fds: i64,
     /// Start time, seconds since the Unix epoch.
@@ -38,14 +43,29 @@ pub fn sample() -> Option<Sample> {
     let field = |n: usize| fields.get(n - 3)?.parse::<f64>().ok();
     let cpu_seconds = (field(14)? + field(15)?) / TICKS_PER_SECOND;
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let rss_kb: i64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
+    let kb = |key: &str| -> Option<i64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    let rss_kb = kb("VmRSS:")?;
+    let virtual_kb = kb("VmSize:")?;
+    // "Max open files   <soft>   <hard>   files"
+    let max_fds = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+            line["Max open files".len()..]
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        });
     let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as i64;
     let boot: f64 = std::fs::read_to_string("/proc/stat")
         .ok()?
@@ -57,6 +77,8 @@ pub fn sample() -> Option<Sample> {
     Some(Sample {
         cpu_seconds,
         resident_bytes: rss_kb * 1024,
+        virtual_bytes: virtual_kb * 1024,
+        max_fds,
         open_fds,
         start_time_seconds: boot + field(22)? / TICKS_PER_SECOND,
     })
@@ -80,11 +102,25 @@ impl Collector for ProcessCollector {
                 "Resident memory size, in bytes",
                 s.resident_bytes,
             ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size, in bytes",
+                s.virtual_bytes,
+            ),
             ("process_open_fds", "Open file descriptors", s.open_fds),
         ];
         for (name, help, value) in gauges {
             let g = ConstGauge::new(value);
             g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        if let Some(max) = s.max_fds {
+            let g = ConstGauge::new(max);
+            g.encode(encoder.encode_descriptor(
+                "process_max_fds",
+                "The most file descriptors the process may open",
+                None,
+                g.metric_type(),
+            )?)?;
         }
         let start = ConstGauge::new(s.start_time_seconds);
         start.encode(encoder.encode_descriptor(
@@ -106,6 +142,8 @@ mod tests {
         };
         assert!(s.resident_bytes > 1024 * 1024, "{s:?}");
         assert!(s.open_fds >= 3, "{s:?}");
+        assert!(s.virtual_bytes >= s.resident_bytes, "{s:?}");
+        assert!(s.max_fds.is_none_or(|m| m >= s.open_fds), "{s:?}");
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

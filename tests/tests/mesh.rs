@@ -77,6 +77,15 @@ async fn http1_crosses_the_mesh_over_mtls_http2_and_arrives_as_sent() {
         a_metrics.contains("skiff_identity_cert_expiry_timestamp_seconds"),
         "{a_metrics}"
     );
+    // Linkerd's names for the same facts, as its dashboards and alerts read them.
+    assert!(
+        a_metrics.contains("\nidentity_cert_expiration_timestamp_seconds "),
+        "{a_metrics}"
+    );
+    assert!(
+        a_metrics.contains("\nidentity_cert_refresh_count 1\n"),
+        "{a_metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
