@@ -20,6 +20,8 @@ mod access;
 mod annotations;
 mod filters;
 mod resolve;
+#[cfg(test)]
+mod tests;
 mod versions;
 
 pub(super) use access::resolve as resolve_access;
