@@ -165,52 +165,46 @@ impl<'de> Deserialize<'de> for FiltersSpec {
 fn parse(raw: Vec<RawFilter>) -> Result<FiltersSpec, String> {
     let mut spec = FiltersSpec::default();
     for (i, filter) in raw.into_iter().enumerate() {
-        let missing = |field: &str| format!("[{i}]: type {} needs `{field}`", filter.kind);
-        let twice = || format!("[{i}]: a second {} filter", filter.kind);
-        match filter.kind.as_str() {
+        let RawFilter {
+            kind,
+            request_header_modifier,
+            response_header_modifier,
+            request_redirect,
+            url_rewrite,
+            request_mirror,
+            ..
+        } = filter;
+        let missing = |field: &str| format!("[{i}]: type {kind} needs `{field}`");
+        // Every filter Skiff implements but RequestMirror appears at most once.
+        let once = |taken: bool| {
+            if taken {
+                Err(format!("[{i}]: a second {kind} filter"))
+            } else {
+                Ok(())
+            }
+        };
+        match kind.as_str() {
             "RequestHeaderModifier" => {
-                let m = filter
-                    .request_header_modifier
-                    .clone()
-                    .ok_or_else(|| missing("requestHeaderModifier"))?;
-                if spec.request_headers.replace(modifier(m, i)?).is_some() {
-                    return Err(twice());
-                }
+                let m = request_header_modifier.ok_or_else(|| missing("requestHeaderModifier"))?;
+                once(spec.request_headers.replace(modifier(m, i)?).is_some())?;
             }
             "ResponseHeaderModifier" => {
-                let m = filter
-                    .response_header_modifier
-                    .clone()
-                    .ok_or_else(|| missing("responseHeaderModifier"))?;
-                if spec.response_headers.replace(modifier(m, i)?).is_some() {
-                    return Err(twice());
-                }
+                let m =
+                    response_header_modifier.ok_or_else(|| missing("responseHeaderModifier"))?;
+                once(spec.response_headers.replace(modifier(m, i)?).is_some())?;
             }
             "RequestRedirect" => {
-                let r = filter
-                    .request_redirect
-                    .clone()
-                    .ok_or_else(|| missing("requestRedirect"))?;
-                if spec.redirect.replace(redirect(r, i)?).is_some() {
-                    return Err(twice());
-                }
+                let r = request_redirect.ok_or_else(|| missing("requestRedirect"))?;
+                once(spec.redirect.replace(redirect(r, i)?).is_some())?;
             }
             "URLRewrite" => {
-                let r = filter
-                    .url_rewrite
-                    .clone()
-                    .ok_or_else(|| missing("urlRewrite"))?;
+                let r = url_rewrite.ok_or_else(|| missing("urlRewrite"))?;
                 let path = r.path.map(|p| path(p, i)).transpose()?;
                 let hostname = r.hostname.map(|h| hostname(h, i)).transpose()?;
-                if spec.rewrite.replace((hostname, path)).is_some() {
-                    return Err(twice());
-                }
+                once(spec.rewrite.replace((hostname, path)).is_some())?;
             }
             "RequestMirror" => {
-                let m = filter
-                    .request_mirror
-                    .clone()
-                    .ok_or_else(|| missing("requestMirror"))?;
+                let m = request_mirror.ok_or_else(|| missing("requestMirror"))?;
                 let (numerator, denominator) = match (m.percent, m.fraction) {
                     (Some(_), Some(_)) => {
                         return Err(format!(

@@ -297,11 +297,10 @@ impl Endpoints {
         self.dns.as_ref()
     }
 
-    /// The current endpoints and a round-robin starting index.
+    /// The current endpoints and a round-robin starting index. (A request's use of lazily
+    /// watched endpoints is noted once, by [`Endpoints::is_synced`] or
+    /// [`Endpoints::synced`], before it picks.)
     pub(crate) fn snapshot(&self) -> (Arc<Vec<Arc<Endpoint>>>, usize) {
-        if let Some(lazy) = &self.lazy {
-            lazy.use_now();
-        }
         (
             self.current.load_full(),
             self.next.fetch_add(1, Ordering::Relaxed),

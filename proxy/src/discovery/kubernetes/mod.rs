@@ -107,35 +107,25 @@ impl Kubernetes {
                 .collect()
         };
         let allowed = self.spec.namespaces.clone();
-        let stores: Arc<Mutex<Vec<Option<Store<Service>>>>> =
-            Arc::new(Mutex::new(vec![None; apis.len()]));
-        let publish = Arc::new(publish);
-        let tasks: Vec<JoinHandle<()>> = apis
+        // Until every namespace is listed, a partial table would drop services.
+        let joined = Joined::new(apis.len(), move |all: &[&Store<Service>]| {
+            let services = all.iter().flat_map(|s| s.values());
+            publish(model::service_table(services, &allowed));
+        });
+        let tasks = apis
             .into_iter()
             .enumerate()
             .map(|(i, api)| {
-                let (stores, publish, allowed) = (stores.clone(), publish.clone(), allowed.clone());
                 tokio::spawn(follow(
                     api,
                     watcher::Config::default(),
                     "services",
                     self.observe.clone(),
-                    move |store: &Store<Service>| {
-                        let mut all = stores.lock().unwrap_or_else(|e| e.into_inner());
-                        all[i] = Some(store.clone());
-                        // Until every namespace is listed, a partial table would drop services.
-                        if all.iter().all(Option::is_some) {
-                            let services = all.iter().flatten().flat_map(|s| s.values());
-                            publish(model::service_table(services, &allowed));
-                        }
-                    },
+                    joined.scope(i),
                 ))
             })
             .collect();
-        tokio::spawn(async move {
-            let _abort_all = AbortAll(tasks);
-            std::future::pending::<()>().await;
-        })
+        hold_all(tasks)
     }
 
     /// Watches the mesh documents (routes, splits, access) until the task is aborted, in
@@ -155,37 +145,26 @@ impl Kubernetes {
             .iter()
             .flat_map(|(group, kind)| namespaces.iter().map(move |ns| (*group, *kind, ns.clone())))
             .collect();
-        let stores: Arc<Mutex<Vec<Option<Store<DynamicObject>>>>> =
-            Arc::new(Mutex::new(vec![None; scopes.len()]));
-        let publish = Arc::new(publish);
-        let tasks: Vec<JoinHandle<()>> = scopes
+        // Until every kind is listed, a TrafficTarget could be seen without its
+        // HTTPRouteGroup, or not at all: nothing partial is published.
+        let joined = Joined::new(scopes.len(), move |all: &[&Store<DynamicObject>]| {
+            publish(api_objects(all.iter().copied()));
+        });
+        let tasks = scopes
             .into_iter()
             .enumerate()
             .map(|(i, (group, kind, ns))| {
-                let (stores, publish) = (stores.clone(), publish.clone());
-                let changed = move |store: &Store<DynamicObject>| {
-                    let mut all = stores.lock().unwrap_or_else(|e| e.into_inner());
-                    all[i] = Some(store.clone());
-                    // Until every kind is listed, a TrafficTarget could be seen without its
-                    // HTTPRouteGroup, or not at all: nothing partial is published.
-                    if all.iter().all(Option::is_some) {
-                        publish(api_objects(all.iter().flatten()));
-                    }
-                };
                 tokio::spawn(watch_kind(
                     self.client.clone(),
                     group,
                     kind,
                     ns,
                     self.observe.clone(),
-                    changed,
+                    joined.scope(i),
                 ))
             })
             .collect();
-        tokio::spawn(async move {
-            let _abort_all = AbortAll(tasks);
-            std::future::pending::<()>().await;
-        })
+        hold_all(tasks)
     }
 
     /// Watches the EndpointSlices of Service `namespace/service` until the task is
@@ -574,6 +553,47 @@ fn name_of<K: kube::Resource>(obj: &K) -> (String, String) {
         meta.namespace.clone().unwrap_or_default(),
         meta.name.clone().unwrap_or_default(),
     )
+}
+
+/// The stores of several watches of one kind of answer (one per namespace, or per kind
+/// and namespace), published together: once every watch has listed, then after each
+/// change of any.
+struct Joined<K> {
+    stores: Arc<Mutex<Vec<Option<Store<K>>>>>,
+    publish: Arc<Publish<K>>,
+}
+
+/// What [`Joined`] calls with every watch's store.
+type Publish<K> = dyn Fn(&[&Store<K>]) + Send + Sync;
+
+impl<K: Clone + Send + 'static> Joined<K> {
+    fn new(scopes: usize, publish: impl Fn(&[&Store<K>]) + Send + Sync + 'static) -> Self {
+        Self {
+            stores: Arc::new(Mutex::new(vec![None; scopes])),
+            publish: Arc::new(publish),
+        }
+    }
+
+    /// What watch `i` calls with its store after each list and change.
+    fn scope(&self, i: usize) -> impl Fn(&Store<K>) + Send + 'static {
+        let (stores, publish) = (self.stores.clone(), self.publish.clone());
+        move |store: &Store<K>| {
+            let mut all = stores.lock().unwrap_or_else(|e| e.into_inner());
+            all[i] = Some(store.clone());
+            let listed: Option<Vec<&Store<K>>> = all.iter().map(Option::as_ref).collect();
+            if let Some(listed) = listed {
+                publish(&listed);
+            }
+        }
+    }
+}
+
+/// A task that holds `tasks` until it is aborted, and then aborts them.
+fn hold_all(tasks: Vec<JoinHandle<()>>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let _abort_all = AbortAll(tasks);
+        std::future::pending::<()>().await;
+    })
 }
 
 /// Aborts its tasks when dropped (the services watch is one task per namespace).
