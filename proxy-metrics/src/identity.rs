@@ -9,7 +9,7 @@ use prometheus_client::registry::Registry;
 use crate::Labels;
 
 /// The identity families.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct IdentityFamilies {
     reloads: Family<Labels, Counter>,
     expiry: Gauge,
@@ -18,11 +18,21 @@ pub struct IdentityFamilies {
     linkerd_refreshes: Gauge,
     handshake_failures: Family<Labels, Counter>,
     authz: Family<Labels, Counter>,
+    /// Linkerd's authorization families.
+    pub linkerd_authz: crate::authz::AuthzFamilies,
 }
 
 impl IdentityFamilies {
     pub(crate) fn register(registry: &mut Registry) -> Self {
-        let this = Self::default();
+        let this = Self {
+            reloads: Family::default(),
+            expiry: Gauge::default(),
+            linkerd_expiry: Gauge::default(),
+            linkerd_refreshes: Gauge::default(),
+            handshake_failures: Family::default(),
+            authz: Family::default(),
+            linkerd_authz: crate::authz::AuthzFamilies::register(registry),
+        };
         registry.register(
             "skiff_identity_reloads",
             "Credential loads, by result (ok, error)",
@@ -99,7 +109,12 @@ impl IdentityFamilies {
 }
 
 impl proxy_core::authz::AuthzObserver for IdentityFamilies {
-    fn decided(&self, decision: &'static str, route: &str) {
-        self.authz(decision, route);
+    fn decided(&self, v: &proxy_core::authz::Verdict<'_>) {
+        // Skiff's own family counts what rules decided; a call no rule covered and the
+        // default let through is Linkerd's alone.
+        if v.rule.is_some() || v.decision != "allow" {
+            self.authz(v.decision, v.route.unwrap_or_default());
+        }
+        self.linkerd_authz.decided(v);
     }
 }

@@ -10,6 +10,7 @@
 //! - [`http`]: request/response series and the [`http::MetricsLayer`] that records them.
 //! - [`tcp`]: connection series and protocol-detection outcomes.
 //! - [`identity`]: credential reloads and expiry, handshake failures, authorization.
+//! - [`authz`]: Linkerd's inbound authorization families.
 //! - [`stats`]: success rate and latency quantiles over a sliding window, for `/stats`.
 //! - [`tap`]: the live stream of request events behind `/tap`.
 //! - [`process`]: CPU, memory, file descriptors and start time of the process.
@@ -17,6 +18,7 @@
 //!   `POST /shutdown`.
 
 pub mod admin;
+pub mod authz;
 pub mod discovery;
 pub mod exposition;
 pub mod http;

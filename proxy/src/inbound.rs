@@ -28,11 +28,8 @@ use crate::upstream::pick::PickLayer;
 /// application when the connection was redirected.
 pub fn stack(state: &State, client: Client, orig_dst: Option<SocketAddr>) -> HttpService {
     let side = &state.inbound;
-    // A meshed caller's requests are also counted on the app's per-caller series.
-    let peer_metrics = match &client {
-        Client::Identity(id) => Some(side.resolver.peer_metrics(id)),
-        _ => None,
-    };
+    // The app's series for this connection's caller (by identity, when meshed).
+    let peer_metrics = side.resolver.peer_metrics(&client);
     // Each layer's comment says what it reads from the request and what it leaves for the
     // layers below; `ctx` is the `RouteContext` the router writes.
     let chain = ServiceBuilder::new()
@@ -43,11 +40,9 @@ pub fn stack(state: &State, client: Client, orig_dst: Option<SocketAddr>) -> Htt
             side.unrouted.clone(),
             side.observe.clone(),
         ))
-        // Writes `PeerMetrics`: the app's series for this meshed caller.
+        // Writes `PeerMetrics`: the app's series for this connection's caller.
         .map_request(move |mut req: Request<Incoming>| {
-            if let Some(m) = &peer_metrics {
-                req.extensions_mut().insert(m.clone());
-            }
+            req.extensions_mut().insert(peer_metrics.clone());
             req
         })
         // Turns a `ProxyError` into the response the client sees (`skiff-error`).

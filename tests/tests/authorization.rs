@@ -185,7 +185,44 @@ async fn traffic_targets_allow_only_listed_sources_on_listed_routes() {
         metrics.contains(r#"skiff_authz_total{decision="allow",route="api-routes/reads"}"#),
         "{metrics}"
     );
-    assert!(metrics.contains(r#"error="forbidden""#), "{metrics}");
+    // Linkerd's families: who decided, on which route, for whom. A denied request is
+    // counted there alone, never in `response_total`.
+    let line = |family: &str, parts: &[&str]| {
+        metrics
+            .lines()
+            .any(|l| l.starts_with(family) && parts.iter().all(|p| l.contains(p)))
+    };
+    assert!(
+        line(
+            "inbound_http_authz_allow_total{",
+            &[
+                r#"srv_kind="default""#,
+                r#"route_group="specs.smi-spec.io""#,
+                r#"route_kind="httproutegroup""#,
+                r#"route_name="api-routes""#,
+                r#"authz_group="access.smi-spec.io""#,
+                r#"authz_kind="traffictarget""#,
+                r#"authz_name="db-reads""#,
+                r#"tls="true""#,
+                r#"client_id="spiffe://cluster.local/ns/shop/sa/db""#,
+            ]
+        ),
+        "{metrics}"
+    );
+    assert!(
+        line(
+            "inbound_http_authz_deny_total{",
+            &[
+                r#"route_name="default""#,
+                r#"client_id="spiffe://cluster.local/ns/shop/sa/web""#,
+            ]
+        ),
+        "{metrics}"
+    );
+    assert!(
+        !line("response_total{", &[r#"error="forbidden""#]),
+        "denied requests stay out of response_total: {metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

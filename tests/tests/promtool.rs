@@ -101,10 +101,11 @@ async fn a_scrape_in_the_text_format_passes_promtool() {
         String::from_utf8_lossy(&checked.stdout),
         String::from_utf8_lossy(&checked.stderr)
     );
-    // promtool's naming lint objects to three of Linkerd's names, which its dashboards,
+    // promtool's naming lint objects to four of Linkerd's names, which its dashboards,
     // alerts and `linkerd viz` query, so they stay. Anything else fails.
-    const LINKERDS_NAMES: [&str; 3] = [
+    const LINKERDS_NAMES: [&str; 4] = [
         "response_latency_ms metric names should not contain abbreviated units",
+        "route_response_latency_ms metric names should not contain abbreviated units",
         "tcp_connection_duration_ms metric names should not contain abbreviated units",
         r#"identity_cert_refresh_count non-histogram and non-summary metrics should not have "_count" suffix"#,
     ];

@@ -81,6 +81,8 @@ pub enum Decision {
     Unrestricted,
     /// Allowed by a rule, on a route.
     Allowed {
+        /// The rule (TrafficTarget) that allowed it.
+        rule: String,
         /// The route that matched.
         route: String,
     },
@@ -103,9 +105,10 @@ impl Policy {
         rules
             .iter()
             .filter(|r| r.sources.iter().any(|s| **s == **id))
-            .flat_map(|r| &r.routes)
-            .find(|(_, m)| m.matches(head))
-            .map_or(Decision::Denied, |(name, _)| Decision::Allowed {
+            .flat_map(|r| r.routes.iter().map(move |route| (r, route)))
+            .find(|(_, (_, m))| m.matches(head))
+            .map_or(Decision::Denied, |(rule, (name, _))| Decision::Allowed {
+                rule: rule.name.clone(),
                 route: name.clone(),
             })
     }
@@ -121,17 +124,14 @@ impl Policy {
         let Some(Client::Identity(id)) = client else {
             return Decision::Denied;
         };
-        let allowed = rules
+        rules
             .iter()
             .filter(|r| r.sources.iter().any(|s| **s == **id))
-            .any(|r| r.any_port || r.ports.contains(&port));
-        if allowed {
-            Decision::Allowed {
+            .find(|r| r.any_port || r.ports.contains(&port))
+            .map_or(Decision::Denied, |rule| Decision::Allowed {
+                rule: rule.name.clone(),
                 route: format!("tcp:{port}"),
-            }
-        } else {
-            Decision::Denied
-        }
+            })
     }
 }
 
@@ -153,10 +153,64 @@ impl Policy {
     }
 }
 
+impl DefaultPolicy {
+    /// Its name in config and metrics (Linkerd's name for the first).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DefaultPolicy::Allow => "all-unauthenticated",
+            DefaultPolicy::Deny => "deny",
+            DefaultPolicy::Audit => "audit",
+        }
+    }
+}
+
+/// One decision, as the observer is told it.
+#[derive(Clone, Copy, Debug)]
+pub struct Verdict<'a> {
+    /// `allow`, `deny`, or `audit-deny` when a denial was only logged.
+    pub decision: &'static str,
+    /// The rule (TrafficTarget) that allowed the call; `None` when no rule applied.
+    pub rule: Option<&'a str>,
+    /// The route that matched (`group/match`, or `tcp:<port>`); `None` when none did.
+    pub route: Option<&'a str>,
+    /// The caller.
+    pub client: Option<&'a Client>,
+    /// Who may call while no rule applies: the workload's server-wide policy.
+    pub default: DefaultPolicy,
+    /// Whether this was a TCP connection rather than an HTTP request.
+    pub tcp: bool,
+}
+
+impl<'a> Verdict<'a> {
+    /// The verdict of `decision` by `policy` on a call from `client`: `None` when nothing is
+    /// counted (a denial let through by neither audit nor enforcement cannot happen).
+    pub fn of(
+        policy: &Policy,
+        decision: &'a Decision,
+        client: Option<&'a Client>,
+        tcp: bool,
+    ) -> Self {
+        let (decision, rule, route) = match decision {
+            Decision::Unrestricted => ("allow", None, None),
+            Decision::Allowed { rule, route } => ("allow", Some(rule.as_str()), Some(route.as_str())),
+            Decision::Denied if policy.audits() => ("audit-deny", None, None),
+            Decision::Denied => ("deny", None, None),
+        };
+        Self {
+            decision,
+            rule,
+            route,
+            client,
+            default: policy.default,
+            tcp,
+        }
+    }
+}
+
 /// Where decisions are counted.
 pub trait AuthzObserver: Send + Sync + std::fmt::Debug + 'static {
-    /// One decision: `allow`, `deny` or `audit-deny`, on `route` (empty when none matched).
-    fn decided(&self, decision: &'static str, route: &str);
+    /// One decision.
+    fn decided(&self, verdict: &Verdict<'_>);
 }
 
 /// Refuses requests the live [`Policy`] does not allow.
@@ -216,10 +270,12 @@ where
             headers: req.headers(),
         };
         let client = req.extensions().get::<Client>();
-        match policy.check_http(client, &head) {
+        let decision = policy.check_http(client, &head);
+        self.observer
+            .decided(&Verdict::of(&policy, &decision, client, false));
+        match decision {
             Decision::Unrestricted => {}
-            Decision::Allowed { route } => {
-                self.observer.decided("allow", &route);
+            Decision::Allowed { route, .. } => {
                 crate::notes::note(req.extensions(), |n| {
                     n.authz = Some(format!("allow {route}"))
                 });
@@ -231,11 +287,9 @@ where
                 };
                 let path = head.uri.path();
                 if policy.audits() {
-                    self.observer.decided("audit-deny", "");
                     crate::notes::note(req.extensions(), |n| n.authz = Some("audit-deny".into()));
                     tracing::warn!(%source, method = %head.method, path, "authorization would deny (audit mode)");
                 } else {
-                    self.observer.decided("deny", "");
                     tracing::info!(%source, method = %head.method, path, "authorization denied");
                     let why = policy.closed.map(|c| format!(": {c}")).unwrap_or_default();
                     let err = ProxyError::new(

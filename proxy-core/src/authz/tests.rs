@@ -8,8 +8,9 @@ use crate::route::PathMatch;
 struct Count(std::sync::Mutex<Vec<(&'static str, String)>>);
 
 impl AuthzObserver for Count {
-    fn decided(&self, decision: &'static str, route: &str) {
-        self.0.lock().unwrap().push((decision, route.to_owned()));
+    fn decided(&self, v: &Verdict<'_>) {
+        let route = v.route.unwrap_or_default().to_owned();
+        self.0.lock().unwrap().push((v.decision, route));
     }
 }
 
@@ -59,6 +60,7 @@ fn only_listed_sources_on_listed_routes_are_allowed() {
     assert_eq!(
         head_check(&p, Some(&web), Method::GET, "/metrics"),
         Decision::Allowed {
+            rule: "api-from-web".into(),
             route: "api-routes/metrics".into()
         }
     );

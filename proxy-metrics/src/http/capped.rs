@@ -18,7 +18,7 @@ use super::{HttpFamilies, TargetMetrics};
 /// The limits, settable at run time (config reload).
 #[derive(Debug)]
 pub struct CardinalityLimits {
-    max: AtomicUsize,
+    pub(super) max: AtomicUsize,
     idle_ms: AtomicU64,
 }
 
@@ -142,7 +142,7 @@ impl HttpFamilies {
             proxy_core::Direction::Outbound.as_str(),
             &authority,
             max,
-            |a| self.target(proxy_core::Direction::Outbound, a, "passthrough", None),
+            |a| self.target(proxy_core::Direction::Outbound, a, super::PASSTHROUGH, None),
         )
     }
 
@@ -166,7 +166,11 @@ impl HttpFamilies {
     /// went.
     pub fn sweep_idle(&self) -> usize {
         let idle = self.caps.idle();
-        self.passthrough.sweep(idle) + self.clients.sweep(idle) + self.servers.sweep(idle)
+        self.passthrough.sweep(idle)
+            + self.clients.sweep(idle)
+            + self.servers.sweep(idle)
+            + self.authorities.sweep(idle)
+            + self.destinations.sweep(idle)
     }
 
     /// The cap and expiry.
@@ -182,6 +186,20 @@ impl HttpFamilies {
     /// How many passthrough authorities are tracked (`other` included).
     pub fn passthrough_tracked(&self) -> usize {
         self.passthrough.len()
+    }
+}
+
+impl TargetMetrics {
+    /// The same target's handles for requests naming `authority` (inbound, where the
+    /// caller chooses it), capped.
+    pub(super) fn with_authority(&self, authority: &str) -> Arc<TargetMetrics> {
+        let f = &self.families;
+        let max = f.caps.max.load(Ordering::Relaxed);
+        let authority = authority.to_ascii_lowercase();
+        f.authorities.get(&self.base_key(), &authority, max, |a| {
+            let labels = super::destination::merged(&self.base, &[("authority", a.to_owned())]);
+            f.with_labels(labels, None, self.routes.clone())
+        })
     }
 }
 

@@ -4,11 +4,19 @@
 //!
 //! The target is not known when a request enters (routing happens further in), so the layer
 //! puts a [`MetricsSlot`] in the request's extensions and the layer that picks the target
-//! fills it. A request nobody routed is recorded against the direction's `unrouted` target.
+//! fills it; the layer that picks an endpoint then narrows it to that endpoint's
+//! [`Destination`]. A request nobody routed is recorded against the direction's `unrouted`
+//! target.
+//!
+//! A request is counted in `request_total` when its response begins (or fails), under the
+//! same labels as its `response_total`: only then is the endpoint of its last try known.
+//! `response_latency_ms` ends at the response body's first frame (or its end), as
+//! Linkerd's does. A request refused by authorization is counted only in the
+//! authorization families, as Linkerd counts it.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -20,18 +28,37 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::observe::{Ending, Observe, Watched};
-use super::TargetMetrics;
+use super::{Destination, TargetMetrics};
 
-/// Where the routing layer records which target a request went to.
+/// Where the routing layer records which target a request went to, and the endpoint layer
+/// which endpoint.
 #[derive(Clone, Debug, Default)]
-pub struct MetricsSlot(Arc<OnceLock<Arc<TargetMetrics>>>);
+pub struct MetricsSlot(Arc<Slot>);
+
+#[derive(Debug, Default)]
+struct Slot {
+    target: OnceLock<Arc<TargetMetrics>>,
+    // The target's handles for the endpoint of the latest try.
+    endpoint: Mutex<Option<Arc<TargetMetrics>>>,
+}
 
 impl MetricsSlot {
-    /// Records that the request is being sent to `target`, and counts it there.
+    /// Records that the request is being sent to `target` (the first target set stays).
     pub fn start(&self, target: &Arc<TargetMetrics>) {
-        if self.0.set(target.clone()).is_ok() {
-            target.request();
+        let _ = self.0.target.set(target.clone());
+    }
+
+    /// Records that a try of the request is going to the endpoint labelled `dst`.
+    pub fn endpoint(&self, dst: &Destination) {
+        if let Some(target) = self.0.target.get() {
+            let series = dst.series(target);
+            *self.0.endpoint.lock().unwrap_or_else(|e| e.into_inner()) = Some(series);
         }
+    }
+
+    fn series(&self) -> Option<Arc<TargetMetrics>> {
+        let endpoint = self.0.endpoint.lock().unwrap_or_else(|e| e.into_inner());
+        endpoint.clone().or_else(|| self.0.target.get().cloned())
     }
 }
 
@@ -120,17 +147,15 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let rsp = std::task::ready!(this.inner.poll(cx))?;
-        let target = match this.slot.0.get() {
-            Some(t) => t.clone(),
-            None => {
-                this.unrouted.request();
-                this.unrouted.clone()
-            }
-        };
+        let error = rsp.extensions().get::<Reason>().copied();
+        // Refused by authorization: counted in the authorization families alone.
+        let target = (error != Some(Reason::Forbidden))
+            .then(|| this.slot.series().unwrap_or_else(|| this.unrouted.clone()));
+        if let Some(t) = &target {
+            t.request();
+        }
         let status = rsp.status();
         let millis = this.start.elapsed().as_secs_f64() * 1000.0;
-        target.latency(status.as_u16(), millis);
-        let error = rsp.extensions().get::<Reason>().copied();
         let header_grpc = grpc_status(rsp.headers());
         let watch = this.watched.take().map(|w| {
             w.response(status.as_u16(), millis, rsp.headers());
@@ -150,7 +175,8 @@ where
                     status,
                     grpc_status: header_grpc,
                     error,
-                    latency_ms: millis,
+                    start: *this.start,
+                    first_frame_ms: None,
                     watch,
                 }),
             })
@@ -161,11 +187,14 @@ where
 /// What the body wrapper still has to record.
 #[derive(Debug)]
 struct Pending {
-    target: Arc<TargetMetrics>,
+    // `None` for a request counted elsewhere (refused by authorization).
+    target: Option<Arc<TargetMetrics>>,
     status: StatusCode,
     grpc_status: Option<u32>,
     error: Option<Reason>,
-    latency_ms: f64,
+    start: Instant,
+    // Set when the body's first frame (or its end) arrives.
+    first_frame_ms: Option<f64>,
     watch: Option<Watch>,
 }
 
@@ -180,17 +209,31 @@ struct Watch {
 }
 
 impl Pending {
-    fn record(self) {
+    /// The response body's first frame, or its end, arrived: the latency's end point.
+    fn first_frame(&mut self) {
+        if self.first_frame_ms.is_none() {
+            let millis = self.start.elapsed().as_secs_f64() * 1000.0;
+            self.first_frame_ms = Some(millis);
+            if let Some(t) = &self.target {
+                t.latency(self.status.as_u16(), millis);
+            }
+        }
+    }
+
+    fn record(mut self) {
+        self.first_frame();
         // Classified once, here, with the shared classifier: `response_total`, the `/stats`
         // window and tap's end event (which `skiff top` counts) all report this one value.
         let classification = classify(self.status, self.grpc_status, self.error).classification();
-        self.target.response(
-            self.status.as_u16(),
-            classification,
-            self.grpc_status,
-            self.error,
-        );
-        self.target.window(classification, self.latency_ms);
+        if let Some(t) = &self.target {
+            t.response(
+                self.status.as_u16(),
+                classification,
+                self.grpc_status,
+                self.error,
+            );
+            t.window(classification, self.first_frame_ms.unwrap_or_default());
+        }
         if let Some(w) = self.watch {
             w.watched.end(&Ending {
                 status: self.status.as_u16(),
@@ -232,6 +275,9 @@ impl http_body::Body for RecordBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         let frame = std::task::ready!(this.inner.as_mut().poll_frame(cx));
+        if let Some(p) = this.pending.as_mut() {
+            p.first_frame();
+        }
         match &frame {
             Some(Ok(f)) => {
                 if let (Some(trailers), Some(p)) = (f.trailers_ref(), this.pending.as_mut()) {

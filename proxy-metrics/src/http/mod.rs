@@ -5,8 +5,10 @@
 //! touches only its counters and a small cache keyed by status, never a label-string lookup.
 
 mod capped;
+mod destination;
 mod layer;
 mod observe;
+mod route;
 #[cfg(test)]
 mod tests;
 
@@ -25,6 +27,7 @@ use crate::stats::{Report, Row, Window};
 use crate::Labels;
 
 pub use capped::{CardinalityLimits, OTHER};
+pub use destination::{ConnectionSeries, Destination};
 pub use layer::{Metrics, MetricsLayer, MetricsSlot, ResponseFuture};
 pub use observe::{access_log_writer, Observe, ObserveSettings, DEFAULT_ACCESS_LOG_FIELDS};
 
@@ -39,6 +42,9 @@ type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS_MS)
 }
+
+/// The `target_addr` of passthrough traffic (an authority no service claims).
+pub(crate) const PASSTHROUGH: &str = "passthrough";
 
 /// The HTTP families.
 #[derive(Debug)]
@@ -58,14 +64,24 @@ pub struct HttpFamilies {
     passthrough: capped::Capped,
     clients: capped::Capped,
     servers: capped::Capped,
+    authorities: capped::Capped,
+    destinations: capped::Capped,
     epoch: tokio::time::Instant,
     mirror: crate::mirror::MirrorFamilies,
+    routes: route::RouteFamilies,
+    // Whether this proxy has a mesh identity: what `tls` says of plaintext traffic
+    // (`no_identity` with a reason when it has one, `disabled` when it has none).
+    identity: std::sync::atomic::AtomicBool,
 }
 
 impl HttpFamilies {
     pub(crate) fn register(registry: &mut Registry) -> Self {
         let this = Self {
             mirror: crate::mirror::MirrorFamilies::register(registry),
+            routes: route::RouteFamilies::register(registry),
+            identity: std::sync::atomic::AtomicBool::new(false),
+            authorities: capped::Capped::default(),
+            destinations: capped::Capped::default(),
             windows: Mutex::default(),
             window: std::time::Duration::from_secs(30),
             caps: capped::CardinalityLimits::default(),
@@ -109,10 +125,34 @@ impl HttpFamilies {
         );
         registry.register(
             "response_latency_ms",
-            "Time from request to response headers, in milliseconds",
+            "Time from request to the first frame of the response body (or its end), in \
+             milliseconds",
             this.latency.clone(),
         );
         this
+    }
+
+    /// Says whether this proxy has a mesh identity; set before any target is built.
+    pub fn set_identity(&self, on: bool) {
+        self.identity
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// What `tls` says of plaintext traffic in `direction`: Linkerd's `no_identity` with
+    /// the reason when this proxy has an identity, else `disabled`.
+    fn plaintext(&self, direction: proxy_core::Direction) -> [(&'static str, String); 2] {
+        if self.identity.load(std::sync::atomic::Ordering::Relaxed) {
+            let reason = match direction {
+                proxy_core::Direction::Inbound => "no_tls_from_remote",
+                proxy_core::Direction::Outbound => "not_provided_by_service_discovery",
+            };
+            [
+                ("tls", "no_identity".to_owned()),
+                ("no_tls_reason", reason.to_owned()),
+            ]
+        } else {
+            [("tls", "disabled".to_owned()), ("no_tls_reason", String::new())]
+        }
     }
 
     /// What `/stats` serves: every target's numbers over the sliding window, one row per
@@ -150,24 +190,46 @@ impl HttpFamilies {
             ("direction", direction.as_str().to_owned()),
             ("authority", authority.to_owned()),
             ("target_addr", target_addr.to_owned()),
-            ("tls", "disabled".to_owned()),
         ];
+        base.extend(
+            self.plaintext(direction)
+                .into_iter()
+                .filter(|(_, v)| !v.is_empty()),
+        );
         if let Some(route) = route {
             base.push(("route", route.to_owned()));
         }
-        self.with_labels(base)
+        // Outbound requests are also counted per route, as Linkerd's route families do:
+        // under the route's name, or with no `rt_route` for the service's default route.
+        let routes = (direction == proxy_core::Direction::Outbound
+            && !authority.is_empty()
+            && target_addr != PASSTHROUGH)
+            .then(|| self.routes.series(authority, route));
+        self.with_labels(base, None, routes)
     }
 
-    fn with_labels(self: &Arc<Self>, base: Labels) -> Arc<TargetMetrics> {
-        let window = self
-            .windows
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(base.clone())
-            .or_insert_with(|| Arc::new(Mutex::new(Window::new(self.window))))
-            .clone();
+    /// Handles for `base`; `window` shares another target's `/stats` window (a series
+    /// split by destination still reports as its target), else the labels get their own.
+    fn with_labels(
+        self: &Arc<Self>,
+        base: Labels,
+        window: Option<Arc<Mutex<Window>>>,
+        routes: Option<Arc<route::RouteSeries>>,
+    ) -> Arc<TargetMetrics> {
+        let own_window = window.is_none();
+        let window = window.unwrap_or_else(|| {
+            self.windows
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(base.clone())
+                .or_insert_with(|| Arc::new(Mutex::new(Window::new(self.window))))
+                .clone()
+        });
         Arc::new(TargetMetrics {
+            id: next_id(),
             window,
+            own_window,
+            routes,
             last_used: std::sync::atomic::AtomicU64::new(0),
             request_total: self.requests.get_or_create(&base).clone(),
             retries: self.retries.get_or_create(&base).clone(),
@@ -178,6 +240,12 @@ impl HttpFamilies {
             latencies: Mutex::default(),
         })
     }
+}
+
+/// A process-wide unique number per handle set, so caches can key on it.
+fn next_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 fn latency_labels(base: &Labels, status: u16) -> Labels {
@@ -213,7 +281,12 @@ struct ResponseKey {
 /// One target's series.
 #[derive(Debug)]
 pub struct TargetMetrics {
+    id: u64,
     base: Labels,
+    // Whether `window` is this label set's own (removed with its series) or its parent's.
+    own_window: bool,
+    // The route families' handles, outbound.
+    routes: Option<Arc<route::RouteSeries>>,
     families: Arc<HttpFamilies>,
     request_total: Counter,
     retries: Counter,
@@ -268,14 +341,9 @@ impl TargetMetrics {
     }
 
     fn peer_labels(&self, key: &'static str, id: &str) -> Arc<TargetMetrics> {
-        let mut base = self.base.clone();
-        for (k, v) in &mut base {
-            if *k == "tls" {
-                "true".clone_into(v);
-            }
-        }
-        base.push((key, id.to_owned()));
-        self.families.with_labels(base)
+        let base = destination::merged(&self.base, &[(key, id.to_owned())]);
+        self.families
+            .with_labels(base, None, self.routes.clone())
     }
 
     fn base_key(&self) -> String {
@@ -317,15 +385,20 @@ impl TargetMetrics {
         {
             f.latency.remove(&latency_labels(&self.base, *status));
         }
-        f.windows
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.base);
+        if self.own_window {
+            f.windows
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&self.base);
+        }
     }
 
     /// Counts a request sent to this target.
-    pub fn request(&self) {
+    fn request(&self) {
         self.request_total.inc();
+        if let Some(r) = &self.routes {
+            r.request();
+        }
     }
 
     fn latency(&self, status: u16, millis: f64) {
@@ -337,6 +410,9 @@ impl TargetMetrics {
                 self.families.latency.get_or_create(&labels).clone()
             })
             .observe(millis);
+        if let Some(r) = &self.routes {
+            r.latency(status, millis);
+        }
     }
 
     fn window(&self, classification: Classification, latency_ms: f64) {
@@ -367,5 +443,8 @@ impl TargetMetrics {
                 self.families.responses.get_or_create(&labels).clone()
             })
             .inc();
+        if let Some(r) = &self.routes {
+            r.response(&key);
+        }
     }
 }

@@ -45,6 +45,63 @@ pub struct ServiceSpec {
     pub max_in_flight: Option<NonZeroUsize>,
     /// The identity its endpoints must prove: requests to it go over mutual TLS and HTTP/2.
     pub identity: Option<PeerId>,
+    /// Destination labels written by hand (`dst_deployment`, ...), for a service whose
+    /// endpoints are not discovered with their Pods.
+    pub metric_labels: MetricLabels,
+}
+
+/// The destination labels a service entry may give its series, by hand: what discovery
+/// would say of its Pods. Written without the `dst_` prefix (`deployment: web`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetricLabels(pub Vec<(&'static str, String)>);
+
+/// The keys `metricLabels` takes, with the label each becomes.
+const METRIC_LABELS: [(&str, &str); 9] = [
+    ("pod", "dst_pod"),
+    ("deployment", "dst_deployment"),
+    ("statefulset", "dst_statefulset"),
+    ("daemonset", "dst_daemonset"),
+    ("replicaset", "dst_replicaset"),
+    ("replicationcontroller", "dst_replicationcontroller"),
+    ("job", "dst_job"),
+    ("cronjob", "dst_cronjob"),
+    ("serviceaccount", "dst_serviceaccount"),
+];
+
+impl TryFrom<std::collections::BTreeMap<String, String>> for MetricLabels {
+    type Error = String;
+
+    fn try_from(written: std::collections::BTreeMap<String, String>) -> Result<Self, String> {
+        written
+            .into_iter()
+            .map(|(key, value)| {
+                let label = METRIC_LABELS
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, label)| *label)
+                    .ok_or_else(|| {
+                        let known: Vec<&str> = METRIC_LABELS.iter().map(|(k, _)| *k).collect();
+                        format!(
+                            "`metricLabels` has no key {key:?}; it takes {} (`service` and \
+                             `namespace` come from the service itself)",
+                            known.join(", ")
+                        )
+                    })?;
+                Ok((label, value))
+            })
+            .collect::<Result<_, String>>()
+            .map(Self)
+    }
+}
+
+impl From<&MetricLabels> for std::collections::BTreeMap<String, String> {
+    fn from(labels: &MetricLabels) -> Self {
+        labels
+            .0
+            .iter()
+            .map(|(k, v)| (k.trim_start_matches("dst_").to_owned(), v.clone()))
+            .collect()
+    }
 }
 
 impl ServiceSpec {
@@ -64,6 +121,7 @@ impl ServiceSpec {
             rate_limit: None,
             max_in_flight: None,
             identity: None,
+            metric_labels: MetricLabels::default(),
         }
     }
 }
@@ -148,6 +206,8 @@ struct RawServiceSpec {
     max_in_flight: Option<NonZeroUsize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     identity: Option<PeerId>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    metric_labels: std::collections::BTreeMap<String, String>,
 }
 
 fn default_service_port() -> u16 {
@@ -214,6 +274,7 @@ impl TryFrom<RawServiceSpec> for ServiceSpec {
             rate_limit: raw.rate_limit,
             max_in_flight: raw.max_in_flight,
             identity: raw.identity,
+            metric_labels: raw.metric_labels.try_into()?,
         })
     }
 }
@@ -253,6 +314,7 @@ impl From<ServiceSpec> for RawServiceSpec {
             load_balancer: s.load_balancer,
             rate_limit: s.rate_limit,
             max_in_flight: s.max_in_flight,
+            metric_labels: (&s.metric_labels).into(),
             identity: s.identity,
         }
     }

@@ -88,6 +88,7 @@ pub(super) fn service(
                 && same_dns(old)
                 && spec.breaker == svc.breaker
                 && spec.identity == svc.identity
+                && spec.metric_labels == svc.metric_labels
                 && *auth == authority
         })
     };
@@ -98,7 +99,7 @@ pub(super) fn service(
                 .identity
                 .as_ref()
                 .and_then(|id| Some(ctx.mesh?.peer(&id.0)));
-            endpoints(ctx, &svc.endpoints, peer, svc.breaker.as_ref(), &metrics)
+            endpoints(ctx, name, svc, peer, svc.breaker.as_ref(), &metrics)
         }
     };
     Arc::new(ServiceTarget {
@@ -117,16 +118,25 @@ pub(super) fn service(
     })
 }
 
+/// The endpoints of service `name`, each labelled with the service's destination labels
+/// (and its Pod's, when discovered).
 fn endpoints(
     ctx: &Context<'_>,
-    source: &EndpointSource,
+    name: &str,
+    svc: &ServiceSpec,
     peer: Option<Arc<MeshPeer>>,
     breaker: Option<&BreakerSpec>,
     metrics: &Arc<TargetMetrics>,
 ) -> Arc<Endpoints> {
+    let namespace = svc.namespace.as_deref().unwrap_or(&ctx.spec.namespace);
+    let mut labels = vec![
+        ("dst_service", name.to_owned()),
+        ("dst_namespace", namespace.to_owned()),
+    ];
+    labels.extend(svc.metric_labels.0.iter().cloned());
     let breaker = breaker.map(|b| breaker_config(b, metrics));
-    Arc::new(match source {
-        EndpointSource::Static(list) => Endpoints::fixed(list, ctx.pools, peer, breaker),
+    Arc::new(match &svc.endpoints {
+        EndpointSource::Static(list) => Endpoints::fixed(list, ctx.pools, peer, breaker, labels),
         EndpointSource::Dns {
             host,
             port,
@@ -139,6 +149,7 @@ fn endpoints(
             ctx.pools,
             peer,
             breaker,
+            labels,
         ),
         EndpointSource::Kubernetes {
             namespace,
@@ -153,9 +164,10 @@ fn endpoints(
                 ctx.pools,
                 ctx.mesh.cloned(),
                 breaker,
+                labels,
             ),
             // Discovered services exist only while discovery runs.
-            None => Endpoints::fixed(&[], ctx.pools, peer, breaker),
+            None => Endpoints::fixed(&[], ctx.pools, peer, breaker, labels),
         },
     })
 }
@@ -269,7 +281,7 @@ fn route(
                         .identity
                         .as_ref()
                         .and_then(|id| Some(ctx.mesh?.peer(&id.0)));
-                    endpoints(ctx, &spec.endpoints, peer, Some(b), &metrics)
+                    endpoints(ctx, &service.name, spec, peer, Some(b), &metrics)
                 },
             );
             Arc::new(ServiceTarget {
@@ -360,7 +372,7 @@ pub(super) fn app(
         identity: None,
         inbound: Some(spec.inbound.clone()),
         balance: balance::Strategy::RoundRobin,
-        endpoints: Arc::new(Endpoints::fixed(&[addr], pools, None, None)),
+        endpoints: Arc::new(Endpoints::fixed(&[addr], pools, None, None, Vec::new())),
         policies: Policies {
             route: None,
             limits: limits(spec.inbound.rate_limit, spec.inbound.max_in_flight, None),

@@ -28,7 +28,7 @@ use proxy_core::route::{RequestHead, Resolve, RouteSet, Table};
 use proxy_core::split::{Backends, Draw};
 use proxy_core::timeout::Timeouts;
 use proxy_core::{ProxyError, Reason};
-use proxy_metrics::http::{HttpFamilies, MetricsSlot, TargetMetrics};
+use proxy_metrics::http::{ConnectionSeries, HttpFamilies, MetricsSlot, TargetMetrics};
 
 use crate::config::{InboundSpec, ProxySpec, ServiceRoutes, ServiceSpec};
 use crate::discovery::endpoints::Endpoints;
@@ -350,9 +350,10 @@ fn address_authority(addr: SocketAddr) -> Authority {
     Authority::try_from(addr.to_string()).expect("a socket address is a valid authority")
 }
 
-/// The application's series for one meshed caller, carried on its requests.
+/// The application's series for one inbound connection (its caller's identity, when
+/// meshed), carried on its requests.
 #[derive(Clone, Debug)]
-pub struct PeerMetrics(Arc<TargetMetrics>);
+pub struct PeerMetrics(Arc<ConnectionSeries>);
 
 /// Sends every inbound request to the local application.
 #[derive(Debug)]
@@ -376,16 +377,15 @@ impl InboundResolver {
         }
     }
 
-    /// The application's series for calls from the verified peer `client_id` (resolved
-    /// once per connection).
-    pub fn peer_metrics(&self, client_id: &str) -> PeerMetrics {
-        PeerMetrics(
-            self.app
-                .load()
-                .default
-                .metrics
-                .with_peer("client_id", client_id),
-        )
+    /// The application's series for a connection from `client` (resolved once per
+    /// connection): a verified peer's are labelled with its identity.
+    pub fn peer_metrics(&self, client: &limit::Client) -> PeerMetrics {
+        let app = &self.app.load().default.metrics;
+        let base = match client {
+            limit::Client::Identity(id) => app.with_peer("client_id", id),
+            _ => app.clone(),
+        };
+        PeerMetrics(Arc::new(ConnectionSeries::new(base)))
     }
 
     /// The application's address.
@@ -398,17 +398,18 @@ impl InboundResolver {
 impl Resolve for InboundResolver {
     fn resolve(
         &self,
-        _authority: Option<&Authority>,
+        authority: Option<&Authority>,
         _head: &RequestHead<'_>,
         extensions: &mut http::Extensions,
     ) -> Result<(), ProxyError> {
         let app = self.app.load();
-        // A meshed caller's requests count under its identity (the slot keeps the first).
-        if let (Some(PeerMetrics(m)), Some(slot)) = (
+        // Requests count under the caller's identity and the authority they name (the slot
+        // keeps the first target set).
+        if let (Some(PeerMetrics(series)), Some(slot)) = (
             extensions.get::<PeerMetrics>(),
             extensions.get::<MetricsSlot>(),
         ) {
-            slot.start(m);
+            slot.start(&series.for_authority(authority.map_or("", Authority::as_str)));
         }
         // A redirected connection goes to the port it was sent to; the app may listen on
         // several.

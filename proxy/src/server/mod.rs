@@ -31,7 +31,7 @@ use crate::server::conn_service::ConnService;
 use crate::server::detect::{detect, Prefixed, Protocol};
 use crate::server::drain::Drain;
 use crate::server::head_timeout::{HeadTimeoutIo, InRequest};
-use proxy_core::authz::Decision;
+use proxy_core::authz::{AuthzObserver, Decision, Verdict};
 use proxy_core::limit::Client;
 use proxy_core::normalize::HeaderLimits;
 use proxy_core::{Body, Direction};
@@ -361,21 +361,19 @@ fn tcp_allowed(state: &State, direction: Direction, peer: SocketAddr, target: So
         return true;
     }
     let policy = state.authz.load();
-    let decision = policy.check_tcp(Some(&Client::Addr(peer.ip())), target.port());
-    let counts = &state.metrics.identity;
+    let client = Client::Addr(peer.ip());
+    let decision = policy.check_tcp(Some(&client), target.port());
+    state
+        .metrics
+        .identity
+        .decided(&Verdict::of(&policy, &decision, Some(&client), true));
     match decision {
-        Decision::Unrestricted => true,
-        Decision::Allowed { route } => {
-            counts.authz("allow", &route);
-            true
-        }
+        Decision::Unrestricted | Decision::Allowed { .. } => true,
         Decision::Denied if policy.audits() => {
-            counts.authz("audit-deny", "");
             tracing::warn!(%peer, port = target.port(), "authorization would close this TCP connection (audit mode)");
             true
         }
         Decision::Denied => {
-            counts.authz("deny", "");
             tracing::info!(%peer, port = target.port(), "authorization denied a TCP connection");
             false
         }

@@ -20,6 +20,7 @@ use proxy_core::breaker::Admission;
 use proxy_core::error::find_cause;
 use proxy_core::future::MaybeRejected;
 use proxy_core::{Body, BoxError, BoxHttpService, ProxyError, Reason};
+use proxy_metrics::http::MetricsSlot;
 use tower::{Layer, Service};
 
 use crate::discovery::endpoints::Endpoint;
@@ -127,6 +128,7 @@ async fn pick_later(
                 pool: pools.get(resolve(&authority).await?),
                 gate: None,
                 load: Default::default(),
+                destination: None,
             };
             (Arc::new(endpoint), None)
         }
@@ -149,6 +151,10 @@ fn send_to(
         n.endpoint = Some(endpoint.pool.addr());
         n.breaker = endpoint.gate.as_ref().map(|g| g.state().as_str());
     });
+    if let (Some(dst), Some(slot)) = (&endpoint.destination, req.extensions().get::<MetricsSlot>())
+    {
+        slot.endpoint(dst);
+    }
     if let Some(admission) = admission {
         req.extensions_mut().insert(admission);
     }

@@ -10,6 +10,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use proxy_core::balance::Load;
 use proxy_core::breaker::{self, BreakerObserver, Gate};
+use proxy_metrics::http::Destination;
+use proxy_metrics::Labels;
 use tokio::task::JoinHandle;
 
 mod lazy;
@@ -32,6 +34,8 @@ pub(crate) struct Endpoint {
     pub gate: Option<Arc<Gate>>,
     /// Its load, for the balancer.
     pub load: Load,
+    /// Its metric labels (`dst_*`, and `server_id` when meshed), with their handles.
+    pub destination: Option<Arc<Destination>>,
 }
 
 /// How to give endpoints breakers: the service's settings and where transitions are told.
@@ -49,38 +53,56 @@ struct Maker {
     pools: Arc<Pools>,
     peer: Option<Arc<MeshPeer>>,
     breaker: Option<BreakerConfig>,
+    // The service's metric labels (`dst_service`, `dst_namespace`, and those the config
+    // gives), which every endpoint carries.
+    labels: Labels,
 }
+
+/// One endpoint to build: its address, the peer it must prove to be (when meshed), and the
+/// labels of its Pod.
+type Wanted = (SocketAddr, Option<Arc<MeshPeer>>, Labels);
 
 impl Maker {
     fn new(
         pools: &Arc<Pools>,
         peer: Option<Arc<MeshPeer>>,
         breaker: Option<BreakerConfig>,
+        labels: Labels,
     ) -> Self {
         Self {
             pools: pools.clone(),
             peer,
             breaker,
+            labels,
         }
     }
 
     fn build(&self, addrs: &[SocketAddr], old: &[Arc<Endpoint>]) -> Vec<Arc<Endpoint>> {
-        let with_peer: Vec<_> = addrs.iter().map(|a| (*a, self.peer.clone())).collect();
-        self.build_each(&with_peer, old)
+        let wanted: Vec<Wanted> = addrs
+            .iter()
+            .map(|a| (*a, self.peer.clone(), Labels::new()))
+            .collect();
+        self.build_each(&wanted, old)
     }
 
     /// Endpoints each meshed with its own peer (or plaintext); one kept from `old` when its
-    /// address and expected identity are the same.
-    fn build_each(
-        &self,
-        addrs: &[(SocketAddr, Option<Arc<MeshPeer>>)],
-        old: &[Arc<Endpoint>],
-    ) -> Vec<Arc<Endpoint>> {
-        addrs
+    /// address, expected identity and labels are the same.
+    fn build_each(&self, wanted: &[Wanted], old: &[Arc<Endpoint>]) -> Vec<Arc<Endpoint>> {
+        wanted
             .iter()
-            .map(|(addr, peer)| {
+            .map(|(addr, peer, pod)| {
                 let id = peer.as_ref().map(|p| &p.id);
-                let same = |e: &&Arc<Endpoint>| e.pool.addr() == *addr && e.pool.peer_id() == id;
+                let mut labels = self.labels.clone();
+                labels.extend(pod.iter().cloned());
+                if let Some(id) = id {
+                    labels.push(("server_id", id.to_string()));
+                }
+                let destination = Destination::new(labels);
+                let same = |e: &&Arc<Endpoint>| {
+                    e.pool.addr() == *addr
+                        && e.pool.peer_id() == id
+                        && e.destination.as_ref().map(|d| d.labels()) == Some(destination.labels())
+                };
                 if let Some(kept) = old.iter().find(same) {
                     return kept.clone();
                 }
@@ -95,6 +117,7 @@ impl Maker {
                     pool: self.pools.get_for(*addr, peer.as_ref()),
                     gate,
                     load: Load::default(),
+                    destination: Some(Arc::new(destination)),
                 })
             })
             .collect()
@@ -120,8 +143,9 @@ impl Endpoints {
         pools: &Arc<Pools>,
         peer: Option<Arc<MeshPeer>>,
         breaker: Option<BreakerConfig>,
+        labels: Labels,
     ) -> Self {
-        let maker = Maker::new(pools, peer, breaker);
+        let maker = Maker::new(pools, peer, breaker, labels);
         Self {
             current: Arc::new(ArcSwap::from_pointee(maker.build(addrs, &[]))),
             next: AtomicUsize::new(0),
@@ -147,9 +171,10 @@ impl Endpoints {
         pools: &Arc<Pools>,
         mesh: Option<Arc<Mesh>>,
         breaker: Option<BreakerConfig>,
+        labels: Labels,
     ) -> Self {
-        // Each endpoint gets its own peer, from its Pod.
-        let maker = Maker::new(pools, None, breaker);
+        // Each endpoint gets its own peer and labels, from its Pod.
+        let maker = Maker::new(pools, None, breaker, labels);
         let current: Arc<ArcSwap<Vec<Arc<Endpoint>>>> = Arc::default();
         let shared = Arc::new(LazyShared::new(kube.spec().endpoints_idle_timeout.0));
         let (target, state) = (current.clone(), shared.clone());
@@ -161,7 +186,7 @@ impl Endpoints {
             let watch = kube.watch_endpoints(&namespace, &service, port_name.clone(), {
                 let (target, state) = (target.clone(), state.clone());
                 move |resolved: Vec<Resolved>| {
-                    let peers: Vec<(SocketAddr, Option<Arc<MeshPeer>>)> = resolved
+                    let peers: Vec<Wanted> = resolved
                         .iter()
                         .map(|r| {
                             let peer = peer_of(mesh.as_deref(), &ns, r);
@@ -171,18 +196,18 @@ impl Endpoints {
                                 (Some(_), Some(port)) => SocketAddr::new(r.endpoint.addr.ip(), port),
                                 _ => r.endpoint.addr,
                             };
-                            (addr, peer)
+                            (addr, peer, pod_labels(r))
                         })
                         .collect();
                     state.publish(generation, || {
                     let old = target.load_full();
                     let changed = old.len() != peers.len()
-                        || old.iter().zip(&peers).any(|(e, (addr, peer))| {
+                        || old.iter().zip(&peers).any(|(e, (addr, peer, _))| {
                             e.pool.addr() != *addr || e.pool.peer_id() != peer.as_ref().map(|p| &p.id)
                         });
                     if changed {
-                        let addrs: Vec<SocketAddr> = peers.iter().map(|(a, _)| *a).collect();
-                        let meshed = peers.iter().filter(|(_, p)| p.is_some()).count();
+                        let addrs: Vec<SocketAddr> = peers.iter().map(|(a, _, _)| *a).collect();
+                        let meshed = peers.iter().filter(|(_, p, _)| p.is_some()).count();
                         tracing::info!(namespace = %ns, service = %svc, endpoints = ?addrs, meshed, "Kubernetes endpoints changed");
                         target.store(Arc::new(maker.build_each(&peers, &old)));
                     }
@@ -252,8 +277,9 @@ impl Endpoints {
         pools: &Arc<Pools>,
         peer: Option<Arc<MeshPeer>>,
         breaker: Option<BreakerConfig>,
+        labels: Labels,
     ) -> Self {
-        let maker = Maker::new(pools, peer, breaker);
+        let maker = Maker::new(pools, peer, breaker, labels);
         let current: Arc<ArcSwap<Vec<Arc<Endpoint>>>> = Arc::default();
         let target = current.clone();
         let settings = resolver.settings().clone();
@@ -308,6 +334,38 @@ impl Endpoints {
     }
 }
 
+/// The metric labels of an endpoint's Pod, as Linkerd's destination labels name them:
+/// `dst_pod`, its owner (`dst_deployment`, `dst_statefulset`, ...) and `dst_serviceaccount`.
+fn pod_labels(resolved: &Resolved) -> Labels {
+    let mut labels = Labels::new();
+    if let Some(name) = &resolved.endpoint.pod {
+        labels.push(("dst_pod", name.clone()));
+    }
+    if let Some(pod) = &resolved.pod {
+        if let Some((kind, name)) = &pod.owner {
+            if let Some(key) = owner_label(kind) {
+                labels.push((key, name.clone()));
+            }
+        }
+        labels.push(("dst_serviceaccount", pod.service_account.clone()));
+    }
+    labels
+}
+
+/// The label naming a Pod's owner of `kind`, for the kinds Linkerd labels.
+pub(crate) fn owner_label(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "Deployment" => "dst_deployment",
+        "StatefulSet" => "dst_statefulset",
+        "DaemonSet" => "dst_daemonset",
+        "ReplicaSet" => "dst_replicaset",
+        "ReplicationController" => "dst_replicationcontroller",
+        "Job" => "dst_job",
+        "CronJob" => "dst_cronjob",
+        _ => return None,
+    })
+}
+
 /// The peer an endpoint must be: its Pod's service account, when the Pod runs Skiff and this
 /// proxy has an identity to call it with.
 fn peer_of(mesh: Option<&Mesh>, namespace: &str, resolved: &Resolved) -> Option<Arc<MeshPeer>> {
@@ -344,11 +402,11 @@ mod tests {
             "127.0.0.1:1".parse().unwrap(),
             "127.0.0.1:2".parse().unwrap(),
         ];
-        let e = Endpoints::fixed(&addrs, &pools, None, None);
+        let e = Endpoints::fixed(&addrs, &pools, None, None, Labels::new());
         let (list, _) = e.snapshot();
         let ports: Vec<u16> = list.iter().map(|e| e.pool.addr().port()).collect();
         assert_eq!(ports, [1, 2]);
-        assert!(Endpoints::fixed(&[], &pools, None, None)
+        assert!(Endpoints::fixed(&[], &pools, None, None, Labels::new())
             .snapshot()
             .0
             .is_empty());
@@ -358,7 +416,16 @@ mod tests {
     async fn dns_names_resolve_in_the_background() {
         let pools = Arc::new(Pools::new(Settings::default()));
         let resolver = Arc::new(Resolver::new(&DnsSpec::default()));
-        let e = Endpoints::dns("localhost".into(), 9, None, resolver, &pools, None, None);
+        let e = Endpoints::dns(
+            "localhost".into(),
+            9,
+            None,
+            resolver,
+            &pools,
+            None,
+            None,
+            Labels::new(),
+        );
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while e.snapshot().0.is_empty() {
             assert!(

@@ -1,6 +1,7 @@
 //! The proxy's live state: the running config and everything built from it. A reload builds
 //! the new routing state off to the side and swaps it in whole.
 
+use std::net::SocketAddr;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -423,10 +424,19 @@ fn family_filter(spec: &ProxySpec) -> FamilyFilter {
     }
 }
 
+/// The metric settings a config gives: the cardinality caps, whether plaintext is
+/// `disabled` (no identity) or `no_identity`, and the labels of the inbound server.
 fn cardinality(spec: &ProxySpec, metrics: &Metrics) {
-    metrics.http.limits().set(
-        spec.metrics.max_label_values.get(),
-        spec.metrics.idle_expiry.0,
+    let max = spec.metrics.max_label_values.get();
+    metrics.http.limits().set(max, spec.metrics.idle_expiry.0);
+    let identity = spec.identity.is_some();
+    metrics.http.set_identity(identity);
+    let app = SocketAddr::new(spec.inbound.app_host, spec.inbound.app_port);
+    metrics.identity.linkerd_authz.set_server(
+        &app.to_string(),
+        spec.inbound.listen.port(),
+        identity,
+        max,
     );
 }
 

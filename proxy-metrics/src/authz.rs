@@ -1,0 +1,186 @@
+//! Linkerd's inbound authorization families: `inbound_http_authz_allow_total`,
+//! `inbound_http_authz_deny_total` and their `inbound_tcp_authz_*` twins, labelled with the
+//! server, route and authorization that decided, and the caller.
+//!
+//! Skiff has no `Server` resource: the server is the inbound port under the workload's
+//! default policy (`srv_kind="default"`, `srv_name` the policy's name, as Linkerd names its
+//! default servers). An SMI TrafficTarget is the authorization (`authz_kind="traffictarget"`)
+//! and its HTTPRouteGroup the route; a call no rule covers is allowed by the default
+//! (`authz_kind="default"`) on the default route (`route_name="default"`). A request
+//! denied here is counted here only, never in `request_total` / `response_total`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use proxy_core::authz::Verdict;
+use proxy_core::limit::Client;
+
+use crate::http::OTHER;
+use crate::Labels;
+
+/// SMI's access group: the group of a TrafficTarget.
+const ACCESS_GROUP: &str = "access.smi-spec.io";
+/// SMI's specs group: the group of an HTTPRouteGroup.
+const SPECS_GROUP: &str = "specs.smi-spec.io";
+
+/// The authorization families.
+#[derive(Debug)]
+pub struct AuthzFamilies {
+    http_allow: Family<Labels, Counter>,
+    http_deny: Family<Labels, Counter>,
+    tcp_allow: Family<Labels, Counter>,
+    tcp_deny: Family<Labels, Counter>,
+    // Handles by what distinguishes one series from another, so a decision costs a small
+    // key and a hash, not a label set.
+    cache: Mutex<HashMap<Key, Counter>>,
+    // The application's `ip:port` (`target_addr`) and the inbound port (`srv_port`).
+    server: Mutex<(String, String)>,
+    identity: AtomicBool,
+    max_clients: AtomicUsize,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Key {
+    decision: &'static str,
+    tcp: bool,
+    default: &'static str,
+    rule: Option<String>,
+    route: Option<String>,
+    client: Option<String>,
+}
+
+impl AuthzFamilies {
+    pub(crate) fn register(registry: &mut Registry) -> Self {
+        let this = Self {
+            http_allow: Family::default(),
+            http_deny: Family::default(),
+            tcp_allow: Family::default(),
+            tcp_deny: Family::default(),
+            cache: Mutex::default(),
+            server: Mutex::default(),
+            identity: AtomicBool::new(false),
+            max_clients: AtomicUsize::new(1000),
+        };
+        registry.register(
+            "inbound_http_authz_allow",
+            "Inbound HTTP requests allowed, by server, route and authorization",
+            this.http_allow.clone(),
+        );
+        registry.register(
+            "inbound_http_authz_deny",
+            "Inbound HTTP requests denied (answered 403), by server and route",
+            this.http_deny.clone(),
+        );
+        registry.register(
+            "inbound_tcp_authz_allow",
+            "Inbound TCP connections allowed, by server and authorization",
+            this.tcp_allow.clone(),
+        );
+        registry.register(
+            "inbound_tcp_authz_deny",
+            "Inbound TCP connections denied (closed), by server",
+            this.tcp_deny.clone(),
+        );
+        this
+    }
+
+    /// Where the application listens (`target_addr`), the inbound port (`srv_port`),
+    /// whether this proxy has an identity, and how many callers are told apart.
+    pub fn set_server(&self, target_addr: &str, port: u16, identity: bool, max_clients: usize) {
+        let mut server = self.server.lock().unwrap_or_else(|e| e.into_inner());
+        if server.0 != target_addr || server.1 != port.to_string() {
+            *server = (target_addr.to_owned(), port.to_string());
+            // Handles carry the old labels: resolve them again.
+            self.cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
+        self.identity.store(identity, Ordering::Relaxed);
+        self.max_clients.store(max_clients.max(1), Ordering::Relaxed);
+    }
+
+    /// Counts one decision.
+    pub fn decided(&self, v: &Verdict<'_>) {
+        let client = match v.client {
+            Some(Client::Identity(id)) => Some(id.to_string()),
+            _ => None,
+        };
+        let mut key = Key {
+            decision: v.decision,
+            tcp: v.tcp,
+            default: v.default.as_str(),
+            rule: v.rule.map(str::to_owned),
+            route: v.route.map(str::to_owned),
+            client,
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if !cache.contains_key(&key) && cache.len() >= self.max_clients.load(Ordering::Relaxed) {
+            // Beyond the cap, callers are told apart no more.
+            key.client = key.client.map(|_| OTHER.to_owned());
+        }
+        cache
+            .entry(key)
+            .or_insert_with_key(|key| self.family(key).get_or_create(&self.labels(key)).clone())
+            .inc();
+    }
+
+    fn family(&self, key: &Key) -> &Family<Labels, Counter> {
+        match (key.tcp, key.decision == "allow") {
+            (false, true) => &self.http_allow,
+            (false, false) => &self.http_deny,
+            (true, true) => &self.tcp_allow,
+            (true, false) => &self.tcp_deny,
+        }
+    }
+
+    fn labels(&self, key: &Key) -> Labels {
+        let (target_addr, port) = self.server.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut labels: Labels = vec![
+            ("target_addr", target_addr),
+            ("srv_group", String::new()),
+            ("srv_kind", "default".to_owned()),
+            ("srv_name", key.default.to_owned()),
+            ("srv_port", port),
+        ];
+        if !key.tcp {
+            // `group/match` names an HTTPRouteGroup's match; Linkerd's route is the object.
+            let (group, kind, name) = match key.route.as_deref() {
+                Some(route) => (
+                    SPECS_GROUP,
+                    "httproutegroup",
+                    route.split('/').next().unwrap_or(route),
+                ),
+                None => ("", "default", "default"),
+            };
+            labels.push(("route_group", group.to_owned()));
+            labels.push(("route_kind", kind.to_owned()));
+            labels.push(("route_name", name.to_owned()));
+        }
+        if key.decision == "allow" {
+            let (group, kind, name) = match key.rule.as_deref() {
+                Some(rule) => (ACCESS_GROUP, "traffictarget", rule),
+                None => ("", "default", key.default),
+            };
+            labels.push(("authz_group", group.to_owned()));
+            labels.push(("authz_kind", kind.to_owned()));
+            labels.push(("authz_name", name.to_owned()));
+        }
+        match &key.client {
+            Some(id) => {
+                labels.push(("tls", "true".to_owned()));
+                labels.push(("client_id", id.clone()));
+            }
+            None if self.identity.load(Ordering::Relaxed) => {
+                labels.push(("tls", "no_identity".to_owned()));
+                labels.push(("no_tls_reason", "no_tls_from_remote".to_owned()));
+            }
+            None => labels.push(("tls", "disabled".to_owned())),
+        }
+        labels
+    }
+}
