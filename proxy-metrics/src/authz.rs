@@ -95,13 +95,11 @@ impl AuthzFamilies {
         if server.0 != target_addr || server.1 != port.to_string() {
             *server = (target_addr.to_owned(), port.to_string());
             // Handles carry the old labels: resolve them again.
-            self.cache
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear();
+            self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
         }
         self.identity.store(identity, Ordering::Relaxed);
-        self.max_clients.store(max_clients.max(1), Ordering::Relaxed);
+        self.max_clients
+            .store(max_clients.max(1), Ordering::Relaxed);
     }
 
     /// Counts one decision.
@@ -139,7 +137,11 @@ impl AuthzFamilies {
     }
 
     fn labels(&self, key: &Key) -> Labels {
-        let (target_addr, port) = self.server.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (target_addr, port) = self
+            .server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut labels: Labels = vec![
             ("target_addr", target_addr),
             ("srv_group", String::new()),

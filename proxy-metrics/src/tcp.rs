@@ -1,5 +1,11 @@
 //! Connection-level series: opens, closes, open connections, bytes each way, connection
 //! durations, and what protocol detection decided for each connection.
+//!
+//! As Linkerd's, they cover both ends of the proxy: connections accepted (`peer="src"`,
+//! labelled with the caller's identity once its mTLS handshake is done) and connections
+//! opened to upstreams (`peer="dst"`, with the endpoint, its identity and destination
+//! labels). A connect that fails is counted in `tcp_close_total` with its `errno` and
+//! `classification="failure"`, never in `tcp_open_total`.
 
 use std::io;
 use std::pin::Pin;
@@ -24,6 +30,10 @@ fn duration_histogram() -> Histogram {
 /// The TCP families.
 #[derive(Debug)]
 pub struct TcpFamilies {
+    // Callers told apart by identity on accepted connections (capped, like HTTP's).
+    clients: std::sync::Mutex<std::collections::HashSet<String>>,
+    identity: std::sync::atomic::AtomicBool,
+    max_clients: std::sync::atomic::AtomicUsize,
     open_total: Family<Labels, Counter>,
     close_total: Family<Labels, Counter>,
     open_connections: Family<Labels, Gauge>,
@@ -36,6 +46,9 @@ pub struct TcpFamilies {
 impl TcpFamilies {
     pub(crate) fn register(registry: &mut Registry) -> Self {
         let this = Self {
+            clients: std::sync::Mutex::default(),
+            identity: std::sync::atomic::AtomicBool::new(false),
+            max_clients: std::sync::atomic::AtomicUsize::new(1000),
             open_total: Family::default(),
             close_total: Family::default(),
             open_connections: Family::default(),
@@ -46,21 +59,25 @@ impl TcpFamilies {
         };
         registry.register(
             "tcp_read_bytes",
-            "Bytes read from accepted connections",
+            "Bytes read, from accepted connections (peer=src) and from upstreams (peer=dst)",
             this.read_bytes.clone(),
         );
         registry.register(
             "tcp_write_bytes",
-            "Bytes written to accepted connections",
+            "Bytes written, to accepted connections (peer=src) and to upstreams (peer=dst)",
             this.write_bytes.clone(),
         );
         registry.register(
             "tcp_connection_duration_ms",
-            "How long accepted connections stayed open, in milliseconds",
+            "How long connections stayed open, in milliseconds",
             this.duration.clone(),
         );
         registry.register("tcp_open", "Connections opened", this.open_total.clone());
-        registry.register("tcp_close", "Connections closed", this.close_total.clone());
+        registry.register(
+            "tcp_close",
+            "Connections closed, and connects that failed (with errno)",
+            this.close_total.clone(),
+        );
         registry.register(
             "tcp_open_connections",
             "Connections currently open",
@@ -74,13 +91,58 @@ impl TcpFamilies {
         this
     }
 
+    /// Whether this proxy has an identity (what `tls` says of plaintext), and how many
+    /// callers' identities are told apart.
+    pub fn set_identity(&self, on: bool, max_clients: usize) {
+        use std::sync::atomic::Ordering;
+        self.identity.store(on, Ordering::Relaxed);
+        self.max_clients
+            .store(max_clients.max(1), Ordering::Relaxed);
+    }
+
+    /// `tls` and `no_tls_reason` for a plaintext connection, `reason` being Linkerd's.
+    pub fn plaintext(&self, reason: &'static str) -> Labels {
+        if self.identity.load(std::sync::atomic::Ordering::Relaxed) {
+            vec![
+                ("tls", "no_identity".to_owned()),
+                ("no_tls_reason", reason.to_owned()),
+            ]
+        } else {
+            vec![("tls", "disabled".to_owned())]
+        }
+    }
+
+    /// Handles for connections labelled `labels`.
+    pub fn handles(self: &std::sync::Arc<Self>, labels: Labels) -> ConnHandles {
+        let mut closed = labels.clone();
+        closed.push(("classification", "success".to_owned()));
+        ConnHandles {
+            open_total: self.open_total.get_or_create(&labels).clone(),
+            close_total: self.close_total.get_or_create(&closed).clone(),
+            open: self.open_connections.get_or_create(&labels).clone(),
+            read_bytes: self.read_bytes.get_or_create(&labels).clone(),
+            write_bytes: self.write_bytes.get_or_create(&labels).clone(),
+            duration: self.duration.get_or_create(&labels).clone(),
+            families: self.clone(),
+            labels,
+        }
+    }
+
     /// Handles for the connections a listener accepts (`peer="src"`).
-    pub fn listener(&self, direction: proxy_core::Direction) -> ListenerMetrics {
-        let labels: Labels = vec![
+    pub fn listener(
+        self: &std::sync::Arc<Self>,
+        direction: proxy_core::Direction,
+    ) -> ListenerMetrics {
+        let reason = match direction {
+            proxy_core::Direction::Inbound => "no_tls_from_remote",
+            // The local application's own connections.
+            proxy_core::Direction::Outbound => "loopback",
+        };
+        let mut labels: Labels = vec![
             ("direction", direction.as_str().to_owned()),
             ("peer", "src".to_owned()),
-            ("tls", "disabled".to_owned()),
         ];
+        labels.extend(self.plaintext(reason));
         let detect = |protocol: &str| {
             self.detect_total
                 .get_or_create(&vec![
@@ -90,12 +152,9 @@ impl TcpFamilies {
                 .clone()
         };
         ListenerMetrics {
-            open_total: self.open_total.get_or_create(&labels).clone(),
-            close_total: self.close_total.get_or_create(&labels).clone(),
-            open: self.open_connections.get_or_create(&labels).clone(),
-            read_bytes: self.read_bytes.get_or_create(&labels).clone(),
-            write_bytes: self.write_bytes.get_or_create(&labels).clone(),
-            duration: self.duration.get_or_create(&labels).clone(),
+            direction,
+            plain: self.handles(labels),
+            families: self.clone(),
             detect: DetectCounters {
                 http1: detect("http1"),
                 http2: detect("http2"),
@@ -108,17 +167,105 @@ impl TcpFamilies {
     }
 }
 
-/// One listener's connection handles.
+/// One label set's connection handles.
 #[derive(Clone, Debug)]
-pub struct ListenerMetrics {
+pub struct ConnHandles {
     open_total: Counter,
     close_total: Counter,
     open: Gauge,
     read_bytes: Counter,
     write_bytes: Counter,
     duration: Histogram,
+    families: std::sync::Arc<TcpFamilies>,
+    labels: Labels,
+}
+
+impl ConnHandles {
+    /// Records an opened connection; the guard records its close when dropped.
+    pub fn opened(&self) -> ConnectionGuard {
+        self.open_total.inc();
+        self.open.inc();
+        ConnectionGuard {
+            close_total: self.close_total.clone(),
+            open: self.open.clone(),
+            duration: self.duration.clone(),
+            start: Instant::now(),
+        }
+    }
+
+    /// Counts a connect that failed with `error`: `tcp_close_total` with its `errno`.
+    pub fn connect_failed(&self, error: &io::Error) {
+        let mut labels = self.labels.clone();
+        labels.push(("classification", "failure".to_owned()));
+        labels.push(("errno", errno(error).to_owned()));
+        self.families.close_total.get_or_create(&labels).inc();
+    }
+
+    /// Wraps a connection whose bytes count under these labels, and whose close is
+    /// recorded when it is dropped.
+    pub fn count<I>(&self, io: I) -> Counted<I> {
+        let sink = ByteSink::default();
+        sink.set(self);
+        let mut counted = Counted::new(io, sink);
+        counted.guard = Some(self.opened());
+        counted
+    }
+}
+
+/// The name of the errno behind `error` (Linkerd's `errno` label), `ETIMEDOUT` for a
+/// connect Skiff gave up on, and `EUNKNOWN` for an error with none.
+fn errno(error: &io::Error) -> &'static str {
+    if error.kind() == io::ErrorKind::TimedOut {
+        return "ETIMEDOUT";
+    }
+    match error.raw_os_error() {
+        Some(111) => "ECONNREFUSED",
+        Some(110) => "ETIMEDOUT",
+        Some(113) => "EHOSTUNREACH",
+        Some(101) => "ENETUNREACH",
+        Some(104) => "ECONNRESET",
+        Some(99) => "EADDRNOTAVAIL",
+        Some(24) => "EMFILE",
+        Some(23) => "ENFILE",
+        Some(13) => "EACCES",
+        Some(1) => "EPERM",
+        _ => "EUNKNOWN",
+    }
+}
+
+/// One listener's connection handles.
+#[derive(Clone, Debug)]
+pub struct ListenerMetrics {
+    direction: proxy_core::Direction,
+    /// Plaintext connections.
+    pub plain: ConnHandles,
+    families: std::sync::Arc<TcpFamilies>,
     /// Detection outcome counters.
     pub detect: DetectCounters,
+}
+
+impl ListenerMetrics {
+    /// Handles for a connection whose caller proved `client_id` over mesh mTLS (callers
+    /// beyond the cap count as `other`).
+    pub fn meshed(&self, client_id: &str) -> ConnHandles {
+        let f = &self.families;
+        let max = f.max_clients.load(std::sync::atomic::Ordering::Relaxed);
+        let id = {
+            let mut clients = f.clients.lock().unwrap_or_else(|e| e.into_inner());
+            if clients.contains(client_id) || clients.len() < max {
+                clients.insert(client_id.to_owned());
+                client_id
+            } else {
+                crate::http::OTHER
+            }
+        };
+        f.handles(vec![
+            ("direction", self.direction.as_str().to_owned()),
+            ("peer", "src".to_owned()),
+            ("tls", "true".to_owned()),
+            ("client_id", id.to_owned()),
+        ])
+    }
 }
 
 /// What protocol detection decided, one counter per outcome.
@@ -136,29 +283,6 @@ pub struct DetectCounters {
     pub opaque_timeout: Counter,
     /// The port is configured opaque; detection skipped.
     pub opaque_configured: Counter,
-}
-
-impl ListenerMetrics {
-    /// Records an accepted connection; the guard records its close when dropped.
-    pub fn opened(&self) -> ConnectionGuard {
-        self.open_total.inc();
-        self.open.inc();
-        ConnectionGuard {
-            close_total: self.close_total.clone(),
-            open: self.open.clone(),
-            duration: self.duration.clone(),
-            start: Instant::now(),
-        }
-    }
-
-    /// Wraps an accepted connection so the bytes it carries are counted.
-    pub fn count<I>(&self, io: I) -> Counted<I> {
-        Counted {
-            io,
-            read: self.read_bytes.clone(),
-            written: self.write_bytes.clone(),
-        }
-    }
 }
 
 /// Held for a connection's lifetime.
@@ -179,15 +303,75 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// Where a connection's bytes go: its handles once its labels are known (an accepted
+/// connection's only after its TLS handshake), counted meanwhile.
+#[derive(Clone, Debug, Default)]
+pub struct ByteSink(std::sync::Arc<SinkInner>);
+
+#[derive(Debug, Default)]
+struct SinkInner {
+    handles: std::sync::OnceLock<(Counter, Counter)>,
+    pending_read: std::sync::atomic::AtomicU64,
+    pending_written: std::sync::atomic::AtomicU64,
+}
+
+impl ByteSink {
+    /// From now on, bytes count under `handles` (with those already seen).
+    pub fn set(&self, handles: &ConnHandles) {
+        use std::sync::atomic::Ordering;
+        let (read, written) = (handles.read_bytes.clone(), handles.write_bytes.clone());
+        if self.0.handles.set((read.clone(), written.clone())).is_ok() {
+            read.inc_by(self.0.pending_read.swap(0, Ordering::Relaxed));
+            written.inc_by(self.0.pending_written.swap(0, Ordering::Relaxed));
+        }
+    }
+
+    fn read(&self, n: u64) {
+        match self.0.handles.get() {
+            Some((read, _)) => {
+                read.inc_by(n);
+            }
+            None => {
+                self.0
+                    .pending_read
+                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn written(&self, n: u64) {
+        match self.0.handles.get() {
+            Some((_, written)) => {
+                written.inc_by(n);
+            }
+            None => {
+                self.0
+                    .pending_written
+                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 /// A connection whose bytes are counted as they pass.
 #[derive(Debug)]
 pub struct Counted<I> {
     io: I,
-    read: Counter,
-    written: Counter,
+    sink: ByteSink,
+    // For a connection Skiff opened: its close is recorded when it goes.
+    guard: Option<ConnectionGuard>,
 }
 
 impl<I> Counted<I> {
+    /// `io`, its bytes counted into `sink`.
+    pub fn new(io: I, sink: ByteSink) -> Self {
+        Self {
+            io,
+            sink,
+            guard: None,
+        }
+    }
+
     /// The connection.
     pub fn get_ref(&self) -> &I {
         &self.io
@@ -204,7 +388,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
-            self.read.inc_by(n as u64);
+            self.sink.read(n as u64);
         }
         polled
     }
@@ -218,7 +402,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = polled {
-            self.written.inc_by(n as u64);
+            self.sink.written(n as u64);
         }
         polled
     }
@@ -230,7 +414,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = polled {
-            self.written.inc_by(n as u64);
+            self.sink.written(n as u64);
         }
         polled
     }

@@ -419,7 +419,7 @@ fn transparent_mode(backend: &str, source: Source) {
             &[outbound, r#"protocol="opaque""#],
             1.0,
         ),
-        ("tcp_open_total", &[outbound], 6.0),
+        ("tcp_open_total", &[outbound, r#"peer="src""#], 6.0),
     ] {
         assert_eq!(
             sum(&metrics, name, labels),

@@ -80,13 +80,27 @@ async fn a_90_10_httproute_split_lands_within_5_points_over_1000_requests() {
     assert!((5.0..=15.0).contains(&p2), "{seen:?}");
     assert_eq!(p1 + p2, 100.0, "every request succeeded: {seen:?}");
 
-    // The route's name labels its series.
+    // The route's name labels its series, split by the backend that served each request
+    // (`dst_service`); Linkerd's route family counts the route once.
     let (_, metrics) = admin_get(proxy.admin_addr, "/metrics").await;
-    let line = metrics
-        .lines()
-        .find(|l| l.starts_with("request_total{") && l.contains(r#"route="web-canary""#))
-        .unwrap_or_else(|| panic!("no route label in:\n{metrics}"));
-    assert!(line.ends_with(" 1000"), "{line}");
+    let sum = |family: &str, parts: &[&str]| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(family) && parts.iter().all(|p| l.contains(p)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let route = r#"route="web-canary""#;
+    assert_eq!(sum("request_total{", &[route]), 1000.0, "{metrics}");
+    let v1 = sum("request_total{", &[route, r#"dst_service="web-v1""#]);
+    let v2 = sum("request_total{", &[route, r#"dst_service="web-v2""#]);
+    assert_eq!(v1 + v2, 1000.0, "{metrics}");
+    assert!(v2 > 0.0, "{metrics}");
+    assert_eq!(
+        sum("route_request_total{", &[r#"rt_route="web-canary""#]),
+        1000.0,
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

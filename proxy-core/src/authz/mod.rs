@@ -192,7 +192,9 @@ impl<'a> Verdict<'a> {
     ) -> Self {
         let (decision, rule, route) = match decision {
             Decision::Unrestricted => ("allow", None, None),
-            Decision::Allowed { rule, route } => ("allow", Some(rule.as_str()), Some(route.as_str())),
+            Decision::Allowed { rule, route } => {
+                ("allow", Some(rule.as_str()), Some(route.as_str()))
+            }
             Decision::Denied if policy.audits() => ("audit-deny", None, None),
             Decision::Denied => ("deny", None, None),
         };

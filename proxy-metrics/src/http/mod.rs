@@ -151,7 +151,10 @@ impl HttpFamilies {
                 ("no_tls_reason", reason.to_owned()),
             ]
         } else {
-            [("tls", "disabled".to_owned()), ("no_tls_reason", String::new())]
+            [
+                ("tls", "disabled".to_owned()),
+                ("no_tls_reason", String::new()),
+            ]
         }
     }
 
@@ -342,8 +345,7 @@ impl TargetMetrics {
 
     fn peer_labels(&self, key: &'static str, id: &str) -> Arc<TargetMetrics> {
         let base = destination::merged(&self.base, &[(key, id.to_owned())]);
-        self.families
-            .with_labels(base, None, self.routes.clone())
+        self.families.with_labels(base, None, self.routes.clone())
     }
 
     fn base_key(&self) -> String {

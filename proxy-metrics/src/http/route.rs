@@ -54,7 +54,10 @@ impl RouteFamilies {
     /// The handles of `route` (or the service's default) of the service at `dst`.
     pub(super) fn series(&self, dst: &str, route: Option<&str>) -> Arc<RouteSeries> {
         let mut base: Labels = vec![
-            ("direction", proxy_core::Direction::Outbound.as_str().to_owned()),
+            (
+                "direction",
+                proxy_core::Direction::Outbound.as_str().to_owned(),
+            ),
             ("dst", dst.to_owned()),
         ];
         if let Some(route) = route {

@@ -24,7 +24,7 @@ use crate::config::{
     ServiceRoutes, ServiceSpec, TimeoutsSpec,
 };
 use crate::discovery::dns::Resolver;
-use crate::discovery::endpoints::{BreakerConfig, Endpoints};
+use crate::discovery::endpoints::{BreakerConfig, Endpoints, Maker};
 use crate::discovery::kubernetes::Kubernetes;
 use crate::identity::Mesh;
 use crate::upstream::mirror::ServiceMirror;
@@ -130,13 +130,15 @@ fn endpoints(
 ) -> Arc<Endpoints> {
     let namespace = svc.namespace.as_deref().unwrap_or(&ctx.spec.namespace);
     let mut labels = vec![
+        ("authority", ctx.authority(name, svc)),
         ("dst_service", name.to_owned()),
         ("dst_namespace", namespace.to_owned()),
     ];
     labels.extend(svc.metric_labels.0.iter().cloned());
     let breaker = breaker.map(|b| breaker_config(b, metrics));
+    let maker = Maker::new(ctx.pools, peer, breaker, labels);
     Arc::new(match &svc.endpoints {
-        EndpointSource::Static(list) => Endpoints::fixed(list, ctx.pools, peer, breaker, labels),
+        EndpointSource::Static(list) => Endpoints::fixed(list, maker),
         EndpointSource::Dns {
             host,
             port,
@@ -146,10 +148,7 @@ fn endpoints(
             *port,
             refresh.map(|r| r.0),
             Arc::new(Resolver::new(&ctx.spec.dns)),
-            ctx.pools,
-            peer,
-            breaker,
-            labels,
+            maker,
         ),
         EndpointSource::Kubernetes {
             namespace,
@@ -161,13 +160,11 @@ fn endpoints(
                 namespace.clone(),
                 service.clone(),
                 port_name.clone(),
-                ctx.pools,
                 ctx.mesh.cloned(),
-                breaker,
-                labels,
+                maker,
             ),
             // Discovered services exist only while discovery runs.
-            None => Endpoints::fixed(&[], ctx.pools, peer, breaker, labels),
+            None => Endpoints::fixed(&[], maker),
         },
     })
 }
@@ -372,7 +369,10 @@ pub(super) fn app(
         identity: None,
         inbound: Some(spec.inbound.clone()),
         balance: balance::Strategy::RoundRobin,
-        endpoints: Arc::new(Endpoints::fixed(&[addr], pools, None, None, Vec::new())),
+        endpoints: Arc::new(Endpoints::fixed(
+            &[addr],
+            Maker::new(pools, None, None, Vec::new()),
+        )),
         policies: Policies {
             route: None,
             limits: limits(spec.inbound.rate_limit, spec.inbound.max_in_flight, None),

@@ -35,6 +35,7 @@ use proxy_core::authz::{AuthzObserver, Decision, Verdict};
 use proxy_core::limit::Client;
 use proxy_core::normalize::HeaderLimits;
 use proxy_core::{Body, Direction};
+use proxy_metrics::tcp::ByteSink;
 
 /// An accepted connection, its bytes counted.
 type Accepted = proxy_metrics::tcp::Counted<TcpStream>;
@@ -132,13 +133,20 @@ async fn serve(
     drain: Drain,
 ) {
     let conns = state.conns(direction);
-    let _open = conns.opened();
     let spec = state.spec.load_full();
     let orig_dst = original_dst(&stream);
     let opaque_target = opaque_target(direction, orig_dst, state);
-    let stream = conns.count(stream);
+    // The connection's labels are known once it is known to be meshed or not (after the
+    // mTLS handshake); its bytes are counted from the first.
+    let sink = ByteSink::default();
+    let stream = proxy_metrics::tcp::Counted::new(stream, sink.clone());
+    let plaintext = || {
+        sink.set(&conns.plain);
+        conns.plain.opened()
+    };
 
     if let Some(target) = opaque_target.filter(|t| spec.opaque_ports.contains(&t.port())) {
+        let _open = plaintext();
         conns.detect.opaque_configured.inc();
         if let Some(mesh) = strict_mesh(state, direction) {
             // Opaque TCP over the mesh is not carried in mTLS yet: strict mode cannot admit
@@ -170,7 +178,7 @@ async fn serve(
     if let Some(mesh) = mesh {
         if protocol == Protocol::Tls {
             conns.detect.tls.inc();
-            serve_mesh(io, peer, orig_dst, mesh, state, drain).await;
+            serve_mesh(io, peer, orig_dst, mesh, state, drain, sink).await;
             return;
         }
         if mesh.mtls == MtlsMode::Strict {
@@ -180,6 +188,7 @@ async fn serve(
             return;
         }
     }
+    let _open = plaintext();
     match protocol {
         Protocol::Http1 => {
             conns.detect.http1.inc();
@@ -292,6 +301,7 @@ async fn serve_mesh(
     mesh: &Mesh,
     state: &State,
     drain: Drain,
+    sink: ByteSink,
 ) {
     let Some(creds) = mesh.identity.current() else {
         tracing::warn!(%peer, "refusing a mesh connection: no valid credentials yet");
@@ -320,6 +330,9 @@ async fn serve_mesh(
     };
     let h2 = conn.alpn_protocol() == Some(proxy_tls::ALPN_H2);
     let client = Client::Identity(id.to_string().into());
+    let handles = state.conns(Direction::Inbound).meshed(&id.to_string());
+    sink.set(&handles);
+    let _open = handles.opened();
     let spec = state.spec.load_full();
     let svc = crate::inbound::stack(state, client, orig_dst);
     if h2 {

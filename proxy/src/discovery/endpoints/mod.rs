@@ -49,13 +49,15 @@ pub(crate) struct BreakerConfig {
 
 /// Builds endpoints for addresses, keeping those already built (and their breaker state).
 #[derive(Clone, Debug)]
-struct Maker {
+pub(crate) struct Maker {
     pools: Arc<Pools>,
     peer: Option<Arc<MeshPeer>>,
     breaker: Option<BreakerConfig>,
     // The service's metric labels (`dst_service`, `dst_namespace`, and those the config
     // gives), which every endpoint carries.
     labels: Labels,
+    // What its connections are counted under besides: direction and authority.
+    tcp_labels: Labels,
 }
 
 /// One endpoint to build: its address, the peer it must prove to be (when meshed), and the
@@ -63,17 +65,32 @@ struct Maker {
 type Wanted = (SocketAddr, Option<Arc<MeshPeer>>, Labels);
 
 impl Maker {
-    fn new(
+    /// Endpoints drawing pools from `pools`, meshed with `peer` when given (a discovered
+    /// endpoint's comes from its Pod), with breakers when `breaker` says, labelled `labels`
+    /// (`dst_*`, and `authority` for their connections).
+    pub(crate) fn new(
         pools: &Arc<Pools>,
         peer: Option<Arc<MeshPeer>>,
         breaker: Option<BreakerConfig>,
         labels: Labels,
     ) -> Self {
+        // The service's authority labels its connections, but not its requests' endpoints:
+        // a request's series already name the service it was sent to.
+        let (authority, labels): (Labels, Labels) =
+            labels.into_iter().partition(|(k, _)| *k == "authority");
+        let direction = if labels.is_empty() {
+            "inbound"
+        } else {
+            "outbound"
+        };
+        let mut tcp_labels: Labels = vec![("direction", direction.to_owned())];
+        tcp_labels.extend(authority);
         Self {
             pools: pools.clone(),
             peer,
             breaker,
             labels,
+            tcp_labels,
         }
     }
 
@@ -114,7 +131,17 @@ impl Maker {
                     ))
                 });
                 Arc::new(Endpoint {
-                    pool: self.pools.get_for(*addr, peer.as_ref()),
+                    pool: self.pools.get_for(*addr, peer.as_ref(), &{
+                        let mut tcp = self.tcp_labels.clone();
+                        tcp.extend(
+                            destination
+                                .labels()
+                                .iter()
+                                .filter(|(k, _)| *k != "server_id")
+                                .cloned(),
+                        );
+                        tcp
+                    }),
                     gate,
                     load: Load::default(),
                     destination: Some(Arc::new(destination)),
@@ -138,14 +165,7 @@ pub(crate) struct Endpoints {
 
 impl Endpoints {
     /// A fixed list (meshed with `peer`, when given).
-    pub(crate) fn fixed(
-        addrs: &[SocketAddr],
-        pools: &Arc<Pools>,
-        peer: Option<Arc<MeshPeer>>,
-        breaker: Option<BreakerConfig>,
-        labels: Labels,
-    ) -> Self {
-        let maker = Maker::new(pools, peer, breaker, labels);
+    pub(crate) fn fixed(addrs: &[SocketAddr], maker: Maker) -> Self {
         Self {
             current: Arc::new(ArcSwap::from_pointee(maker.build(addrs, &[]))),
             next: AtomicUsize::new(0),
@@ -168,13 +188,10 @@ impl Endpoints {
         namespace: String,
         service: String,
         port_name: Option<String>,
-        pools: &Arc<Pools>,
         mesh: Option<Arc<Mesh>>,
-        breaker: Option<BreakerConfig>,
-        labels: Labels,
+        maker: Maker,
     ) -> Self {
         // Each endpoint gets its own peer and labels, from its Pod.
-        let maker = Maker::new(pools, None, breaker, labels);
         let current: Arc<ArcSwap<Vec<Arc<Endpoint>>>> = Arc::default();
         let shared = Arc::new(LazyShared::new(kube.spec().endpoints_idle_timeout.0));
         let (target, state) = (current.clone(), shared.clone());
@@ -274,12 +291,8 @@ impl Endpoints {
         port: u16,
         refresh: Option<Duration>,
         resolver: Arc<Resolver>,
-        pools: &Arc<Pools>,
-        peer: Option<Arc<MeshPeer>>,
-        breaker: Option<BreakerConfig>,
-        labels: Labels,
+        maker: Maker,
     ) -> Self {
-        let maker = Maker::new(pools, peer, breaker, labels);
         let current: Arc<ArcSwap<Vec<Arc<Endpoint>>>> = Arc::default();
         let target = current.clone();
         let settings = resolver.settings().clone();
@@ -402,14 +415,16 @@ mod tests {
             "127.0.0.1:1".parse().unwrap(),
             "127.0.0.1:2".parse().unwrap(),
         ];
-        let e = Endpoints::fixed(&addrs, &pools, None, None, Labels::new());
+        let e = Endpoints::fixed(&addrs, Maker::new(&pools, None, None, Labels::new()));
         let (list, _) = e.snapshot();
         let ports: Vec<u16> = list.iter().map(|e| e.pool.addr().port()).collect();
         assert_eq!(ports, [1, 2]);
-        assert!(Endpoints::fixed(&[], &pools, None, None, Labels::new())
-            .snapshot()
-            .0
-            .is_empty());
+        assert!(
+            Endpoints::fixed(&[], Maker::new(&pools, None, None, Labels::new()))
+                .snapshot()
+                .0
+                .is_empty()
+        );
     }
 
     #[tokio::test]
@@ -421,10 +436,7 @@ mod tests {
             9,
             None,
             resolver,
-            &pools,
-            None,
-            None,
-            Labels::new(),
+            Maker::new(&pools, None, None, Labels::new()),
         );
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while e.snapshot().0.is_empty() {

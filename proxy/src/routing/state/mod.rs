@@ -1,8 +1,8 @@
 //! The proxy's live state: the running config and everything built from it. A reload builds
 //! the new routing state off to the side and swaps it in whole.
 
-use std::net::SocketAddr;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
@@ -106,7 +106,7 @@ impl State {
         readiness: Arc<Readiness>,
     ) -> Result<Self, String> {
         let spec = config.proxy.clone();
-        let pools = Arc::new(Pools::new(client_settings(&spec)));
+        let pools = Arc::new(Pools::new(client_settings(&spec)).with_metrics(metrics.tcp.clone()));
         let http = &metrics.http;
         cardinality(&spec, &metrics);
         let mesh = match &spec.identity {
@@ -431,6 +431,7 @@ fn cardinality(spec: &ProxySpec, metrics: &Metrics) {
     metrics.http.limits().set(max, spec.metrics.idle_expiry.0);
     let identity = spec.identity.is_some();
     metrics.http.set_identity(identity);
+    metrics.tcp.set_identity(identity, max);
     let app = SocketAddr::new(spec.inbound.app_host, spec.inbound.app_port);
     metrics.identity.linkerd_authz.set_server(
         &app.to_string(),

@@ -12,6 +12,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use proxy_core::error::find_cause;
 use proxy_core::{Body, ProxyError, Reason};
+use proxy_metrics::tcp::{ByteSink, ConnHandles, Counted};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -40,7 +41,12 @@ pub struct Pool {
     // and then share it, instead of each opening its own.
     h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
     mesh: Option<Arc<MeshPeer>>,
+    // Where its connections are counted.
+    tcp: Option<ConnHandles>,
 }
+
+/// A connection to an upstream, its bytes and lifetime counted.
+type Upstream = Counted<TcpStream>;
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,6 +61,7 @@ impl Pool {
         addr: SocketAddr,
         settings: Arc<ArcSwap<Settings>>,
         mesh: Option<Arc<MeshPeer>>,
+        tcp: Option<ConnHandles>,
     ) -> Self {
         Self {
             addr,
@@ -62,6 +69,7 @@ impl Pool {
             idle: Mutex::default(),
             h2: tokio::sync::Mutex::default(),
             mesh,
+            tcp,
         }
     }
 
@@ -213,9 +221,9 @@ impl Pool {
     /// The mesh TLS handshake, with the credentials in use now.
     async fn tls(
         &self,
-        tcp: TcpStream,
+        tcp: Upstream,
         peer: &MeshPeer,
-    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProxyError> {
+    ) -> Result<tokio_rustls::client::TlsStream<Upstream>, ProxyError> {
         let fail = |what: String| {
             ProxyError::new(
                 Reason::UpstreamConnect,
@@ -275,22 +283,36 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<TcpStream, ProxyError> {
+    async fn connect(&self) -> Result<Upstream, ProxyError> {
         let timeout = self.settings.load().connect_timeout;
+        let failed = |e: &std::io::Error| {
+            if let Some(tcp) = &self.tcp {
+                tcp.connect_failed(e);
+            }
+        };
         match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                Ok(stream)
+                Ok(match &self.tcp {
+                    Some(tcp) => tcp.count(stream),
+                    None => Counted::new(stream, ByteSink::default()),
+                })
             }
-            Ok(Err(e)) => Err(ProxyError::new(
-                Reason::UpstreamConnect,
-                format!("connecting to {} failed: {e}", self.addr),
-            )
-            .with_source(e)),
-            Err(_) => Err(ProxyError::new(
-                Reason::UpstreamConnect,
-                format!("connecting to {} timed out after {timeout:?}", self.addr),
-            )),
+            Ok(Err(e)) => {
+                failed(&e);
+                Err(ProxyError::new(
+                    Reason::UpstreamConnect,
+                    format!("connecting to {} failed: {e}", self.addr),
+                )
+                .with_source(e))
+            }
+            Err(_) => {
+                failed(&std::io::ErrorKind::TimedOut.into());
+                Err(ProxyError::new(
+                    Reason::UpstreamConnect,
+                    format!("connecting to {} timed out after {timeout:?}", self.addr),
+                ))
+            }
         }
     }
 

@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use proxy_metrics::identity::IdentityFamilies;
+use proxy_metrics::tcp::TcpFamilies;
+use proxy_metrics::Labels;
 use proxy_tls::{Identity, SpiffeId};
 
 pub(crate) use endpoint::{Pool, Protocol};
@@ -65,6 +67,8 @@ pub struct Pools {
     // Weak: a pool lives as long as some service's endpoint list holds it. Meshed and
     // plaintext pools to one address are distinct.
     pools: Mutex<HashMap<PoolKey, Weak<Pool>>>,
+    // Where connections opened to upstreams are counted (`peer="dst"`).
+    tcp: Option<Arc<TcpFamilies>>,
 }
 
 /// An endpoint address, and the identity expected there when the pool is meshed.
@@ -76,7 +80,14 @@ impl Pools {
         Self {
             settings: Arc::new(ArcSwap::from_pointee(settings)),
             pools: Mutex::default(),
+            tcp: None,
         }
+    }
+
+    /// Pools whose connections are counted in `tcp`.
+    pub fn with_metrics(mut self, tcp: Arc<TcpFamilies>) -> Self {
+        self.tcp = Some(tcp);
+        self
     }
 
     /// Changes the settings of every pool, existing ones included (they read them live).
@@ -84,19 +95,44 @@ impl Pools {
         self.settings.store(Arc::new(settings));
     }
 
-    /// The plaintext pool for `addr`, created if no one holds one.
+    /// The plaintext pool for `addr` (passthrough traffic), created if no one holds one.
     pub fn get(&self, addr: SocketAddr) -> Arc<Pool> {
-        self.get_for(addr, None)
+        self.get_for(addr, None, &[("direction", "outbound".to_owned())])
     }
 
-    /// The pool for `addr`, meshed with `peer` if given.
-    pub fn get_for(&self, addr: SocketAddr, peer: Option<&Arc<MeshPeer>>) -> Arc<Pool> {
+    /// The pool for `addr`, meshed with `peer` if given. A new pool's connections are
+    /// counted under `labels` (`direction`, `authority`, `dst_*`), with the endpoint and
+    /// its identity: a pool shared by several services keeps the labels of the first.
+    pub fn get_for(
+        &self,
+        addr: SocketAddr,
+        peer: Option<&Arc<MeshPeer>>,
+        labels: &[(&'static str, String)],
+    ) -> Arc<Pool> {
         let key = (addr, peer.map(|p| p.id.clone()));
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(pool) = pools.get(&key).and_then(Weak::upgrade) {
             return pool;
         }
-        let pool = Arc::new(Pool::new(addr, self.settings.clone(), peer.cloned()));
+        let handles = self.tcp.as_ref().map(|tcp| {
+            let mut all: Labels = vec![("peer", "dst".to_owned())];
+            all.extend(labels.iter().cloned());
+            all.push(("target_addr", addr.to_string()));
+            match peer {
+                Some(p) => {
+                    all.push(("tls", "true".to_owned()));
+                    all.push(("server_id", p.id.to_string()));
+                }
+                None => all.extend(tcp.plaintext("not_provided_by_service_discovery")),
+            }
+            tcp.handles(all)
+        });
+        let pool = Arc::new(Pool::new(
+            addr,
+            self.settings.clone(),
+            peer.cloned(),
+            handles,
+        ));
         pools.retain(|_, p| p.strong_count() > 0);
         pools.insert(key, Arc::downgrade(&pool));
         pool
