@@ -186,3 +186,92 @@ impl AuthzFamilies {
         labels
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proxy_core::authz::DefaultPolicy;
+
+    fn value(family: &Family<Labels, Counter>, labels: &[(&'static str, &str)]) -> u64 {
+        let labels: Labels = labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        family.get_or_create(&labels).get()
+    }
+
+    #[test]
+    fn each_decision_is_counted_with_the_server_route_and_authorization_that_made_it() {
+        let f = AuthzFamilies::register(&mut Registry::default());
+        f.set_server("10.0.0.7:8080", 4143, true, 1000);
+        let web = Client::Identity("spiffe://td/ns/shop/sa/web".into());
+        let verdict = |decision, rule, route, client| Verdict {
+            decision,
+            rule,
+            route,
+            client,
+            default: DefaultPolicy::Allow,
+            tcp: false,
+        };
+        f.decided(&verdict(
+            "allow",
+            Some("web-reads"),
+            Some("api-routes/reads"),
+            Some(&web),
+        ));
+        f.decided(&verdict(
+            "allow",
+            Some("web-reads"),
+            Some("api-routes/reads"),
+            Some(&web),
+        ));
+        f.decided(&verdict("deny", None, None, Some(&web)));
+        f.decided(&verdict("allow", None, None, None));
+        let server = [
+            ("target_addr", "10.0.0.7:8080"),
+            ("srv_group", ""),
+            ("srv_kind", "default"),
+            ("srv_name", "all-unauthenticated"),
+            ("srv_port", "4143"),
+        ];
+        let by_rule = [
+            &server[..],
+            &[
+                ("route_group", "specs.smi-spec.io"),
+                ("route_kind", "httproutegroup"),
+                ("route_name", "api-routes"),
+                ("authz_group", "access.smi-spec.io"),
+                ("authz_kind", "traffictarget"),
+                ("authz_name", "web-reads"),
+                ("tls", "true"),
+                ("client_id", "spiffe://td/ns/shop/sa/web"),
+            ],
+        ]
+        .concat();
+        assert_eq!(value(&f.http_allow, &by_rule), 2);
+        let denied = [
+            &server[..],
+            &[
+                ("route_group", ""),
+                ("route_kind", "default"),
+                ("route_name", "default"),
+                ("tls", "true"),
+                ("client_id", "spiffe://td/ns/shop/sa/web"),
+            ],
+        ]
+        .concat();
+        assert_eq!(value(&f.http_deny, &denied), 1);
+        let by_default = [
+            &server[..],
+            &[
+                ("route_group", ""),
+                ("route_kind", "default"),
+                ("route_name", "default"),
+                ("authz_group", ""),
+                ("authz_kind", "default"),
+                ("authz_name", "all-unauthenticated"),
+                ("tls", "no_identity"),
+                ("no_tls_reason", "no_tls_from_remote"),
+            ],
+        ]
+        .concat();
+        assert_eq!(value(&f.http_allow, &by_default), 1);
+    }
+}

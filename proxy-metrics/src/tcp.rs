@@ -431,3 +431,73 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn families() -> Arc<TcpFamilies> {
+        Arc::new(TcpFamilies::register(&mut Registry::default()))
+    }
+
+    #[tokio::test]
+    async fn bytes_seen_before_a_connection_is_labelled_count_once_it_is() {
+        let f = families();
+        let (a, mut b) = tokio::io::duplex(64);
+        let sink = ByteSink::default();
+        let mut counted = Counted::new(a, sink.clone());
+        b.write_all(b"hello").await.unwrap();
+        let mut buf = [0; 5];
+        counted.read_exact(&mut buf).await.unwrap();
+        let meshed = f
+            .listener(proxy_core::Direction::Inbound)
+            .meshed("spiffe://td/ns/a/sa/b");
+        sink.set(&meshed);
+        counted.write_all(b"hi").await.unwrap();
+        assert_eq!((meshed.read_bytes.get(), meshed.write_bytes.get()), (5, 2));
+        let labels: Vec<_> = meshed
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                "direction=inbound",
+                "peer=src",
+                "tls=true",
+                "client_id=spiffe://td/ns/a/sa/b"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_connect_is_a_close_with_its_errno_and_never_an_open() {
+        let f = families();
+        f.set_identity(true, 10);
+        let dst = f.handles(vec![
+            ("peer", "dst".to_owned()),
+            ("target_addr", "127.0.0.1:1".to_owned()),
+        ]);
+        dst.connect_failed(&io::Error::from_raw_os_error(111));
+        dst.connect_failed(&io::ErrorKind::TimedOut.into());
+        let failed = |errno: &str| {
+            let mut labels = dst.labels.clone();
+            labels.push(("classification", "failure".to_owned()));
+            labels.push(("errno", errno.to_owned()));
+            f.close_total.get_or_create(&labels).get()
+        };
+        assert_eq!((failed("ECONNREFUSED"), failed("ETIMEDOUT")), (1, 1));
+        assert_eq!(dst.open_total.get(), 0);
+        let plain: Vec<_> = f
+            .plaintext("loopback")
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        assert_eq!(plain, ["tls=no_identity", "no_tls_reason=loopback"]);
+    }
+}

@@ -488,3 +488,93 @@ async fn tcp_bytes_and_durations_are_counted_and_family_filters_follow_a_reload(
     )
     .await;
 }
+
+/// Connections Skiff opens are counted as Linkerd counts them (`peer="dst"`): exactly the
+/// bytes the upstream read and wrote, under the service's authority and destination labels,
+/// and a refused connect as a close with its `errno`, never an open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_upstreams_count_exact_bytes_and_refused_connects_their_errno() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A raw upstream: reads one request head, answers, closes; says how much it read.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let raw_addr = listener.local_addr().unwrap();
+    const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+    let upstream = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request head arrives whole");
+            head.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(ANSWER).await.unwrap();
+        s.shutdown().await.unwrap();
+        head.len()
+    });
+    let dead = dead_addr();
+    let proxy = ProxyConfig::new(1)
+        .service_with(
+            "raw",
+            &[raw_addr],
+            json!({"metricLabels": {"deployment": "raw", "serviceaccount": "raw-sa"}}),
+        )
+        .service("down", &[dead.addr])
+        .start()
+        .await;
+    let mut c = h1(proxy.outbound_addr).await;
+    let rsp = c.send_request(get("raw", "/")).await.unwrap();
+    assert_eq!(body_text(rsp).await, "ok");
+    let rsp = c.send_request(get("down", "/")).await.unwrap();
+    assert_eq!(rsp.status(), StatusCode::BAD_GATEWAY);
+    let read_by_upstream = upstream.await.unwrap() as f64;
+
+    let admin = proxy.admin_addr;
+    let raw = [
+        ("peer", "dst"),
+        ("direction", "outbound"),
+        ("authority", "raw.default.svc.cluster.local:80"),
+        ("dst_service", "raw"),
+        ("dst_namespace", "default"),
+        ("dst_deployment", "raw"),
+        ("dst_serviceaccount", "raw-sa"),
+        ("tls", "disabled"),
+    ];
+    let target = raw_addr.to_string();
+    eventually(
+        Duration::from_secs(5),
+        "the upstream's close is recorded",
+        || {
+            let target = target.clone();
+            async move {
+                let s = scrape(admin).await;
+                let mut raw = raw.to_vec();
+                raw.push(("target_addr", &target));
+                total(
+                    &s,
+                    "tcp_close_total",
+                    &[&raw[..], &[("classification", "success")]].concat(),
+                ) == 1.0
+            }
+        },
+    )
+    .await;
+    let s = scrape(admin).await;
+    let mut raw = raw.to_vec();
+    raw.push(("target_addr", &target));
+    assert_eq!(total(&s, "tcp_open_total", &raw), 1.0);
+    assert_eq!(total(&s, "tcp_open_connections", &raw), 0.0);
+    assert_eq!(total(&s, "tcp_write_bytes_total", &raw), read_by_upstream);
+    assert_eq!(total(&s, "tcp_read_bytes_total", &raw), ANSWER.len() as f64);
+    let down = [
+        ("peer", "dst"),
+        ("authority", "down.default.svc.cluster.local:80"),
+    ];
+    let refused = [
+        &down[..],
+        &[("classification", "failure"), ("errno", "ECONNREFUSED")],
+    ]
+    .concat();
+    assert_eq!(total(&s, "tcp_close_total", &refused), 1.0);
+    assert_eq!(total(&s, "tcp_open_total", &down), 0.0);
+}

@@ -20,7 +20,7 @@ use crate::Labels;
 /// The route families.
 #[derive(Debug)]
 pub(super) struct RouteFamilies {
-    requests: Family<Labels, Counter>,
+    pub(super) requests: Family<Labels, Counter>,
     responses: Family<Labels, Counter>,
     latency: HistogramFamily,
 }

@@ -156,3 +156,218 @@ async fn metrics_stats_and_tap_report_one_classification() {
         );
     }
 }
+
+/// The value of `family`'s series with exactly `labels`, without creating it.
+fn count(family: &Family<Labels, Counter>, labels: &Labels) -> Option<u64> {
+    let text = {
+        let mut registry = Registry::default();
+        registry.register("probe", "", family.clone());
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        out
+    };
+    let want: String = labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{v}\""))
+        .collect::<Vec<_>>()
+        .join(",");
+    text.lines()
+        .find(|l| l.starts_with(&format!("probe_total{{{want}}} ")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+fn labels(pairs: &[(&'static str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+}
+
+/// Sends one request through a metrics layer whose inner service routes it to `target`,
+/// picks the endpoint `dst` (when given) and answers `status`; returns the response.
+async fn through(
+    unrouted: Arc<TargetMetrics>,
+    target: Option<Arc<TargetMetrics>>,
+    dst: Option<Arc<Destination>>,
+    status: u16,
+    reason: Option<Reason>,
+) {
+    let observe = Arc::new(Observe::new(
+        Direction::Outbound,
+        Arc::new(TapHub::new(Counter::default())),
+        Arc::default(),
+        None,
+    ));
+    let svc =
+        MetricsLayer::new(unrouted, observe).layer(tower::service_fn(move |req: Request<Body>| {
+            let (target, dst) = (target.clone(), dst.clone());
+            async move {
+                let slot = req.extensions().get::<MetricsSlot>().unwrap();
+                if let Some(t) = &target {
+                    slot.start(t);
+                }
+                if let Some(d) = &dst {
+                    slot.endpoint(d);
+                }
+                Ok::<_, BoxError>(scripted(status, None, reason))
+            }
+        }));
+    let rsp = svc
+        .oneshot(Request::new(proxy_core::body::empty()))
+        .await
+        .unwrap();
+    let _ = rsp.into_body().collect().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_request_counts_under_the_endpoint_it_went_to_with_its_identity() {
+    let f = families();
+    f.set_identity(true);
+    let auth = "web.shop.svc.cluster.local:80";
+    let service = f.target(Direction::Outbound, auth, "web:80", None);
+    let base = [
+        ("direction", "outbound"),
+        ("authority", auth),
+        ("target_addr", "web:80"),
+        ("tls", "no_identity"),
+        ("no_tls_reason", "not_provided_by_service_discovery"),
+    ];
+    let pod = Arc::new(Destination::new(labels(&[
+        ("dst_service", "web"),
+        ("dst_namespace", "shop"),
+        ("dst_pod", "web-1"),
+        ("dst_deployment", "web"),
+        ("server_id", "spiffe://td/ns/shop/sa/web"),
+    ])));
+    let unrouted = f.target(Direction::Outbound, "", "", None);
+    for _ in 0..3 {
+        through(
+            unrouted.clone(),
+            Some(service.clone()),
+            Some(pod.clone()),
+            200,
+            None,
+        )
+        .await;
+    }
+    through(
+        unrouted.clone(),
+        Some(service.clone()),
+        None,
+        503,
+        Some(Reason::NoEndpoints),
+    )
+    .await;
+
+    // A verified endpoint: `tls="true"` and its `server_id`, the plaintext reason gone.
+    let meshed = labels(&[
+        ("direction", "outbound"),
+        ("authority", auth),
+        ("target_addr", "web:80"),
+        ("tls", "true"),
+        ("dst_service", "web"),
+        ("dst_namespace", "shop"),
+        ("dst_pod", "web-1"),
+        ("dst_deployment", "web"),
+        ("server_id", "spiffe://td/ns/shop/sa/web"),
+    ]);
+    assert_eq!(count(&f.requests, &meshed), Some(3));
+    let mut ok = meshed.clone();
+    ok.extend(labels(&[
+        ("status_code", "200"),
+        ("classification", "success"),
+        ("grpc_status", ""),
+        ("error", ""),
+    ]));
+    assert_eq!(count(&f.responses, &ok), Some(3));
+    // No endpoint: the service's own series, plaintext as the proxy has an identity.
+    assert_eq!(count(&f.requests, &labels(&base)), Some(1));
+    // Linkerd's route family counts every request of the service once, with no `rt_route`
+    // for the service's default route.
+    let route = labels(&[("direction", "outbound"), ("dst", auth)]);
+    assert_eq!(count(&f.routes.requests, &route), Some(4));
+    // One `/stats` row: the endpoint's series share their target's window.
+    let rows: Vec<_> = f
+        .stats()
+        .stats
+        .into_iter()
+        .filter(|r| r.authority.as_deref() == Some(auth))
+        .collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].summary.success_count + rows[0].summary.failure_count,
+        4
+    );
+}
+
+#[tokio::test]
+async fn denied_requests_are_not_counted_as_requests_or_responses() {
+    let f = families();
+    let app = f.target(Direction::Inbound, "", "127.0.0.1:8080", None);
+    through(app.clone(), None, None, 403, Some(Reason::Forbidden)).await;
+    through(app.clone(), None, None, 200, None).await;
+    let base = labels(&[
+        ("direction", "inbound"),
+        ("authority", ""),
+        ("target_addr", "127.0.0.1:8080"),
+        ("tls", "disabled"),
+    ]);
+    assert_eq!(count(&f.requests, &base), Some(1), "the allowed one only");
+    let mut forbidden = base.clone();
+    forbidden.extend(labels(&[
+        ("status_code", "403"),
+        ("classification", "failure"),
+        ("grpc_status", ""),
+        ("error", "forbidden"),
+    ]));
+    assert_eq!(count(&f.responses, &forbidden), None);
+}
+
+#[tokio::test]
+async fn inbound_authorities_and_endpoints_fold_into_other_beyond_the_cap() {
+    let f = families();
+    f.limits().set(2, std::time::Duration::from_secs(600));
+    let app = f.target(Direction::Inbound, "", "127.0.0.1:8080", None);
+    let conn = ConnectionSeries::new(app.with_peer("client_id", "spiffe://td/ns/a/sa/b"));
+    let seen: Vec<String> = ["API:80", "api:80", "b", "c", "d"]
+        .iter()
+        .map(|a| {
+            let m = conn.for_authority(a);
+            m.base
+                .iter()
+                .find(|(k, _)| *k == "authority")
+                .unwrap()
+                .1
+                .clone()
+        })
+        .collect();
+    assert_eq!(seen, ["api:80", "api:80", "b", OTHER, OTHER]);
+    let tls: Vec<_> = conn
+        .for_authority("b")
+        .base
+        .iter()
+        .filter(|(k, _)| matches!(*k, "tls" | "client_id"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        tls,
+        labels(&[("tls", "true"), ("client_id", "spiffe://td/ns/a/sa/b")])
+    );
+
+    let service = f.target(
+        Direction::Outbound,
+        "web.shop.svc.cluster.local:80",
+        "web:80",
+        None,
+    );
+    let pods: Vec<String> = (0..4)
+        .map(|i| {
+            let d = Destination::new(labels(&[("dst_pod", &format!("web-{i}"))]));
+            let m = d.series(&service);
+            m.base
+                .iter()
+                .find(|(k, _)| *k == "dst_pod")
+                .unwrap()
+                .1
+                .clone()
+        })
+        .collect();
+    assert_eq!(pods, ["web-0", "web-1", OTHER, OTHER]);
+}

@@ -557,3 +557,23 @@ fn a_default_policy_that_denies_needs_an_identity() {
         "{HEAD}spec:\n  inbound: {{defaultPolicy: allow}}\n"
     ));
 }
+
+#[test]
+fn a_services_metric_labels_become_destination_labels_and_unknown_keys_are_refused() {
+    let svc = "spec:\n  services:\n    web:\n      endpoints: [127.0.0.1:8080]\n";
+    let c = ok(&format!(
+        "{HEAD}{svc}      metricLabels: {{deployment: web, serviceaccount: web-sa}}\n"
+    ));
+    assert_eq!(
+        c.proxy.services["web"].metric_labels.0,
+        [
+            ("dst_deployment", "web".to_owned()),
+            ("dst_serviceaccount", "web-sa".to_owned())
+        ]
+    );
+    let e = rejected(
+        &format!("{HEAD}{svc}      metricLabels: {{app: web}}\n"),
+        "`metricLabels` has no key \"app\"",
+    );
+    assert_eq!(e.line, Some(5), "{e:?}");
+}

@@ -1,11 +1,17 @@
 //! `skiff inject`: adds Skiff to Kubernetes workloads, as `linkerd inject --manual` does.
 //!
-//! Every pod template in the input (Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job,
-//! CronJob) that is not opted out gets Skiff as a native sidecar (an init container with
-//! `restartPolicy: Always`, so it starts before the app, stops after it, and does not keep a
-//! Job alive), its config volume (a ConfigMap) and its identity volume (a csi-driver-spiffe
-//! volume, or a Secret), and Prometheus scrape annotations. Injecting twice changes nothing;
-//! `--uninject` takes out exactly what injecting put in. Other documents pass through.
+//! Every pod template in the input (Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet,
+//! ReplicationController, Job, CronJob, Argo Rollout) that is not opted out gets Skiff as a
+//! native sidecar (an init container with `restartPolicy: Always`, so it starts before the
+//! app, stops after it, and does not keep a Job alive), its config volume (a ConfigMap) and
+//! its identity volume (a csi-driver-spiffe volume, or a Secret), Prometheus scrape
+//! annotations, and a label naming the workload it belongs to ([`labels`]). Injecting twice
+//! changes nothing; `--uninject` takes out exactly what injecting put in. Other documents
+//! pass through.
+//!
+//! `--linkerd-compat` names the sidecar and its admin port as Linkerd does and adds Linkerd's
+//! labels, because linkerd-viz's Prometheus picks its targets by exactly those names: with
+//! them, a cluster already running linkerd-viz scrapes Skiff without a change to its config.
 //!
 //! By default this is explicit mode: the app sends its calls to `127.0.0.1:4140`, and callers
 //! reach the pod through port 4143. With `transparent`, an init container runs
@@ -15,6 +21,9 @@
 
 use serde_yaml_ng::{Mapping, Value};
 
+mod labels;
+use labels::{namespace_name, Owner};
+
 /// The annotation that opts a workload or pod template out (`disabled`).
 pub const OPT_OUT: &str = "skiff.dev/inject";
 /// The annotation marking an injected pod template.
@@ -23,7 +32,17 @@ pub const INJECTED: &str = "skiff.dev/injected";
 pub const PROXY_UID: u64 = 2102;
 
 const SIDECAR: &str = "skiff";
+/// The admin port's name: scrape jobs and PodMonitors pick the metrics port by it.
+const ADMIN_PORT: &str = "skiff-admin";
 const INIT: &str = "skiff-init";
+/// The names linkerd-viz's scrape job (`linkerd-proxy`) keeps targets by, with
+/// `--linkerd-compat`.
+const LINKERD_SIDECAR: &str = "linkerd-proxy";
+const LINKERD_ADMIN_PORT: &str = "linkerd-admin";
+/// The annotation naming the sidecar when it is not `skiff`, so that injecting again and
+/// `--uninject` take out the sidecar this tool added, and never a container of the same name
+/// that something else (Linkerd's own injector) put there.
+const SIDECAR_NAME: &str = "skiff.dev/sidecar";
 /// Pod template annotations passed to `skiff init-iptables` as the flag of the same name.
 const SKIP_ANNOTATIONS: [&str; 3] = [
     "skiff.dev/skip-inbound-ports",
@@ -64,12 +83,29 @@ pub struct Options {
     // Skiff's binary with `nft`: Skiff's own image holds nothing else.
     #[arg(long, value_name = "IMAGE", default_value = INIT_IMAGE)]
     pub init_image: String,
+    /// Name the sidecar linkerd-proxy and its admin port linkerd-admin, and add Linkerd's pod
+    /// labels, so that linkerd-viz's Prometheus scrapes it
+    #[arg(long)]
+    pub linkerd_compat: bool,
+    /// The linkerd.io/control-plane-ns label (with --linkerd-compat): the namespace of the
+    /// Linkerd install whose linkerd-viz should scrape the pods
+    // It is a label value, and viz's keep rule compares it to its own namespace: anything but
+    // a namespace name would make the pod unscrapeable, or the manifest invalid.
+    #[arg(
+        long,
+        value_name = "NAMESPACE",
+        default_value = LINKERD_NAMESPACE,
+        requires = "linkerd_compat",
+        value_parser = namespace_name
+    )]
+    pub linkerd_namespace: String,
 }
 
 /// The defaults, shared by the flags and [`Options::default`] (the tests' options).
 const IMAGE: &str = "ghcr.io/skiff-proxy/skiff:latest";
 const CONFIG_MAP: &str = "skiff-config";
 const INIT_IMAGE: &str = "ghcr.io/skiff-proxy/skiff-init:latest";
+const LINKERD_NAMESPACE: &str = "linkerd";
 
 impl Default for Options {
     fn default() -> Self {
@@ -79,6 +115,8 @@ impl Default for Options {
             identity_secret: None,
             transparent: false,
             init_image: INIT_IMAGE.into(),
+            linkerd_compat: false,
+            linkerd_namespace: LINKERD_NAMESPACE.into(),
         }
     }
 }
@@ -111,58 +149,105 @@ pub fn transform(
     let mut out = Vec::new();
     let mut report = Report::default();
     for (i, document) in serde_yaml_ng::Deserializer::from_str(yaml).enumerate() {
-        let mut doc = serde::Deserialize::deserialize(document).map_err(|e| InjectError {
+        let error = |message: String| InjectError {
             document: i + 1,
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let mut doc =
+            serde::Deserialize::deserialize(document).map_err(|e| error(e.to_string()))?;
         if let Value::Null = doc {
             continue;
         }
-        if let Some(changed) = visit(&mut doc, options, uninject) {
+        if let Some(changed) = visit(&mut doc, options, uninject).map_err(error)? {
             if changed {
                 report.changed += 1;
             } else {
                 report.skipped += 1;
             }
         }
-        out.push(serde_yaml_ng::to_string(&doc).map_err(|e| InjectError {
-            document: i + 1,
-            message: e.to_string(),
-        })?);
+        out.push(serde_yaml_ng::to_string(&doc).map_err(|e| error(e.to_string()))?);
     }
     Ok((out.join("---\n"), report))
 }
 
 /// Finds the pod template of a workload document; returns whether it changed (`None`: not
 /// a workload).
-fn visit(doc: &mut Value, options: &Options, uninject: bool) -> Option<bool> {
-    let kind = doc.get("kind")?.as_str()?.to_owned();
+fn visit(doc: &mut Value, options: &Options, uninject: bool) -> Result<Option<bool>, String> {
+    let Some(kind) = doc.get("kind").and_then(Value::as_str).map(str::to_owned) else {
+        return Ok(None);
+    };
     if opted_out(doc) {
-        return Some(false);
+        return Ok(Some(false));
     }
+    let owner = Owner::of(doc, &kind);
     let template = match kind.as_str() {
-        "Pod" => doc,
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => {
-            doc.get_mut("spec")?.get_mut("template")?
+        "Pod" => Some(doc),
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "ReplicationController"
+        | "Job" => doc.get_mut("spec").and_then(|s| s.get_mut("template")),
+        // Argo Rollouts; one that refers to a Deployment (`workloadRef`) has no template.
+        "Rollout" if api_group(doc) == Some("argoproj.io") => {
+            doc.get_mut("spec").and_then(|s| s.get_mut("template"))
         }
         "CronJob" => doc
-            .get_mut("spec")?
-            .get_mut("jobTemplate")?
-            .get_mut("spec")?
-            .get_mut("template")?,
-        _ => return None,
+            .get_mut("spec")
+            .and_then(|s| s.get_mut("jobTemplate"))
+            .and_then(|j| j.get_mut("spec"))
+            .and_then(|s| s.get_mut("template")),
+        _ => None,
+    };
+    let Some(template) = template else {
+        return Ok(None);
     };
     if opted_out(template) {
-        return Some(false);
+        return Ok(Some(false));
     }
     let before = template.clone();
-    if uninject {
-        remove(template);
-    } else {
-        remove(template);
-        add(template, options);
+    remove(template);
+    if !uninject {
+        let name = sidecar_name(options);
+        if has_container(template, name) {
+            // Two containers of one name make the pod invalid, and a `linkerd-proxy` already
+            // there is Linkerd's own proxy: this pod is meshed already.
+            return Err(format!(
+                "the pod template already has a container named {name}"
+            ));
+        }
+        add(template, options, &owner.labels(options));
     }
-    Some(*template != before)
+    Ok(Some(*template != before))
+}
+
+/// The group of a document's `apiVersion` (`argoproj.io` of `argoproj.io/v1alpha1`).
+fn api_group(doc: &Value) -> Option<&str> {
+    doc.get("apiVersion")?
+        .as_str()?
+        .split_once('/')
+        .map(|(g, _)| g)
+}
+
+fn sidecar_name(options: &Options) -> &'static str {
+    if options.linkerd_compat {
+        LINKERD_SIDECAR
+    } else {
+        SIDECAR
+    }
+}
+
+fn has_container(template: &Value, name: &str) -> bool {
+    ["containers", "initContainers"].iter().any(|key| {
+        template
+            .get("spec")
+            .and_then(|s| s.get(key))
+            .and_then(Value::as_sequence)
+            .is_some_and(|list| {
+                list.iter()
+                    .any(|c| c.get("name").and_then(Value::as_str) == Some(name))
+            })
+    })
 }
 
 fn opted_out(v: &Value) -> bool {
@@ -176,6 +261,9 @@ fn opted_out(v: &Value) -> bool {
 /// The annotation listing the annotations injection added (so `--uninject` removes those
 /// and no others).
 const ADDED: &str = "skiff.dev/added-annotations";
+/// The same for labels. An annotation, not a label: a label's value cannot hold a list of
+/// keys (no `/`, no `,`).
+const ADDED_LABELS: &str = "skiff.dev/added-labels";
 
 fn child_map<'a>(m: &'a mut Mapping, key: &str) -> &'a mut Mapping {
     let entry = m
@@ -204,15 +292,20 @@ fn fragment(text: &str) -> Value {
 /// The sidecar: a native sidecar (an init container that keeps running), unprivileged,
 /// with a read-only root filesystem, probed on the admin `/ready` and `/live`.
 fn sidecar(options: &Options) -> Value {
+    let admin_port = if options.linkerd_compat {
+        LINKERD_ADMIN_PORT
+    } else {
+        ADMIN_PORT
+    };
     fragment(&format!(
         r#"
-name: {SIDECAR}
+name: {name}
 image: {image}
 args: [run, --config, /etc/skiff/skiff.yaml]
 restartPolicy: Always
 ports:
 - {{name: skiff-inbound, containerPort: 4143}}
-- {{name: skiff-admin, containerPort: 4191}}
+- {{name: {admin_port}, containerPort: 4191}}
 env:
 - name: POD_NAMESPACE
   valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}
@@ -242,6 +335,7 @@ volumeMounts:
 - {{name: {IDENTITY_VOLUME}, mountPath: /var/run/secrets/spiffe.io, readOnly: true}}
 - {{name: {TOKEN_VOLUME}, mountPath: /var/run/secrets/kubernetes.io/serviceaccount, readOnly: true}}
 "#,
+        name = sidecar_name(options),
         image = options.image
     ))
 }
@@ -311,11 +405,24 @@ fn volumes(options: &Options) -> [Value; 3] {
     ]
 }
 
-fn add(template: &mut Value, options: &Options) {
+fn add(template: &mut Value, options: &Options, labels: &[(String, String)]) {
     let Some(t) = template.as_mapping_mut() else {
         return;
     };
-    let annotations = child_map(child_map(t, "metadata"), "annotations");
+    let meta = child_map(t, "metadata");
+    // Labels the template already has are the user's, whatever their value: kept, and not
+    // noted, so `--uninject` leaves them.
+    let mut added_labels = Vec::new();
+    if !labels.is_empty() {
+        let existing = child_map(meta, "labels");
+        for (k, v) in labels {
+            if !existing.contains_key(k.as_str()) {
+                existing.insert(k.as_str().into(), v.as_str().into());
+                added_labels.push(k.as_str());
+            }
+        }
+    }
+    let annotations = child_map(meta, "annotations");
     let mut added = Vec::new();
     for (k, v) in SCRAPE {
         if !annotations.contains_key(k) {
@@ -331,6 +438,12 @@ fn add(template: &mut Value, options: &Options) {
     }
     if !added.is_empty() {
         annotations.insert(ADDED.into(), added.join(",").into());
+    }
+    if !added_labels.is_empty() {
+        annotations.insert(ADDED_LABELS.into(), added_labels.join(",").into());
+    }
+    if options.linkerd_compat {
+        annotations.insert(SIDECAR_NAME.into(), LINKERD_SIDECAR.into());
     }
     let init = options
         .transparent
@@ -354,11 +467,23 @@ fn remove(template: &mut Value) {
             .and_then(Value::as_str)
             .is_some_and(|n| names.contains(&n))
     };
+    // The sidecar this tool added: `skiff`, or the name an annotation records.
+    let mut sidecar = SIDECAR.to_owned();
     if let Some(meta) = t.get_mut("metadata").and_then(Value::as_mapping_mut) {
+        let mut added_labels = None;
         if let Some(annotations) = meta.get_mut("annotations").and_then(Value::as_mapping_mut) {
             if let Some(Value::String(added)) = annotations.remove(ADDED) {
                 for key in added.split(',') {
                     annotations.remove(key);
+                }
+            }
+            if let Some(Value::String(added)) = annotations.remove(ADDED_LABELS) {
+                added_labels = Some(added);
+            }
+            // Only a name inject gives: the annotation is no way to delete other containers.
+            if let Some(Value::String(name)) = annotations.remove(SIDECAR_NAME) {
+                if name == LINKERD_SIDECAR {
+                    sidecar = name;
                 }
             }
             annotations.remove(INJECTED);
@@ -367,13 +492,24 @@ fn remove(template: &mut Value) {
                 meta.remove("annotations");
             }
         }
+        if let (Some(added), Some(labels)) = (
+            added_labels,
+            meta.get_mut("labels").and_then(Value::as_mapping_mut),
+        ) {
+            for key in added.split(',') {
+                labels.remove(key);
+            }
+            if labels.is_empty() {
+                meta.remove("labels");
+            }
+        }
         if meta.is_empty() {
             t.remove("metadata");
         }
     }
     if let Some(spec) = t.get_mut("spec").and_then(Value::as_mapping_mut) {
         for (key, names) in [
-            ("initContainers", &[INIT, SIDECAR][..]),
+            ("initContainers", &[INIT, SIDECAR, &sidecar][..]),
             (
                 "volumes",
                 &[CONFIG_VOLUME, IDENTITY_VOLUME, TOKEN_VOLUME][..],
