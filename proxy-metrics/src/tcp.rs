@@ -5,7 +5,8 @@
 //! labelled with the caller's identity once its mTLS handshake is done) and connections
 //! opened to upstreams (`peer="dst"`, with the endpoint, its identity and destination
 //! labels). A connect that fails is counted in `tcp_close_total` with its `errno` and
-//! `classification="failure"`, never in `tcp_open_total`.
+//! `classification="failure"`, never in `tcp_open_total`; a connection that meets an I/O
+//! error (a reset, say) closes the same way, with the errno of its first error.
 
 use std::io;
 use std::pin::Pin;
@@ -181,24 +182,28 @@ pub struct ConnHandles {
 }
 
 impl ConnHandles {
-    /// Records an opened connection; the guard records its close when dropped.
-    pub fn opened(&self) -> ConnectionGuard {
+    /// Records an opened connection whose bytes go through `sink`; the guard records its
+    /// close when dropped (a failure, with its `errno`, if reading or writing failed).
+    pub fn opened(&self, sink: &ByteSink) -> ConnectionGuard {
         self.open_total.inc();
         self.open.inc();
         ConnectionGuard {
-            close_total: self.close_total.clone(),
-            open: self.open.clone(),
-            duration: self.duration.clone(),
+            handles: self.clone(),
+            sink: sink.clone(),
             start: Instant::now(),
         }
     }
 
-    /// Counts a connect that failed with `error`: `tcp_close_total` with its `errno`.
-    pub fn connect_failed(&self, error: &io::Error) {
+    fn failed(&self, errno: &'static str) {
         let mut labels = self.labels.clone();
         labels.push(("classification", "failure".to_owned()));
-        labels.push(("errno", errno(error).to_owned()));
+        labels.push(("errno", errno.to_owned()));
         self.families.close_total.get_or_create(&labels).inc();
+    }
+
+    /// Counts a connect that failed with `error`: `tcp_close_total` with its `errno`.
+    pub fn connect_failed(&self, error: &io::Error) {
+        self.failed(errno(error));
     }
 
     /// Wraps a connection whose bytes count under these labels, and whose close is
@@ -206,8 +211,9 @@ impl ConnHandles {
     pub fn count<I>(&self, io: I) -> Counted<I> {
         let sink = ByteSink::default();
         sink.set(self);
+        let guard = self.opened(&sink);
         let mut counted = Counted::new(io, sink);
-        counted.guard = Some(self.opened());
+        counted.guard = Some(guard);
         counted
     }
 }
@@ -224,6 +230,7 @@ fn errno(error: &io::Error) -> &'static str {
         Some(113) => "EHOSTUNREACH",
         Some(101) => "ENETUNREACH",
         Some(104) => "ECONNRESET",
+        Some(32) => "EPIPE",
         Some(99) => "EADDRNOTAVAIL",
         Some(24) => "EMFILE",
         Some(23) => "ENFILE",
@@ -288,17 +295,22 @@ pub struct DetectCounters {
 /// Held for a connection's lifetime.
 #[derive(Debug)]
 pub struct ConnectionGuard {
-    close_total: Counter,
-    open: Gauge,
-    duration: Histogram,
+    handles: ConnHandles,
+    sink: ByteSink,
     start: Instant,
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.open.dec();
-        self.close_total.inc();
-        self.duration
+        let h = &self.handles;
+        h.open.dec();
+        match self.sink.0.errno.get() {
+            Some(errno) => h.failed(errno),
+            None => {
+                h.close_total.inc();
+            }
+        }
+        h.duration
             .observe(self.start.elapsed().as_secs_f64() * 1000.0);
     }
 }
@@ -313,6 +325,8 @@ struct SinkInner {
     handles: std::sync::OnceLock<(Counter, Counter)>,
     pending_read: std::sync::atomic::AtomicU64,
     pending_written: std::sync::atomic::AtomicU64,
+    // The first I/O error the connection met: it closes as a failure.
+    errno: std::sync::OnceLock<&'static str>,
 }
 
 impl ByteSink {
@@ -337,6 +351,10 @@ impl ByteSink {
                     .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             }
         }
+    }
+
+    fn failed(&self, error: &io::Error) {
+        let _ = self.0.errno.set(errno(error));
     }
 
     fn written(&self, n: u64) {
@@ -390,6 +408,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
         if n > 0 {
             self.sink.read(n as u64);
         }
+        if let Poll::Ready(Err(e)) = &polled {
+            self.sink.failed(e);
+        }
         polled
     }
 }
@@ -401,8 +422,10 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = polled {
-            self.sink.written(n as u64);
+        match &polled {
+            Poll::Ready(Ok(n)) => self.sink.written(*n as u64),
+            Poll::Ready(Err(e)) => self.sink.failed(e),
+            Poll::Pending => {}
         }
         polled
     }
@@ -413,8 +436,10 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = polled {
-            self.sink.written(n as u64);
+        match &polled {
+            Poll::Ready(Ok(n)) => self.sink.written(*n as u64),
+            Poll::Ready(Err(e)) => self.sink.failed(e),
+            Poll::Pending => {}
         }
         polled
     }
@@ -472,6 +497,37 @@ mod tests {
                 "tls=true",
                 "client_id=spiffe://td/ns/a/sa/b"
             ]
+        );
+    }
+
+    /// A connection the peer resets.
+    struct Reset;
+
+    impl AsyncRead for Reset {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Err(io::Error::from_raw_os_error(104)))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_meets_an_error_closes_as_a_failure_with_its_errno() {
+        let f = families();
+        let dst = f.handles(vec![("peer", "dst".to_owned())]);
+        let mut counted = dst.count(Reset);
+        let mut buf = [0; 8];
+        assert!(counted.read(&mut buf).await.is_err());
+        drop(counted);
+        let mut labels = dst.labels.clone();
+        labels.push(("classification", "failure".to_owned()));
+        labels.push(("errno", "ECONNRESET".to_owned()));
+        assert_eq!(f.close_total.get_or_create(&labels).get(), 1);
+        assert_eq!(
+            (dst.open_total.get(), dst.close_total.get(), dst.open.get()),
+            (1, 0, 0)
         );
     }
 

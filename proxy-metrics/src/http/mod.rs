@@ -234,7 +234,7 @@ impl HttpFamilies {
             own_window,
             routes,
             last_used: std::sync::atomic::AtomicU64::new(0),
-            request_total: self.requests.get_or_create(&base).clone(),
+            request_total: std::sync::OnceLock::new(),
             retries: self.retries.get_or_create(&base).clone(),
             budget_exhausted: self.budget_exhausted.get_or_create(&base).clone(),
             families: self.clone(),
@@ -291,7 +291,9 @@ pub struct TargetMetrics {
     // The route families' handles, outbound.
     routes: Option<Arc<route::RouteSeries>>,
     families: Arc<HttpFamilies>,
-    request_total: Counter,
+    // Created with the first request, so that a target whose requests all reach endpoints
+    // (and count under their labels) leaves no series without them at 0.
+    request_total: std::sync::OnceLock<Counter>,
     retries: Counter,
     budget_exhausted: Counter,
     // Caches of handles by status: a target sees a handful of statuses, so these stay small
@@ -397,7 +399,9 @@ impl TargetMetrics {
 
     /// Counts a request sent to this target.
     fn request(&self) {
-        self.request_total.inc();
+        self.request_total
+            .get_or_init(|| self.families.requests.get_or_create(&self.base).clone())
+            .inc();
         if let Some(r) = &self.routes {
             r.request();
         }

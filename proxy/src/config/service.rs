@@ -63,7 +63,7 @@ const METRIC_LABELS: [(&str, &str); 9] = [
     ("daemonset", "dst_daemonset"),
     ("replicaset", "dst_replicaset"),
     ("replicationcontroller", "dst_replicationcontroller"),
-    ("job", "dst_job"),
+    ("job", "dst_k8s_job"),
     ("cronjob", "dst_cronjob"),
     ("serviceaccount", "dst_serviceaccount"),
 ];
@@ -99,7 +99,13 @@ impl From<&MetricLabels> for std::collections::BTreeMap<String, String> {
         labels
             .0
             .iter()
-            .map(|(k, v)| (k.trim_start_matches("dst_").to_owned(), v.clone()))
+            .map(|(k, v)| {
+                let key = METRIC_LABELS
+                    .iter()
+                    .find(|(_, l)| l == k)
+                    .map_or(*k, |(key, _)| key);
+                (key.to_owned(), v.clone())
+            })
             .collect()
     }
 }

@@ -142,7 +142,7 @@ async fn serve(
     let stream = proxy_metrics::tcp::Counted::new(stream, sink.clone());
     let plaintext = || {
         sink.set(&conns.plain);
-        conns.plain.opened()
+        conns.plain.opened(&sink)
     };
 
     if let Some(target) = opaque_target.filter(|t| spec.opaque_ports.contains(&t.port())) {
@@ -332,7 +332,7 @@ async fn serve_mesh(
     let client = Client::Identity(id.to_string().into());
     let handles = state.conns(Direction::Inbound).meshed(&id.to_string());
     sink.set(&handles);
-    let _open = handles.opened();
+    let _open = handles.opened(&sink);
     let spec = state.spec.load_full();
     let svc = crate::inbound::stack(state, client, orig_dst);
     if h2 {

@@ -373,7 +373,8 @@ pub(crate) fn owner_label(kind: &str) -> Option<&'static str> {
         "DaemonSet" => "dst_daemonset",
         "ReplicaSet" => "dst_replicaset",
         "ReplicationController" => "dst_replicationcontroller",
-        "Job" => "dst_job",
+        // Linkerd's name: `job` is Prometheus's own label.
+        "Job" => "dst_k8s_job",
         "CronJob" => "dst_cronjob",
         _ => return None,
     })
