@@ -142,36 +142,15 @@ impl AuthzFamilies {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let mut labels: Labels = vec![
-            ("target_addr", target_addr),
-            ("srv_group", String::new()),
-            ("srv_kind", "default".to_owned()),
-            ("srv_name", key.default.to_owned()),
-            ("srv_port", port),
-        ];
-        if !key.tcp {
-            // `group/match` names an HTTPRouteGroup's match; Linkerd's route is the object.
-            let (group, kind, name) = match key.route.as_deref() {
-                Some(route) => (
-                    SPECS_GROUP,
-                    "httproutegroup",
-                    route.split('/').next().unwrap_or(route),
-                ),
-                None => ("", "default", "default"),
-            };
-            labels.push(("route_group", group.to_owned()));
-            labels.push(("route_kind", kind.to_owned()));
-            labels.push(("route_name", name.to_owned()));
-        }
-        if key.decision == "allow" {
-            let (group, kind, name) = match key.rule.as_deref() {
-                Some(rule) => (ACCESS_GROUP, "traffictarget", rule),
-                None => ("", "default", key.default),
-            };
-            labels.push(("authz_group", group.to_owned()));
-            labels.push(("authz_kind", kind.to_owned()));
-            labels.push(("authz_name", name.to_owned()));
-        }
+        let mut labels: Labels = vec![("target_addr", target_addr)];
+        labels.extend(policy_labels(&Policy {
+            default: key.default,
+            port: &port,
+            tcp: key.tcp,
+            allowed: key.decision == "allow",
+            rule: key.rule.as_deref(),
+            route: key.route.as_deref(),
+        }));
         match &key.client {
             Some(id) => {
                 labels.push(("tls", "true".to_owned()));
@@ -185,6 +164,69 @@ impl AuthzFamilies {
         }
         labels
     }
+}
+
+/// What decided a call, for its labels.
+pub(crate) struct Policy<'a> {
+    /// The default policy's name (the server's).
+    pub(crate) default: &'static str,
+    /// The inbound port.
+    pub(crate) port: &'a str,
+    /// A TCP connection: no route.
+    pub(crate) tcp: bool,
+    /// Allowed: an authorization is named.
+    pub(crate) allowed: bool,
+    /// The TrafficTarget that allowed it.
+    pub(crate) rule: Option<&'a str>,
+    /// The route (`group/match`) that matched.
+    pub(crate) route: Option<&'a str>,
+}
+
+/// Linkerd's server, route and (for an allowed call) authorization labels of a decision.
+pub(crate) fn policy_labels(p: &Policy<'_>) -> Labels {
+    let mut labels: Labels = vec![
+        ("srv_group", String::new()),
+        ("srv_kind", "default".to_owned()),
+        ("srv_name", p.default.to_owned()),
+        ("srv_port", p.port.to_owned()),
+    ];
+    if !p.tcp {
+        // `group/match` names an HTTPRouteGroup's match; Linkerd's route is the object.
+        let (group, kind, name) = match p.route {
+            Some(route) => (
+                SPECS_GROUP,
+                "httproutegroup",
+                route.split('/').next().unwrap_or(route),
+            ),
+            None => ("", "default", "default"),
+        };
+        labels.push(("route_group", group.to_owned()));
+        labels.push(("route_kind", kind.to_owned()));
+        labels.push(("route_name", name.to_owned()));
+    }
+    if p.allowed {
+        let (group, kind, name) = match p.rule {
+            Some(rule) => (ACCESS_GROUP, "traffictarget", rule),
+            None => ("", "default", p.default),
+        };
+        labels.push(("authz_group", group.to_owned()));
+        labels.push(("authz_kind", kind.to_owned()));
+        labels.push(("authz_name", name.to_owned()));
+    }
+    labels
+}
+
+/// The labels of an inbound request authorization let through, on port `port`: as
+/// [`policy_labels`], and an audited denial names the default policy that let it by.
+pub(crate) fn authorized_labels(a: &proxy_core::authz::Authorized, port: &str) -> Labels {
+    policy_labels(&Policy {
+        default: a.default.as_str(),
+        port,
+        tcp: false,
+        allowed: true,
+        rule: a.rule.as_deref(),
+        route: a.route.as_deref(),
+    })
 }
 
 #[cfg(test)]

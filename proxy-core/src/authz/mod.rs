@@ -209,6 +209,20 @@ impl<'a> Verdict<'a> {
     }
 }
 
+/// What authorization decided for a request it let through, left in the request's
+/// extensions for the layers below (the inbound series are labelled with it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authorized {
+    /// The rule (TrafficTarget) that allowed it; `None` when no rule applied.
+    pub rule: Option<String>,
+    /// The route that matched (`group/match`); `None` when none did.
+    pub route: Option<String>,
+    /// The workload's default policy.
+    pub default: DefaultPolicy,
+    /// Whether a denial was only logged (audit).
+    pub audited: bool,
+}
+
 /// Where decisions are counted.
 pub trait AuthzObserver: Send + Sync + std::fmt::Debug + 'static {
     /// One decision.
@@ -264,7 +278,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let policy = self.policy.load();
         let head = RequestHead {
             method: req.method(),
@@ -275,12 +289,22 @@ where
         let decision = policy.check_http(client, &head);
         self.observer
             .decided(&Verdict::of(&policy, &decision, client, false));
+        let authorized = |rule, route, audited| Authorized {
+            rule,
+            route,
+            default: policy.default,
+            audited,
+        };
         match decision {
-            Decision::Unrestricted => {}
-            Decision::Allowed { route, .. } => {
+            Decision::Unrestricted => {
+                req.extensions_mut().insert(authorized(None, None, false));
+            }
+            Decision::Allowed { rule, route } => {
                 crate::notes::note(req.extensions(), |n| {
                     n.authz = Some(format!("allow {route}"))
                 });
+                req.extensions_mut()
+                    .insert(authorized(Some(rule), Some(route), false));
             }
             Decision::Denied => {
                 let source = match client {
@@ -291,6 +315,7 @@ where
                 if policy.audits() {
                     crate::notes::note(req.extensions(), |n| n.authz = Some("audit-deny".into()));
                     tracing::warn!(%source, method = %head.method, path, "authorization would deny (audit mode)");
+                    req.extensions_mut().insert(authorized(None, None, true));
                 } else {
                     tracing::info!(%source, method = %head.method, path, "authorization denied");
                     let why = policy.closed.map(|c| format!(": {c}")).unwrap_or_default();

@@ -171,6 +171,7 @@ impl HttpFamilies {
             + self.servers.sweep(idle)
             + self.authorities.sweep(idle)
             + self.destinations.sweep(idle)
+            + self.policies.sweep(idle)
     }
 
     /// The cap and expiry.
@@ -190,6 +191,36 @@ impl HttpFamilies {
 }
 
 impl TargetMetrics {
+    /// The same target's handles for requests authorization let through as `authorized`
+    /// (inbound: Linkerd's server, route and authorization labels).
+    pub(super) fn with_policy(
+        &self,
+        authorized: &proxy_core::authz::Authorized,
+    ) -> Arc<TargetMetrics> {
+        let f = &self.families;
+        let max = f.caps.max.load(Ordering::Relaxed);
+        let port = f
+            .inbound_port
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let labels = crate::authz::authorized_labels(authorized, &port);
+        let value: Vec<&str> = labels.iter().map(|(_, v)| v.as_str()).collect();
+        f.policies
+            .get(&self.base_key(), &value.join("|"), max, |v| {
+                let labels = if v == super::OTHER {
+                    labels
+                        .iter()
+                        .map(|(k, _)| (*k, super::OTHER.to_owned()))
+                        .collect()
+                } else {
+                    labels.clone()
+                };
+                let labels = super::destination::merged(&self.base, &labels);
+                f.with_labels(labels, None, self.routes.clone())
+            })
+    }
+
     /// The same target's handles for requests naming `authority` (inbound, where the
     /// caller chooses it), capped.
     pub(super) fn with_authority(&self, authority: &str) -> Arc<TargetMetrics> {

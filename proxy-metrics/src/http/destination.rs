@@ -14,6 +14,8 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use proxy_core::authz::Authorized;
+
 use super::capped::OTHER;
 use super::TargetMetrics;
 use crate::Labels;
@@ -120,7 +122,15 @@ impl Destination {
 #[derive(Debug)]
 pub struct ConnectionSeries {
     base: Arc<TargetMetrics>,
-    last: Mutex<Option<(String, Arc<TargetMetrics>)>>,
+    last: Mutex<Option<Last>>,
+}
+
+/// What the last request of a connection was counted under.
+#[derive(Debug)]
+struct Last {
+    authority: String,
+    authorized: Option<Authorized>,
+    series: Arc<TargetMetrics>,
 }
 
 impl ConnectionSeries {
@@ -132,17 +142,31 @@ impl ConnectionSeries {
         }
     }
 
-    /// The handles for a request naming `authority` (the `Host` or `:authority`).
-    pub fn for_authority(&self, authority: &str) -> Arc<TargetMetrics> {
+    /// The handles for a request naming `authority` (the `Host` or `:authority`), let
+    /// through by authorization as `authorized` (which labels it with the server, route
+    /// and authorization that decided).
+    pub fn for_request(
+        &self,
+        authority: &str,
+        authorized: Option<&Authorized>,
+    ) -> Arc<TargetMetrics> {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((a, m)) = &*last {
-            if a.eq_ignore_ascii_case(authority) {
-                m.touch();
-                return m.clone();
+        if let Some(l) = &*last {
+            if l.authority.eq_ignore_ascii_case(authority) && l.authorized.as_ref() == authorized {
+                l.series.touch();
+                return l.series.clone();
             }
         }
-        let m = self.base.with_authority(authority);
-        *last = Some((authority.to_owned(), m.clone()));
-        m
+        let by_authority = self.base.with_authority(authority);
+        let series = match authorized {
+            Some(a) => by_authority.with_policy(a),
+            None => by_authority,
+        };
+        *last = Some(Last {
+            authority: authority.to_owned(),
+            authorized: authorized.cloned(),
+            series: series.clone(),
+        });
+        series
     }
 }

@@ -66,6 +66,9 @@ pub struct HttpFamilies {
     servers: capped::Capped,
     authorities: capped::Capped,
     destinations: capped::Capped,
+    policies: capped::Capped,
+    // The inbound listener's port (`srv_port` of inbound series).
+    inbound_port: Mutex<String>,
     epoch: tokio::time::Instant,
     mirror: crate::mirror::MirrorFamilies,
     routes: route::RouteFamilies,
@@ -82,6 +85,8 @@ impl HttpFamilies {
             identity: std::sync::atomic::AtomicBool::new(false),
             authorities: capped::Capped::default(),
             destinations: capped::Capped::default(),
+            policies: capped::Capped::default(),
+            inbound_port: Mutex::default(),
             windows: Mutex::default(),
             window: std::time::Duration::from_secs(30),
             caps: capped::CardinalityLimits::default(),
@@ -136,6 +141,11 @@ impl HttpFamilies {
     pub fn set_identity(&self, on: bool) {
         self.identity
             .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The inbound listener's port, which inbound series name as the server's (`srv_port`).
+    pub fn set_inbound_port(&self, port: u16) {
+        *self.inbound_port.lock().unwrap_or_else(|e| e.into_inner()) = port.to_string();
     }
 
     /// What `tls` says of plaintext traffic in `direction`: Linkerd's `no_identity` with
@@ -194,6 +204,11 @@ impl HttpFamilies {
             ("authority", authority.to_owned()),
             ("target_addr", target_addr.to_owned()),
         ];
+        // An address (the application, inbound) is also given in parts, as Linkerd does.
+        if let Ok(addr) = target_addr.parse::<std::net::SocketAddr>() {
+            base.push(("target_ip", addr.ip().to_string()));
+            base.push(("target_port", addr.port().to_string()));
+        }
         base.extend(
             self.plaintext(direction)
                 .into_iter()

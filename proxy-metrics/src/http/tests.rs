@@ -56,9 +56,10 @@ async fn stats_rows_carry_every_non_empty_label_of_their_target() {
         .unwrap()
         .keys()
         .map(|labels| {
+            // `target_ip` and `target_port` repeat `target_addr`, which the row has.
             labels
                 .iter()
-                .filter(|(_, v)| !v.is_empty())
+                .filter(|(k, v)| !v.is_empty() && !matches!(*k, "target_ip" | "target_port"))
                 .map(|(k, v)| ((*k).to_owned(), v.clone()))
                 .collect()
         })
@@ -307,6 +308,8 @@ async fn denied_requests_are_not_counted_as_requests_or_responses() {
         ("direction", "inbound"),
         ("authority", ""),
         ("target_addr", "127.0.0.1:8080"),
+        ("target_ip", "127.0.0.1"),
+        ("target_port", "8080"),
         ("tls", "disabled"),
     ]);
     assert_eq!(count(&f.requests, &base), Some(1), "the allowed one only");
@@ -329,7 +332,7 @@ async fn inbound_authorities_and_endpoints_fold_into_other_beyond_the_cap() {
     let seen: Vec<String> = ["API:80", "api:80", "b", "c", "d"]
         .iter()
         .map(|a| {
-            let m = conn.for_authority(a);
+            let m = conn.for_request(a, None);
             m.base
                 .iter()
                 .find(|(k, _)| *k == "authority")
@@ -340,7 +343,7 @@ async fn inbound_authorities_and_endpoints_fold_into_other_beyond_the_cap() {
         .collect();
     assert_eq!(seen, ["api:80", "api:80", "b", OTHER, OTHER]);
     let tls: Vec<_> = conn
-        .for_authority("b")
+        .for_request("b", None)
         .base
         .iter()
         .filter(|(k, _)| matches!(*k, "tls" | "client_id"))

@@ -409,7 +409,9 @@ impl Resolve for InboundResolver {
             extensions.get::<PeerMetrics>(),
             extensions.get::<MetricsSlot>(),
         ) {
-            slot.start(&series.for_authority(authority.map_or("", Authority::as_str)));
+            let authority = authority.map_or("", Authority::as_str);
+            let authorized = extensions.get::<proxy_core::authz::Authorized>();
+            slot.start(&series.for_request(authority, authorized));
         }
         // A redirected connection goes to the port it was sent to; the app may listen on
         // several.

@@ -470,3 +470,74 @@ pub(crate) async fn flagger(checks: &mut Checks<'_>) {
         )
         .await;
 }
+
+/// `linkerd viz stat-inbound deploy/api` and `linkerd viz authz deploy/api`: the inbound
+/// series carry the server, route and authorization that let each request through.
+pub(crate) async fn inbound_policy(checks: &mut Checks<'_>) {
+    // stat-inbound.go, over the counter: `response_total{direction="inbound", deployment,
+    // namespace}` by (srv_name, srv_kind, route_name, route_kind, classification,
+    // target_port, namespace, deployment).
+    let app_port = |class| {
+        [
+            ("srv_name", "all-unauthenticated"),
+            ("srv_kind", "default"),
+            ("route_name", "api-routes"),
+            ("route_kind", "httproutegroup"),
+            ("classification", class),
+            ("namespace", NS),
+            ("deployment", "api"),
+        ]
+    };
+    checks
+        .holds(
+            "stat-inbound deploy/api: by server and route",
+            r#"sum(response_total{direction="inbound", deployment="api", namespace="demo"}) by (srv_name, srv_kind, route_name, route_kind, classification, target_port, namespace, deployment)"#,
+            &format!(
+                "{INBOUND_SUCCESS} successes and {INBOUND_FAILURE} failures on route \
+                 api-routes of the default server, with the app's port"
+            ),
+            |got| {
+                let count = |class| {
+                    got.iter()
+                        .filter(|(l, _)| {
+                            app_port(class).iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+                                && l.get("target_port").is_some_and(|p| !p.is_empty())
+                        })
+                        .map(|(_, v)| *v)
+                        .sum::<f64>()
+                };
+                count("success") == INBOUND_SUCCESS as f64
+                    && count("failure") == INBOUND_FAILURE as f64
+            },
+        )
+        .await;
+    // authz.go, over the counters: response_total and inbound_http_authz_allow_total by
+    // (route_kind, route_name, authz_kind, authz_name, srv_kind, srv_name).
+    let by = "route_kind, route_name, authz_kind, authz_name, srv_kind, srv_name";
+    let authz_row = [
+        ("route_kind", "httproutegroup"),
+        ("route_name", "api-routes"),
+        ("authz_kind", "traffictarget"),
+        ("authz_name", "web-to-api"),
+        ("srv_kind", "default"),
+        ("srv_name", "all-unauthenticated"),
+    ];
+    checks
+        .exactly(
+            "authz deploy/api: requests per authorization",
+            &format!(
+                r#"sum(response_total{{direction="inbound", deployment="api", namespace="demo"}}) by ({by})"#
+            ),
+            &[row(&authz_row, ALLOWED)],
+        )
+        .await;
+    checks
+        .exactly(
+            "authz deploy/api: allowances per authorization",
+            &format!(
+                r#"sum(inbound_http_authz_allow_total{{deployment="api", namespace="demo"}}) by ({by})"#
+            ),
+            &[row(&authz_row, ALLOWED)],
+        )
+        .await;
+}

@@ -431,6 +431,7 @@ fn cardinality(spec: &ProxySpec, metrics: &Metrics) {
     metrics.http.limits().set(max, spec.metrics.idle_expiry.0);
     let identity = spec.identity.is_some();
     metrics.http.set_identity(identity);
+    metrics.http.set_inbound_port(spec.inbound.listen.port());
     metrics.tcp.set_identity(identity, max);
     let app = SocketAddr::new(spec.inbound.app_host, spec.inbound.app_port);
     metrics.identity.linkerd_authz.set_server(

@@ -5,7 +5,7 @@
 //! native sidecar (an init container with `restartPolicy: Always`, so it starts before the
 //! app, stops after it, and does not keep a Job alive), its config volume (a ConfigMap) and
 //! its identity volume (a csi-driver-spiffe volume, or a Secret), Prometheus scrape
-//! annotations, and a label naming the workload it belongs to ([`labels`]). Injecting twice
+//! annotations, and a label naming the workload it belongs to (see `labels.rs`). Injecting twice
 //! changes nothing; `--uninject` takes out exactly what injecting put in. Other documents
 //! pass through.
 //!
