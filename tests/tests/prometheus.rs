@@ -271,6 +271,7 @@ async fn linkerd_and_flagger_queries_count_the_traffic_sent() {
     queries::tcp(&mut checks, api.inbound_addr, dead.addr).await;
     queries::routes_and_policy(&mut checks, app.addr).await;
     queries::inbound_policy(&mut checks).await;
+    queries::stat_outbound(&mut checks).await;
     queries::flagger(&mut checks).await;
     checks.finish();
     drop((http, grpc, gone));

@@ -217,7 +217,7 @@ impl TargetMetrics {
                     labels.clone()
                 };
                 let labels = super::destination::merged(&self.base, &labels);
-                f.with_labels(labels, None, self.routes.clone())
+                f.with_labels(labels, None, self.linked.clone())
             })
     }
 
@@ -229,7 +229,7 @@ impl TargetMetrics {
         let authority = authority.to_ascii_lowercase();
         f.authorities.get(&self.base_key(), &authority, max, |a| {
             let labels = super::destination::merged(&self.base, &[("authority", a.to_owned())]);
-            f.with_labels(labels, None, self.routes.clone())
+            f.with_labels(labels, None, self.linked.clone())
         })
     }
 }

@@ -47,6 +47,8 @@ fn set(labels: &mut Labels, key: &'static str, value: &str) {
 #[derive(Debug)]
 pub struct Destination {
     labels: Labels,
+    // The backend Service it belongs to (`backend_*`), for the outbound route families.
+    backend: Labels,
     // The labels as one string: the endpoint's value under the cardinality cap.
     key: String,
     // Handles by target id. Held here, so they live as long as the endpoint does and
@@ -59,8 +61,13 @@ pub struct Destination {
 const TARGETS_PER_ENDPOINT: usize = 64;
 
 impl Destination {
-    /// An endpoint labelled `labels` (keys such as `dst_pod`; empty values are left out).
+    /// An endpoint labelled `labels` (keys such as `dst_pod`; empty values are left out),
+    /// of the backend Service `backend_*` labels name (kept for the families that take
+    /// them).
     pub fn new(labels: Labels) -> Self {
+        let (backend, labels): (Labels, Labels) = labels
+            .into_iter()
+            .partition(|(k, _)| k.starts_with("backend_"));
         let labels: Labels = labels.into_iter().filter(|(_, v)| !v.is_empty()).collect();
         let key = labels
             .iter()
@@ -69,6 +76,7 @@ impl Destination {
             .join(",");
         Self {
             labels,
+            backend,
             key,
             by_target: Mutex::default(),
         }
@@ -106,10 +114,16 @@ impl Destination {
                         (*k, if folded { OTHER.to_owned() } else { v.clone() })
                     })
                     .collect();
+                let mut linked = target.linked.clone();
+                if let Some(o) = &target.linked.outbound {
+                    if !self.backend.is_empty() {
+                        linked.backend = Some(o.backend(&self.backend));
+                    }
+                }
                 families.with_labels(
                     merged(&target.base, &extra),
                     Some(target.window.clone()),
-                    target.routes.clone(),
+                    linked,
                 )
             });
         cache.insert(target.id, m.clone());

@@ -8,6 +8,7 @@ mod capped;
 mod destination;
 mod layer;
 mod observe;
+mod outbound_route;
 mod route;
 #[cfg(test)]
 mod tests;
@@ -30,6 +31,7 @@ pub use capped::{CardinalityLimits, OTHER};
 pub use destination::{ConnectionSeries, Destination};
 pub use layer::{Metrics, MetricsLayer, MetricsSlot, ResponseFuture};
 pub use observe::{access_log_writer, Observe, ObserveSettings, DEFAULT_ACCESS_LOG_FIELDS};
+pub use outbound_route::Protocol;
 
 /// Linkerd's latency buckets, in milliseconds.
 pub(crate) const LATENCY_BUCKETS_MS: [f64; 25] = [
@@ -72,6 +74,7 @@ pub struct HttpFamilies {
     epoch: tokio::time::Instant,
     mirror: crate::mirror::MirrorFamilies,
     routes: route::RouteFamilies,
+    outbound_routes: outbound_route::OutboundRouteFamilies,
     // Whether this proxy has a mesh identity: what `tls` says of plaintext traffic
     // (`no_identity` with a reason when it has one, `disabled` when it has none).
     identity: std::sync::atomic::AtomicBool,
@@ -82,6 +85,7 @@ impl HttpFamilies {
         let this = Self {
             mirror: crate::mirror::MirrorFamilies::register(registry),
             routes: route::RouteFamilies::register(registry),
+            outbound_routes: outbound_route::OutboundRouteFamilies::register(registry),
             identity: std::sync::atomic::AtomicBool::new(false),
             authorities: capped::Capped::default(),
             destinations: capped::Capped::default(),
@@ -199,6 +203,30 @@ impl HttpFamilies {
         target_addr: &str,
         route: Option<&str>,
     ) -> Arc<TargetMetrics> {
+        self.target_with(direction, authority, target_addr, route, None)
+    }
+
+    /// The handles of an outbound service or one of its routes, also counted in Linkerd's
+    /// `outbound_*_route_*` families under `outbound`'s parent and route labels.
+    pub fn outbound_target(
+        self: &Arc<Self>,
+        authority: &str,
+        target_addr: &str,
+        route: Option<&str>,
+        outbound: &OutboundRoute,
+    ) -> Arc<TargetMetrics> {
+        let direction = proxy_core::Direction::Outbound;
+        self.target_with(direction, authority, target_addr, route, Some(outbound))
+    }
+
+    fn target_with(
+        self: &Arc<Self>,
+        direction: proxy_core::Direction,
+        authority: &str,
+        target_addr: &str,
+        route: Option<&str>,
+        outbound: Option<&OutboundRoute>,
+    ) -> Arc<TargetMetrics> {
         let mut base: Labels = vec![
             ("direction", direction.as_str().to_owned()),
             ("authority", authority.to_owned()),
@@ -223,7 +251,14 @@ impl HttpFamilies {
             && !authority.is_empty()
             && target_addr != PASSTHROUGH)
             .then(|| self.routes.series(authority, route));
-        self.with_labels(base, None, routes)
+        let outbound =
+            outbound.map(|o| self.outbound_routes.route(o.protocol, &o.parent, &o.route));
+        let linked = Linked {
+            routes,
+            outbound,
+            backend: None,
+        };
+        self.with_labels(base, None, linked)
     }
 
     /// Handles for `base`; `window` shares another target's `/stats` window (a series
@@ -232,7 +267,7 @@ impl HttpFamilies {
         self: &Arc<Self>,
         base: Labels,
         window: Option<Arc<Mutex<Window>>>,
-        routes: Option<Arc<route::RouteSeries>>,
+        linked: Linked,
     ) -> Arc<TargetMetrics> {
         let own_window = window.is_none();
         let window = window.unwrap_or_else(|| {
@@ -247,7 +282,7 @@ impl HttpFamilies {
             id: next_id(),
             window,
             own_window,
-            routes,
+            linked,
             last_used: std::sync::atomic::AtomicU64::new(0),
             request_total: std::sync::OnceLock::new(),
             retries: self.retries.get_or_create(&base).clone(),
@@ -303,8 +338,8 @@ pub struct TargetMetrics {
     base: Labels,
     // Whether `window` is this label set's own (removed with its series) or its parent's.
     own_window: bool,
-    // The route families' handles, outbound.
-    routes: Option<Arc<route::RouteSeries>>,
+    // The handles of the other families its requests count in.
+    linked: Linked,
     families: Arc<HttpFamilies>,
     // Created with the first request, so that a target whose requests all reach endpoints
     // (and count under their labels) leaves no series without them at 0.
@@ -323,6 +358,9 @@ pub struct TargetMetrics {
 impl proxy_core::retry::RetryObserver for TargetMetrics {
     fn retried(&self) {
         self.retries.inc();
+        if let Some(o) = &self.linked.outbound {
+            o.retried();
+        }
     }
 
     fn budget_exhausted(&self) {
@@ -362,7 +400,7 @@ impl TargetMetrics {
 
     fn peer_labels(&self, key: &'static str, id: &str) -> Arc<TargetMetrics> {
         let base = destination::merged(&self.base, &[(key, id.to_owned())]);
-        self.families.with_labels(base, None, self.routes.clone())
+        self.families.with_labels(base, None, self.linked.clone())
     }
 
     fn base_key(&self) -> String {
@@ -417,8 +455,12 @@ impl TargetMetrics {
         self.request_total
             .get_or_init(|| self.families.requests.get_or_create(&self.base).clone())
             .inc();
-        if let Some(r) = &self.routes {
+        let l = &self.linked;
+        if let Some(r) = &l.routes {
             r.request();
+        }
+        if let Some(b) = &l.backend {
+            b.request();
         }
     }
 
@@ -431,8 +473,15 @@ impl TargetMetrics {
                 self.families.latency.get_or_create(&labels).clone()
             })
             .observe(millis);
-        if let Some(r) = &self.routes {
+        let l = &self.linked;
+        if let Some(r) = &l.routes {
             r.latency(status, millis);
+        }
+        if let Some(o) = &l.outbound {
+            o.latency(millis);
+        }
+        if let Some(b) = &l.backend {
+            b.latency(millis);
         }
     }
 
@@ -464,8 +513,40 @@ impl TargetMetrics {
                 self.families.responses.get_or_create(&labels).clone()
             })
             .inc();
-        if let Some(r) = &self.routes {
+        let l = &self.linked;
+        if let Some(r) = &l.routes {
             r.response(&key);
         }
+        if let Some(o) = &l.outbound {
+            o.response(&key);
+        }
+        if let Some(b) = &l.backend {
+            b.response(&key);
+        }
     }
+}
+
+/// The handles of the families a target's requests count in besides its own, shared by
+/// every handle set split from it (by peer, authority or endpoint).
+#[derive(Clone, Debug, Default)]
+struct Linked {
+    // Linkerd's route families (`route_*`), outbound.
+    routes: Option<Arc<route::RouteSeries>>,
+    // Linkerd's `outbound_*_route_*` families, for a service or route.
+    outbound: Option<Arc<outbound_route::RouteHandles>>,
+    // Their backend series, for an endpoint's handles.
+    backend: Option<Arc<outbound_route::BackendHandles>>,
+}
+
+/// What Linkerd's `outbound_http_route_*` and `outbound_grpc_route_*` families say of a
+/// service or route: its protocol, parent Service and route object.
+#[derive(Clone, Debug)]
+pub struct OutboundRoute {
+    /// Which families.
+    pub protocol: Protocol,
+    /// `parent_group`, `parent_kind`, `parent_namespace`, `parent_name`, `parent_port`,
+    /// `parent_section_name`.
+    pub parent: Labels,
+    /// `route_group`, `route_kind`, `route_namespace`, `route_name`.
+    pub route: Labels,
 }

@@ -16,7 +16,7 @@ use proxy_core::route::RouteSet;
 use proxy_core::split::{Backend, Backends};
 use proxy_core::timeout::Timeouts;
 use proxy_core::Direction;
-use proxy_metrics::http::{HttpFamilies, TargetMetrics};
+use proxy_metrics::http::{HttpFamilies, OutboundRoute, Protocol, TargetMetrics};
 
 use super::{Policies, Route, ServiceTarget, Target};
 use crate::config::{
@@ -44,6 +44,19 @@ pub(super) struct Context<'a> {
 }
 
 impl Context<'_> {
+    /// Linkerd's labels of the Service `name` as the parent of routes.
+    fn parent_labels(&self, name: &str, svc: &ServiceSpec) -> proxy_metrics::Labels {
+        let namespace = svc.namespace.as_deref().unwrap_or(&self.spec.namespace);
+        vec![
+            ("parent_group", "core".to_owned()),
+            ("parent_kind", "Service".to_owned()),
+            ("parent_namespace", namespace.to_owned()),
+            ("parent_name", name.to_owned()),
+            ("parent_port", svc.port.to_string()),
+            ("parent_section_name", String::new()),
+        ]
+    }
+
     fn authority(&self, name: &str, svc: &ServiceSpec) -> String {
         let namespace = svc.namespace.as_deref().unwrap_or(&self.spec.namespace);
         format!(
@@ -73,9 +86,19 @@ pub(super) fn service(
         return kept.clone();
     }
     let target_addr = format!("{name}:{}", svc.port);
+    let outbound = OutboundRoute {
+        protocol: Protocol::Http,
+        parent: ctx.parent_labels(name, svc),
+        route: vec![
+            ("route_group", String::new()),
+            ("route_kind", "default".to_owned()),
+            ("route_namespace", String::new()),
+            ("route_name", "default".to_owned()),
+        ],
+    };
     let metrics = ctx
         .metrics
-        .target(Direction::Outbound, &authority, &target_addr, None);
+        .outbound_target(&authority, &target_addr, None, &outbound);
     let metrics = match (&svc.identity, ctx.mesh) {
         (Some(id), Some(_)) => metrics.with_peer("server_id", &id.0.to_string()),
         _ => metrics,
@@ -133,6 +156,13 @@ fn endpoints(
         ("authority", ctx.authority(name, svc)),
         ("dst_service", name.to_owned()),
         ("dst_namespace", namespace.to_owned()),
+        // The backend Service, for Linkerd's outbound route families.
+        ("backend_group", "core".to_owned()),
+        ("backend_kind", "Service".to_owned()),
+        ("backend_namespace", namespace.to_owned()),
+        ("backend_name", name.to_owned()),
+        ("backend_port", svc.port.to_string()),
+        ("backend_section_name", String::new()),
     ];
     labels.extend(svc.metric_labels.0.iter().cloned());
     let breaker = breaker.map(|b| breaker_config(b, metrics));
@@ -244,12 +274,33 @@ fn route(
     let apex_spec = apex.identity.as_ref().map(|(s, _)| s);
     let authority = apex_spec.map_or_else(String::new, |s| ctx.authority(&apex.name, s));
     let target_addr = apex_spec.map_or_else(String::new, |s| format!("{}:{}", apex.name, s.port));
-    let metrics = ctx.metrics.target(
-        Direction::Outbound,
-        &authority,
-        &target_addr,
-        Some(&spec.name),
-    );
+    let metrics = match apex_spec {
+        Some(parent) => {
+            let source = &spec.source;
+            let outbound = OutboundRoute {
+                protocol: if source.kind == "GRPCRoute" {
+                    Protocol::Grpc
+                } else {
+                    Protocol::Http
+                },
+                parent: ctx.parent_labels(&apex.name, parent),
+                route: vec![
+                    ("route_group", source.group.clone()),
+                    ("route_kind", source.kind.clone()),
+                    ("route_namespace", source.namespace.clone()),
+                    ("route_name", source.name.clone()),
+                ],
+            };
+            ctx.metrics
+                .outbound_target(&authority, &target_addr, Some(&spec.name), &outbound)
+        }
+        None => ctx.metrics.target(
+            Direction::Outbound,
+            &authority,
+            &target_addr,
+            Some(&spec.name),
+        ),
+    };
     let policy = &spec.policy;
     // The route's own policies win over the service's; Skiff's `routePolicies` win over both.
     let retry = match policy.retry.as_ref().or(spec.retry.as_ref()) {

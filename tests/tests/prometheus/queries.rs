@@ -541,3 +541,79 @@ pub(crate) async fn inbound_policy(checks: &mut Checks<'_>) {
         )
         .await;
 }
+
+/// `linkerd viz stat-outbound deploy/web`: Linkerd's newer outbound route families, over
+/// the counters, grouped as stat-outbound.go groups them.
+pub(crate) async fn stat_outbound(checks: &mut Checks<'_>) {
+    let route = |route: &'static str, kind: &'static str, status: &'static str| {
+        let mut pairs: Vec<(&'static str, &'static str)> =
+            vec![("parent_name", "api"), ("parent_port", "80")];
+        pairs.extend([("route_name", route), ("route_kind", kind)]);
+        pairs.push(("http_status", status));
+        pairs
+    };
+    let ok_route = route("api-ok", "HTTPRoute", "200");
+    let default_200 = route("api-default", "HTTPRoute", "200");
+    let default_500 = route("api-default", "HTTPRoute", "500");
+    let default_403 = route("api-default", "HTTPRoute", "403");
+    // The unreachable service: its default route, failed by Skiff with Linkerd's error.
+    let gone = [
+        ("parent_name", "gone"),
+        ("parent_port", "80"),
+        ("route_name", "default"),
+        ("route_kind", "default"),
+        ("error", "IO"),
+    ];
+    checks
+        .exactly(
+            "stat-outbound deploy/web: requests per route, status and error",
+            r#"sum(outbound_http_route_request_statuses_total{deployment="web", namespace="demo"}) by (parent_name, parent_port, route_name, route_kind, http_status, error)"#,
+            &[
+                row(&ok_route, OK),
+                row(&default_200, GRPC_OK + GRPC_UNAVAILABLE),
+                row(&default_500, FAIL),
+                row(&default_403, DENIED),
+                row(&gone, GONE),
+            ],
+        )
+        .await;
+    let backend = |mut pairs: Vec<(&'static str, &'static str)>| {
+        pairs.extend([("backend_name", "api"), ("backend_port", "80")]);
+        pairs
+    };
+    checks
+        .exactly(
+            "stat-outbound deploy/web: responses per route and backend",
+            r#"sum(outbound_http_route_backend_response_statuses_total{deployment="web", namespace="demo"}) by (parent_name, parent_port, backend_name, backend_port, route_name, route_kind, http_status, error)"#,
+            &[
+                row(&backend(ok_route.clone()), OK),
+                row(&backend(default_200.clone()), GRPC_OK + GRPC_UNAVAILABLE),
+                row(&backend(default_500.clone()), FAIL),
+                row(&backend(default_403.clone()), DENIED),
+                // Its endpoint was tried (the connect refused), so its backend counts it.
+                row(
+                    &[
+                        &gone[..],
+                        &[("backend_name", "gone"), ("backend_port", "80")],
+                    ]
+                    .concat(),
+                    GONE,
+                ),
+            ],
+        )
+        .await;
+    checks
+        .exactly(
+            "stat-outbound deploy/web: request durations counted per route",
+            r#"sum(outbound_http_route_request_duration_seconds_count{deployment="web", namespace="demo"}) by (parent_name, route_name)"#,
+            &[
+                row(&[("parent_name", "api"), ("route_name", "api-ok")], OK),
+                row(
+                    &[("parent_name", "api"), ("route_name", "api-default")],
+                    FAIL + DENIED + GRPC_OK + GRPC_UNAVAILABLE,
+                ),
+                row(&[("parent_name", "gone"), ("route_name", "default")], GONE),
+            ],
+        )
+        .await;
+}

@@ -64,9 +64,8 @@ fn annotations_as_text<'de, D: Deserializer<'de>>(
 #[serde(rename_all = "camelCase")]
 pub(super) struct Object<S> {
     #[serde(rename = "apiVersion")]
-    _api_version: String,
-    #[serde(rename = "kind")]
-    _kind: String,
+    api_version: String,
+    kind: String,
     metadata: Metadata,
     spec: S,
     #[serde(default, rename = "status")]

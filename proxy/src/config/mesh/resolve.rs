@@ -62,6 +62,33 @@ pub struct RouteSpec {
     pub filters: Option<Arc<Filters>>,
     /// Where copies of its requests go (`RequestMirror`).
     pub mirrors: Vec<MirrorTarget>,
+    /// The object it comes from, as Linkerd's route metrics name it.
+    pub source: RouteSource,
+}
+
+/// The Kubernetes object a route comes from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteSource {
+    /// Its API group (`gateway.networking.k8s.io`, `split.smi-spec.io`, ...).
+    pub group: String,
+    /// Its kind (`HTTPRoute`, `GRPCRoute`, `TrafficSplit`).
+    pub kind: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl RouteSource {
+    fn of<S>(object: &super::Object<S>, namespace: &str) -> Self {
+        let group = object.api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        Self {
+            group: group.to_owned(),
+            kind: object.kind.clone(),
+            namespace: namespace.to_owned(),
+            name: object.metadata.name.clone(),
+        }
+    }
 }
 
 /// A mirror of a route.
@@ -253,11 +280,13 @@ pub(in crate::config) fn resolve(
                         })
                         .collect();
                     let mut routes = Vec::new();
+                    let source = RouteSource::of(split, ns);
                     if split.spec.matches.is_empty() {
                         routes.push(route(
                             &split.metadata.name,
                             vec![HttpMatch::default()],
                             &backends,
+                            &source,
                         ));
                     }
                     for (i, m) in split.spec.matches.iter().enumerate() {
@@ -273,7 +302,7 @@ pub(in crate::config) fn resolve(
                         };
                         for gm in &group.spec.matches {
                             let name = format!("{}/{}", group.metadata.name, gm.name);
-                            routes.push(route(&name, smi_matches(gm), &backends));
+                            routes.push(route(&name, smi_matches(gm), &backends, &source));
                         }
                     }
                     if let Err(e) = attach(index, apex, Origin::Split, routes) {
@@ -398,6 +427,7 @@ pub(in crate::config) fn resolve(
                         policy: RoutePolicySpec::default(),
                         filters,
                         mirrors: Vec::new(),
+                        source: RouteSource::of(r, ns),
                     });
                 }
                 for (i, parent) in r.spec.parent_refs.iter().enumerate() {
@@ -508,7 +538,12 @@ pub(in crate::config) fn resolve(
     }
 }
 
-fn route(name: &str, matches: Vec<HttpMatch>, backends: &[BackendSpec]) -> RouteSpec {
+fn route(
+    name: &str,
+    matches: Vec<HttpMatch>,
+    backends: &[BackendSpec],
+    source: &RouteSource,
+) -> RouteSpec {
     RouteSpec {
         name: name.to_owned(),
         matches,
@@ -518,6 +553,7 @@ fn route(name: &str, matches: Vec<HttpMatch>, backends: &[BackendSpec]) -> Route
         policy: RoutePolicySpec::default(),
         filters: None,
         mirrors: Vec::new(),
+        source: source.clone(),
     }
 }
 

@@ -170,8 +170,8 @@ impl From<GrpcRule> for Rule {
 /// A GRPCRoute object as the HTTPRoute it routes like.
 pub(in crate::config) fn into_http(o: Object<GrpcRouteSpec>) -> Object<HttpRouteSpec> {
     Object {
-        _api_version: o._api_version,
-        _kind: o._kind,
+        api_version: o.api_version,
+        kind: o.kind,
         metadata: o.metadata,
         spec: o.spec.into(),
         _status: o._status,

@@ -88,8 +88,8 @@ pub(in crate::config) fn parse<'de, D: Deserializer<'de>>(
 impl<S> Object<S> {
     fn map<T>(self, f: impl FnOnce(S) -> T) -> Object<T> {
         Object {
-            _api_version: self._api_version,
-            _kind: self._kind,
+            api_version: self.api_version,
+            kind: self.kind,
             metadata: self.metadata,
             spec: f(self.spec),
             _status: self._status,
@@ -205,8 +205,8 @@ struct TopLevelMatches {
 impl From<TopLevelMatches> for Object<HttpRouteGroupSpec> {
     fn from(v: TopLevelMatches) -> Self {
         Object {
-            _api_version: v.api_version,
-            _kind: v.kind,
+            api_version: v.api_version,
+            kind: v.kind,
             metadata: v.metadata,
             spec: HttpRouteGroupSpec { matches: v.matches },
             _status: None,
@@ -226,8 +226,8 @@ struct MetadataOnly {
 impl MetadataOnly {
     fn every_port(self) -> Object<TcpRouteSpec> {
         Object {
-            _api_version: self.api_version,
-            _kind: self.kind,
+            api_version: self.api_version,
+            kind: self.kind,
             metadata: self.metadata,
             spec: TcpRouteSpec::every_port(),
             _status: None,
@@ -256,8 +256,8 @@ struct TargetV1alpha1 {
 impl From<TargetV1alpha1> for Object<TrafficTargetSpec> {
     fn from(v: TargetV1alpha1) -> Self {
         Object {
-            _api_version: v.api_version,
-            _kind: v.kind,
+            api_version: v.api_version,
+            kind: v.kind,
             metadata: v.metadata,
             spec: TrafficTargetSpec::new(v.destination, v.specs, v.sources),
             _status: None,
