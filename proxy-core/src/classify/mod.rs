@@ -123,11 +123,13 @@ impl Classifier {
             };
         }
         if let Some(code) = grpc_status {
-            return match code {
-                0 => Class::Success,
-                c => Class::Failure {
-                    retryable: self.retryable_grpc.contains(&c),
-                },
+            let retryable = self.retryable_grpc.contains(&code);
+            return if GRPC_FAILURES.contains(&code) || retryable {
+                Class::Failure { retryable }
+            } else {
+                // The application's answer (NOT_FOUND, INVALID_ARGUMENT, ...), as an HTTP
+                // 4xx is.
+                Class::Success
             };
         }
         if status.is_server_error() || self.retryable_statuses.contains(&status.as_u16()) {
@@ -162,6 +164,12 @@ impl Classifier {
         Class::Failure { retryable }
     }
 }
+
+/// The gRPC codes that are failures, as Linkerd classifies them by default: UNKNOWN,
+/// DEADLINE_EXCEEDED, PERMISSION_DENIED, INTERNAL, UNAVAILABLE and DATA_LOSS. The others
+/// are the application's answers to a request it handled (a retry policy may still name
+/// any code, which then counts as a failure too).
+pub const GRPC_FAILURES: [u32; 6] = [2, 4, 7, 13, 14, 15];
 
 /// Classifies with the default [`Classifier`].
 pub fn classify(status: StatusCode, grpc_status: Option<u32>, error: Option<Reason>) -> Class {

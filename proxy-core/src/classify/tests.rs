@@ -25,8 +25,28 @@ fn grpc_status_wins_over_http_status() {
         Class::Failure { retryable: true }
     );
     assert_eq!(
-        classify(StatusCode::OK, Some(3), None),
+        classify(StatusCode::OK, Some(13), None),
         Class::Failure { retryable: false }
+    );
+    // The application's answers, as Linkerd classifies them: INVALID_ARGUMENT, NOT_FOUND.
+    assert_eq!(classify(StatusCode::OK, Some(3), None), Class::Success);
+    assert_eq!(classify(StatusCode::OK, Some(5), None), Class::Success);
+    // A 500 whose gRPC status says OK is judged by the gRPC status.
+    assert_eq!(
+        classify(StatusCode::INTERNAL_SERVER_ERROR, Some(0), None),
+        Class::Success
+    );
+}
+
+#[test]
+fn a_retry_policy_naming_a_grpc_code_makes_it_a_failure() {
+    let c = Classifier {
+        retryable_statuses: Vec::new(),
+        retryable_grpc: vec![5],
+    };
+    assert_eq!(
+        c.classify(StatusCode::OK, Some(5), None),
+        Class::Failure { retryable: true }
     );
 }
 
