@@ -194,6 +194,21 @@ impl ConnHandles {
         }
     }
 
+    /// Takes these labels' series out of the scrape (an endpoint that went away: its
+    /// counts are final, and pods coming and going must not grow the scrape without end).
+    /// Failures counted under them stay.
+    pub fn forget(&self) {
+        let f = &self.families;
+        let mut closed = self.labels.clone();
+        closed.push(("classification", "success".to_owned()));
+        f.open_total.remove(&self.labels);
+        f.open_connections.remove(&self.labels);
+        f.read_bytes.remove(&self.labels);
+        f.write_bytes.remove(&self.labels);
+        f.duration.remove(&self.labels);
+        f.close_total.remove(&closed);
+    }
+
     fn failed(&self, errno: &'static str) {
         let mut labels = self.labels.clone();
         labels.push(("classification", "failure".to_owned()));
@@ -529,6 +544,25 @@ mod tests {
             (dst.open_total.get(), dst.close_total.get(), dst.open.get()),
             (1, 0, 0)
         );
+    }
+
+    #[test]
+    fn forgotten_handles_leave_the_scrape() {
+        let mut registry = Registry::default();
+        let f = Arc::new(TcpFamilies::register(&mut registry));
+        let dst = f.handles(vec![
+            ("peer", "dst".to_owned()),
+            ("dst_pod", "web-1".to_owned()),
+        ]);
+        drop(dst.opened(&ByteSink::default()));
+        let scrape = |registry: &Registry| {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+            out
+        };
+        assert!(scrape(&registry).contains(r#"dst_pod="web-1""#));
+        dst.forget();
+        assert!(!scrape(&registry).contains(r#"dst_pod="web-1""#));
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct Pool {
     mesh: Option<Arc<MeshPeer>>,
     // Where its connections are counted.
     tcp: Option<ConnHandles>,
+    // Whether its series leave the scrape with it (an endpoint of a service).
+    forget_on_drop: bool,
 }
 
 /// A connection to an upstream, its bytes and lifetime counted.
@@ -56,12 +58,24 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // The endpoint is gone from every service (or the proxy is stopping): its
+        // connection series go with it. Passthrough pools live one request; their series
+        // stay.
+        if let (Some(tcp), true) = (&self.tcp, self.forget_on_drop) {
+            tcp.forget();
+        }
+    }
+}
+
 impl Pool {
     pub(super) fn new(
         addr: SocketAddr,
         settings: Arc<ArcSwap<Settings>>,
         mesh: Option<Arc<MeshPeer>>,
         tcp: Option<ConnHandles>,
+        forget_on_drop: bool,
     ) -> Self {
         Self {
             addr,
@@ -70,6 +84,7 @@ impl Pool {
             h2: tokio::sync::Mutex::default(),
             mesh,
             tcp,
+            forget_on_drop,
         }
     }
 

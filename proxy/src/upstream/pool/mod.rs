@@ -96,8 +96,9 @@ impl Pools {
     }
 
     /// The plaintext pool for `addr` (passthrough traffic), created if no one holds one.
+    /// Its connection series stay when it goes (it lives one request).
     pub fn get(&self, addr: SocketAddr) -> Arc<Pool> {
-        self.get_for(addr, None, &[("direction", "outbound".to_owned())])
+        self.pool(addr, None, &[("direction", "outbound".to_owned())], false)
     }
 
     /// The pool for `addr`, meshed with `peer` if given. A new pool's connections are
@@ -108,6 +109,16 @@ impl Pools {
         addr: SocketAddr,
         peer: Option<&Arc<MeshPeer>>,
         labels: &[(&'static str, String)],
+    ) -> Arc<Pool> {
+        self.pool(addr, peer, labels, true)
+    }
+
+    fn pool(
+        &self,
+        addr: SocketAddr,
+        peer: Option<&Arc<MeshPeer>>,
+        labels: &[(&'static str, String)],
+        forget_on_drop: bool,
     ) -> Arc<Pool> {
         let key = (addr, peer.map(|p| p.id.clone()));
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
@@ -132,6 +143,7 @@ impl Pools {
             self.settings.clone(),
             peer.cloned(),
             handles,
+            forget_on_drop,
         ));
         pools.retain(|_, p| p.strong_count() > 0);
         pools.insert(key, Arc::downgrade(&pool));
