@@ -285,8 +285,8 @@ impl HttpFamilies {
             linked,
             last_used: std::sync::atomic::AtomicU64::new(0),
             request_total: std::sync::OnceLock::new(),
-            retries: self.retries.get_or_create(&base).clone(),
-            budget_exhausted: self.budget_exhausted.get_or_create(&base).clone(),
+            retries: std::sync::OnceLock::new(),
+            budget_exhausted: std::sync::OnceLock::new(),
             families: self.clone(),
             base,
             responses: Mutex::default(),
@@ -344,8 +344,10 @@ pub struct TargetMetrics {
     // Created with the first request, so that a target whose requests all reach endpoints
     // (and count under their labels) leaves no series without them at 0.
     request_total: std::sync::OnceLock<Counter>,
-    retries: Counter,
-    budget_exhausted: Counter,
+    // Created with their first count: only the handles a retry policy reports to use them,
+    // and the others (per endpoint, per authority) must not show a series at 0.
+    retries: std::sync::OnceLock<Counter>,
+    budget_exhausted: std::sync::OnceLock<Counter>,
     // Caches of handles by status: a target sees a handful of statuses, so these stay small
     // and the family's label hashing happens once per status, not per request.
     responses: Mutex<HashMap<ResponseKey, Counter>>,
@@ -357,14 +359,23 @@ pub struct TargetMetrics {
 
 impl proxy_core::retry::RetryObserver for TargetMetrics {
     fn retried(&self) {
-        self.retries.inc();
+        self.retries
+            .get_or_init(|| self.families.retries.get_or_create(&self.base).clone())
+            .inc();
         if let Some(o) = &self.linked.outbound {
             o.retried();
         }
     }
 
     fn budget_exhausted(&self) {
-        self.budget_exhausted.inc();
+        self.budget_exhausted
+            .get_or_init(|| {
+                self.families
+                    .budget_exhausted
+                    .get_or_create(&self.base)
+                    .clone()
+            })
+            .inc();
     }
 }
 
