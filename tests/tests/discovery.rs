@@ -14,6 +14,9 @@ use serde_json::{json, Value};
 use skiff_e2e::fake_api::FakeApi;
 use skiff_e2e::*;
 
+#[path = "discovery/labels.rs"]
+mod labels;
+
 const TOKEN: &str = "skiff-test-token";
 
 /// A kubeconfig for the fake API server.

@@ -18,6 +18,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::core::DynamicObject;
@@ -184,6 +185,7 @@ impl Kubernetes {
     ) -> JoinHandle<()> {
         let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), namespace);
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), namespace);
         let selector = format!("kubernetes.io/service-name={service}");
         let config = watcher::Config::default().labels(&selector);
         let (tx, mut rx) = tokio::sync::watch::channel(None::<Vec<SliceEndpoint>>);
@@ -223,12 +225,18 @@ impl Kubernetes {
                     .cloned()
                     .collect();
                 // Read together (bounded): a rollout brings many new Pods at once.
-                let reads: Vec<(String, Result<Option<Pod>, kube::Error>)> =
+                let reads: Vec<(String, Result<Option<PodInfo>, kube::Error>)> =
                     futures_util::stream::iter(unread)
                         .map(|name: String| {
-                            let pods = pods.clone();
+                            let (pods, jobs) = (pods.clone(), jobs.clone());
                             async move {
-                                let read = pods.get_opt(&name).await;
+                                let read = match pods.get_opt(&name).await {
+                                    Ok(Some(pod)) => {
+                                        Ok(Some(with_cron_job(model::pod_info(&pod), &jobs).await))
+                                    }
+                                    Ok(None) => Ok(None),
+                                    Err(e) => Err(e),
+                                };
                                 (name, read)
                             }
                         })
@@ -239,7 +247,7 @@ impl Kubernetes {
                     match read {
                         Ok(pod) => {
                             failing.remove(&name);
-                            known.insert(name, pod.map(|p| Arc::new(model::pod_info(&p))));
+                            known.insert(name, pod.map(Arc::new));
                         }
                         Err(e) => {
                             observe.metrics.error("pods", client_reason(&e));
@@ -279,6 +287,33 @@ impl Kubernetes {
             tokio::join!(slices, resolve);
         })
     }
+}
+
+/// `info` with a Job owner replaced by the Job's CronJob, when it has one: the workload a
+/// user knows (Linkerd labels such Pods `dst_cronjob`). The Job is only metadata: when it
+/// cannot be read, the Pod stays the Job's.
+async fn with_cron_job(mut info: PodInfo, jobs: &Api<Job>) -> PodInfo {
+    let Some(("Job", job)) = info.owner.as_ref().map(|(k, n)| (k.as_str(), n.clone())) else {
+        return info;
+    };
+    match jobs.get_opt(&job).await {
+        Ok(Some(job)) => {
+            let cron = job
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.controller == Some(true) && o.kind == "CronJob");
+            if let Some(cron) = cron {
+                info.owner = Some(("CronJob".to_owned(), cron.name.clone()));
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::debug!(%job, error = %e, "cannot read the Job owning a Pod; labelling the Pod with its Job")
+        }
+    }
+    info
 }
 
 /// How long to wait before reading again a Pod that could not be read.
