@@ -6,7 +6,7 @@ use serde_json::json;
 use skiff_e2e::fake_api::FakeApi;
 use skiff_e2e::*;
 
-use super::{call, kubeconfig, pods, proxy, service, slice, TOKEN};
+use super::{call, pods, proxy, service, slice, TOKEN};
 
 /// A Pod of namespace shop running as `sa`, controlled by `owner` (kind, name).
 fn pod(name: &str, sa: &str, owner: (&str, &str), labels: serde_json::Value) -> serde_json::Value {
