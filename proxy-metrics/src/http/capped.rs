@@ -217,7 +217,8 @@ impl TargetMetrics {
                     labels.clone()
                 };
                 let labels = super::destination::merged(&self.base, &labels);
-                f.with_labels(labels, None, self.linked.clone())
+                // One `/stats` row per caller and authority, whatever policy let them in.
+                f.with_labels(labels, Some(self.window.clone()), self.linked.clone())
             })
     }
 
