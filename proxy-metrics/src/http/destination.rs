@@ -145,6 +145,9 @@ struct Last {
     authority: String,
     authorized: Option<Authorized>,
     series: Arc<TargetMetrics>,
+    // The authority's own handles, whose `/stats` window `series` shares: held (and kept
+    // fresh) with it, so the idle sweep does not take the window from under it.
+    by_authority: Arc<TargetMetrics>,
 }
 
 impl ConnectionSeries {
@@ -168,18 +171,20 @@ impl ConnectionSeries {
         if let Some(l) = &*last {
             if l.authority.eq_ignore_ascii_case(authority) && l.authorized.as_ref() == authorized {
                 l.series.touch();
+                l.by_authority.touch();
                 return l.series.clone();
             }
         }
         let by_authority = self.base.with_authority(authority);
         let series = match authorized {
             Some(a) => by_authority.with_policy(a),
-            None => by_authority,
+            None => by_authority.clone(),
         };
         *last = Some(Last {
             authority: authority.to_owned(),
             authorized: authorized.cloned(),
             series: series.clone(),
+            by_authority,
         });
         series
     }
