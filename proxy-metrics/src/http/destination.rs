@@ -10,13 +10,13 @@
 //! cardinality caps on a miss, so pods coming and going, or callers inventing authorities,
 //! fold into `other` rather than grow the scrape without bound.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use proxy_core::authz::Authorized;
 
 use super::capped::OTHER;
+use super::few::Few;
 use super::TargetMetrics;
 use crate::Labels;
 
@@ -53,7 +53,7 @@ pub struct Destination {
     key: String,
     // Handles by target id. Held here, so they live as long as the endpoint does and
     // are then left for the idle sweep.
-    by_target: Mutex<HashMap<u64, Arc<TargetMetrics>>>,
+    by_target: Few<u64, Arc<TargetMetrics>>,
 }
 
 /// Targets one endpoint can serve before its cache starts again: a service's default route
@@ -78,7 +78,7 @@ impl Destination {
             labels,
             backend,
             key,
-            by_target: Mutex::default(),
+            by_target: Few::default(),
         }
     }
 
@@ -92,17 +92,24 @@ impl Destination {
         if self.labels.is_empty() {
             return target.clone();
         }
-        let mut cache = self.by_target.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = cache.get(&target.id) {
-            m.touch();
-            return m.clone();
+        if self.by_target.len() >= TARGETS_PER_ENDPOINT {
+            self.by_target.clear();
         }
-        if cache.len() >= TARGETS_PER_ENDPOINT {
-            cache.clear();
-        }
+        self.by_target.with(
+            &target.id,
+            || self.make(target),
+            |m| {
+                m.touch();
+                m.clone()
+            },
+        )
+    }
+
+    /// The handles of `target`'s requests to this endpoint, through the cardinality cap.
+    fn make(&self, target: &Arc<TargetMetrics>) -> Arc<TargetMetrics> {
         let families = &target.families;
         let max = families.caps.max.load(Ordering::Relaxed);
-        let m = families
+        families
             .destinations
             .get(&target.base_key(), &self.key, max, |value| {
                 // Beyond the cap every `dst_*` label says `other`; the peer stays known.
@@ -125,9 +132,7 @@ impl Destination {
                     Some(target.window.clone()),
                     linked,
                 )
-            });
-        cache.insert(target.id, m.clone());
-        m
+            })
     }
 }
 

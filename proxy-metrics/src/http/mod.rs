@@ -6,6 +6,7 @@
 
 mod capped;
 mod destination;
+mod few;
 mod layer;
 mod observe;
 mod outbound_route;
@@ -289,8 +290,8 @@ impl HttpFamilies {
             budget_exhausted: std::sync::OnceLock::new(),
             families: self.clone(),
             base,
-            responses: Mutex::default(),
-            latencies: Mutex::default(),
+            responses: few::Few::default(),
+            latencies: few::Few::default(),
         })
     }
 }
@@ -350,8 +351,8 @@ pub struct TargetMetrics {
     budget_exhausted: std::sync::OnceLock<Counter>,
     // Caches of handles by status: a target sees a handful of statuses, so these stay small
     // and the family's label hashing happens once per status, not per request.
-    responses: Mutex<HashMap<ResponseKey, Counter>>,
-    latencies: Mutex<HashMap<u16, Histogram>>,
+    responses: few::Few<ResponseKey, Counter>,
+    latencies: few::Few<u16, Histogram>,
     window: Arc<Mutex<Window>>,
     // Milliseconds since the families' epoch when last used (for idle expiry).
     last_used: std::sync::atomic::AtomicU64,
@@ -437,21 +438,11 @@ impl TargetMetrics {
         f.requests.remove(&self.base);
         f.retries.remove(&self.base);
         f.budget_exhausted.remove(&self.base);
-        for key in self
-            .responses
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-        {
-            f.responses.remove(&response_labels(&self.base, key));
+        for key in self.responses.keys() {
+            f.responses.remove(&response_labels(&self.base, &key));
         }
-        for status in self
-            .latencies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-        {
-            f.latency.remove(&latency_labels(&self.base, *status));
+        for status in self.latencies.keys() {
+            f.latency.remove(&latency_labels(&self.base, status));
         }
         if self.own_window {
             f.windows
@@ -476,14 +467,14 @@ impl TargetMetrics {
     }
 
     fn latency(&self, status: u16, millis: f64) {
-        let mut cache = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
-        cache
-            .entry(status)
-            .or_insert_with(|| {
+        self.latencies.with(
+            &status,
+            || {
                 let labels = latency_labels(&self.base, status);
                 self.families.latency.get_or_create(&labels).clone()
-            })
-            .observe(millis);
+            },
+            |h| h.observe(millis),
+        );
         let l = &self.linked;
         if let Some(r) = &l.routes {
             r.latency(status, millis);
@@ -516,14 +507,16 @@ impl TargetMetrics {
             grpc_status,
             error,
         };
-        let mut cache = self.responses.lock().unwrap_or_else(|e| e.into_inner());
-        cache
-            .entry(key)
-            .or_insert_with(|| {
+        self.responses.with(
+            &key,
+            || {
                 let labels = response_labels(&self.base, &key);
                 self.families.responses.get_or_create(&labels).clone()
-            })
-            .inc();
+            },
+            |c| {
+                c.inc();
+            },
+        );
         let l = &self.linked;
         if let Some(r) = &l.routes {
             r.response(&key);

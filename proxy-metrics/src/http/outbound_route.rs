@@ -20,6 +20,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use proxy_core::Reason;
 
+use super::few::Few;
 use super::ResponseKey;
 use crate::Labels;
 
@@ -140,7 +141,7 @@ impl OutboundRouteFamilies {
             protocol,
             families,
             labels,
-            statuses: Mutex::default(),
+            statuses: Few::default(),
             backends: Mutex::default(),
         })
     }
@@ -157,7 +158,7 @@ pub(super) struct RouteHandles {
     labels: Labels,
     duration: Histogram,
     retries: Counter,
-    statuses: Mutex<HashMap<StatusKey, Counter>>,
+    statuses: Few<StatusKey, Counter>,
     backends: Mutex<HashMap<String, Arc<BackendHandles>>>,
 }
 
@@ -206,7 +207,7 @@ impl RouteHandles {
                     protocol: self.protocol,
                     families: self.families.clone(),
                     labels,
-                    statuses: Mutex::default(),
+                    statuses: Few::default(),
                 })
             })
             .clone()
@@ -221,7 +222,7 @@ pub(super) struct BackendHandles {
     labels: Labels,
     requests: Counter,
     duration: Histogram,
-    statuses: Mutex<HashMap<StatusKey, Counter>>,
+    statuses: Few<StatusKey, Counter>,
 }
 
 impl BackendHandles {
@@ -245,7 +246,7 @@ impl BackendHandles {
 }
 
 fn count_status(
-    cache: &Mutex<HashMap<StatusKey, Counter>>,
+    cache: &Few<StatusKey, Counter>,
     family: &Family<Labels, Counter>,
     base: &Labels,
     protocol: Protocol,
@@ -254,27 +255,25 @@ fn count_status(
     // A failure Skiff names in Linkerd's words has no status, as in Linkerd.
     let error = key.error.and_then(linkerd_error);
     let status = (error.is_none()).then_some(key.status);
-    let cache_key = (status, key.grpc_status, key.error);
-    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-    cache
-        .entry(cache_key)
-        .or_insert_with(|| {
-            let mut labels = base.clone();
-            match protocol {
-                Protocol::Http => {
-                    let status = status.map(|s| s.to_string()).unwrap_or_default();
-                    labels.push(("http_status", status));
-                }
-                Protocol::Grpc => {
-                    // No status at all (a failed request) is UNKNOWN, as Linkerd says it.
-                    let name = key.grpc_status.map_or("UNKNOWN", grpc_code_name);
-                    labels.push(("grpc_status", name.to_owned()));
-                }
+    let make = || {
+        let mut labels = base.clone();
+        match protocol {
+            Protocol::Http => {
+                let status = status.map(|s| s.to_string()).unwrap_or_default();
+                labels.push(("http_status", status));
             }
-            labels.push(("error", error.unwrap_or_default().to_owned()));
-            family.get_or_create(&labels).clone()
-        })
-        .inc();
+            Protocol::Grpc => {
+                // No status at all (a failed request) is UNKNOWN, as Linkerd says it.
+                let name = key.grpc_status.map_or("UNKNOWN", grpc_code_name);
+                labels.push(("grpc_status", name.to_owned()));
+            }
+        }
+        labels.push(("error", error.unwrap_or_default().to_owned()));
+        family.get_or_create(&labels).clone()
+    };
+    cache.with(&(status, key.grpc_status, key.error), make, |c| {
+        c.inc();
+    });
 }
 
 /// Linkerd's `error` for a failure Skiff made, when Linkerd has a word for it.

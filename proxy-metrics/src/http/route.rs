@@ -6,14 +6,14 @@
 //! it took, which is what `linkerd viz routes` and the route dashboard read. Every handle of
 //! a target (per peer, per endpoint) shares its target's [`RouteSeries`].
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use super::few::Few;
 use super::{latency_histogram, HistogramFamily, ResponseKey};
 use crate::Labels;
 
@@ -68,8 +68,8 @@ impl RouteFamilies {
             responses_family: self.responses.clone(),
             latency_family: self.latency.clone(),
             base,
-            responses: Mutex::default(),
-            latencies: Mutex::default(),
+            responses: Few::default(),
+            latencies: Few::default(),
         })
     }
 }
@@ -81,8 +81,8 @@ pub(super) struct RouteSeries {
     requests: Counter,
     responses_family: Family<Labels, Counter>,
     latency_family: HistogramFamily,
-    responses: Mutex<HashMap<(u16, &'static str), Counter>>,
-    latencies: Mutex<HashMap<u16, Histogram>>,
+    responses: Few<(u16, &'static str), Counter>,
+    latencies: Few<u16, Histogram>,
 }
 
 impl RouteSeries {
@@ -92,27 +92,29 @@ impl RouteSeries {
 
     pub(super) fn response(&self, key: &ResponseKey) {
         let class = key.classification.as_str();
-        let mut cache = self.responses.lock().unwrap_or_else(|e| e.into_inner());
-        cache
-            .entry((key.status, class))
-            .or_insert_with(|| {
+        self.responses.with(
+            &(key.status, class),
+            || {
                 let mut labels = self.base.clone();
                 labels.push(("status_code", key.status.to_string()));
                 labels.push(("classification", class.to_owned()));
                 self.responses_family.get_or_create(&labels).clone()
-            })
-            .inc();
+            },
+            |c| {
+                c.inc();
+            },
+        );
     }
 
     pub(super) fn latency(&self, status: u16, millis: f64) {
-        let mut cache = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
-        cache
-            .entry(status)
-            .or_insert_with(|| {
+        self.latencies.with(
+            &status,
+            || {
                 let mut labels = self.base.clone();
                 labels.push(("status_code", status.to_string()));
                 self.latency_family.get_or_create(&labels).clone()
-            })
-            .observe(millis);
+            },
+            |h| h.observe(millis),
+        );
     }
 }
