@@ -2,6 +2,8 @@
 //! owner as the user knows it (a ReplicaSet's Deployment, a Job's CronJob) and its service
 //! account, beside the service's `dst_service` and `dst_namespace`.
 
+use std::time::Duration;
+
 use serde_json::json;
 use skiff_e2e::fake_api::FakeApi;
 use skiff_e2e::*;
@@ -63,9 +65,14 @@ async fn endpoints_are_labelled_with_their_pod_its_workload_and_service_account(
     let proxy = proxy(&api, "labels").await;
     let out = proxy.outbound_addr;
 
-    // Until every endpoint has answered once.
+    // Once the service is known with its endpoints (the Pods and the Job are read first),
+    // until every endpoint has answered once.
+    eventually(Duration::from_secs(10), "web answers", || async {
+        call(out, "web").await.0 == 200
+    })
+    .await;
     let mut seen = std::collections::HashSet::new();
-    let mut sent = 0;
+    let mut sent = 1;
     while seen.len() < 3 {
         assert!(
             sent < 300,
