@@ -86,6 +86,27 @@ impl<B> Guarded<B> {
     }
 }
 
+/// Drops from trailers the fields that may not be trailers (RFC 9110 section 6.5.1): the
+/// hop-by-hop and framing ones, and `Host`. Sent on as they came, they would be refused by
+/// an HTTP/2 peer (connection-specific fields make a stream malformed) once the message
+/// changes protocol on its way, and the request would hang until a timeout.
+fn sanitize_trailers(frame: Frame<Bytes>) -> Frame<Bytes> {
+    match frame.into_trailers() {
+        Ok(mut trailers) => {
+            crate::normalize::strip_hop_by_hop(&mut trailers);
+            for name in [
+                http::header::CONTENT_LENGTH,
+                http::header::HOST,
+                http::header::TE,
+            ] {
+                trailers.remove(name);
+            }
+            Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
+    }
+}
+
 impl<B> http_body::Body for Guarded<B>
 where
     B: http_body::Body<Data = Bytes>,
@@ -102,6 +123,7 @@ where
         match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
                 *this.armed = false;
+                let frame = frame.map(|f| f.map(sanitize_trailers));
                 if *this.upstream {
                     return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
                 }
@@ -316,6 +338,56 @@ mod tests {
             Duration::from_secs(9),
             "5s after the last frame"
         );
+    }
+
+    /// These frames, last first.
+    struct Frames(Vec<Frame<Bytes>>);
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.pop().map(Ok))
+        }
+    }
+
+    #[tokio::test]
+    async fn trailers_lose_the_fields_a_trailer_may_not_carry() {
+        let mut trailers = http::HeaderMap::new();
+        for (name, value) in [
+            ("transfer-encoding", "chunked"),
+            ("connection", "close, x-named"),
+            ("x-named", "by connection"),
+            ("keep-alive", "timeout=5"),
+            ("content-length", "3"),
+            ("host", "elsewhere"),
+            ("te", "trailers"),
+            ("x-checksum", "abc"),
+        ] {
+            trailers.insert(
+                http::HeaderName::from_static(name),
+                http::HeaderValue::from_static(value),
+            );
+        }
+        let inner = Frames(vec![
+            Frame::trailers(trailers),
+            Frame::data(Bytes::from_static(b"abc")),
+        ]);
+        let mut body = Guarded::new(inner, Duration::from_secs(5));
+        assert!(body.frame().await.unwrap().unwrap().is_data());
+        let kept = body
+            .frame()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_trailers()
+            .unwrap();
+        let names: Vec<&str> = kept.keys().map(http::HeaderName::as_str).collect();
+        assert_eq!(names, ["x-checksum"]);
     }
 
     #[tokio::test]

@@ -399,3 +399,27 @@ async fn a_reload_that_changes_the_identity_is_refused_whole() {
     let (_, config) = admin_get(admin, "/config").await;
     assert!(!config.contains("\"identity\""), "{config}");
 }
+
+/// A chunked HTTP/1.1 request whose trailers carry fields a trailer may not (framing and
+/// hop-by-hop ones) crosses the mesh: the fields are dropped, the others arrive, and the
+/// request is answered rather than left hanging by the HTTP/2 hop refusing them. A
+/// well-behaved client on the same proxies is served alongside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbidden_trailer_fields_are_dropped_on_the_mesh_hop() {
+    let ca = DevCa::new("cluster.local").unwrap();
+    let app = hello("api").await;
+    let (b, _) = server_proxy(&ca, app.addr).await;
+    let a = client_proxy(&ca, "web", b.inbound_addr, "api").await;
+    let request = b"POST /upload HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\
+        Trailer: x-checksum\r\n\r\n3\r\nabc\r\n0\r\ntransfer-encoding: chunked\r\n\
+        connection: close\r\nkeep-alive: timeout=5\r\ncontent-length: 3\r\n\
+        x-checksum: abc\r\n\r\n";
+    let (hostile, calm) = tokio::join!(raw(a.outbound_addr, request), async {
+        let mut c = h1(a.outbound_addr).await;
+        let rsp = c.send_request(get("api", "/")).await.unwrap();
+        rsp.status()
+    });
+    assert_eq!(hostile.status, 200, "{hostile:?}");
+    assert_eq!(calm, StatusCode::OK);
+    assert_eq!(app.requests(), 2, "both reached the app");
+}
