@@ -209,8 +209,19 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch
     }
 }
 
+/// Whether `peer` is this host: a loopback address, also as an IPv4-mapped IPv6 one
+/// (`::ffff:127.0.0.1`, how a dual-stack listener on `[::]` sees an IPv4 caller).
+fn is_loopback(peer: IpAddr) -> bool {
+    match peer {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+        IpAddr::V4(v4) => v4.is_loopback(),
+    }
+}
+
 async fn handle(admin: &Admin, req: Request<Incoming>, peer: IpAddr) -> Response<AdminBody> {
-    let local = peer.is_loopback() || admin.allow_remote;
+    let local = is_loopback(peer) || admin.allow_remote;
     let path = req.uri().path();
     match (req.method().clone(), path) {
         (Method::GET | Method::HEAD, "/metrics") => {
@@ -349,4 +360,19 @@ fn owned_text(status: StatusCode, body: String) -> Response<AdminBody> {
     let mut rsp = with_type(full(body), "text/plain; charset=utf-8");
     *rsp.status_mut() = status;
     rsp
+}
+
+#[cfg(test)]
+mod loopback_tests {
+    use super::is_loopback;
+
+    #[test]
+    fn loopback_callers_are_local_also_as_ipv4_mapped_addresses() {
+        for local in ["127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"] {
+            assert!(is_loopback(local.parse().unwrap()), "{local}");
+        }
+        for remote in ["10.0.0.1", "::ffff:10.0.0.1", "fe80::1", "::"] {
+            assert!(!is_loopback(remote.parse().unwrap()), "{remote}");
+        }
+    }
 }

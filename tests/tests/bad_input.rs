@@ -2,10 +2,12 @@
 //! that nothing reached the backend when the proxy refused, and that a keep-alive
 //! connection opened beforehand keeps working.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
+use serde_json::json;
 use skiff_e2e::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -274,4 +276,34 @@ async fn the_connection_limit_pauses_accepting() {
     let rsp = read_response(&mut third).await;
     assert_eq!(rsp.status, 200);
     assert_eq!(web.requests(), 1);
+}
+
+/// The admin listener on `[::]` sees an IPv4 caller as an IPv4-mapped address: from
+/// 127.0.0.1 it is still this host, and may tap (a route refused to remote callers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_on_all_ipv6_addresses_knows_ipv4_loopback_callers() {
+    let proxy = ProxyConfig::new(1)
+        .admin(json!({"listen": "[::]:0"}))
+        .start()
+        .await;
+    let admin = SocketAddr::from(([127, 0, 0, 1], proxy.admin_addr.port()));
+    // A tap stream does not end: read its status line only.
+    let mut s = TcpStream::connect(admin).await.unwrap();
+    s.write_all(b"GET /tap HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") {
+        assert_eq!(
+            s.read(&mut byte).await.unwrap(),
+            1,
+            "the status line arrives"
+        );
+        head.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    // A well-behaved scrape alongside.
+    assert_eq!(admin_get(admin, "/metrics").await.0, 200);
 }
