@@ -85,6 +85,7 @@ async fn malformed_requests_get_clear_answers_and_never_reach_the_backend() {
         case("unknown service", "GET / HTTP/1.1\r\nHost: nowhere\r\n\r\n", 404, Some("no-route"), false),
         case("backend refuses", "GET / HTTP/1.1\r\nHost: down\r\n\r\n", 502, Some("upstream-connect"), false),
         case("CONNECT", "CONNECT web:443 HTTP/1.1\r\nHost: web:443\r\n\r\n", 400, Some("bad-request"), false),
+        case("GET *", "GET * HTTP/1.1\r\nHost: web\r\n\r\n", 400, Some("bad-request"), false),
         case(
             "absolute-form URI wins over Host",
             "GET http://web/abs HTTP/1.1\r\nHost: evil\r\n\r\n",

@@ -63,6 +63,10 @@ pub(super) fn check_method(parts: &Parts) -> Result<(), ProxyError> {
     if parts.method == Method::CONNECT {
         return Err(bad("CONNECT tunnels are not supported"));
     }
+    // The asterisk-form target is for OPTIONS alone (RFC 9112 section 3.2.4).
+    if parts.uri.path() == "*" && parts.method != Method::OPTIONS {
+        return Err(bad("the request target * is only for OPTIONS"));
+    }
     Ok(())
 }
 

@@ -76,6 +76,21 @@ fn connect_is_refused() {
 }
 
 #[test]
+fn the_asterisk_target_is_for_options_alone() {
+    let with = |method: &str| {
+        Request::builder()
+            .method(method)
+            .uri("*")
+            .header("host", "web")
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    assert_eq!(reason(with("GET")), Reason::BadRequest);
+    assert_eq!(reason(with("POST")), Reason::BadRequest);
+    assert!(normalize(with("OPTIONS"), &HeaderLimits::default()).is_ok());
+}
+
+#[test]
 fn hop_by_hop_and_connection_named_headers_are_stripped() {
     let r = req(
         Version::HTTP_11,
