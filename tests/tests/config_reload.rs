@@ -137,3 +137,43 @@ async fn a_bad_reload_is_rejected_and_the_old_config_keeps_serving() {
     // Fixing the file applies it.
     route_web_to(&path, &b, &fast_reload, proxy.outbound_addr).await;
 }
+
+/// A file nested 40,000 levels deep (80 KB of `[[[...]]]`, which the YAML parser would
+/// chew on for seconds) is refused at once with its line, and the proxy keeps serving its
+/// last config meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deeply_nested_file_is_refused_at_once_and_serving_goes_on() {
+    let a = hello("a").await;
+    let dir = temp_dir("deep-reload");
+    let path = dir.join("skiff.yaml");
+    let fast_reload = json!({"reloadInterval": "20ms"});
+    let proxy = start_from_file(
+        &ProxyConfig::new(1)
+            .service("web", &[a.addr])
+            .spec(fast_reload.clone()),
+        &path,
+    )
+    .await;
+    let deep = format!(
+        "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  x: {}{}\n",
+        "[".repeat(40_000),
+        "]".repeat(40_000)
+    );
+    let refused = skiff::config::parse(&deep, None).unwrap_err().to_string();
+    assert!(refused.contains("4:") && refused.contains("levels deep"), "{refused}");
+    std::fs::write(&path, deep).unwrap();
+    let admin = proxy.admin_addr;
+    eventually(
+        Duration::from_secs(10),
+        "the deep file is refused",
+        || async move {
+            metric_line(admin, r#"skiff_config_reloads_total{result="error"}"#)
+                .await
+                .is_some_and(|l| l.ends_with(" 1"))
+        },
+    )
+    .await;
+    let mut c = h1(proxy.outbound_addr).await;
+    let rsp = c.send_request(get("web", "/")).await.unwrap();
+    assert_eq!(body_text(rsp).await, "a", "still on the old config");
+}

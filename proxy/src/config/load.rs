@@ -98,6 +98,33 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
             message: bare_message(&e, path),
         }
     };
+    let shape = |line: Option<usize>, message: String| {
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            line,
+            column: None,
+            message,
+        }])
+    };
+    if text.len() > super::depth::MAX_BYTES {
+        return Err(shape(
+            None,
+            format!(
+                "the file is {} bytes; a config may have at most {}",
+                text.len(),
+                super::depth::MAX_BYTES
+            ),
+        ));
+    }
+    if let Some(line) = super::depth::too_deep(text) {
+        return Err(shape(
+            Some(line),
+            format!(
+                "nested more than {} levels deep (mappings and lists); a config needs far fewer",
+                super::depth::MAX_DEPTH
+            ),
+        ));
+    }
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     // Occurrences of each ignored field name already placed, per document.

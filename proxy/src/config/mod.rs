@@ -5,6 +5,7 @@
 //! `load` reads a file of YAML documents; [`Config`] is the parsed result.
 
 pub(crate) mod api;
+mod depth;
 mod discovery;
 mod duration;
 mod load;
