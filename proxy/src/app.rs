@@ -89,19 +89,21 @@ pub async fn start(config: Config) -> io::Result<Running> {
     );
 
     let drain = drain::Controller::new();
-    let limit = Arc::new(Semaphore::new(spec.limits.max_connections.get()));
+    // A limit per listener: callers flooding the inbound listener never take the
+    // connections the application needs for its own calls, nor the other way round.
+    let limit = || Arc::new(Semaphore::new(spec.limits.max_connections.get()));
     tokio::spawn(accept_loop(
         outbound,
         Direction::Outbound,
         state.clone(),
-        limit.clone(),
+        limit(),
         drain.handle(),
     ));
     tokio::spawn(accept_loop(
         inbound,
         Direction::Inbound,
         state.clone(),
-        limit,
+        limit(),
         drain.handle(),
     ));
 

@@ -308,3 +308,33 @@ async fn the_admin_listener_on_all_ipv6_addresses_knows_ipv4_loopback_callers() 
     // A well-behaved scrape alongside.
     assert_eq!(admin_get(admin, "/metrics").await.0, 200);
 }
+
+/// Each listener has its own connection limit: callers holding every inbound connection
+/// leave the application's outbound calls untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_flood_leaves_the_applications_outbound_calls_alone() {
+    let web = hello("web").await;
+    let proxy = ProxyConfig::new(1)
+        .service("web", &[web.addr])
+        .spec(json!({"limits": {"maxConnections": 2, "detectTimeout": "30s"}}))
+        .start()
+        .await;
+    // Silent inbound connections: the inbound listener's whole limit, and one waiting.
+    let mut flood = Vec::new();
+    for _ in 0..3 {
+        flood.push(TcpStream::connect(proxy.inbound_addr).await.unwrap());
+    }
+    // Bounded: with one limit for both listeners this call would wait for the flood.
+    let call = async {
+        let mut c = h1(proxy.outbound_addr).await;
+        c.send_request(get("web", "/")).await.unwrap().status()
+    };
+    let status = tokio::time::timeout(Duration::from_secs(10), call).await;
+    assert_eq!(
+        status.ok(),
+        Some(StatusCode::OK),
+        "the outbound call is served"
+    );
+    assert_eq!(web.requests(), 1);
+    drop(flood);
+}

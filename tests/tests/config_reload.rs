@@ -160,7 +160,10 @@ async fn a_deeply_nested_file_is_refused_at_once_and_serving_goes_on() {
         "]".repeat(40_000)
     );
     let refused = skiff::config::parse(&deep, None).unwrap_err().to_string();
-    assert!(refused.contains("4:") && refused.contains("levels deep"), "{refused}");
+    assert!(
+        refused.contains("4:") && refused.contains("levels deep"),
+        "{refused}"
+    );
     std::fs::write(&path, deep).unwrap();
     let admin = proxy.admin_addr;
     eventually(

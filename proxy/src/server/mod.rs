@@ -86,8 +86,8 @@ pub(crate) fn normalize_limits(spec: &ProxySpec) -> HeaderLimits {
     }
 }
 
-/// Accepts connections until the drain starts. `limit` bounds open connections across
-/// listeners: at the limit, accepting pauses (the kernel backlog holds new clients).
+/// Accepts connections until the drain starts. `limit` bounds this listener's open
+/// connections: at the limit, accepting pauses (the kernel backlog holds new clients).
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     direction: Direction,
@@ -108,9 +108,8 @@ pub(crate) async fn accept_loop(
             },
             () = drain.signaled() => return,
         };
-        // The permit is taken after accepting: listeners share the limit, and a permit held
-        // by a listener waiting for its next client would be lost to the others. At most
-        // one accepted connection per listener waits here.
+        // The permit is taken after accepting, so a permit is never held for a client not
+        // yet come; at most one accepted connection waits here.
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             () = drain.signaled() => return,
