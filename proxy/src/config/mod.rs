@@ -478,6 +478,9 @@ pub struct LimitsSpec {
     pub connect_timeout: Dur,
     /// How long an idle pooled upstream connection is kept.
     pub upstream_idle_timeout: Dur,
+    /// How long an opaque TCP connection may carry no byte either way before it is closed;
+    /// `0s`: never.
+    pub opaque_idle_timeout: Dur,
     /// HTTP/2 server limits.
     pub http2: Http2Limits,
 }
@@ -493,6 +496,7 @@ impl Default for LimitsSpec {
             detect_timeout: Dur::secs(1),
             connect_timeout: Dur::secs(1),
             upstream_idle_timeout: Dur::secs(90),
+            opaque_idle_timeout: Dur::secs(3600),
             http2: Http2Limits::default(),
         }
     }

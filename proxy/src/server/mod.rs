@@ -159,7 +159,7 @@ async fn serve(
             return;
         }
         let io = Prefixed::new(Default::default(), stream);
-        crate::server::tcp::forward(io, target, spec.limits.connect_timeout.0).await;
+        crate::server::tcp::forward(io, target, &spec.limits).await;
         return;
     }
     let (protocol, io) = match detect(stream, spec.limits.detect_timeout.0).await {
@@ -206,7 +206,7 @@ async fn serve(
             counter.inc();
             match opaque_target {
                 Some(target) if tcp_allowed(state, direction, peer, target) => {
-                    crate::server::tcp::forward(io, target, spec.limits.connect_timeout.0).await
+                    crate::server::tcp::forward(io, target, &spec.limits).await
                 }
                 Some(_) => {} // refused and logged by the authorization check
                 None => tracing::info!(
