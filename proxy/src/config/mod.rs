@@ -481,6 +481,9 @@ pub struct LimitsSpec {
     /// How long an opaque TCP connection may carry no byte either way before it is closed;
     /// `0s`: never.
     pub opaque_idle_timeout: Dur,
+    /// How long an HTTP/1 keep-alive connection may sit between requests before it is
+    /// closed; `0s`: never.
+    pub idle_timeout: Dur,
     /// HTTP/2 server limits.
     pub http2: Http2Limits,
 }
@@ -497,6 +500,7 @@ impl Default for LimitsSpec {
             connect_timeout: Dur::secs(1),
             upstream_idle_timeout: Dur::secs(90),
             opaque_idle_timeout: Dur::secs(3600),
+            idle_timeout: Dur::secs(3600),
             http2: Http2Limits::default(),
         }
     }

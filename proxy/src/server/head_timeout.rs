@@ -9,6 +9,11 @@
 //! Two halves share one flag: [`HeadTimeoutIo`] watches reads, and [`InRequest`] (wrapped
 //! around the connection's service) marks when a request is being handled, from the call
 //! until its response body ends.
+//!
+//! The same reads also end a keep-alive connection left idle (no request, no byte) for
+//! `limits.idleTimeout`: a silent connection would otherwise hold a connection slot for as
+//! long as its client likes. Its timer is armed once per idle period, not per request: it
+//! wakes at the period's end and looks at when the connection was last used.
 
 use std::convert::Infallible;
 use std::future::Future as _;
@@ -34,23 +39,54 @@ use crate::server::HttpService;
 pub(crate) struct HeadTimeoutIo<I> {
     io: I,
     timeout: Duration,
-    in_request: Arc<AtomicBool>,
+    in_request: Arc<Busy>,
     // When the head's first byte arrived. The timer itself is armed only if the head does
     // not arrive in one read, which spares most requests a timer registration.
     started: Option<Instant>,
     deadline: Option<Pin<Box<Sleep>>>,
+    // The keep-alive idle limit (`None`: none), when the connection was last used, and the
+    // timer that checks it.
+    idle: Option<Duration>,
+    last_used: Instant,
+    idle_check: Option<Pin<Box<Sleep>>>,
 }
 
 impl<I> HeadTimeoutIo<I> {
-    /// Wraps `io`; `in_request` is shared with the connection's [`InRequest`] service.
-    pub(crate) fn new(io: I, timeout: Duration, in_request: Arc<AtomicBool>) -> Self {
+    /// Wraps `io`; `in_request` is shared with the connection's [`InRequest`] service; a
+    /// connection idle for `idle` (when given) reads as closed.
+    pub(crate) fn new(
+        io: I,
+        timeout: Duration,
+        idle: Option<Duration>,
+        in_request: Arc<Busy>,
+    ) -> Self {
         Self {
             io,
             timeout,
             in_request,
             started: None,
             deadline: None,
+            idle,
+            last_used: Instant::now(),
+            idle_check: None,
         }
+    }
+
+    /// Whether the connection has been idle for its limit; otherwise arms the check for
+    /// when it could be, so the task is woken then.
+    fn idle_over(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(idle) = self.idle else {
+            return false;
+        };
+        let at = self.last_used + idle;
+        let check = self
+            .idle_check
+            .get_or_insert_with(|| Box::pin(sleep_until(at)));
+        if check.deadline() < at {
+            // Used since the check was armed: wait for the new end of the period.
+            check.as_mut().reset(at);
+        }
+        check.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -61,15 +97,27 @@ impl<I: AsyncRead + Unpin> AsyncRead for HeadTimeoutIo<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.in_request.load(Ordering::Acquire) {
+        if this.in_request.now.load(Ordering::Acquire) {
             this.started = None;
             this.deadline = None;
             return Pin::new(&mut this.io).poll_read(cx, buf);
         }
+        if this.idle.is_some() && this.in_request.ended.swap(false, Ordering::AcqRel) {
+            // A request ended since the last read: the idle period starts from here.
+            this.last_used = Instant::now();
+        }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.io).poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.started.get_or_insert_with(Instant::now);
+            let now = Instant::now();
+            this.started.get_or_insert(now);
+            this.last_used = now;
+        }
+        if result.is_pending() && this.started.is_none() && this.idle_over(cx) {
+            // Idle for the limit between requests: the client sees the connection close,
+            // as after any keep-alive timeout.
+            tracing::debug!(idle = ?this.idle, "closing an idle keep-alive connection");
+            return Poll::Ready(Ok(()));
         }
         if let (Poll::Pending, Some(started)) = (&result, this.started) {
             let at = started + this.timeout;
@@ -94,12 +142,20 @@ delegate_async_write!(HeadTimeoutIo);
 #[derive(Clone, Debug)]
 pub(crate) struct InRequest {
     inner: HttpService,
-    flag: Arc<AtomicBool>,
+    flag: Arc<Busy>,
+}
+
+/// What [`InRequest`] tells [`HeadTimeoutIo`]: whether a request is in hand, and whether one
+/// ended since the IO last looked.
+#[derive(Debug, Default)]
+pub(crate) struct Busy {
+    now: AtomicBool,
+    ended: AtomicBool,
 }
 
 impl InRequest {
     /// Wraps the connection's service.
-    pub(crate) fn new(inner: HttpService, flag: Arc<AtomicBool>) -> Self {
+    pub(crate) fn new(inner: HttpService, flag: Arc<Busy>) -> Self {
         Self { inner, flag }
     }
 }
@@ -114,7 +170,7 @@ impl Service<Request<Incoming>> for InRequest {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        self.flag.store(true, Ordering::Release);
+        self.flag.now.store(true, Ordering::Release);
         ResponseFuture {
             inner: self.inner.call(req),
             flag: Some(self.flag.clone()),
@@ -125,7 +181,7 @@ impl Service<Request<Incoming>> for InRequest {
 /// The future of [`InRequest`]: the response, its body holding the mark until it ends.
 pub(crate) struct ResponseFuture {
     inner: <HttpService as Service<Request<Incoming>>>::Future,
-    flag: Option<Arc<AtomicBool>>,
+    flag: Option<Arc<Busy>>,
 }
 
 impl std::fmt::Debug for ResponseFuture {
@@ -148,10 +204,60 @@ impl std::future::Future for ResponseFuture {
 
 /// Clears the connection's "in a request" mark when dropped.
 #[derive(Debug)]
-struct EndsRequest(Arc<AtomicBool>);
+struct EndsRequest(Arc<Busy>);
 
 impl Drop for EndsRequest {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        self.0.ended.store(true, Ordering::Release);
+        self.0.now.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Reads once if something can be read now; `None` when the read would wait.
+    async fn read_now<I: AsyncRead + Unpin>(io: &mut I) -> Option<usize> {
+        let mut buf = [0u8; 64];
+        tokio::select! {
+            biased;
+            n = io.read(&mut buf) => Some(n.unwrap()),
+            () = tokio::task::yield_now() => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_keep_alive_connection_idle_for_the_limit_reads_as_closed() {
+        let (client, server) = tokio::io::duplex(256);
+        let (mut client, busy) = (client, Arc::new(Busy::default()));
+        let idle = Duration::from_secs(30);
+        let mut io = HeadTimeoutIo::new(server, Duration::from_secs(10), Some(idle), busy.clone());
+        // A request: its head, then a minute in hand (no idle limit meanwhile).
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(read_now(&mut io).await.is_some_and(|n| n > 0));
+        busy.now.store(true, Ordering::Release);
+        assert_eq!(read_now(&mut io).await, None);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        // Its response ends: the idle period starts at the next read.
+        busy.ended.store(true, Ordering::Release);
+        busy.now.store(false, Ordering::Release);
+        assert_eq!(read_now(&mut io).await, None);
+        let ended = Instant::now();
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        assert_eq!(read_now(&mut io).await, None, "not idle for the limit yet");
+        let mut buf = [0u8; 8];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0, "reads as closed");
+        assert_eq!(ended.elapsed(), idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_an_idle_limit_a_quiet_connection_stays() {
+        let (_client, server) = tokio::io::duplex(256);
+        let mut io = HeadTimeoutIo::new(server, Duration::from_secs(10), None, Arc::default());
+        tokio::time::sleep(Duration::from_secs(86_400)).await;
+        assert_eq!(read_now(&mut io).await, None);
     }
 }

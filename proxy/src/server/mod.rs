@@ -11,7 +11,6 @@ pub(crate) mod tcp;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use http::{Request, Response};
@@ -30,7 +29,7 @@ use crate::routing::{OriginalDst, State};
 use crate::server::conn_service::ConnService;
 use crate::server::detect::{detect, Prefixed, Protocol};
 use crate::server::drain::Drain;
-use crate::server::head_timeout::{HeadTimeoutIo, InRequest};
+use crate::server::head_timeout::{Busy, HeadTimeoutIo, InRequest};
 use proxy_core::authz::{AuthzObserver, Decision, Verdict};
 use proxy_core::limit::Client;
 use proxy_core::normalize::HeaderLimits;
@@ -259,8 +258,9 @@ async fn serve_http1<I: Io>(
         .get()
         .saturating_mul(2)
         .saturating_add(16 * 1024);
-    let in_request = Arc::new(AtomicBool::new(false));
-    let io = HeadTimeoutIo::new(io, limits.header_read_timeout.0, in_request.clone());
+    let in_request = Arc::new(Busy::default());
+    let idle = Some(limits.idle_timeout.0).filter(|d| !d.is_zero());
+    let io = HeadTimeoutIo::new(io, limits.header_read_timeout.0, idle, in_request.clone());
     let svc = InRequest::new(svc, in_request);
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
