@@ -36,6 +36,7 @@ pub mod direction;
 pub mod error;
 pub mod filter;
 pub mod future;
+pub mod io;
 pub mod limit;
 pub mod normalize;
 pub mod notes;

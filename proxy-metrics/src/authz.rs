@@ -34,16 +34,17 @@ pub struct AuthzFamilies {
     http_deny: Family<Labels, Counter>,
     tcp_allow: Family<Labels, Counter>,
     tcp_deny: Family<Labels, Counter>,
-    // Handles by what distinguishes one series from another, so a decision costs a small
-    // key and a hash, not a label set.
-    cache: Mutex<HashMap<Key, Counter>>,
+    // Handles by the hash of what distinguishes one series from another, computed from the
+    // borrowed decision: a decision costs a hash and a compare, no allocation; the owned key
+    // is made once, on a series' first decision.
+    cache: Mutex<Cache>,
     // The application's `ip:port` (`target_addr`) and the inbound port (`srv_port`).
     server: Mutex<(String, String)>,
     identity: AtomicBool,
     max_clients: AtomicUsize,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Key {
     decision: &'static str,
     tcp: bool,
@@ -51,6 +52,53 @@ struct Key {
     rule: Option<String>,
     route: Option<String>,
     client: Option<String>,
+}
+
+/// The handles, by hash (with the keys that share it), and how many there are.
+#[derive(Debug, Default)]
+struct Cache {
+    by_hash: HashMap<u64, Vec<(Key, Counter)>>,
+    len: usize,
+}
+
+/// A decision as its series tells it apart, borrowed from the request.
+#[derive(Hash)]
+struct Seen<'a> {
+    decision: &'static str,
+    tcp: bool,
+    default: &'static str,
+    rule: Option<&'a str>,
+    route: Option<&'a str>,
+    client: Option<&'a str>,
+}
+
+impl Seen<'_> {
+    fn hash(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        Hash::hash(self, &mut h);
+        h.finish()
+    }
+
+    fn is(&self, key: &Key) -> bool {
+        self.decision == key.decision
+            && self.tcp == key.tcp
+            && self.default == key.default
+            && self.rule == key.rule.as_deref()
+            && self.route == key.route.as_deref()
+            && self.client == key.client.as_deref()
+    }
+
+    fn to_key(&self) -> Key {
+        Key {
+            decision: self.decision,
+            tcp: self.tcp,
+            default: self.default,
+            rule: self.rule.map(str::to_owned),
+            route: self.route.map(str::to_owned),
+            client: self.client.map(str::to_owned),
+        }
+    }
 }
 
 impl AuthzFamilies {
@@ -95,7 +143,7 @@ impl AuthzFamilies {
         if server.0 != target_addr || server.1 != port.to_string() {
             *server = (target_addr.to_owned(), port.to_string());
             // Handles carry the old labels: resolve them again.
-            self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = Cache::default();
         }
         self.identity.store(identity, Ordering::Relaxed);
         self.max_clients
@@ -104,27 +152,47 @@ impl AuthzFamilies {
 
     /// Counts one decision.
     pub fn decided(&self, v: &Verdict<'_>) {
-        let client = match v.client {
-            Some(Client::Identity(id)) => Some(id.to_string()),
-            _ => None,
-        };
-        let mut key = Key {
+        let mut seen = Seen {
             decision: v.decision,
             tcp: v.tcp,
             default: v.default.as_str(),
-            rule: v.rule.map(str::to_owned),
-            route: v.route.map(str::to_owned),
-            client,
+            rule: v.rule,
+            route: v.route,
+            client: match v.client {
+                Some(Client::Identity(id)) => Some(id),
+                _ => None,
+            },
         };
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if !cache.contains_key(&key) && cache.len() >= self.max_clients.load(Ordering::Relaxed) {
-            // Beyond the cap, callers are told apart no more.
-            key.client = key.client.map(|_| OTHER.to_owned());
-        }
-        cache
-            .entry(key)
-            .or_insert_with_key(|key| self.family(key).get_or_create(&self.labels(key)).clone())
-            .inc();
+        let Cache { by_hash, len } = &mut *cache;
+        let mut hash = seen.hash();
+        let known = |by_hash: &HashMap<u64, Vec<(Key, Counter)>>, hash, seen: &Seen<'_>| {
+            by_hash
+                .get(&hash)
+                .and_then(|keys| keys.iter().find(|(k, _)| seen.is(k)))
+                .map(|(_, c)| c.clone())
+        };
+        let counter = match known(by_hash, hash, &seen) {
+            Some(c) => c,
+            None => {
+                if *len >= self.max_clients.load(Ordering::Relaxed) && seen.client.is_some() {
+                    // Beyond the cap, callers are told apart no more.
+                    seen.client = Some(OTHER);
+                    hash = seen.hash();
+                }
+                match known(by_hash, hash, &seen) {
+                    Some(c) => c,
+                    None => {
+                        let key = seen.to_key();
+                        let c = self.family(&key).get_or_create(&self.labels(&key)).clone();
+                        by_hash.entry(hash).or_default().push((key, c.clone()));
+                        *len += 1;
+                        c
+                    }
+                }
+            }
+        };
+        counter.inc();
     }
 
     fn family(&self, key: &Key) -> &Family<Labels, Counter> {
@@ -234,9 +302,50 @@ mod tests {
     use super::*;
     use proxy_core::authz::DefaultPolicy;
 
+    /// The server labels of the app at 10.0.0.7:8080 behind inbound port 4143, no rule.
+    const SERVER: [(&str, &str); 5] = [
+        ("target_addr", "10.0.0.7:8080"),
+        ("srv_group", ""),
+        ("srv_kind", "default"),
+        ("srv_name", "all-unauthenticated"),
+        ("srv_port", "4143"),
+    ];
+
     fn value(family: &Family<Labels, Counter>, labels: &[(&'static str, &str)]) -> u64 {
         let labels: Labels = labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
         family.get_or_create(&labels).get()
+    }
+
+    #[test]
+    fn tcp_decisions_count_in_their_own_families_without_a_route() {
+        let f = AuthzFamilies::register(&mut Registry::default());
+        f.set_server("10.0.0.7:8080", 4143, false, 1000);
+        let verdict = |decision, rule| Verdict {
+            decision,
+            rule,
+            route: rule.map(|_| "tcp:5432"),
+            client: None,
+            default: DefaultPolicy::Allow,
+            tcp: true,
+        };
+        f.decided(&verdict("allow", Some("db-clients")));
+        f.decided(&verdict("deny", None));
+        f.decided(&verdict("deny", None));
+        let server = SERVER;
+        let allowed = [
+            &server[..],
+            &[
+                ("authz_group", "access.smi-spec.io"),
+                ("authz_kind", "traffictarget"),
+                ("authz_name", "db-clients"),
+                ("tls", "disabled"),
+            ],
+        ]
+        .concat();
+        assert_eq!(value(&f.tcp_allow, &allowed), 1);
+        let denied = [&server[..], &[("tls", "disabled")]].concat();
+        assert_eq!(value(&f.tcp_deny, &denied), 2);
+        assert_eq!(value(&f.http_deny, &denied), 0, "not an HTTP decision");
     }
 
     #[test]
@@ -266,13 +375,7 @@ mod tests {
         ));
         f.decided(&verdict("deny", None, None, Some(&web)));
         f.decided(&verdict("allow", None, None, None));
-        let server = [
-            ("target_addr", "10.0.0.7:8080"),
-            ("srv_group", ""),
-            ("srv_kind", "default"),
-            ("srv_name", "all-unauthenticated"),
-            ("srv_port", "4143"),
-        ];
+        let server = SERVER;
         let by_rule = [
             &server[..],
             &[

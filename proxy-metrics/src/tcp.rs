@@ -9,15 +9,13 @@
 //! error (a reset, say) closes the same way, with the errno of its first error.
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use proxy_core::io::{IoObserver, Observed};
 use tokio::time::Instant;
 
 use crate::Labels;
@@ -226,10 +224,14 @@ impl ConnHandles {
     pub fn count<I>(&self, io: I) -> Counted<I> {
         let sink = ByteSink::default();
         sink.set(self);
-        let guard = self.opened(&sink);
-        let mut counted = Counted::new(io, sink);
-        counted.guard = Some(guard);
-        counted
+        let guard = Some(self.opened(&sink));
+        Observed::new(
+            io,
+            Counting {
+                sink,
+                _guard: guard,
+            },
+        )
     }
 }
 
@@ -386,97 +388,45 @@ impl ByteSink {
     }
 }
 
-/// A connection whose bytes are counted as they pass.
+/// What counts an observed connection: its bytes and first error into a [`ByteSink`],
+/// and, for a connection Skiff opened, its close when it goes.
 #[derive(Debug)]
-pub struct Counted<I> {
-    io: I,
+pub struct Counting {
     sink: ByteSink,
-    // For a connection Skiff opened: its close is recorded when it goes.
-    guard: Option<ConnectionGuard>,
+    // Held only for its drop, which records the close.
+    _guard: Option<ConnectionGuard>,
 }
 
-impl<I> Counted<I> {
-    /// `io`, its bytes counted into `sink`.
-    pub fn new(io: I, sink: ByteSink) -> Self {
-        Self {
-            io,
-            sink,
-            guard: None,
-        }
+impl IoObserver for Counting {
+    fn read(&self, n: usize) {
+        self.sink.read(n as u64);
     }
 
-    /// The connection.
-    pub fn get_ref(&self) -> &I {
-        &self.io
+    fn written(&self, n: usize) {
+        self.sink.written(n as u64);
     }
-}
 
-impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.sink.read(n as u64);
-        }
-        if let Poll::Ready(Err(e)) = &polled {
-            self.sink.failed(e);
-        }
-        polled
+    fn failed(&self, error: &io::Error) {
+        self.sink.failed(error);
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        match &polled {
-            Poll::Ready(Ok(n)) => self.sink.written(*n as u64),
-            Poll::Ready(Err(e)) => self.sink.failed(e),
-            Poll::Pending => {}
-        }
-        polled
-    }
+/// A connection whose bytes are counted as they pass.
+pub type Counted<I> = Observed<I, Counting>;
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        match &polled {
-            Poll::Ready(Ok(n)) => self.sink.written(*n as u64),
-            Poll::Ready(Err(e)) => self.sink.failed(e),
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
+/// `io`, its bytes counted into `sink`.
+pub fn counted<I>(io: I, sink: ByteSink) -> Counted<I> {
+    Observed::new(io, Counting { sink, _guard: None })
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
     use super::*;
 
@@ -489,7 +439,7 @@ mod tests {
         let f = families();
         let (a, mut b) = tokio::io::duplex(64);
         let sink = ByteSink::default();
-        let mut counted = Counted::new(a, sink.clone());
+        let mut counted = counted(a, sink.clone());
         b.write_all(b"hello").await.unwrap();
         let mut buf = [0; 5];
         counted.read_exact(&mut buf).await.unwrap();

@@ -247,16 +247,22 @@ async fn slow_clients_are_cut_off() {
     assert_eq!(body_text(rsp).await, "read 0");
 }
 
+/// A proxy in front of `web` that serves two connections at once on each listener, and
+/// waits long for a first byte (so a silent connection holds its slot).
+async fn two_connections_each(web: &Backend) -> Running {
+    ProxyConfig::new(1)
+        .service("web", &[web.addr])
+        .spec(json!({"limits": {"maxConnections": 2, "detectTimeout": "30s"}}))
+        .start()
+        .await
+}
+
 /// At the connection limit, accepting pauses: a third client waits in the backlog and is
 /// served as soon as one of the two held connections closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_limit_pauses_accepting() {
     let web = hello("web").await;
-    let proxy = ProxyConfig::new(1)
-        .service("web", &[web.addr])
-        .spec(json!({"limits": {"maxConnections": 2, "detectTimeout": "30s"}}))
-        .start()
-        .await;
+    let proxy = two_connections_each(&web).await;
     let held_a = TcpStream::connect(proxy.outbound_addr).await.unwrap();
     let _held_b = TcpStream::connect(proxy.outbound_addr).await.unwrap();
 
@@ -314,11 +320,7 @@ async fn the_admin_listener_on_all_ipv6_addresses_knows_ipv4_loopback_callers() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inbound_flood_leaves_the_applications_outbound_calls_alone() {
     let web = hello("web").await;
-    let proxy = ProxyConfig::new(1)
-        .service("web", &[web.addr])
-        .spec(json!({"limits": {"maxConnections": 2, "detectTimeout": "30s"}}))
-        .start()
-        .await;
+    let proxy = two_connections_each(&web).await;
     // Silent inbound connections: the inbound listener's whole limit, and one waiting.
     let mut flood = Vec::new();
     for _ in 0..3 {

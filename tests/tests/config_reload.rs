@@ -95,32 +95,28 @@ async fn reload_reroutes_new_requests_while_a_long_request_completes() {
     assert!(ok.is_some_and(|l| l.ends_with(" 1")));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_reload_is_rejected_and_the_old_config_keeps_serving() {
-    let a = hello("a").await;
-    let b = hello("b").await;
-    let dir = temp_dir("bad-reload");
-    let path = dir.join("skiff.yaml");
-    let fast_reload = json!({"reloadInterval": "20ms"});
-    let proxy = start_from_file(
-        &ProxyConfig::new(1)
-            .service("web", &[a.addr])
-            .spec(fast_reload.clone()),
-        &path,
-    )
-    .await;
+/// The proxy on a config file of `dir_name` that routes `web` to `backend`, re-read every
+/// 20 ms.
+async fn web_on_a_file(dir_name: &str, backend: &Backend) -> (Running, std::path::PathBuf) {
+    let path = temp_dir(dir_name).join("skiff.yaml");
+    let cfg = ProxyConfig::new(1)
+        .service("web", &[backend.addr])
+        .spec(json!({"reloadInterval": "20ms"}));
+    (start_from_file(&cfg, &path).await, path)
+}
 
-    // Unknown field plus a new route: the whole file is refused, including the route.
-    let bad = ProxyConfig::new(1)
-        .service("web", &[b.addr])
-        .spec(fast_reload.clone())
-        .spec(json!({"limits": {"headerReadTimeot": "1s"}}))
-        .yaml();
-    std::fs::write(&path, bad).unwrap();
+/// Writes `text` over `path`, waits until the reload is refused (the first refusal
+/// counted), and returns what `web` answers then: its status and body.
+async fn refused_reload(
+    proxy: &Running,
+    path: &std::path::Path,
+    text: String,
+) -> (StatusCode, String) {
+    std::fs::write(path, text).unwrap();
     let admin = proxy.admin_addr;
     eventually(
         Duration::from_secs(10),
-        "the bad reload is counted",
+        "the reload is refused and counted",
         || async move {
             metric_line(admin, r#"skiff_config_reloads_total{result="error"}"#)
                 .await
@@ -130,9 +126,26 @@ async fn a_bad_reload_is_rejected_and_the_old_config_keeps_serving() {
     .await;
     let mut c = h1(proxy.outbound_addr).await;
     let rsp = c.send_request(get("web", "/")).await.unwrap();
-    assert_eq!(rsp.status(), StatusCode::OK);
-    assert_eq!(body_text(rsp).await, "a", "still on the old config");
-    assert_eq!(admin_get(admin, "/ready").await.0, 200);
+    (rsp.status(), body_text(rsp).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_reload_is_rejected_and_the_old_config_keeps_serving() {
+    let a = hello("a").await;
+    let b = hello("b").await;
+    let (proxy, path) = web_on_a_file("bad-reload", &a).await;
+    let fast_reload = json!({"reloadInterval": "20ms"});
+
+    // Unknown field plus a new route: the whole file is refused, including the route.
+    let bad = ProxyConfig::new(1)
+        .service("web", &[b.addr])
+        .spec(fast_reload.clone())
+        .spec(json!({"limits": {"headerReadTimeot": "1s"}}))
+        .yaml();
+    let (status, body) = refused_reload(&proxy, &path, bad).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "a", "still on the old config");
+    assert_eq!(admin_get(proxy.admin_addr, "/ready").await.0, 200);
 
     // Fixing the file applies it.
     route_web_to(&path, &b, &fast_reload, proxy.outbound_addr).await;
@@ -144,16 +157,7 @@ async fn a_bad_reload_is_rejected_and_the_old_config_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deeply_nested_file_is_refused_at_once_and_serving_goes_on() {
     let a = hello("a").await;
-    let dir = temp_dir("deep-reload");
-    let path = dir.join("skiff.yaml");
-    let fast_reload = json!({"reloadInterval": "20ms"});
-    let proxy = start_from_file(
-        &ProxyConfig::new(1)
-            .service("web", &[a.addr])
-            .spec(fast_reload.clone()),
-        &path,
-    )
-    .await;
+    let (proxy, path) = web_on_a_file("deep-reload", &a).await;
     let deep = format!(
         "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  x: {}{}\n",
         "[".repeat(40_000),
@@ -164,19 +168,6 @@ async fn a_deeply_nested_file_is_refused_at_once_and_serving_goes_on() {
         refused.contains("4:") && refused.contains("levels deep"),
         "{refused}"
     );
-    std::fs::write(&path, deep).unwrap();
-    let admin = proxy.admin_addr;
-    eventually(
-        Duration::from_secs(10),
-        "the deep file is refused",
-        || async move {
-            metric_line(admin, r#"skiff_config_reloads_total{result="error"}"#)
-                .await
-                .is_some_and(|l| l.ends_with(" 1"))
-        },
-    )
-    .await;
-    let mut c = h1(proxy.outbound_addr).await;
-    let rsp = c.send_request(get("web", "/")).await.unwrap();
-    assert_eq!(body_text(rsp).await, "a", "still on the old config");
+    let (_, body) = refused_reload(&proxy, &path, deep).await;
+    assert_eq!(body, "a", "still on the old config");
 }

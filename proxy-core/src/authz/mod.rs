@@ -48,11 +48,11 @@ pub enum DefaultPolicy {
 #[derive(Clone, Debug)]
 pub struct Rule {
     /// Its name, for logs.
-    pub name: String,
+    pub name: Arc<str>,
     /// The SPIFFE IDs allowed.
     pub sources: Vec<String>,
     /// The routes allowed, by name; an empty list allows no HTTP route.
-    pub routes: Vec<(String, HttpMatch)>,
+    pub routes: Vec<(Arc<str>, HttpMatch)>,
     /// The TCP ports allowed (from TCPRoutes); an empty list with `any_port` allows all.
     pub ports: Vec<u16>,
     /// Whether a TCPRoute allowed every port.
@@ -82,9 +82,9 @@ pub enum Decision {
     /// Allowed by a rule, on a route.
     Allowed {
         /// The rule (TrafficTarget) that allowed it.
-        rule: String,
+        rule: Arc<str>,
         /// The route that matched.
-        route: String,
+        route: Arc<str>,
     },
     /// Not allowed.
     Denied,
@@ -130,7 +130,7 @@ impl Policy {
             .find(|r| r.any_port || r.ports.contains(&port))
             .map_or(Decision::Denied, |rule| Decision::Allowed {
                 rule: rule.name.clone(),
-                route: format!("tcp:{port}"),
+                route: format!("tcp:{port}").into(),
             })
     }
 }
@@ -192,9 +192,7 @@ impl<'a> Verdict<'a> {
     ) -> Self {
         let (decision, rule, route) = match decision {
             Decision::Unrestricted => ("allow", None, None),
-            Decision::Allowed { rule, route } => {
-                ("allow", Some(rule.as_str()), Some(route.as_str()))
-            }
+            Decision::Allowed { rule, route } => ("allow", Some(&**rule), Some(&**route)),
             Decision::Denied if policy.audits() => ("audit-deny", None, None),
             Decision::Denied => ("deny", None, None),
         };
@@ -214,9 +212,9 @@ impl<'a> Verdict<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Authorized {
     /// The rule (TrafficTarget) that allowed it; `None` when no rule applied.
-    pub rule: Option<String>,
+    pub rule: Option<Arc<str>>,
     /// The route that matched (`group/match`); `None` when none did.
-    pub route: Option<String>,
+    pub route: Option<Arc<str>>,
     /// The workload's default policy.
     pub default: DefaultPolicy,
     /// Whether a denial was only logged (audit).

@@ -374,3 +374,34 @@ async fn inbound_authorities_and_endpoints_fold_into_other_beyond_the_cap() {
         .collect();
     assert_eq!(pods, ["web-0", "web-1", OTHER, OTHER]);
 }
+
+#[tokio::test]
+async fn a_caller_let_in_by_two_policies_is_one_stats_row() {
+    let f = families();
+    let app = f.target(Direction::Inbound, "", "127.0.0.1:8080", None);
+    let conn = ConnectionSeries::new(app.with_peer("client_id", "spiffe://td/ns/a/sa/b"));
+    let by = |rule: &str| proxy_core::authz::Authorized {
+        rule: Some(rule.into()),
+        route: Some(format!("{rule}-routes/all").into()),
+        default: proxy_core::authz::DefaultPolicy::Allow,
+        audited: false,
+    };
+    for rule in ["reads", "writes"] {
+        let series = conn.for_request("api:80", Some(&by(rule)));
+        series.window(Classification::Success, 1.0);
+        let authz = series
+            .base
+            .iter()
+            .find(|(k, _)| *k == "authz_name")
+            .unwrap();
+        assert_eq!(authz.1, rule, "each policy labels its own series");
+    }
+    let rows: Vec<_> = f
+        .stats()
+        .stats
+        .into_iter()
+        .filter(|r| r.authority.as_deref() == Some("api:80"))
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].summary.success_count, 2);
+}

@@ -562,12 +562,14 @@ fn a_default_policy_that_denies_needs_an_identity() {
 fn a_services_metric_labels_become_destination_labels_and_unknown_keys_are_refused() {
     let svc = "spec:\n  services:\n    web:\n      endpoints: [127.0.0.1:8080]\n";
     let c = ok(&format!(
-        "{HEAD}{svc}      metricLabels: {{deployment: web, serviceaccount: web-sa}}\n"
+        "{HEAD}{svc}      metricLabels: {{deployment: web, job: nightly, serviceaccount: web-sa}}\n"
     ));
+    // A Job is Linkerd's `dst_k8s_job` (`job` is Prometheus's own label).
     assert_eq!(
         c.proxy.services["web"].metric_labels.0,
         [
             ("dst_deployment", "web".to_owned()),
+            ("dst_k8s_job", "nightly".to_owned()),
             ("dst_serviceaccount", "web-sa".to_owned())
         ]
     );

@@ -137,7 +137,7 @@ async fn serve(
     // The connection's labels are known once it is known to be meshed or not (after the
     // mTLS handshake); its bytes are counted from the first.
     let sink = ByteSink::default();
-    let stream = proxy_metrics::tcp::Counted::new(stream, sink.clone());
+    let stream = proxy_metrics::tcp::counted(stream, sink.clone());
     let plaintext = || {
         sink.set(&conns.plain);
         conns.plain.opened(&sink)

@@ -2,14 +2,12 @@
 //! until both sides close or no byte has passed either way for `limits.opaqueIdleTimeout`
 //! (a silent tunnel would otherwise hold its connection slot for ever).
 
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use proxy_core::io::{IoObserver, Observed};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -46,9 +44,10 @@ where
 {
     let start = Instant::now();
     let last = AtomicU64::new(0);
+    let activity = || Activity { last: &last, start };
     let (mut client, mut upstream) = (
-        Active::new(client, &last, start),
-        Active::new(upstream, &last, start),
+        Observed::new(client, activity()),
+        Observed::new(upstream, activity()),
     );
     let copied = tokio::io::copy_bidirectional(&mut client, &mut upstream);
     tokio::pin!(copied);
@@ -75,58 +74,27 @@ where
     }
 }
 
-/// One side of a tunnel, noting when bytes last passed (milliseconds since `start`).
-struct Active<'a, T> {
-    io: T,
+/// One side of a tunnel's observer: notes when bytes last passed (milliseconds since
+/// `start`).
+struct Activity<'a> {
     last: &'a AtomicU64,
     start: Instant,
 }
 
-impl<'a, T> Active<'a, T> {
-    fn new(io: T, last: &'a AtomicU64, start: Instant) -> Self {
-        Self { io, last, start }
-    }
-
+impl Activity<'_> {
     fn touch(&self) {
         let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last.store(now, Ordering::Relaxed);
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Active<'_, T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.touch();
-        }
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Active<'_, T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        polled
+impl IoObserver for Activity<'_> {
+    fn read(&self, _: usize) {
+        self.touch();
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+    fn written(&self, _: usize) {
+        self.touch();
     }
 }
 

@@ -11,6 +11,7 @@ use super::{
     ALLOWED, API_AUTHORITY, API_ID, DENIED, FAIL, GONE, GRPC_OK, GRPC_UNAVAILABLE, INBOUND_FAILURE,
     INBOUND_SUCCESS, NS, OK, OUTBOUND_FAILURE, OUTBOUND_SUCCESS, WEB_ID,
 };
+use skiff_e2e::prometheus::Sample;
 
 /// A label set as Prometheus's Go library prints it (`model.LabelSet.String()`), which is
 /// how Linkerd puts selectors into its templates: the matchers sorted, comma-separated.
@@ -34,16 +35,6 @@ pub(crate) async fn stat(checks: &mut Checks<'_>) {
         r#"direction="inbound""#,
         r#"namespace="demo""#,
     ]);
-    checks
-        .exactly(
-            "stat deploy/api: api's inbound requests, refusals left out",
-            &req_query(&inbound, "namespace, deployment"),
-            &[
-                row(&meshed_deploy("api", "success"), INBOUND_SUCCESS),
-                row(&meshed_deploy("api", "failure"), INBOUND_FAILURE),
-            ],
-        )
-        .await;
     // `linkerd viz stat deploy/web --to deploy/api -n demo` and
     // `linkerd viz stat deploy/api --from deploy/web -n demo`: web's outbound, by the
     // destination labels.
@@ -54,57 +45,50 @@ pub(crate) async fn stat(checks: &mut Checks<'_>) {
         r#"dst_namespace="demo""#,
         r#"namespace="demo""#,
     ]);
-    checks
-        .exactly(
-            "stat deploy/web --to deploy/api",
-            &req_query(&to_api, "namespace, deployment"),
-            &[
-                row(&meshed_deploy("web", "success"), OUTBOUND_SUCCESS),
-                row(&meshed_deploy("web", "failure"), OUTBOUND_FAILURE),
-            ],
-        )
-        .await;
-    let dst_row = |classification| {
-        [
-            ("dst_namespace", NS),
-            ("dst_deployment", "api"),
-            ("classification", classification),
-            ("tls", "true"),
-        ]
-    };
-    checks
-        .exactly(
-            "stat deploy/api --from deploy/web",
-            &req_query(&to_api, "dst_namespace, dst_deployment"),
-            &[
-                row(&dst_row("success"), OUTBOUND_SUCCESS),
-                row(&dst_row("failure"), OUTBOUND_FAILURE),
-            ],
-        )
-        .await;
     // `linkerd viz stat svc/api -n demo`: by authority (generateLabelStringWithRegex).
     let svc = selector(&[
         r#"authority=~"^api.demo.svc.cluster.local.*""#,
         r#"direction="outbound""#,
     ]);
-    let svc_row = |classification| {
-        [
-            ("dst_namespace", NS),
-            ("dst_service", "api"),
-            ("classification", classification),
-            ("tls", "true"),
-        ]
-    };
-    checks
-        .exactly(
+    let inbound_counts = (INBOUND_SUCCESS, INBOUND_FAILURE);
+    let outbound_counts = (OUTBOUND_SUCCESS, OUTBOUND_FAILURE);
+    // What each view asks, how it groups, the group it should find, and its counts.
+    let views = [
+        (
+            "stat deploy/api: api's inbound requests, refusals left out",
+            &inbound,
+            [("namespace", NS), ("deployment", "api")],
+            inbound_counts,
+        ),
+        (
+            "stat deploy/web --to deploy/api",
+            &to_api,
+            [("namespace", NS), ("deployment", "web")],
+            outbound_counts,
+        ),
+        (
+            "stat deploy/api --from deploy/web",
+            &to_api,
+            [("dst_namespace", NS), ("dst_deployment", "api")],
+            outbound_counts,
+        ),
+        (
             "stat svc/api",
-            &req_query(&svc, "dst_namespace, dst_service"),
-            &[
-                row(&svc_row("success"), OUTBOUND_SUCCESS),
-                row(&svc_row("failure"), OUTBOUND_FAILURE),
-            ],
-        )
-        .await;
+            &svc,
+            [("dst_namespace", NS), ("dst_service", "api")],
+            outbound_counts,
+        ),
+    ];
+    for (what, labels, group, (success, failure)) in views {
+        let group_by = format!("{}, {}", group[0].0, group[1].0);
+        checks
+            .exactly(
+                what,
+                &req_query(labels, &group_by),
+                &meshed_rows(group, success, failure),
+            )
+            .await;
+    }
     // `linkerd viz stat deploy/web --to svc/gone -n demo`: the refused connection. Its
     // `tls` (no identity was asked of gone) is not what this checks.
     let to_gone = selector(&[
@@ -132,17 +116,14 @@ pub(crate) async fn stat(checks: &mut Checks<'_>) {
         .await;
 }
 
-/// A row of `reqQuery` grouped by `namespace, deployment`, for meshed traffic.
-fn meshed_deploy(
-    deployment: &'static str,
-    classification: &'static str,
-) -> [(&'static str, &'static str); 4] {
-    [
-        ("namespace", NS),
-        ("deployment", deployment),
-        ("classification", classification),
-        ("tls", "true"),
-    ]
+/// The two rows of `reqQuery` for meshed traffic grouped by `group`: its successes and failures.
+fn meshed_rows(group: [(&str, &str); 2], success: usize, failure: usize) -> [Sample; 2] {
+    let of = |classification, count| {
+        let mut pairs = group.to_vec();
+        pairs.extend([("classification", classification), ("tls", "true")]);
+        row(&pairs, count)
+    };
+    [of("success", success), of("failure", failure)]
 }
 
 /// The labels each side writes, grouped by them directly: who called whom, under which

@@ -157,7 +157,7 @@ pub(in crate::config) fn resolve(
         }
         selected = true;
         let mut rule = Rule {
-            name: target.metadata.name.clone(),
+            name: target.metadata.name.as_str().into(),
             sources: target
                 .spec
                 .sources
@@ -242,7 +242,7 @@ fn add_group(
     }
     for m in &group.spec.matches {
         if names.is_empty() || names.contains(&m.name) {
-            let route = format!("{}/{}", group.metadata.name, m.name);
+            let route: std::sync::Arc<str> = format!("{}/{}", group.metadata.name, m.name).into();
             for alternative in smi_group_matches(m) {
                 rule.routes.push((route.clone(), alternative));
             }

@@ -12,7 +12,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use proxy_core::error::find_cause;
 use proxy_core::{Body, ProxyError, Reason};
-use proxy_metrics::tcp::{ByteSink, ConnHandles, Counted};
+use proxy_metrics::tcp::{counted, ByteSink, ConnHandles, Counted};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -310,7 +310,7 @@ impl Pool {
                 let _ = stream.set_nodelay(true);
                 Ok(match &self.tcp {
                     Some(tcp) => tcp.count(stream),
-                    None => Counted::new(stream, ByteSink::default()),
+                    None => counted(stream, ByteSink::default()),
                 })
             }
             Ok(Err(e)) => {

@@ -150,3 +150,35 @@ impl Pools {
         pool
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scrape of `registry`, in the text format.
+    fn scrape(registry: &prometheus_client::registry::Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn an_endpoints_connection_series_go_with_its_pool_and_passthroughs_stay() {
+        let (metrics, registry) = proxy_metrics::Metrics::new();
+        let pools = Pools::new(Settings::default()).with_metrics(metrics.tcp);
+        let endpoint: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let labels = [("dst_pod", "web-1".to_owned())];
+        let pool = pools.get_for(endpoint, None, &labels);
+        assert!(scrape(&registry).contains(r#"dst_pod="web-1""#));
+        // Another service naming the same endpoint shares the pool: nothing goes yet.
+        let shared = pools.get_for(endpoint, None, &labels);
+        drop(pool);
+        assert!(scrape(&registry).contains(r#"dst_pod="web-1""#));
+        drop(shared);
+        assert!(!scrape(&registry).contains(r#"dst_pod="web-1""#));
+
+        let passthrough: SocketAddr = "127.0.0.2:9".parse().unwrap();
+        drop(pools.get(passthrough));
+        assert!(scrape(&registry).contains(r#"target_addr="127.0.0.2:9""#));
+    }
+}

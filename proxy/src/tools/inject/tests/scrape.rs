@@ -104,15 +104,20 @@ fn linkerd_viz_scrapes_compat_pods_as_its_own() {
             ..compat()
         },
     ] {
-        let (out, _) = transform(INPUT, &options, false).unwrap();
-        let docs = documents(&out);
-        let pod = Pod {
-            template: template(of_kind(&docs, "Deployment")),
-            namespace: "shop",
-            name: "web-6d8f9c-x2k8q",
-        };
-        assert!(scrape(&job, &pod).is_empty());
+        assert!(!scrapes_web(&job, &options));
     }
+}
+
+/// Whether `job` scrapes the pod of the Deployment `web` injected with `options`.
+fn scrapes_web(job: &Value, options: &Options) -> bool {
+    let (out, _) = transform(INPUT, options, false).unwrap();
+    let docs = documents(&out);
+    let pod = Pod {
+        template: template(of_kind(&docs, "Deployment")),
+        namespace: "shop",
+        name: "web-6d8f9c-x2k8q",
+    };
+    !scrape(job, &pod).is_empty()
 }
 
 #[test]
@@ -146,14 +151,7 @@ fn the_documented_scrape_job_scrapes_injected_pods() {
     assert!(!web.contains_key("skiff_dev_proxy_deployment"));
 
     // Compat pods are linkerd-viz's to scrape, not this job's.
-    let (out, _) = transform(INPUT, &compat(), false).unwrap();
-    let docs = documents(&out);
-    let pod = Pod {
-        template: template(of_kind(&docs, "Deployment")),
-        namespace: "shop",
-        name: "web-6d8f9c-x2k8q",
-    };
-    assert!(scrape(&job, &pod).is_empty());
+    assert!(!scrapes_web(&job, &compat()));
 }
 
 #[test]
