@@ -142,6 +142,18 @@ where
     b
 }
 
+/// A backend that reads the whole request body before answering `read <length>` (or
+/// `body failed` when the body breaks off).
+pub async fn body_reader() -> Backend {
+    backend(|req: Request<Incoming>| async move {
+        match req.into_body().collect().await {
+            Ok(b) => ok(format!("read {}", b.to_bytes().len())),
+            Err(_) => ok("body failed"),
+        }
+    })
+    .await
+}
+
 /// A backend answering every request with 200 and `body`.
 pub async fn hello(body: &'static str) -> Backend {
     backend(move |_req| async move { ok(body) }).await

@@ -6,22 +6,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::{Request, StatusCode};
-use http_body_util::BodyExt;
 use serde_json::json;
 use skiff_e2e::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// A backend that reads the whole request body before answering with its length.
-async fn body_reader() -> Backend {
-    backend(|req: Request<hyper::body::Incoming>| async move {
-        match req.into_body().collect().await {
-            Ok(b) => ok(format!("read {}", b.to_bytes().len())),
-            Err(_) => ok("body failed"),
-        }
-    })
-    .await
-}
 
 struct Case {
     name: &'static str,

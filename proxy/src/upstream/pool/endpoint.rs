@@ -16,7 +16,7 @@ use proxy_metrics::tcp::{counted, ByteSink, ConnHandles, Counted};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{MeshPeer, Settings};
+use super::{watch, MeshPeer, Settings};
 
 /// The protocol spoken to the upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,10 +214,12 @@ impl Pool {
             }
         };
         sender.ready().await.map_err(|e| self.exchange_error(e))?;
+        let (parts, body) = req.into_parts();
+        let (body, fault) = watch::watch(body);
         sender
-            .send_request(req)
+            .send_request(Request::from_parts(parts, body))
             .await
-            .map_err(|e| self.exchange_error(e))
+            .map_err(|e| fault.take().unwrap_or_else(|| self.exchange_error(e)))
     }
 
     async fn h2_handshake<I>(&self, io: I) -> Result<http2::SendRequest<Body>, ProxyError>

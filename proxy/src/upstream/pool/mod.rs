@@ -11,6 +11,7 @@
 //! a peer that is not the expected identity.
 
 mod endpoint;
+mod watch;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
