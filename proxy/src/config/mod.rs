@@ -8,6 +8,7 @@ pub(crate) mod api;
 mod depth;
 mod discovery;
 mod duration;
+mod limits;
 mod load;
 mod mesh;
 mod policy;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub use discovery::{DiscoverySpec, KubernetesSpec};
 pub use duration::Dur;
+pub use limits::{Http2Limits, LimitsSpec, UpstreamHttp2Limits};
 pub use load::{load_file, parse, ConfigError, ConfigErrors};
 pub use mesh::{AccessSpec, BackendSpec, RoutePolicySpec, RouteSpec, ServiceRoutes};
 pub use policy::{
@@ -453,77 +455,6 @@ impl AccessLogField {
             Self::Breaker => "breaker",
             Self::Authz => "authz",
             Self::TraceId => "trace_id",
-        }
-    }
-}
-
-/// Protocol and resource limits.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct LimitsSpec {
-    /// Most connections open at once across data listeners; beyond it, accepting pauses.
-    pub max_connections: NonZeroUsize,
-    /// How long an HTTP/1 client may take to send its request headers.
-    pub header_read_timeout: Dur,
-    /// Longest pause between two frames of a request body.
-    pub body_idle_timeout: Dur,
-    /// Most header fields per request (431 beyond).
-    pub max_header_count: NonZeroUsize,
-    /// Most bytes of header names and values per request (431 beyond).
-    pub max_header_bytes: NonZeroUsize,
-    /// How long protocol detection waits for a client's first bytes before treating the
-    /// connection as opaque TCP (server-speaks-first protocols send nothing).
-    pub detect_timeout: Dur,
-    /// Upstream TCP connect timeout.
-    pub connect_timeout: Dur,
-    /// How long an idle pooled upstream connection is kept.
-    pub upstream_idle_timeout: Dur,
-    /// How long an opaque TCP connection may carry no byte either way before it is closed;
-    /// `0s`: never.
-    pub opaque_idle_timeout: Dur,
-    /// How long an HTTP/1 keep-alive connection may sit between requests before it is
-    /// closed; `0s`: never.
-    pub idle_timeout: Dur,
-    /// HTTP/2 server limits.
-    pub http2: Http2Limits,
-}
-
-impl Default for LimitsSpec {
-    fn default() -> Self {
-        Self {
-            max_connections: NonZeroUsize::new(10_000).expect("non-zero"),
-            header_read_timeout: Dur::secs(10),
-            body_idle_timeout: Dur::secs(60),
-            max_header_count: NonZeroUsize::new(100).expect("non-zero"),
-            max_header_bytes: NonZeroUsize::new(32 * 1024).expect("non-zero"),
-            detect_timeout: Dur::secs(1),
-            connect_timeout: Dur::secs(1),
-            upstream_idle_timeout: Dur::secs(90),
-            opaque_idle_timeout: Dur::secs(3600),
-            idle_timeout: Dur::secs(3600),
-            http2: Http2Limits::default(),
-        }
-    }
-}
-
-/// HTTP/2 server limits (set explicitly; the library defaults are not a policy).
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct Http2Limits {
-    /// Streams a client may have open on one connection.
-    pub max_concurrent_streams: u32,
-    /// Most bytes of decoded headers per request (HPACK bombs stop here).
-    pub max_header_list_size: u32,
-    /// Streams a client may reset before they are accepted (Rapid Reset).
-    pub max_pending_reset_streams: usize,
-}
-
-impl Default for Http2Limits {
-    fn default() -> Self {
-        Self {
-            max_concurrent_streams: 100,
-            max_header_list_size: 32 * 1024,
-            max_pending_reset_streams: 20,
         }
     }
 }

@@ -22,7 +22,7 @@ pub(super) fn rejected(text: &str, needle: &str) -> ConfigError {
     e
 }
 
-const HEAD: &str = "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\n";
+pub(super) const HEAD: &str = "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\n";
 
 #[test]
 fn minimal_document_gets_defaults() {

@@ -56,7 +56,8 @@ fn stack(
 }
 
 /// Marks each request of a connection with who sent it (for per-client limits and
-/// authorization) and where the connection was going (for routing). A peer proxy's note
+/// authorization), which connection it came on (to share upstream HTTP/2 streams fairly)
+/// and where the connection was going (for routing). A peer proxy's note
 /// that the request began as HTTP/1 is read here, before normalisation strips every
 /// `skiff-*` header.
 pub(crate) fn mark_connection(
@@ -64,7 +65,9 @@ pub(crate) fn mark_connection(
     orig_dst: Option<SocketAddr>,
 ) -> impl Fn(Request<Incoming>) -> Request<Incoming> + Clone {
     let meshed = matches!(client, Client::Identity(_));
+    let conn = crate::upstream::pool::DownstreamConn::next();
     move |mut req| {
+        req.extensions_mut().insert(conn);
         if meshed {
             crate::upstream::forward::take_orig_proto(&mut req);
         }

@@ -18,7 +18,7 @@ use crate::config::{AuthzMode, Config, DefaultPolicy, ProxySpec, ServiceRoutes, 
 use crate::discovery::kubernetes::{self, Kubernetes};
 use crate::identity::Mesh;
 use crate::routing::{InboundResolver, OutboundResolver};
-use crate::upstream::pool::{Pools, Settings};
+use crate::upstream::pool::{Pools, Settings, Sharing};
 use proxy_core::authz::{self, Mode, Policy};
 use proxy_core::Direction;
 
@@ -491,6 +491,14 @@ fn client_settings(spec: &ProxySpec) -> Settings {
     Settings {
         connect_timeout: spec.limits.connect_timeout.0,
         idle_timeout: spec.limits.upstream_idle_timeout.0,
+        sharing: Sharing {
+            connections: spec.limits.upstream_http2.connections.get(),
+            streams_per_connection: usize::try_from(
+                spec.limits.upstream_http2.streams_per_connection.get(),
+            )
+            .unwrap_or(usize::MAX),
+            client_share: spec.limits.upstream_http2.client_share.get(),
+        },
         ..Settings::default()
     }
 }

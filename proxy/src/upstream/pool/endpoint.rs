@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
@@ -16,6 +17,7 @@ use proxy_metrics::tcp::{counted, ByteSink, ConnHandles, Counted};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::multiplex::{track_limit, DownstreamConn, Next, Shared};
 use super::{watch, MeshPeer, Settings};
 
 /// The protocol spoken to the upstream.
@@ -37,9 +39,10 @@ pub struct Pool {
     addr: SocketAddr,
     settings: Arc<ArcSwap<Settings>>,
     idle: Mutex<Vec<Idle>>,
-    // An async mutex: the first request to find no connection dials while the others wait
-    // and then share it, instead of each opening its own.
-    h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
+    // The multiplexed connections, and a lock held while one is dialled: requests that find
+    // no room wait for it and then share it, instead of each opening its own.
+    h2: Shared,
+    dialing: tokio::sync::Mutex<()>,
     mesh: Option<Arc<MeshPeer>>,
     // Where its connections are counted.
     tcp: Option<ConnHandles>,
@@ -81,7 +84,8 @@ impl Pool {
             addr,
             settings,
             idle: Mutex::default(),
-            h2: tokio::sync::Mutex::default(),
+            h2: Shared::default(),
+            dialing: tokio::sync::Mutex::default(),
             mesh,
             tcp,
             forget_on_drop,
@@ -113,9 +117,7 @@ impl Pool {
             Protocol::Http1 if self.mesh.is_none() => self.send_http1(req).await,
             // Boxed, as every path but the pooled HTTP/1 one: their futures are large, and
             // would otherwise be part of (and copied with) every request's.
-            _ => Ok(Box::pin(self.send_http2(req))
-                .await?
-                .map(proxy_core::body::boxed)),
+            _ => Box::pin(self.send_http2(req)).await,
         }
     }
 
@@ -193,7 +195,9 @@ impl Pool {
         Ok(sender)
     }
 
-    async fn connect_http2(&self) -> Result<http2::SendRequest<Body>, ProxyError> {
+    async fn connect_http2(
+        &self,
+    ) -> Result<(http2::SendRequest<Body>, Arc<AtomicUsize>), ProxyError> {
         let tcp = self.connect().await?;
         match &self.mesh {
             None => self.h2_handshake(tcp).await,
@@ -201,38 +205,61 @@ impl Pool {
         }
     }
 
-    async fn send_http2(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
-        let mut sender = {
-            let mut shared = self.h2.lock().await;
-            match shared.as_ref().filter(|s| !s.is_closed()) {
-                Some(s) => s.clone(),
-                None => {
-                    let sender = self.connect_http2().await?;
-                    *shared = Some(sender.clone());
-                    sender
+    /// Sends on a shared HTTP/2 connection with room for the request's client (see
+    /// [`super::multiplex`]), opening one if needed. The stream's slot is held by both bodies.
+    async fn send_http2(&self, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
+        let client = req.extensions().get::<DownstreamConn>().copied();
+        let mut dialing = None;
+        let (mut sender, slot) = loop {
+            let settings = self.settings.load();
+            let freed = self.h2.freed();
+            let waiting = freed.notified();
+            match self
+                .h2
+                .next(client, &settings.sharing, settings.idle_timeout)
+            {
+                Next::Send(sender, slot) => break (sender, slot),
+                Next::Wait => {
+                    dialing = None;
+                    waiting.await;
+                }
+                // One dial at a time: take the lock, then ask again (a connection may have
+                // been added meanwhile).
+                Next::Dial if dialing.is_none() => dialing = Some(self.dialing.lock().await),
+                Next::Dial => {
+                    let (sender, limit) = self.connect_http2().await?;
+                    break self.h2.add(sender, limit, client);
                 }
             }
         };
+        drop(dialing);
         sender.ready().await.map_err(|e| self.exchange_error(e))?;
+        let slot = Arc::new(slot);
         let (parts, body) = req.into_parts();
-        let (body, fault) = watch::watch(body);
-        sender
+        let (body, fault) = watch::watch(body, slot.clone());
+        let rsp = sender
             .send_request(Request::from_parts(parts, body))
             .await
-            .map_err(|e| fault.take().unwrap_or_else(|| self.exchange_error(e)))
+            .map_err(|e| fault.take().unwrap_or_else(|| self.exchange_error(e)))?;
+        Ok(rsp.map(|b| proxy_core::body::hold_until_end(proxy_core::body::boxed(b), slot)))
     }
 
-    async fn h2_handshake<I>(&self, io: I) -> Result<http2::SendRequest<Body>, ProxyError>
+    async fn h2_handshake<I>(
+        &self,
+        io: I,
+    ) -> Result<(http2::SendRequest<Body>, Arc<AtomicUsize>), ProxyError>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .initial_max_send_streams(self.h2.limit_hint())
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| self.connect_error(e))?;
-        tokio::spawn(conn);
-        Ok(sender)
+        let limit = Arc::new(AtomicUsize::new(conn.current_max_send_streams()));
+        tokio::spawn(track_limit(conn, limit.clone()));
+        Ok((sender, limit))
     }
 
     /// The mesh TLS handshake, with the credentials in use now.

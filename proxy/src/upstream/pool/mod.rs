@@ -1,8 +1,9 @@
 //! Upstream connections: one [`Pool`] per endpoint address, shared by every service and every
 //! config generation that names the address, so a reload never drops a warm connection.
 //!
-//! HTTP/1 connections are kept in an idle list and reused one request at a time; an HTTP/2
-//! endpoint gets a single connection that all requests share as streams. Failures are mapped
+//! HTTP/1 connections are kept in an idle list and reused one request at a time; HTTP/2
+//! requests share a few multiplexed connections per endpoint, fairly between clients (see
+//! [`multiplex`]). Failures are mapped
 //! here, where it is known whether anything was sent: a refused connect is
 //! `upstream-connect` (safe to retry), a connection lost mid-exchange is `upstream-reset`.
 //!
@@ -11,6 +12,7 @@
 //! a peer that is not the expected identity.
 
 mod endpoint;
+mod multiplex;
 mod watch;
 
 use std::collections::HashMap;
@@ -25,6 +27,8 @@ use proxy_metrics::Labels;
 use proxy_tls::{Identity, SpiffeId};
 
 pub(crate) use endpoint::{Pool, Protocol};
+pub(crate) use multiplex::DownstreamConn;
+pub(crate) use multiplex::Sharing;
 
 /// Settings every upstream connection uses.
 #[derive(Clone, Copy, Debug)]
@@ -35,6 +39,8 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// Most idle HTTP/1 connections kept per endpoint.
     pub max_idle: usize,
+    /// How HTTP/2 connections to an endpoint are shared.
+    pub sharing: Sharing,
 }
 
 impl Default for Settings {
@@ -43,6 +49,7 @@ impl Default for Settings {
             connect_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(90),
             max_idle: 256,
+            sharing: Sharing::default(),
         }
     }
 }

@@ -28,25 +28,28 @@ impl Fault {
 }
 
 /// Wraps `body` so a failure of the client's (a [`ProxyError`] its guard raised) is kept in
-/// the returned [`Fault`] as well as passed on.
-pub(super) fn watch(body: Body) -> (Body, Fault) {
+/// the returned [`Fault`] as well as passed on. `holds` lives as long as the body (the
+/// stream's slot on its connection).
+pub(super) fn watch<H: Send + 'static>(body: Body, holds: H) -> (Body, Fault) {
     let fault = Fault::default();
     let watched = Watched {
         inner: body,
         fault: fault.clone(),
+        _holds: holds,
     };
     (proxy_core::body::boxed(watched), fault)
 }
 
 pin_project_lite::pin_project! {
-    struct Watched {
+    struct Watched<H> {
         #[pin]
         inner: Body,
         fault: Fault,
+        _holds: H,
     }
 }
 
-impl http_body::Body for Watched {
+impl<H> http_body::Body for Watched<H> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -88,7 +91,7 @@ mod tests {
                 "request body idle",
             ))),
         ]));
-        let (mut body, fault) = watch(proxy_core::body::boxed(failing));
+        let (mut body, fault) = watch(proxy_core::body::boxed(failing), ());
         assert!(body.frame().await.unwrap().is_ok());
         assert!(fault.take().is_none(), "nothing failed yet");
         assert!(
@@ -100,7 +103,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_that_ends_well_leaves_no_fault() {
-        let (body, fault) = watch(proxy_core::body::full("hello"));
+        let (body, fault) = watch(proxy_core::body::full("hello"), ());
         assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
         assert!(fault.take().is_none());
     }
