@@ -328,3 +328,55 @@ async fn an_inbound_flood_leaves_the_applications_outbound_calls_alone() {
     assert_eq!(web.requests(), 1);
     drop(flood);
 }
+
+/// An h2c connection to `addr`, and a task that ends when the connection does.
+async fn h2_watched(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<TestBody>,
+    tokio::task::JoinHandle<()>,
+) {
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    let (tx, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    (tx, tokio::spawn(async move { drop(conn.await) }))
+}
+
+/// An HTTP/2 connection with no stream open for `limits.idleTimeout` is closed (GOAWAY),
+/// so idle clients cannot hold connection slots; one with a stream streaming across
+/// several idle periods is not, and is closed once it too has been idle that long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed_and_busy_ones_kept() {
+    let (web, mut bodies) = streaming_backend("web").await;
+    let proxy = ProxyConfig::new(1)
+        .service("web", &[web.addr])
+        .spec(json!({"limits": {"idleTimeout": "300ms"}}))
+        .start()
+        .await;
+    let (mut busy, busy_conn) = h2_watched(proxy.outbound_addr).await;
+    let rsp = busy
+        .send_request(Request::get("http://web/long").body(text("")).unwrap())
+        .await
+        .unwrap();
+    let feed = bodies.recv().await.unwrap();
+
+    // A connection that opens no stream is closed after the idle period.
+    let (_idle, idle_conn) = h2_watched(proxy.outbound_addr).await;
+    tokio::time::timeout(Duration::from_secs(10), idle_conn)
+        .await
+        .expect("the idle connection is closed")
+        .unwrap();
+    // Meanwhile (a full idle period and more), the busy one kept its stream.
+    assert!(!busy_conn.is_finished());
+    feed.send(hyper::body::Frame::data(bytes::Bytes::from_static(b"done")))
+        .await
+        .unwrap();
+    drop(feed);
+    assert_eq!(body_text(rsp).await, "done");
+    tokio::time::timeout(Duration::from_secs(10), busy_conn)
+        .await
+        .expect("once idle, it is closed too")
+        .unwrap();
+}

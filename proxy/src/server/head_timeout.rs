@@ -13,13 +13,16 @@
 //! The same reads also end a keep-alive connection left idle (no request, no byte) for
 //! `limits.idleTimeout`: a silent connection would otherwise hold a connection slot for as
 //! long as its client likes. Its timer is armed once per idle period, not per request: it
-//! wakes at the period's end and looks at when the connection was last used.
+//! wakes at the period's end and looks at when the connection was last used. An HTTP/2
+//! connection, whose client may send pings and settings without ever opening a stream, is
+//! idle when it has no stream open: [`idle_for`] watches the same marks and completes when
+//! it has had none for the limit, and the server then closes it gracefully (GOAWAY).
 
 use std::convert::Infallible;
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -97,7 +100,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for HeadTimeoutIo<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.in_request.now.load(Ordering::Acquire) {
+        if this.in_request.in_request() {
             this.started = None;
             this.deadline = None;
             return Pin::new(&mut this.io).poll_read(cx, buf);
@@ -145,12 +148,65 @@ pub(crate) struct InRequest {
     flag: Arc<Busy>,
 }
 
-/// What [`InRequest`] tells [`HeadTimeoutIo`]: whether a request is in hand, and whether one
-/// ended since the IO last looked.
-#[derive(Debug, Default)]
+/// What [`InRequest`] tells [`HeadTimeoutIo`] and [`idle_for`]: how many requests are in
+/// hand, whether one ended since the IO last looked, and when the last one ended.
+#[derive(Debug)]
 pub(crate) struct Busy {
-    now: AtomicBool,
+    open: AtomicUsize,
     ended: AtomicBool,
+    // When the connection started, and the last request's end as milliseconds after it.
+    base: Instant,
+    last_end_ms: AtomicU64,
+}
+
+impl Default for Busy {
+    fn default() -> Self {
+        Self {
+            open: AtomicUsize::new(0),
+            ended: AtomicBool::new(false),
+            base: Instant::now(),
+            last_end_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Busy {
+    fn begin(&self) {
+        self.open.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn end(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_end_ms.store(ms, Ordering::Release);
+        self.ended.store(true, Ordering::Release);
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn in_request(&self) -> bool {
+        self.open.load(Ordering::Acquire) > 0
+    }
+
+    /// When the connection was last in use: the end of its last request, or its start.
+    fn last_used(&self) -> Instant {
+        self.base + Duration::from_millis(self.last_end_ms.load(Ordering::Acquire))
+    }
+}
+
+/// Completes once the connection of `busy` has had no request in hand for `limit`. Its
+/// timer wakes once per period and looks at when the last request ended.
+pub(crate) async fn idle_for(busy: &Busy, limit: Duration) {
+    let mut at = busy.last_used() + limit;
+    loop {
+        sleep_until(at).await;
+        if busy.in_request() {
+            at = Instant::now() + limit;
+            continue;
+        }
+        at = busy.last_used() + limit;
+        if at <= Instant::now() {
+            return;
+        }
+    }
 }
 
 impl InRequest {
@@ -170,7 +226,7 @@ impl Service<Request<Incoming>> for InRequest {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        self.flag.now.store(true, Ordering::Release);
+        self.flag.begin();
         ResponseFuture {
             inner: self.inner.call(req),
             flag: Some(self.flag.clone()),
@@ -208,8 +264,7 @@ struct EndsRequest(Arc<Busy>);
 
 impl Drop for EndsRequest {
     fn drop(&mut self) {
-        self.0.ended.store(true, Ordering::Release);
-        self.0.now.store(false, Ordering::Release);
+        self.0.end();
     }
 }
 
@@ -238,12 +293,11 @@ mod tests {
         // A request: its head, then a minute in hand (no idle limit meanwhile).
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         assert!(read_now(&mut io).await.is_some_and(|n| n > 0));
-        busy.now.store(true, Ordering::Release);
+        busy.begin();
         assert_eq!(read_now(&mut io).await, None);
         tokio::time::sleep(Duration::from_secs(60)).await;
         // Its response ends: the idle period starts at the next read.
-        busy.ended.store(true, Ordering::Release);
-        busy.now.store(false, Ordering::Release);
+        busy.end();
         assert_eq!(read_now(&mut io).await, None);
         let ended = Instant::now();
         tokio::time::sleep(Duration::from_secs(29)).await;
@@ -251,6 +305,37 @@ mod tests {
         let mut buf = [0u8; 8];
         assert_eq!(io.read(&mut buf).await.unwrap(), 0, "reads as closed");
         assert_eq!(ended.elapsed(), idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_is_idle_a_full_period_after_its_last_stream_ends() {
+        let busy = Arc::new(Busy::default());
+        let idle = Duration::from_secs(30);
+        let start = Instant::now();
+        let watch = tokio::spawn({
+            let busy = busy.clone();
+            async move { idle_for(&busy, idle).await }
+        });
+        // Two streams overlap for a minute and a half; then ten seconds of quiet, a short
+        // one, and silence.
+        busy.begin();
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        busy.begin();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        busy.end();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        busy.end();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        busy.begin();
+        busy.end();
+        let last = Instant::now();
+        watch.await.unwrap();
+        assert_eq!(last.duration_since(start), Duration::from_secs(100));
+        assert_eq!(
+            Instant::now().duration_since(last),
+            idle,
+            "exactly one period after"
+        );
     }
 
     #[tokio::test(start_paused = true)]

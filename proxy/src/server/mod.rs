@@ -29,7 +29,7 @@ use crate::routing::{OriginalDst, State};
 use crate::server::conn_service::ConnService;
 use crate::server::detect::{detect, Prefixed, Protocol};
 use crate::server::drain::Drain;
-use crate::server::head_timeout::{Busy, HeadTimeoutIo, InRequest};
+use crate::server::head_timeout::{idle_for, Busy, HeadTimeoutIo, InRequest};
 use proxy_core::authz::{AuthzObserver, Decision, Verdict};
 use proxy_core::limit::Client;
 use proxy_core::normalize::HeaderLimits;
@@ -221,15 +221,14 @@ async fn serve(
     }
 }
 
-type Http1Svc = ConnService<InRequest>;
-type Svc = ConnService<HttpService>;
+type Svc = ConnService<InRequest>;
 
 /// A server connection that can be asked to finish gracefully.
 trait Graceful: std::future::Future<Output = hyper::Result<()>> {
     fn shutdown(self: std::pin::Pin<&mut Self>);
 }
 
-impl<I: Io> Graceful for http1::UpgradeableConnection<TokioIo<HeadTimeoutIo<I>>, Http1Svc> {
+impl<I: Io> Graceful for http1::UpgradeableConnection<TokioIo<HeadTimeoutIo<I>>, Svc> {
     fn shutdown(self: std::pin::Pin<&mut Self>) {
         self.graceful_shutdown();
     }
@@ -275,7 +274,8 @@ async fn serve_http1<I: Io>(
         .keep_alive(true)
         .serve_connection(TokioIo::new(io), ConnService::new(svc))
         .with_upgrades();
-    run_until_drained(conn, drain).await;
+    // Its idle limit is in HeadTimeoutIo, which sees the reads.
+    run_until_drained(conn, drain, std::future::pending()).await;
 }
 
 async fn serve_http2<I: Io>(
@@ -285,13 +285,23 @@ async fn serve_http2<I: Io>(
     drain: Drain,
 ) {
     let h2 = &spec.limits.http2;
+    let busy = Arc::new(Busy::default());
+    let svc = InRequest::new(svc, busy.clone());
     let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_concurrent_streams(h2.max_concurrent_streams)
         .max_header_list_size(h2.max_header_list_size)
         .max_pending_accept_reset_streams(h2.max_pending_reset_streams)
         .serve_connection(TokioIo::new(io), ConnService::new(svc));
-    run_until_drained(conn, drain).await;
+    let idle = spec.limits.idle_timeout.0;
+    let idle = async {
+        if idle.is_zero() {
+            std::future::pending::<()>().await;
+        }
+        idle_for(&busy, idle).await;
+        tracing::debug!(?idle, "closing an idle HTTP/2 connection");
+    };
+    run_until_drained(conn, drain, idle).await;
 }
 
 /// Terminates mesh mTLS on an inbound connection, then serves HTTP/2 or HTTP/1 (by ALPN)
@@ -344,13 +354,21 @@ async fn serve_mesh(
     }
 }
 
-/// Serves `conn`; when the drain starts, asks it to finish in-flight requests and close
-/// (HTTP/1: no more keep-alive; HTTP/2: GOAWAY).
-async fn run_until_drained<C: Graceful>(conn: C, mut drain: Drain) {
+/// Serves `conn`; when the drain starts, or `idle` completes, asks it to finish in-flight
+/// requests and close (HTTP/1: no more keep-alive; HTTP/2: GOAWAY).
+async fn run_until_drained<C: Graceful>(
+    conn: C,
+    mut drain: Drain,
+    idle: impl std::future::Future<Output = ()>,
+) {
     let mut conn = pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
         () = drain.signaled() => {
+            conn.as_mut().shutdown();
+            conn.await
+        }
+        () = idle => {
             conn.as_mut().shutdown();
             conn.await
         }
