@@ -57,6 +57,7 @@ macro_rules! delegate_async_write {
 }
 
 mod app;
+mod buffers;
 pub mod config;
 mod discovery;
 mod identity;

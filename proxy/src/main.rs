@@ -221,6 +221,7 @@ fn serve(
         .build()
         .context("cannot start the runtime")?;
     rt.block_on(async move {
+        tokio::spawn(skiff::runtime::return_freed_memory());
         if banner.is_some() {
             let app = SocketAddr::from(([127, 0, 0, 1], 18081));
             let echo = SocketAddr::from(([127, 0, 0, 1], 18082));

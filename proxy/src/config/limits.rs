@@ -33,6 +33,9 @@ pub struct LimitsSpec {
     /// How long an HTTP/1 keep-alive connection may sit between requests before it is
     /// closed; `0s`: never.
     pub idle_timeout: Dur,
+    /// How long a write to a peer (client or upstream) may wait with the peer reading
+    /// nothing before the connection is cut; `0s`: never.
+    pub write_stall_timeout: Dur,
     /// HTTP/2 server limits.
     pub http2: Http2Limits,
     /// How upstream HTTP/2 connections are shared.
@@ -52,6 +55,7 @@ impl Default for LimitsSpec {
             upstream_idle_timeout: Dur::secs(90),
             opaque_idle_timeout: Dur::secs(3600),
             idle_timeout: Dur::secs(3600),
+            write_stall_timeout: Dur::secs(60),
             http2: Http2Limits::default(),
             upstream_http2: UpstreamHttp2Limits::default(),
         }

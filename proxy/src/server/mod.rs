@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower::util::BoxCloneService;
 
+use crate::buffers;
 use crate::config::MtlsMode;
 use crate::config::ProxySpec;
 use crate::identity::Mesh;
@@ -31,13 +32,14 @@ use crate::server::detect::{detect, Prefixed, Protocol};
 use crate::server::drain::Drain;
 use crate::server::head_timeout::{idle_for, Busy, HeadTimeoutIo, InRequest};
 use proxy_core::authz::{AuthzObserver, Decision, Verdict};
+use proxy_core::io::WriteStall;
 use proxy_core::limit::Client;
 use proxy_core::normalize::HeaderLimits;
 use proxy_core::{Body, Direction};
 use proxy_metrics::tcp::ByteSink;
 
-/// An accepted connection, its bytes counted.
-type Accepted = proxy_metrics::tcp::Counted<TcpStream>;
+/// An accepted connection, its bytes counted, cut if the client stops reading.
+type Accepted = proxy_metrics::tcp::Counted<WriteStall<TcpStream>>;
 
 /// A direction's HTTP service, type-erased: what a server connection runs.
 pub(crate) type HttpService = BoxCloneService<Request<Incoming>, Response<Body>, Infallible>;
@@ -140,6 +142,7 @@ async fn serve(
     // The connection's labels are known once it is known to be meshed or not (after the
     // mTLS handshake); its bytes are counted from the first.
     let sink = ByteSink::default();
+    let stream = WriteStall::new(stream, Some(spec.limits.write_stall_timeout.0));
     let stream = proxy_metrics::tcp::counted(stream, sink.clone());
     let plaintext = || {
         sink.set(&conns.plain);
@@ -290,6 +293,9 @@ async fn serve_http2<I: Io>(
     let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_concurrent_streams(h2.max_concurrent_streams)
+        .initial_stream_window_size(buffers::H2_STREAM_WINDOW)
+        .initial_connection_window_size(buffers::H2_CONN_WINDOW)
+        .max_send_buf_size(buffers::H2_SEND_BUF)
         .max_header_list_size(h2.max_header_list_size)
         .max_pending_accept_reset_streams(h2.max_pending_reset_streams)
         .serve_connection(TokioIo::new(io), ConnService::new(svc));

@@ -491,6 +491,7 @@ fn client_settings(spec: &ProxySpec) -> Settings {
     Settings {
         connect_timeout: spec.limits.connect_timeout.0,
         idle_timeout: spec.limits.upstream_idle_timeout.0,
+        write_stall: spec.limits.write_stall_timeout.0,
         sharing: Sharing {
             connections: spec.limits.upstream_http2.connections.get(),
             streams_per_connection: usize::try_from(

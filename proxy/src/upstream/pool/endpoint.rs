@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use proxy_core::error::find_cause;
+use proxy_core::io::WriteStall;
 use proxy_core::{Body, ProxyError, Reason};
 use proxy_metrics::tcp::{counted, ByteSink, ConnHandles, Counted};
 use tokio::net::TcpStream;
@@ -19,6 +20,7 @@ use tokio::time::Instant;
 
 use super::multiplex::{track_limit, DownstreamConn, Next, Shared};
 use super::{watch, MeshPeer, Settings};
+use crate::buffers;
 
 /// The protocol spoken to the upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,8 +52,9 @@ pub struct Pool {
     forget_on_drop: bool,
 }
 
-/// A connection to an upstream, its bytes and lifetime counted.
-type Upstream = Counted<TcpStream>;
+/// A connection to an upstream, its bytes and lifetime counted, cut if the upstream stops
+/// reading.
+type Upstream = Counted<WriteStall<TcpStream>>;
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -188,6 +191,7 @@ impl Pool {
     async fn connect_http1(&self) -> Result<http1::SendRequest<Body>, ProxyError> {
         let io = self.connect().await?;
         let (sender, conn) = http1::Builder::new()
+            .max_buf_size(buffers::H1_UPSTREAM_BUF)
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| self.connect_error(e))?;
@@ -254,6 +258,9 @@ impl Pool {
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_max_send_streams(self.h2.limit_hint())
+            .initial_stream_window_size(buffers::H2_STREAM_WINDOW)
+            .initial_connection_window_size(buffers::H2_CONN_WINDOW)
+            .max_send_buf_size(buffers::H2_SEND_BUF)
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| self.connect_error(e))?;
@@ -328,7 +335,8 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<Upstream, ProxyError> {
-        let timeout = self.settings.load().connect_timeout;
+        let settings = self.settings.load();
+        let timeout = settings.connect_timeout;
         let failed = |e: &std::io::Error| {
             if let Some(tcp) = &self.tcp {
                 tcp.connect_failed(e);
@@ -337,6 +345,7 @@ impl Pool {
         match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
+                let stream = WriteStall::new(stream, Some(settings.write_stall));
                 Ok(match &self.tcp {
                     Some(tcp) => tcp.count(stream),
                     None => counted(stream, ByteSink::default()),
@@ -374,7 +383,10 @@ impl Pool {
         if let Some(downstream) = find_cause::<ProxyError>(&e) {
             return downstream.detached();
         }
-        let reason = if e.is_timeout() {
+        // A timeout of hyper's, or the upstream reading nothing for `writeStallTimeout`.
+        let stalled = find_cause::<std::io::Error>(&e)
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+        let reason = if e.is_timeout() || stalled {
             Reason::UpstreamTimeout
         } else {
             Reason::UpstreamReset

@@ -41,6 +41,8 @@ pub struct Settings {
     pub max_idle: usize,
     /// How HTTP/2 connections to an endpoint are shared.
     pub sharing: Sharing,
+    /// How long a write may wait with the upstream reading nothing (zero: for ever).
+    pub write_stall: Duration,
 }
 
 impl Default for Settings {
@@ -50,6 +52,7 @@ impl Default for Settings {
             idle_timeout: Duration::from_secs(90),
             max_idle: 256,
             sharing: Sharing::default(),
+            write_stall: Duration::from_secs(60),
         }
     }
 }
