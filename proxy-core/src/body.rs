@@ -107,6 +107,12 @@ fn sanitize_trailers(frame: Frame<Bytes>) -> Frame<Bytes> {
     }
 }
 
+/// `body` with its trailers sanitised as in guarded bodies: for a response that changes
+/// protocol on its way and is not otherwise guarded.
+pub fn with_clean_trailers(body: Body) -> Body {
+    body.map_frame(sanitize_trailers).boxed_unsync()
+}
+
 impl<B> http_body::Body for Guarded<B>
 where
     B: http_body::Body<Data = Bytes>,

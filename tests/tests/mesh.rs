@@ -423,3 +423,66 @@ async fn forbidden_trailer_fields_are_dropped_on_the_mesh_hop() {
     assert_eq!(calm, StatusCode::OK);
     assert_eq!(app.requests(), 2, "both reached the app");
 }
+
+/// The application's chunked HTTP/1 response carries trailer fields HTTP/2 forbids
+/// (`Connection`, `Keep-Alive`, `Transfer-Encoding`) back across the mesh's HTTP/2 hop: they
+/// are dropped where the response changes protocol, the others arrive, and the response is
+/// not reset. A well-behaved call is served alongside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbidden_response_trailer_fields_are_dropped_on_the_mesh_hop() {
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = app.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = app.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 2048];
+                while let Ok(n) = s.read(&mut head).await {
+                    if n == 0 {
+                        return;
+                    }
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\
+                              Trailer: x-checksum\r\n\r\n5\r\nhello\r\n0\r\n\
+                              connection: close\r\nkeep-alive: timeout=5\r\n\
+                              transfer-encoding: chunked\r\nx-checksum: abc\r\n\r\n",
+                        )
+                        .await;
+                }
+            });
+        }
+    });
+    let ca = DevCa::new("cluster.local").unwrap();
+    let (b, _) = server_proxy(&ca, app_addr).await;
+    let a = client_proxy(&ca, "web", b.inbound_addr, "api").await;
+    // The whole response, as it came (chunked, with its trailer section), to its close.
+    let whole = async {
+        let mut s = tokio::net::TcpStream::connect(a.outbound_addr)
+            .await
+            .unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: api\r\nTE: trailers\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut all = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut all))
+            .await
+            .expect("the response ends")
+            .unwrap();
+        String::from_utf8_lossy(&all).to_ascii_lowercase()
+    };
+    let (text, calm) = tokio::join!(whole, async {
+        let mut c = h1(a.outbound_addr).await;
+        c.send_request(get("api", "/")).await.unwrap().status()
+    });
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("hello"), "{text}");
+    assert!(
+        text.contains("x-checksum: abc"),
+        "the trailer arrives: {text}"
+    );
+    let trailers = text.split("\r\n0\r\n").nth(1).expect("a last chunk");
+    for dropped in ["connection:", "keep-alive:", "transfer-encoding:"] {
+        assert!(!trailers.contains(dropped), "{dropped} was dropped: {text}");
+    }
+    assert_eq!(calm, StatusCode::OK);
+}

@@ -9,12 +9,13 @@ use super::HeaderLimits;
 use crate::error::{ProxyError, Reason};
 
 /// Headers that describe one hop and never travel further (RFC 9110 section 7.6.1), plus the
-/// HTTP/2 upgrade pair that enables h2c request smuggling when forwarded.
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// HTTP/2 upgrade pair that enables h2c request smuggling when forwarded. `Trailer` is not
+/// one: it names the trailer fields to come, end to end, and an HTTP/1 sender (hyper's
+/// among them) writes only the trailer fields it names.
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::PROXY_AUTHENTICATE,

@@ -40,10 +40,11 @@ impl Service<Request<Body>> for Forward {
         // The request is put in the upstream's form here, before the future: the future
         // then holds only what waiting needs, which keeps it small (it is allocated per
         // request, and small allocations are the cheap ones).
+        let downstream = req.version();
         match prepare(req) {
             Ok(Prepared::Send(pool, req, protocol)) => Box::pin(async move {
                 let rsp = pool.send(req, protocol).await?;
-                Ok(finish(&pool, rsp))
+                Ok(finish(&pool, rsp, downstream))
             }),
             Ok(Prepared::Upgrade(pool, req)) => {
                 Box::pin(async move { Ok(upgrade(&pool, req).await?) })
@@ -91,8 +92,11 @@ fn prepare(req: Request<Body>) -> Result<Prepared, ProxyError> {
     Ok(Prepared::Send(pool, req, protocol))
 }
 
-/// The upstream's response in the client's form.
-fn finish(pool: &Pool, rsp: Response<Body>) -> Response<Body> {
+/// The upstream's response in the client's form. A response that changes protocol on its
+/// way (an HTTP/1 upstream's to an HTTP/2 client, or the other way) has its trailers
+/// sanitised: fields HTTP/1 allows there, such as `Connection`, make an HTTP/2 stream
+/// malformed.
+fn finish(pool: &Pool, rsp: Response<Body>, downstream: Version) -> Response<Body> {
     // A peer proxy's `skiff-error` is kept: it is authenticated, and says why it refused.
     let peer_error = pool
         .is_meshed()
@@ -101,6 +105,9 @@ fn finish(pool: &Pool, rsp: Response<Body>) -> Response<Body> {
     let mut rsp = downstream_form(rsp);
     if let Some(reason) = peer_error {
         rsp.headers_mut().insert(SKIFF_ERROR, reason);
+    }
+    if (rsp.version() >= Version::HTTP_2) != (downstream >= Version::HTTP_2) {
+        rsp = rsp.map(body::with_clean_trailers);
     }
     rsp
 }
