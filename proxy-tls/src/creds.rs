@@ -87,11 +87,23 @@ impl Credentials {
     }
 
     /// Checks PEM credentials: the chain (leaf first), the PKCS#8 key, the trust bundle.
+    /// Inbound, callers from the leaf's own trust domain are accepted.
     pub fn from_pem(
         chain: &[u8],
         key: &[u8],
         bundle: &[u8],
         expected: Option<&SpiffeId>,
+    ) -> Result<Self, CredError> {
+        Self::from_pem_federated(chain, key, bundle, expected, &[])
+    }
+
+    /// [`Credentials::from_pem`], also accepting callers from the `federated` trust domains.
+    pub fn from_pem_federated(
+        chain: &[u8],
+        key: &[u8],
+        bundle: &[u8],
+        expected: Option<&SpiffeId>,
+        federated: &[String],
     ) -> Result<Self, CredError> {
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain)
             .collect::<Result<_, _>>()
@@ -133,7 +145,9 @@ impl Credentials {
         .map_err(CredError::Chain)?;
         let key = CertifiedKey::from_der(chain, key.into(), &provider).map_err(CredError::Key)?;
         let key = Arc::new(key);
-        let server = server_config(&svid.id, &key, &roots, &provider)?;
+        let mut trust_domains = vec![svid.id.trust_domain().to_owned()];
+        trust_domains.extend(federated.iter().cloned());
+        let server = server_config(&svid.id, &key, &roots, &provider, trust_domains)?;
         Ok(Self {
             id: svid.id,
             not_after: svid.not_after,
@@ -179,8 +193,9 @@ fn server_config(
     key: &Arc<CertifiedKey>,
     roots: &Arc<RootCertStore>,
     provider: &Arc<CryptoProvider>,
+    trust_domains: Vec<String>,
 ) -> Result<Arc<ServerConfig>, CredError> {
-    let verifier = ClientVerifier::new(roots.clone(), provider.clone())
+    let verifier = ClientVerifier::new(roots.clone(), provider.clone(), trust_domains)
         .map_err(|e| CredError::Config(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -275,6 +290,8 @@ pub enum Reloaded {
 pub struct Identity {
     dir: PathBuf,
     expected: Option<SpiffeId>,
+    // Trust domains whose callers are accepted besides our own.
+    federated: Vec<String>,
     current: ArcSwapOption<Credentials>,
     last_seen: Mutex<Option<Files>>,
 }
@@ -286,9 +303,16 @@ impl Identity {
         Self {
             dir,
             expected,
+            federated: Vec::new(),
             current: ArcSwapOption::empty(),
             last_seen: Mutex::default(),
         }
+    }
+
+    /// Also accepts inbound callers from the `federated` trust domains.
+    pub fn federated_with(mut self, federated: Vec<String>) -> Self {
+        self.federated = federated;
+        self
     }
 
     /// The credentials in use, if any set has loaded yet.
@@ -312,11 +336,12 @@ impl Identity {
             }
             *last = Some(files.clone());
         }
-        let creds = Credentials::from_pem(
+        let creds = Credentials::from_pem_federated(
             &files.chain,
             &files.key,
             &files.bundle,
             self.expected.as_ref(),
+            &self.federated,
         )?;
         let id = creds.id.clone();
         self.current.store(Some(Arc::new(creds)));

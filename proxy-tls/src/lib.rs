@@ -19,7 +19,7 @@ mod verify;
 
 pub use creds::{CredError, Credentials, Identity, Reloaded};
 pub use id::SpiffeId;
-pub use verify::WrongIdentity;
+pub use verify::{ForeignTrustDomain, WrongIdentity};
 
 /// ALPN protocol between proxies: HTTP/2.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -47,6 +47,7 @@ pub fn failure_reason(err: &std::io::Error) -> &'static str {
                 "not-yet-valid"
             }
             CertificateError::Other(o) if o.0.is::<WrongIdentity>() => "wrong-identity",
+            CertificateError::Other(o) if o.0.is::<ForeignTrustDomain>() => "foreign-trust-domain",
             CertificateError::Other(o) if o.0.is::<svid::SvidError>() => "invalid-svid",
             _ => "other",
         },

@@ -165,6 +165,41 @@ async fn peers_with_invalid_certificates_are_refused() {
     }
 }
 
+/// A CA in the bundle that signs for a foreign trust domain (a shared root, say) does not
+/// make that domain's workloads callers of ours; federation names the domains that are.
+#[tokio::test]
+async fn callers_from_a_foreign_trust_domain_are_refused_unless_federated() {
+    let ca = DevCa::new("cluster.local").unwrap();
+    let server = workload(&ca, "shop", "api");
+    let foreign = "spiffe://partner.example/ns/shop/sa/web";
+    let issued = ca
+        .sign(&DevCa::leaf_params(&[foreign], DAY).unwrap())
+        .unwrap();
+    let client = bad_client(&issued, &ca, &server.id);
+    let err = handshake(
+        client.clone(),
+        server.server_config(),
+        &server.id.server_name(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("ForeignTrustDomain"), "{err}");
+
+    let api = ca.issue("shop", "api", DAY).unwrap();
+    let federated = Credentials::from_pem_federated(
+        api.cert_pem.as_bytes(),
+        api.key_pem.as_bytes(),
+        ca.ca_pem().as_bytes(),
+        None,
+        &["partner.example".to_owned()],
+    )
+    .unwrap();
+    let seen = handshake(client, federated.server_config(), &server.id.server_name())
+        .await
+        .unwrap();
+    assert_eq!(seen.to_string(), foreign);
+}
+
 /// A client config presenting `issued` and trusting everything.
 fn bad_client(issued: &Issued, _issuer: &DevCa, _server: &SpiffeId) -> Arc<ClientConfig> {
     use rustls::pki_types::pem::PemObject;

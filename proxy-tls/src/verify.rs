@@ -31,20 +31,38 @@ pub struct WrongIdentity {
     pub found: SpiffeId,
 }
 
-/// Verifies client certificates on the inbound mesh listener.
+/// Why a client certificate was refused although a trusted CA signed it.
+#[derive(Debug, thiserror::Error)]
+#[error("the peer {found} is in a trust domain this proxy does not accept ({accepted})")]
+pub struct ForeignTrustDomain {
+    /// Who the client is.
+    pub found: SpiffeId,
+    /// The trust domains accepted, comma-separated.
+    pub accepted: String,
+}
+
+/// Verifies client certificates on the inbound mesh listener: a chain to the bundle, the
+/// SVID rules, and a trust domain this proxy accepts (its own, and those it federates
+/// with). A CA in the bundle may sign for other trust domains too (a shared root, say);
+/// their workloads are not ours to admit unless federation says so.
 #[derive(Debug)]
 pub(crate) struct ClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
+    trust_domains: Vec<String>,
 }
 
 impl ClientVerifier {
     pub(crate) fn new(
         roots: Arc<RootCertStore>,
         provider: Arc<CryptoProvider>,
+        trust_domains: Vec<String>,
     ) -> Result<Self, rustls::server::VerifierBuilderError> {
         let inner =
             rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider).build()?;
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            trust_domains,
+        })
     }
 }
 
@@ -66,7 +84,19 @@ impl ClientCertVerifier for ClientVerifier {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        check_leaf(end_entity).map_err(svid_error)?;
+        let svid = check_leaf(end_entity).map_err(svid_error)?;
+        if !self
+            .trust_domains
+            .iter()
+            .any(|d| d == svid.id.trust_domain())
+        {
+            return Err(Error::InvalidCertificate(CertificateError::Other(
+                OtherError(Arc::new(ForeignTrustDomain {
+                    found: svid.id,
+                    accepted: self.trust_domains.join(", "),
+                })),
+            )));
+        }
         Ok(verified)
     }
 

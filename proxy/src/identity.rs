@@ -43,7 +43,10 @@ impl Mesh {
     ) -> Result<Arc<Self>, proxy_tls::id::IdError> {
         let id = identity.own_id(&spec.namespace)?;
         let mesh = Arc::new(Self {
-            identity: Arc::new(Identity::new(identity.dir.clone(), Some(id.clone()))),
+            identity: Arc::new(
+                Identity::new(identity.dir.clone(), Some(id.clone()))
+                    .federated_with(identity.federated_trust_domains.clone()),
+            ),
             id,
             mtls: spec.inbound.mtls,
             handshake_timeout: identity.handshake_timeout.0,

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use proxy_tls::SpiffeId;
 use serde::Deserialize;
 
 use super::mesh;
@@ -258,11 +259,18 @@ pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigErrors> {
         }])
     };
     let own_id = match &proxy.identity {
-        Some(identity) => Some(
-            identity
-                .own_id(&proxy.namespace)
-                .map_err(|e| proxy_error(format!("spec.identity: {e}")))?,
-        ),
+        Some(identity) => {
+            for domain in &identity.federated_trust_domains {
+                SpiffeId::workload(domain, "ns", "sa").map_err(|e| {
+                    proxy_error(format!("spec.identity.federatedTrustDomains: {e}"))
+                })?;
+            }
+            Some(
+                identity
+                    .own_id(&proxy.namespace)
+                    .map_err(|e| proxy_error(format!("spec.identity: {e}")))?,
+            )
+        }
         None => {
             if proxy.inbound.default_policy != super::DefaultPolicy::Allow {
                 return Err(proxy_error(

@@ -229,6 +229,10 @@ pub struct IdentitySpec {
     pub dir: PathBuf,
     /// The SPIFFE trust domain.
     pub trust_domain: String,
+    /// Other trust domains whose workloads may call this one (federation); callers from
+    /// any other are refused in the handshake even when a trusted CA signed them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub federated_trust_domains: Vec<String>,
     /// The namespace in the identity; default: `POD_NAMESPACE`, else `spec.namespace`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
@@ -246,6 +250,7 @@ impl Default for IdentitySpec {
         Self {
             dir: PathBuf::from("/var/run/secrets/spiffe.io"),
             trust_domain: "cluster.local".into(),
+            federated_trust_domains: Vec::new(),
             namespace: None,
             service_account: None,
             reload_interval: Dur::secs(1),

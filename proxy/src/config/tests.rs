@@ -579,3 +579,15 @@ fn a_services_metric_labels_become_destination_labels_and_unknown_keys_are_refus
     );
     assert_eq!(e.line, Some(5), "{e:?}");
 }
+
+#[test]
+fn federated_trust_domains_are_read_and_an_invalid_one_is_refused() {
+    let id = "spec:\n  identity:\n    federatedTrustDomains: ";
+    let c = ok(&format!("{HEAD}{id}[partner.example]\n"));
+    let identity = c.proxy.identity.unwrap();
+    assert_eq!(identity.federated_trust_domains, ["partner.example"]);
+    rejected(
+        &format!("{HEAD}{id}[Partner.Example]\n"),
+        "spec.identity.federatedTrustDomains",
+    );
+}
