@@ -5,8 +5,7 @@
 // clocks tokio's paused clock cannot drive: real time, polled with deadlines, is right here.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 mod common;
 
-use common::{addr_in, SKIFF};
+use common::{addr_in, run_skiff, SKIFF};
 
 fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("skiff-bin-{}-{name}", std::process::id()));
@@ -131,21 +130,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
             "apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  outbound: {{listen: 127.0.0.1:0}}\n  inbound: {{listen: 127.0.0.1:0}}\n  admin: {{listen: 127.0.0.1:0}}\n  shutdown: {{gracePeriod: 20s}}\n  services:\n    slow:\n      endpoints: [{backend_addr}]\n"
         ),
     );
-    let mut child = Command::new(SKIFF)
-        .args(["run", "--workers", "1", "--config"])
-        .arg(&config)
-        .env("SKIFF_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let ready = lines
-        .by_ref()
-        .map(Result::unwrap)
-        .find(|l| l.contains("Skiff is ready"))
-        .expect("the proxy reports its addresses");
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
+    let (mut child, ready) = run_skiff(&config, 1);
     let outbound = addr_in(&ready, "outbound_addr");
 
     let mut client = TcpStream::connect(outbound).await.unwrap();

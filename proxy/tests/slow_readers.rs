@@ -11,9 +11,8 @@
 // drive: real time, polled with deadlines, is right here.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,7 +20,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 mod common;
 
-use common::{addr_in, SKIFF};
+use common::{addr_in, run_skiff};
 
 const READERS: usize = 200;
 const BODY: usize = 8 * 1024 * 1024;
@@ -89,20 +88,7 @@ fn start(backend: SocketAddr) -> (Running, SocketAddr) {
         ),
     )
     .unwrap();
-    let mut child = Command::new(SKIFF)
-        .args(["run", "--workers", "2", "--config"])
-        .arg(&config)
-        .env("SKIFF_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let ready = lines
-        .by_ref()
-        .map(Result::unwrap)
-        .find(|l| l.contains("Skiff is ready"))
-        .expect("the proxy reports its addresses");
-    std::thread::spawn(move || lines.for_each(drop));
+    let (child, ready) = run_skiff(&config, 2);
     (Running(child), addr_in(&ready, "outbound_addr"))
 }
 

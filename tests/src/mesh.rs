@@ -48,13 +48,23 @@ pub async fn server_proxy(ca: &DevCa, app: SocketAddr) -> (Running, PathBuf) {
 /// `shop/expect`.
 pub async fn client_proxy(ca: &DevCa, sa: &str, b: SocketAddr, expect: &str) -> Running {
     let dir = credentials(ca, "shop", sa);
+    client_config(&dir, sa, b, expect, json!({})).start().await
+}
+
+/// The config of [`client_proxy`], with its credentials in `dir` and `settings` merged into
+/// service `api`'s, for tests that change more of it.
+pub fn client_config(
+    dir: &Path,
+    sa: &str,
+    b: SocketAddr,
+    expect: &str,
+    settings: Value,
+) -> ProxyConfig {
+    let mut api = json!({ "identity": format!("spiffe://cluster.local/ns/shop/sa/{expect}") });
+    if let (Some(api), Value::Object(more)) = (api.as_object_mut(), settings) {
+        api.extend(more);
+    }
     ProxyConfig::new(1)
-        .spec(identity(&dir, "shop", sa))
-        .service_with(
-            "api",
-            &[b],
-            json!({ "identity": format!("spiffe://cluster.local/ns/shop/sa/{expect}") }),
-        )
-        .start()
-        .await
+        .spec(identity(dir, "shop", sa))
+        .service_with("api", &[b], api)
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use hyper::body::Frame;
 use proxy_tls::devca::DevCa;
-use skiff_e2e::mesh::{credentials, identity, server_proxy};
+use skiff_e2e::mesh::{client_config, credentials, server_proxy};
 use skiff_e2e::*;
 
 /// Opens on the first endpoint failure, and stays open long past the test.
@@ -24,6 +24,15 @@ fn hair_trigger() -> serde_json::Value {
 
 fn short_body_timeout() -> serde_json::Value {
     json!({"limits": {"bodyIdleTimeout": "200ms"}})
+}
+
+/// A proxy in front of `web` with the hair-trigger breaker and a short body timeout.
+async fn guarded_proxy(web: &Backend) -> skiff::Running {
+    ProxyConfig::new(1)
+        .service_with("web", &[web.addr], hair_trigger())
+        .spec(short_body_timeout())
+        .start()
+        .await
 }
 
 /// Whether `endpoint`'s breaker is open, from the proxy's scrape.
@@ -65,11 +74,7 @@ async fn stalled_h2_upload(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_http2_upload_is_a_408_and_never_the_endpoints_fault() {
     let web = body_reader().await;
-    let proxy = ProxyConfig::new(1)
-        .service_with("web", &[web.addr], hair_trigger())
-        .spec(short_body_timeout())
-        .start()
-        .await;
+    let proxy = guarded_proxy(&web).await;
     let mut calm = h2(proxy.outbound_addr).await;
 
     for _ in 0..3 {
@@ -105,12 +110,8 @@ async fn a_stalled_http2_upload_is_a_408_and_never_the_endpoints_fault() {
 /// hair-trigger breaker and a short body timeout.
 async fn meshed_client(ca: &DevCa, b: SocketAddr) -> (skiff::Running, PathBuf) {
     let dir = credentials(ca, "shop", "web");
-    let mut api = hair_trigger();
-    api["identity"] = json!("spiffe://cluster.local/ns/shop/sa/api");
-    let proxy = ProxyConfig::new(1)
-        .spec(identity(&dir, "shop", "web"))
+    let proxy = client_config(&dir, "web", b, "api", hair_trigger())
         .spec(short_body_timeout())
-        .service_with("api", &[b], api)
         .start()
         .await;
     (proxy, dir)
@@ -165,11 +166,7 @@ async fn body_failures_on_the_mesh_hop_are_the_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_failures_to_an_http1_upstream_are_the_clients() {
     let web = body_reader().await;
-    let proxy = ProxyConfig::new(1)
-        .service_with("web", &[web.addr], hair_trigger())
-        .spec(short_body_timeout())
-        .start()
-        .await;
+    let proxy = guarded_proxy(&web).await;
     let stalled = b"POST /upload HTTP/1.1\r\nHost: web\r\nContent-Length: 10\r\n\r\nabc";
     let malformed = b"POST /upload HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n\
         3\r\nabc\r\nzz\r\nabc\r\n0\r\n\r\n";

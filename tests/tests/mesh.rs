@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use http::{Request, StatusCode, Version};
 use proxy_tls::devca::DevCa;
-use skiff_e2e::mesh::{client_proxy, credentials, identity, server_proxy, DAY};
+use skiff_e2e::mesh::{client_config, client_proxy, credentials, identity, server_proxy, DAY};
 use skiff_e2e::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -233,13 +233,7 @@ async fn credentials_and_trust_rotate_under_load_without_a_failed_request() {
 
     let a_dir = temp_dir("rotate-a");
     swap_workload(&a_dir, 1, &w1, &only1);
-    let a = ProxyConfig::new(1)
-        .spec(identity(&a_dir, "shop", "web"))
-        .service_with(
-            "api",
-            &[b.inbound_addr],
-            json!({"identity": "spiffe://cluster.local/ns/shop/sa/api"}),
-        )
+    let a = client_config(&a_dir, "web", b.inbound_addr, "api", json!({}))
         .start()
         .await;
 

@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
@@ -18,7 +17,7 @@ use proxy_metrics::tcp::{counted, ByteSink, ConnHandles, Counted};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::multiplex::{track_limit, DownstreamConn, Next, Shared};
+use super::multiplex::{drive, DownstreamConn, Next, Probe, Shared};
 use super::{watch, MeshPeer, Settings};
 use crate::buffers;
 
@@ -199,9 +198,7 @@ impl Pool {
         Ok(sender)
     }
 
-    async fn connect_http2(
-        &self,
-    ) -> Result<(http2::SendRequest<Body>, Arc<AtomicUsize>), ProxyError> {
+    async fn connect_http2(&self) -> Result<(http2::SendRequest<Body>, Probe), ProxyError> {
         let tcp = self.connect().await?;
         match &self.mesh {
             None => self.h2_handshake(tcp).await,
@@ -248,10 +245,7 @@ impl Pool {
         Ok(rsp.map(|b| proxy_core::body::hold_until_end(proxy_core::body::boxed(b), slot)))
     }
 
-    async fn h2_handshake<I>(
-        &self,
-        io: I,
-    ) -> Result<(http2::SendRequest<Body>, Arc<AtomicUsize>), ProxyError>
+    async fn h2_handshake<I>(&self, io: I) -> Result<(http2::SendRequest<Body>, Probe), ProxyError>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -264,9 +258,9 @@ impl Pool {
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| self.connect_error(e))?;
-        let limit = Arc::new(AtomicUsize::new(conn.current_max_send_streams()));
-        tokio::spawn(track_limit(conn, limit.clone()));
-        Ok((sender, limit))
+        let (run, probe) = drive(conn);
+        tokio::spawn(run);
+        Ok((sender, probe))
     }
 
     /// The mesh TLS handshake, with the credentials in use now.

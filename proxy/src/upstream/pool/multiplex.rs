@@ -15,7 +15,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -60,8 +61,8 @@ impl Default for Sharing {
 /// One multiplexed connection and the streams open on it.
 pub(super) struct Conn {
     sender: http2::SendRequest<Body>,
-    // The peer's stream limit, kept current by [`track_limit`] as its SETTINGS arrive.
-    peer_limit: Arc<AtomicUsize>,
+    // Asks the connection for the peer's stream limit, as its SETTINGS last said.
+    peer_limit: Probe,
     streams: Mutex<Streams>,
 }
 
@@ -76,7 +77,7 @@ struct Streams {
 impl Conn {
     fn limit(&self, sharing: &Sharing) -> usize {
         self.peer_limit
-            .load(Ordering::Relaxed)
+            .get()
             .min(sharing.streams_per_connection)
             .max(1)
     }
@@ -124,22 +125,27 @@ impl Shared {
             kept += usize::from(keep);
             keep
         });
-        let share = |c: &Conn| {
-            (c.limit(sharing) * usize::from(sharing.client_share))
+        // Each connection's limit is asked before its stream counts are locked: the probe
+        // takes the connection's own lock, under which a stream may end (and take the
+        // counts' lock).
+        let limits: Vec<usize> = conns.iter().map(|c| c.limit(sharing)).collect();
+        let share = |limit: usize| {
+            (limit * usize::from(sharing.client_share))
                 .div_ceil(100)
                 .max(1)
         };
         // (open streams, whether the client is under its share there) per connection.
         let load: Vec<(usize, bool)> = conns
             .iter()
-            .map(|c| {
+            .zip(&limits)
+            .map(|(c, &limit)| {
                 let s = c.streams.lock().unwrap_or_else(|e| e.into_inner());
                 let mine = client.map_or(0, |id| s.by_client.get(&id).copied().unwrap_or(0));
-                (s.open, mine < share(c))
+                (s.open, mine < share(limit))
             })
             .collect();
         let room = (0..conns.len())
-            .filter(|&i| load[i].1 && load[i].0 < conns[i].limit(sharing))
+            .filter(|&i| load[i].1 && load[i].0 < limits[i])
             .min_by_key(|&i| load[i].0);
         if let Some(i) = room {
             return self.send_on(&conns[i], client);
@@ -168,7 +174,7 @@ impl Shared {
     pub(super) fn add(
         &self,
         sender: http2::SendRequest<Body>,
-        peer_limit: Arc<AtomicUsize>,
+        peer_limit: Probe,
         client: Option<DownstreamConn>,
     ) -> (http2::SendRequest<Body>, Slot) {
         let conn = Arc::new(Conn {
@@ -191,7 +197,7 @@ impl Shared {
     /// against the protocol's default of 100 and could queue at the peer).
     pub(super) fn limit_hint(&self) -> Option<usize> {
         let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        conns.first().map(|c| c.peer_limit.load(Ordering::Relaxed))
+        conns.first().map(|c| c.peer_limit.get())
     }
 
     /// The number of open connections (for tests).
@@ -245,17 +251,48 @@ impl Drop for Slot {
     }
 }
 
-/// Runs a client connection, publishing the peer's stream limit each time it is polled
-/// (a SETTINGS frame wakes it, so the limit is current before the next request looks).
-pub(super) fn track_limit<C>(conn: C, limit: Arc<AtomicUsize>) -> impl Future<Output = ()>
+/// Asks a running client connection for the peer's current stream limit.
+///
+/// hyper reads the peer's SETTINGS in a task of its own and keeps the limit in the
+/// connection object, which a caller may ask only while holding it; that object is polled
+/// just when requests come. So it is kept here, behind a lock shared by the task that drives
+/// it ([`drive`]) and the pool, which asks at each request: an answer cached after a poll
+/// would be the one from before the SETTINGS arrived.
+#[derive(Clone)]
+pub(super) struct Probe(Arc<Mutex<Pin<Box<dyn Driven>>>>);
+
+impl Probe {
+    /// The peer's limit now.
+    pub(super) fn get(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .current_max_send_streams()
+    }
+}
+
+/// A client connection future that knows the peer's stream limit.
+pub(super) trait Driven: Future<Output = hyper::Result<()>> + Send {
+    fn current_max_send_streams(&self) -> usize;
+}
+
+impl<T, E> Driven for http2::Connection<T, Body, E>
 where
-    C: Future<Output = hyper::Result<()>> + PeerLimit,
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    E: hyper::rt::bounds::Http2ClientConnExec<Body, T> + Unpin + Send,
 {
-    let mut conn = Box::pin(conn);
-    std::future::poll_fn(move |cx: &mut Context<'_>| {
-        let done = conn.as_mut().poll(cx);
-        limit.store(conn.current_max_send_streams(), Ordering::Relaxed);
-        match done {
+    fn current_max_send_streams(&self) -> usize {
+        http2::Connection::current_max_send_streams(self)
+    }
+}
+
+/// The future that runs `conn` (to spawn), and the probe that asks it for the peer's limit.
+pub(super) fn drive<C: Driven + 'static>(conn: C) -> (impl Future<Output = ()>, Probe) {
+    let probe = Probe(Arc::new(Mutex::new(Box::pin(conn))));
+    let shared = probe.0.clone();
+    let run = std::future::poll_fn(move |cx: &mut Context<'_>| {
+        let mut conn = shared.lock().unwrap_or_else(|e| e.into_inner());
+        match conn.as_mut().poll(cx) {
             Poll::Ready(Err(e)) => {
                 tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 Poll::Ready(())
@@ -263,22 +300,8 @@ where
             Poll::Ready(Ok(())) => Poll::Ready(()),
             Poll::Pending => Poll::Pending,
         }
-    })
-}
-
-/// A connection that knows the peer's stream limit.
-pub(super) trait PeerLimit {
-    fn current_max_send_streams(&self) -> usize;
-}
-
-impl<T, E> PeerLimit for http2::Connection<T, Body, E>
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
-    E: hyper::rt::bounds::Http2ClientConnExec<Body, T> + Unpin,
-{
-    fn current_max_send_streams(&self) -> usize {
-        http2::Connection::current_max_send_streams(self)
-    }
+    });
+    (run, probe)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use super::*;
 
 /// A client connection to an in-memory HTTP/2 server allowing `max_streams`, with the
 /// peer's limit as the client has learnt it.
-async fn connection(max_streams: u32) -> (http2::SendRequest<Body>, Arc<AtomicUsize>) {
+async fn connection(max_streams: u32) -> (http2::SendRequest<Body>, Probe) {
     let (client, server) = tokio::io::duplex(64 * 1024);
     tokio::spawn(async move {
         let svc = service_fn(|_req| async {
@@ -24,8 +24,8 @@ async fn connection(max_streams: u32) -> (http2::SendRequest<Body>, Arc<AtomicUs
     let (mut sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(client))
         .await
         .unwrap();
-    let limit = Arc::new(AtomicUsize::new(conn.current_max_send_streams()));
-    tokio::spawn(track_limit(conn, limit.clone()));
+    let (run, limit) = drive(conn);
+    tokio::spawn(run);
     // One exchange, so the server's SETTINGS have been read.
     sender.ready().await.unwrap();
     sender
@@ -56,7 +56,7 @@ fn sent(next: Next) -> Slot {
 #[tokio::test]
 async fn the_peers_stream_limit_is_learnt() {
     let (_sender, limit) = connection(4).await;
-    assert_eq!(limit.load(Ordering::Relaxed), 4);
+    assert_eq!(limit.get(), 4);
 }
 
 #[tokio::test]
