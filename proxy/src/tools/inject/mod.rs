@@ -1,8 +1,9 @@
 //! `skiff inject`: adds Skiff to Kubernetes workloads, as `linkerd inject --manual` does.
 //!
 //! Every pod template in the input (Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet,
-//! ReplicationController, Job, CronJob, Argo Rollout) that is not opted out gets Skiff as a
-//! native sidecar (an init container with `restartPolicy: Always`, so it starts before the
+//! ReplicationController, Job, CronJob, Argo Rollout, any other kind with a standard
+//! `spec.template`, and the items of `kind: List` and `*List` documents) that is not opted
+//! out gets Skiff as a native sidecar (an init container with `restartPolicy: Always`, so it starts before the
 //! app, stops after it, and does not keep a Job alive), its config volume (a ConfigMap) and
 //! its identity volume (a csi-driver-spiffe volume, or a Secret), Prometheus scrape
 //! annotations, and a label naming the workload it belongs to (see `labels.rs`). Injecting twice
@@ -158,46 +159,66 @@ pub fn transform(
         if let Value::Null = doc {
             continue;
         }
-        if let Some(changed) = visit(&mut doc, options, uninject).map_err(error)? {
-            if changed {
-                report.changed += 1;
-            } else {
-                report.skipped += 1;
-            }
-        }
+        visit(&mut doc, options, uninject, &mut report).map_err(error)?;
         out.push(serde_yaml_ng::to_string(&doc).map_err(|e| error(e.to_string()))?);
     }
     Ok((out.join("---\n"), report))
 }
 
+/// Injects into the pod template of a workload document, or into each item of a list
+/// (`kind: List`, as `kubectl get -o yaml` prints, or `DeploymentList` and the like), and
+/// counts what changed in `report`. Other documents are left as they are.
+fn visit(
+    doc: &mut Value,
+    options: &Options,
+    uninject: bool,
+    report: &mut Report,
+) -> Result<(), String> {
+    let Some(kind) = doc.get("kind").and_then(Value::as_str).map(str::to_owned) else {
+        return Ok(());
+    };
+    if kind.ends_with("List") {
+        if let Some(items) = doc.get_mut("items").and_then(Value::as_sequence_mut) {
+            for (i, item) in items.iter_mut().enumerate() {
+                visit(item, options, uninject, report).map_err(|e| format!("items[{i}]: {e}"))?;
+            }
+            return Ok(());
+        }
+    }
+    match workload(doc, &kind, options, uninject)? {
+        Some(true) => report.changed += 1,
+        Some(false) => report.skipped += 1,
+        None => {}
+    }
+    Ok(())
+}
+
 /// Finds the pod template of a workload document; returns whether it changed (`None`: not
 /// a workload).
-fn visit(doc: &mut Value, options: &Options, uninject: bool) -> Result<Option<bool>, String> {
-    let Some(kind) = doc.get("kind").and_then(Value::as_str).map(str::to_owned) else {
-        return Ok(None);
-    };
+fn workload(
+    doc: &mut Value,
+    kind: &str,
+    options: &Options,
+    uninject: bool,
+) -> Result<Option<bool>, String> {
     if opted_out(doc) {
         return Ok(Some(false));
     }
-    let owner = Owner::of(doc, &kind);
-    let template = match kind.as_str() {
+    let owner = Owner::of(doc, kind);
+    let template = match kind {
         "Pod" => Some(doc),
-        "Deployment"
-        | "StatefulSet"
-        | "DaemonSet"
-        | "ReplicaSet"
-        | "ReplicationController"
-        | "Job" => doc.get_mut("spec").and_then(|s| s.get_mut("template")),
-        // Argo Rollouts; one that refers to a Deployment (`workloadRef`) has no template.
-        "Rollout" if api_group(doc) == Some("argoproj.io") => {
-            doc.get_mut("spec").and_then(|s| s.get_mut("template"))
-        }
         "CronJob" => doc
             .get_mut("spec")
             .and_then(|s| s.get_mut("jobTemplate"))
             .and_then(|j| j.get_mut("spec"))
             .and_then(|s| s.get_mut("template")),
-        _ => None,
+        // Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController, Job, an Argo
+        // Rollout, and any other kind with a standard pod template (`spec.template` holding
+        // `spec.containers`). A Rollout that refers to a Deployment (`workloadRef`) has none.
+        _ => doc
+            .get_mut("spec")
+            .and_then(|s| s.get_mut("template"))
+            .filter(|t| is_pod_template(t)),
     };
     let Some(template) = template else {
         return Ok(None);
@@ -216,17 +237,49 @@ fn visit(doc: &mut Value, options: &Options, uninject: bool) -> Result<Option<bo
                 "the pod template already has a container named {name}"
             ));
         }
+        check_ports(template)?;
         add(template, options, &owner.labels(options));
     }
     Ok(Some(*template != before))
 }
 
-/// The group of a document's `apiVersion` (`argoproj.io` of `argoproj.io/v1alpha1`).
-fn api_group(doc: &Value) -> Option<&str> {
-    doc.get("apiVersion")?
-        .as_str()?
-        .split_once('/')
-        .map(|(g, _)| g)
+/// Whether `template` is a pod template: a `spec` with a list of `containers`.
+fn is_pod_template(template: &Value) -> bool {
+    template
+        .get("spec")
+        .and_then(|s| s.get("containers"))
+        .is_some_and(Value::is_sequence)
+}
+
+/// Skiff's ports in the pod, and what listens there.
+const SKIFF_PORTS: [(u64, &str); 3] = [(4140, "outbound"), (4143, "inbound"), (4191, "admin")];
+
+/// Refuses a pod whose containers already declare one of Skiff's ports: the containers of a
+/// pod share one network namespace, so Skiff could not bind it (or the application could
+/// not). The pod can be opted out, or the application moved to another port.
+fn check_ports(template: &Value) -> Result<(), String> {
+    let spec = template.get("spec");
+    let containers = ["containers", "initContainers"]
+        .into_iter()
+        .filter_map(|key| spec?.get(key)?.as_sequence())
+        .flatten();
+    for container in containers {
+        let name = container.get("name").and_then(Value::as_str).unwrap_or("?");
+        let ports = container.get("ports").and_then(Value::as_sequence);
+        for port in ports.into_iter().flatten() {
+            let Some(number) = port.get("containerPort").and_then(Value::as_u64) else {
+                continue;
+            };
+            if let Some((_, listener)) = SKIFF_PORTS.iter().find(|(p, _)| *p == number) {
+                return Err(format!(
+                    "container {name} uses port {number}, which Skiff's {listener} listener \
+                     needs in the same pod; move the application to another port, or opt \
+                     the pod out with the annotation {OPT_OUT}: disabled"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn sidecar_name(options: &Options) -> &'static str {
@@ -322,6 +375,7 @@ securityContext:
   readOnlyRootFilesystem: true
   allowPrivilegeEscalation: false
   capabilities: {{drop: [ALL]}}
+  seccompProfile: {{type: RuntimeDefault}}
 startupProbe:
   httpGet: {{path: /ready, port: 4191}}
   periodSeconds: 1
@@ -373,6 +427,7 @@ securityContext:
   readOnlyRootFilesystem: true
   allowPrivilegeEscalation: false
   capabilities: {{add: [NET_ADMIN, NET_RAW], drop: [ALL]}}
+  seccompProfile: {{type: RuntimeDefault}}
 "#,
         image = options.init_image
     ));

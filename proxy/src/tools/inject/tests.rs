@@ -6,6 +6,7 @@
 
 use super::*;
 
+mod manifests;
 mod prometheus;
 mod scrape;
 
@@ -282,7 +283,8 @@ spec:
       containers: [{name: app, image: app:1}]
 ";
     let (out, report) = transform(yaml, &compat(), false).unwrap();
-    assert_eq!(report.changed, 2, "only Argo's Rollout is a workload");
+    // Any kind with a standard pod template is a workload, Argo's or not.
+    assert_eq!(report.changed, 3);
     let docs = documents(&out);
     // Linkerd's injector has no label for a Rollout: neither has the compat mode.
     assert_eq!(
@@ -302,9 +304,7 @@ spec:
             "linkerd.io/workload-ns=shop"
         ]
     );
-    assert!(docs[2]["spec"]["template"]["spec"]
-        .get("initContainers")
-        .is_none());
+    assert_eq!(labels(&docs[2])[0], "skiff.dev/proxy-rollout=not-argo");
 }
 
 #[test]
