@@ -10,6 +10,7 @@
 //! | [`crate::timeout`] (request and per try) | `timeouts` |
 //! | [`crate::retry`] | `retry` |
 //! | [`crate::filter`] (the rule's) | `filters` |
+//! | [`crate::fault`] | `fault` |
 //! | [`crate::split`] | `backends` (one draw per try) |
 //!
 //! A layer that finds no context answers 500 `internal` rather than passing the request on
@@ -22,6 +23,7 @@
 use std::sync::Arc;
 
 use crate::error::{ProxyError, Reason};
+use crate::fault;
 use crate::filter::Filters;
 use crate::limit;
 use crate::retry;
@@ -43,6 +45,8 @@ pub struct RouteContext {
     pub limits: Option<Arc<limit::Policy>>,
     /// The rule's filters (header changes, redirect, rewrite); `None`: none.
     pub filters: Option<Arc<Filters>>,
+    /// Faults injected on purpose; `None`: none.
+    pub fault: Option<Arc<fault::Policy>>,
 }
 
 impl RouteContext {
@@ -55,6 +59,7 @@ impl RouteContext {
             timeouts: Timeouts::default(),
             limits: None,
             filters: None,
+            fault: None,
         }
     }
 

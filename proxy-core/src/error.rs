@@ -46,6 +46,8 @@ pub enum Reason {
     InvalidBackend,
     /// A bug or an impossible state in the proxy itself.
     Internal,
+    /// A route's fault policy answered the request on purpose.
+    FaultInjected,
 }
 
 impl Reason {
@@ -64,6 +66,8 @@ impl Reason {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Internal | Self::InvalidBackend => StatusCode::INTERNAL_SERVER_ERROR,
+            // The policy's own status replaces it (`ProxyError::with_status`).
+            Self::FaultInjected => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -86,6 +90,7 @@ impl Reason {
             Self::RateLimited => "rate-limited",
             Self::InvalidBackend => "invalid-backend",
             Self::Internal => "internal",
+            Self::FaultInjected => "fault-injected",
         }
     }
 
@@ -104,7 +109,9 @@ impl Reason {
             | Self::UpstreamTimeout
             | Self::CircuitOpen
             | Self::NoEndpoints => Blame::Upstream,
-            Self::LoadShed | Self::Internal | Self::InvalidBackend => Blame::Proxy,
+            Self::LoadShed | Self::Internal | Self::InvalidBackend | Self::FaultInjected => {
+                Blame::Proxy
+            }
         }
     }
 
@@ -131,7 +138,8 @@ impl Reason {
             | Self::LoadShed
             | Self::RateLimited
             | Self::InvalidBackend
-            | Self::Internal => false,
+            | Self::Internal
+            | Self::FaultInjected => false,
         }
     }
 
@@ -144,7 +152,7 @@ impl Reason {
     }
 
     /// Every reason, for tests and tables that must cover them all.
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::BadRequest,
         Reason::Forbidden,
         Reason::RequestTimeout,
@@ -160,6 +168,7 @@ impl Reason {
         Reason::RateLimited,
         Reason::InvalidBackend,
         Reason::Internal,
+        Reason::FaultInjected,
     ];
 }
 

@@ -34,6 +34,7 @@ pub mod classify;
 pub mod context;
 pub mod direction;
 pub mod error;
+pub mod fault;
 pub mod filter;
 pub mod future;
 pub mod io;

@@ -23,6 +23,8 @@ pub struct Noted {
     pub breaker: Option<&'static str>,
     /// The authorization decision (`allow <route>`, `deny`, `audit-deny`).
     pub authz: Option<String>,
+    /// A fault injected on purpose (`delay:2s`, `abort:503`).
+    pub fault: Option<String>,
 }
 
 /// A request's notes, shared by every layer that handles it.

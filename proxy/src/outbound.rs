@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 
 use proxy_core::breaker::BreakerLayer;
+use proxy_core::fault::FaultLayer;
 use proxy_core::filter::FilterLayer;
 use proxy_core::limit::{Client, LimitLayer};
 use proxy_core::normalize::NormalizeLayer;
@@ -52,6 +53,9 @@ pub fn stack(state: &State, client: Client, orig_dst: Option<SocketAddr>) -> Htt
         .layer(LimitLayer)
         // Reads `ctx.timeouts.request`.
         .layer(TimeoutLayer::request())
+        // Reads `ctx.fault`: delays or answers a share of requests on purpose (above
+        // retries, so an injected abort is never retried).
+        .layer(FaultLayer)
         // Reads `ctx.retry`; each try below runs again from here.
         .layer(RetryLayer)
         // Reads `ctx.backends`; writes the drawn `Target` and its `BackendFilters`.

@@ -59,6 +59,7 @@ pub struct HttpFamilies {
     budget_exhausted: Family<Labels, Counter>,
     breaker_state: Family<Labels, Gauge>,
     breaker_transitions: Family<Labels, Counter>,
+    faults: Family<Labels, Counter>,
     // Sliding windows for `/stats`, one per label set, shared by every handle with those
     // labels (per-connection handles included), so nothing is lost when a handle goes.
     windows: Mutex<HashMap<Labels, Arc<Mutex<Window>>>>,
@@ -106,7 +107,13 @@ impl HttpFamilies {
             budget_exhausted: Family::default(),
             breaker_state: Family::default(),
             breaker_transitions: Family::default(),
+            faults: Family::default(),
         };
+        registry.register(
+            "skiff_faults_injected",
+            "Faults injected on purpose by a service's or route's fault policy, by kind",
+            this.faults.clone(),
+        );
         registry.register(
             "skiff_breaker_state",
             "Circuit breaker state per endpoint: 0 Closed, 1 Open, 2 HalfOpen",
@@ -399,6 +406,14 @@ impl proxy_core::breaker::BreakerObserver for TargetMetrics {
             .breaker_transitions
             .get_or_create(&labels)
             .inc();
+    }
+}
+
+impl proxy_core::fault::FaultObserver for TargetMetrics {
+    fn injected(&self, kind: proxy_core::fault::Kind) {
+        let mut labels = self.base.clone();
+        labels.push(("kind", kind.as_str().to_owned()));
+        self.families.faults.get_or_create(&labels).inc();
     }
 }
 

@@ -284,6 +284,7 @@ impl Watched {
             endpoint: noted.endpoint,
             breaker: noted.breaker.map(str::to_owned),
             authz: noted.authz,
+            fault: noted.fault,
             trace_id: self.trace_id.clone(),
             body: None,
         };

@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 /// One tap event, tagged by its kind: `{"event":"request",...}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
+// An event lives only until it is written out as a line (or read from one): boxing the
+// large variant would cost an allocation per event for no saving.
+#[allow(clippy::large_enum_variant)]
 pub enum Event {
     /// The request arrived.
     Request(RequestEvent),
@@ -118,6 +121,9 @@ pub struct EndEvent {
     pub breaker: Option<String>,
     /// The authorization decision (inbound).
     pub authz: Option<String>,
+    /// A fault injected on purpose by the route's fault policy (`delay:2s`, `abort:503`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
     /// The trace id: W3C `traceparent`, else B3, else `x-request-id`.
     pub trace_id: Option<String>,
     /// The first bytes of the response body, as text, when the tap client asked for them

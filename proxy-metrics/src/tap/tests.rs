@@ -82,6 +82,7 @@ fn end() -> EndEvent {
         backend: None,
         endpoint: Some(SocketAddr::from(([127, 0, 0, 1], 18082))),
         breaker: None,
+        fault: None,
         authz: Some("allow echo-routes/reads".into()),
         trace_id: None,
         body: None,

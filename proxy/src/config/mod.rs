@@ -30,8 +30,8 @@ pub use limits::{Http2Limits, LimitsSpec, UpstreamHttp2Limits};
 pub use load::{load_file, parse, ConfigError, ConfigErrors};
 pub use mesh::{AccessSpec, BackendSpec, RoutePolicySpec, RouteSpec, ServiceRoutes};
 pub use policy::{
-    BreakerSpec, BudgetSpec, FailureRateSpec, LoadBalancer, RateLimitSpec, RetrySpec, StatusCode,
-    TimeoutsSpec,
+    AbortSpec, BreakerSpec, BudgetSpec, DelaySpec, FailureRateSpec, FaultSpec, LoadBalancer,
+    RateLimitSpec, RetrySpec, StatusCode, TimeoutsSpec,
 };
 pub use service::{DnsSpec, EndpointSource, PeerId, ServiceSpec};
 

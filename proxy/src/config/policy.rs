@@ -328,3 +328,99 @@ impl TryFrom<RawBudget> for BudgetSpec {
         })
     }
 }
+
+/// Faults injected on purpose into a share of a service's or route's requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FaultSpec {
+    /// Answer a share of requests with a status, without sending them on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abort: Option<AbortSpec>,
+    /// Delay a share of requests before sending them on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay: Option<DelaySpec>,
+}
+
+/// `fault.abort`.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AbortSpec {
+    /// The share of requests, 0 to 100.
+    pub percent: Share,
+    /// The status they get.
+    pub status: StatusCode,
+    /// For gRPC calls, the `grpc-status` they get instead (0 to 16).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<GrpcCode>,
+}
+
+/// `fault.delay`.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DelaySpec {
+    /// The share of requests, 0 to 100.
+    pub percent: Share,
+    /// How long they wait.
+    pub duration: Dur,
+}
+
+/// A share of requests in percent, 0 to 100 (fractions allowed: `0.5`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Share(pub f64);
+
+impl<'de> Deserialize<'de> for Share {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if !(0.0..=100.0).contains(&v) {
+            return Err(serde::de::Error::custom(format!(
+                "{v} is not a percentage (0-100)"
+            )));
+        }
+        Ok(Self(v))
+    }
+}
+
+/// A gRPC status code, 0 to 16.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct GrpcCode(pub u16);
+
+impl<'de> Deserialize<'de> for GrpcCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u16::deserialize(d)?;
+        if v > 16 {
+            return Err(serde::de::Error::custom(format!(
+                "{v} is not a gRPC status code (0-16)"
+            )));
+        }
+        Ok(Self(v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{ok, rejected, HEAD};
+
+    #[test]
+    fn fault_rules_parse_and_out_of_range_values_are_refused_with_their_line() {
+        let svc = "spec:\n  services:\n    web:\n      endpoints: [127.0.0.1:8080]\n      fault:\n";
+        let c = ok(&format!(
+            "{HEAD}{svc}        abort: {{percent: 2.5, status: 503, grpcStatus: 14}}\n        delay: {{percent: 10, duration: 2s}}\n"
+        ));
+        let fault = c.proxy.services["web"].fault.unwrap();
+        let abort = fault.abort.unwrap();
+        assert_eq!((abort.percent.0, abort.status.0), (2.5, 503));
+        assert_eq!(abort.grpc_status.map(|g| g.0), Some(14));
+        assert_eq!(fault.delay.unwrap().duration.0.as_secs(), 2);
+        for (bad, why) in [
+            ("abort: {percent: 101, status: 503}", "is not a percentage"),
+            (
+                "abort: {percent: 1, status: 503, grpcStatus: 17}",
+                "is not a gRPC status code",
+            ),
+            ("delay: {percent: 1}", "missing field `duration`"),
+        ] {
+            let e = rejected(&format!("{HEAD}{svc}        {bad}\n"), why);
+            assert_eq!(e.line, Some(8), "{e:?}");
+        }
+    }
+}

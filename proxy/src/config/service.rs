@@ -8,7 +8,7 @@ use std::num::NonZeroUsize;
 use proxy_tls::SpiffeId;
 use serde::{Deserialize, Serialize};
 
-use super::{BreakerSpec, Dur, LoadBalancer, RateLimitSpec, RetrySpec, TimeoutsSpec};
+use super::{BreakerSpec, Dur, FaultSpec, LoadBalancer, RateLimitSpec, RetrySpec, TimeoutsSpec};
 
 /// One service the application may call.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -43,6 +43,8 @@ pub struct ServiceSpec {
     pub rate_limit: Option<RateLimitSpec>,
     /// The most requests in flight to the service; beyond it, 503 `load-shed`.
     pub max_in_flight: Option<NonZeroUsize>,
+    /// Faults injected on purpose into a share of its requests.
+    pub fault: Option<FaultSpec>,
     /// The identity its endpoints must prove: requests to it go over mutual TLS and HTTP/2.
     pub identity: Option<PeerId>,
     /// Destination labels written by hand (`dst_deployment`, ...), for a service whose
@@ -126,6 +128,7 @@ impl ServiceSpec {
             load_balancer: LoadBalancer::default(),
             rate_limit: None,
             max_in_flight: None,
+            fault: None,
             identity: None,
             metric_labels: MetricLabels::default(),
         }
@@ -211,6 +214,8 @@ struct RawServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     max_in_flight: Option<NonZeroUsize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    fault: Option<FaultSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     identity: Option<PeerId>,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     metric_labels: std::collections::BTreeMap<String, String>,
@@ -279,6 +284,7 @@ impl TryFrom<RawServiceSpec> for ServiceSpec {
             load_balancer: raw.load_balancer,
             rate_limit: raw.rate_limit,
             max_in_flight: raw.max_in_flight,
+            fault: raw.fault,
             identity: raw.identity,
             metric_labels: raw.metric_labels.try_into()?,
         })
@@ -320,6 +326,7 @@ impl From<ServiceSpec> for RawServiceSpec {
             load_balancer: s.load_balancer,
             rate_limit: s.rate_limit,
             max_in_flight: s.max_in_flight,
+            fault: s.fault,
             metric_labels: (&s.metric_labels).into(),
             identity: s.identity,
         }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use proxy_core::balance;
 use proxy_core::breaker;
 use proxy_core::classify::Classifier;
+use proxy_core::fault;
 use proxy_core::filter::{Filters, Mirror, MirrorSink};
 use proxy_core::limit::{self, MaxInFlight, PerClientRateLimit, RateLimit};
 use proxy_core::retry::{self, Backoff, BudgetParams};
@@ -20,7 +21,7 @@ use proxy_metrics::http::{HttpFamilies, OutboundRoute, Protocol, TargetMetrics};
 
 use super::{Policies, Route, ServiceTarget, Target};
 use crate::config::{
-    BreakerSpec, Dur, EndpointSource, ProxySpec, RateLimitSpec, RetrySpec, RouteSpec,
+    BreakerSpec, Dur, EndpointSource, FaultSpec, ProxySpec, RateLimitSpec, RetrySpec, RouteSpec,
     ServiceRoutes, ServiceSpec, TimeoutsSpec,
 };
 use crate::discovery::dns::Resolver;
@@ -136,6 +137,7 @@ pub(super) fn service(
             retry: svc.retry.as_ref().map(|r| retry_policy(r, &metrics)),
             timeouts: timeouts(&svc.timeouts),
             limits: limits(svc.rate_limit, svc.max_in_flight, None),
+            fault: svc.fault.as_ref().map(|f| fault(f, &metrics)),
             metrics,
         },
     })
@@ -366,12 +368,18 @@ fn route(
             })
             .collect()
     };
+    // A route's faults replace the service's.
+    let fault = match &policy.fault {
+        Some(f) => Some(self::fault(f, &metrics)),
+        None => apex.policies.fault.clone(),
+    };
     let policies = Policies {
         route: Some(spec.name.as_str().into()),
         metrics,
         retry,
         timeouts,
         limits,
+        fault,
     };
     let filters = with_mirrors(ctx, spec, services);
     policies.route_with(Arc::new(Backends::new(entries)), filters)
@@ -429,6 +437,7 @@ pub(super) fn app(
             limits: limits(spec.inbound.rate_limit, spec.inbound.max_in_flight, None),
             retry: None,
             timeouts: Timeouts::default(),
+            fault: None,
             metrics: metrics.target(Direction::Inbound, "", &addr.to_string(), None),
         },
     })
@@ -491,6 +500,22 @@ fn limits(
         max_in_flight: max_in_flight.map(|m| MaxInFlight::new(m.get())),
         parent,
     }))
+}
+
+fn fault(spec: &FaultSpec, metrics: &Arc<TargetMetrics>) -> Arc<fault::Policy> {
+    Arc::new(fault::Policy {
+        abort: spec.abort.map(|a| fault::Abort {
+            percent: a.percent.0,
+            status: http::StatusCode::from_u16(a.status.0)
+                .expect("the config admits statuses 100-599 only"),
+            grpc_status: a.grpc_status.map(|c| c.0),
+        }),
+        delay: spec.delay.map(|d| fault::Delay {
+            percent: d.percent.0,
+            duration: d.duration.0,
+        }),
+        observer: Some(metrics.clone()),
+    })
 }
 
 fn timeouts(spec: &TimeoutsSpec) -> Timeouts {

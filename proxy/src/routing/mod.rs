@@ -65,6 +65,8 @@ pub(crate) struct Policies {
     pub retry: Option<Arc<retry::Policy>>,
     /// Deadlines.
     pub timeouts: Timeouts,
+    /// Faults injected on purpose.
+    pub fault: Option<Arc<proxy_core::fault::Policy>>,
     /// Rate and concurrency limits.
     pub limits: Option<Arc<limit::Policy>>,
 }
@@ -85,6 +87,7 @@ impl Policies {
                 timeouts: self.timeouts,
                 limits: self.limits.clone(),
                 filters,
+                fault: self.fault.clone(),
             }),
             metrics: self.metrics.clone(),
         }
@@ -335,6 +338,7 @@ impl Resolve for OutboundResolver {
             retry: None,
             timeouts: Timeouts::default(),
             limits: None,
+            fault: None,
         };
         let name = destination.to_string();
         let target = Target::Passthrough {

@@ -32,6 +32,9 @@ pub struct RoutePolicySpec {
     /// The most requests in flight on the route, on top of the service's cap.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<std::num::NonZeroUsize>,
+    /// Faults injected into the route's requests (replacing the service's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<crate::config::FaultSpec>,
 }
 
 /// The routes attached to one service.

@@ -253,6 +253,7 @@ fn tap_line(e: &Event, colour: bool) -> String {
                 ("endpoint", &endpoint),
                 ("breaker", &r.breaker),
                 ("authz", &r.authz),
+                ("fault", &r.fault),
                 ("error", &r.error),
             ] {
                 if let Some(v) = v {

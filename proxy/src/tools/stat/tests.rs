@@ -139,6 +139,7 @@ fn end(status: u16, classification: Classification, duration_ms: f64) -> EndEven
         backend: None,
         endpoint: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
         breaker: None,
+        fault: None,
         authz: None,
         trace_id: None,
         body: None,
