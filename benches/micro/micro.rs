@@ -158,6 +158,7 @@ fn metrics_and_normalize(c: &mut Criterion) {
     let observe = Arc::new(proxy_metrics::http::Observe::new(
         proxy_core::Direction::Outbound,
         metrics.tap,
+        metrics.trace,
         Arc::default(),
         None,
     ));
@@ -234,7 +235,12 @@ fn full_request(c: &mut Criterion) {
         let config = skiff::config::parse(&yaml, None).unwrap();
         let (metrics, _registry) = proxy_metrics::Metrics::new();
         let state = Arc::new(skiff::State::new(&config, Arc::new(metrics)).unwrap());
-        let stack = skiff::outbound::stack(&state, proxy_core::limit::Client::Addr([127, 0, 0, 1].into()), None);
+        let stack = skiff::outbound::stack(
+            &state,
+            proxy_core::limit::Client::Addr([127, 0, 0, 1].into()),
+            ([127, 0, 0, 1], 40000).into(),
+            None,
+        );
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         tokio::spawn(async move {
             let _keep = state;

@@ -17,6 +17,8 @@ pub struct Noted {
     pub backend: Option<String>,
     /// The endpoint of the last try.
     pub endpoint: Option<SocketAddr>,
+    /// The identity the endpoint of the last try had to prove, when meshed.
+    pub peer_identity: Option<Arc<str>>,
     /// Tries made (1 without retries).
     pub tries: u32,
     /// The breaker's state when the last try was admitted (`Closed`, `HalfOpen`).

@@ -28,6 +28,7 @@ pub mod process;
 pub mod stats;
 pub mod tap;
 pub mod tcp;
+pub mod trace;
 
 use std::sync::Arc;
 
@@ -53,6 +54,8 @@ pub struct Metrics {
     pub discovery: Arc<discovery::DiscoveryFamilies>,
     /// The tap clients.
     pub tap: Arc<tap::TapHub>,
+    /// The tracer, when tracing is on, and its series.
+    pub trace: Arc<trace::TraceHub>,
 }
 
 impl Metrics {
@@ -82,6 +85,7 @@ impl Metrics {
             tap_dropped.clone(),
         );
         let tap = Arc::new(tap::TapHub::new(tap_dropped));
+        let trace = Arc::new(trace::TraceHub::register(&mut registry));
         let config_reloads = Family::default();
         registry.register(
             "skiff_config_reloads",
@@ -96,6 +100,7 @@ impl Metrics {
                 identity,
                 discovery,
                 tap,
+                trace,
             },
             registry,
         )

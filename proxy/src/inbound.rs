@@ -26,7 +26,12 @@ use crate::upstream::pick::PickLayer;
 
 /// The inbound chain for one connection, from `client`, sent to `orig_dst`'s port on the
 /// application when the connection was redirected.
-pub fn stack(state: &State, client: Client, orig_dst: Option<SocketAddr>) -> HttpService {
+pub fn stack(
+    state: &State,
+    client: Client,
+    peer: SocketAddr,
+    orig_dst: Option<SocketAddr>,
+) -> HttpService {
     let side = &state.inbound;
     // The app's series for this connection's caller (by identity, when meshed).
     let peer_metrics = side.resolver.peer_metrics(&client);
@@ -35,11 +40,9 @@ pub fn stack(state: &State, client: Client, orig_dst: Option<SocketAddr>) -> Htt
     let chain = ServiceBuilder::new()
         // Writes `Client` (the caller's address, or its verified identity) and `OriginalDst`.
         .map_request(mark_connection(client, orig_dst))
-        // Writes the `MetricsSlot` (and `Notes` while tapped); reads `Reason` on responses.
-        .layer(MetricsLayer::new(
-            side.unrouted.clone(),
-            side.observe.clone(),
-        ))
+        // Writes the `MetricsSlot` (and `Notes` while tapped or traced); reads and writes
+        // the trace context headers; reads `Reason` on responses.
+        .layer(MetricsLayer::new(side.unrouted.clone(), side.observe.clone()).with_peer(peer))
         // Writes `PeerMetrics`: the app's series for this connection's caller.
         .map_request(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(peer_metrics.clone());

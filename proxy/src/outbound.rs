@@ -29,18 +29,21 @@ use crate::upstream::pick::PickLayer;
 
 /// The outbound chain for one connection, from `client`, redirected from `orig_dst`
 /// (transparent mode) or made straight to the listener (`None`).
-pub fn stack(state: &State, client: Client, orig_dst: Option<SocketAddr>) -> HttpService {
+pub fn stack(
+    state: &State,
+    client: Client,
+    peer: SocketAddr,
+    orig_dst: Option<SocketAddr>,
+) -> HttpService {
     let side = &state.outbound;
     // Each layer's comment says what it reads from the request and what it leaves for the
     // layers below; `ctx` is the `RouteContext` the router writes.
     let chain = ServiceBuilder::new()
         // Writes `Client` and `OriginalDst`.
         .map_request(mark_connection(client, orig_dst))
-        // Writes the `MetricsSlot` (and `Notes` while tapped); reads `Reason` on responses.
-        .layer(MetricsLayer::new(
-            side.unrouted.clone(),
-            side.observe.clone(),
-        ))
+        // Writes the `MetricsSlot` (and `Notes` while tapped or traced); reads and writes
+        // the trace context headers; reads `Reason` on responses.
+        .layer(MetricsLayer::new(side.unrouted.clone(), side.observe.clone()).with_peer(peer))
         // Turns a `ProxyError` into the response the client sees (`skiff-error`).
         .layer(RespondLayer)
         // Writes the request's `Authority`.

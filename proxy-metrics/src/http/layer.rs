@@ -15,6 +15,7 @@
 //! authorization families, as Linkerd counts it.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
@@ -68,6 +69,7 @@ pub struct Metrics<S> {
     inner: S,
     unrouted: Arc<TargetMetrics>,
     observe: Arc<Observe>,
+    peer: Option<SocketAddr>,
 }
 
 /// Applies [`Metrics`].
@@ -75,13 +77,24 @@ pub struct Metrics<S> {
 pub struct MetricsLayer {
     unrouted: Arc<TargetMetrics>,
     observe: Arc<Observe>,
+    peer: Option<SocketAddr>,
 }
 
 impl MetricsLayer {
     /// A layer recording requests no target claims against `unrouted`, and feeding the
-    /// direction's tap and access log through `observe`.
+    /// direction's tap, access log and tracing through `observe`.
     pub fn new(unrouted: Arc<TargetMetrics>, observe: Arc<Observe>) -> Self {
-        Self { unrouted, observe }
+        Self {
+            unrouted,
+            observe,
+            peer: None,
+        }
+    }
+
+    /// The same, for one connection from `peer` (its address goes into spans).
+    pub fn with_peer(mut self, peer: SocketAddr) -> Self {
+        self.peer = Some(peer);
+        self
     }
 }
 
@@ -93,6 +106,7 @@ impl<S> Layer<S> for MetricsLayer {
             inner,
             unrouted: self.unrouted.clone(),
             observe: self.observe.clone(),
+            peer: self.peer,
         }
     }
 }
@@ -112,7 +126,7 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let slot = MetricsSlot::default();
         req.extensions_mut().insert(slot.clone());
-        let watched = self.observe.watch(&mut req);
+        let watched = self.observe.watch(&mut req, self.peer);
         ResponseFuture {
             inner: self.inner.call(req),
             slot,

@@ -31,7 +31,7 @@ use crate::Labels;
 pub use capped::{CardinalityLimits, OTHER};
 pub use destination::{ConnectionSeries, Destination};
 pub use layer::{Metrics, MetricsLayer, MetricsSlot, ResponseFuture};
-pub use observe::{access_log_writer, Observe, ObserveSettings, DEFAULT_ACCESS_LOG_FIELDS};
+pub use observe::{access_log_writer, Ending, Observe, ObserveSettings, DEFAULT_ACCESS_LOG_FIELDS};
 pub use outbound_route::Protocol;
 
 /// Linkerd's latency buckets, in milliseconds.

@@ -1,13 +1,15 @@
-//! Per-request visibility beyond counters: tap events and the access log.
+//! Per-request visibility beyond counters: tap events, the access log and trace spans.
 //!
-//! [`Observe`] is shared by a direction's stack. When nobody taps and the access log is
-//! off, [`Observe::watch`] returns `None` and a request costs one atomic load; otherwise the
-//! request gets a [`Watched`] record (and a [`Notes`] slot the inner layers fill in), from
-//! which the three tap events (request, response, end) and the access log line are made.
+//! [`Observe`] is shared by a direction's stack. When nobody taps, the access log is off
+//! and tracing is off, [`Observe::watch`] returns `None` and a request costs two atomic
+//! loads; otherwise the request gets a [`Watched`] record (and a [`Notes`] slot the inner
+//! layers fill in), from which the three tap events (request, response, end), the access
+//! log line and the span (see [`crate::trace`]) are made.
 //! The events are the typed [`Event`]s the CLI reads back; the access log line is the end
 //! event's fields that the config names, in its order, so the two cannot drift apart.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,6 +23,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::tap::{EndEvent, Event, Fields, Headers, RequestEvent, ResponseEvent, TapHub};
+use crate::trace::{Begun, SpanEnd, TraceHub};
 
 /// Headers never shown, whatever the config says.
 const ALWAYS_REDACTED: [&str; 4] = [
@@ -64,30 +67,43 @@ pub const DEFAULT_ACCESS_LOG_FIELDS: [&str; 14] = [
 pub struct Observe {
     direction: proxy_core::Direction,
     tap: Arc<TapHub>,
+    trace: Arc<TraceHub>,
     settings: Arc<ArcSwap<ObserveSettings>>,
     log: Option<std::sync::mpsc::SyncSender<String>>,
 }
 
 impl Observe {
-    /// The tap and access log of `direction`; access log lines go to `log`.
+    /// The tap, access log and tracing of `direction`; access log lines go to `log`.
     pub fn new(
         direction: proxy_core::Direction,
         tap: Arc<TapHub>,
+        trace: Arc<TraceHub>,
         settings: Arc<ArcSwap<ObserveSettings>>,
         log: Option<std::sync::mpsc::SyncSender<String>>,
     ) -> Self {
         Self {
             direction,
             tap,
+            trace,
             settings,
             log,
         }
     }
 
-    /// Starts watching a request, if anyone is interested; emits its request event.
-    pub fn watch<B>(self: &Arc<Self>, req: &mut Request<B>) -> Option<Arc<Watched>> {
+    /// Starts watching a request from `peer`, if anyone is interested; emits its request
+    /// event. With tracing on, this is where the request's trace context is read and this
+    /// hop's written, whether or not its span is recorded.
+    pub fn watch<B>(
+        self: &Arc<Self>,
+        req: &mut Request<B>,
+        peer: Option<SocketAddr>,
+    ) -> Option<Arc<Watched>> {
+        let span = match self.trace.tracer() {
+            Some(tracer) => tracer.begin(self.direction, req),
+            None => None,
+        };
         let logging = self.log.is_some() && self.settings.load().access_log.is_some();
-        if !self.tap.active() && !logging {
+        if !self.tap.active() && !logging && span.is_none() {
             return None;
         }
         let notes = Arc::new(Notes::default());
@@ -101,10 +117,10 @@ impl Observe {
                 host.to_str().ok().map(str::to_owned)
             })
             .unwrap_or_default();
-        let client = match req.extensions().get::<Client>() {
-            Some(Client::Identity(id)) => id.to_string(),
-            Some(Client::Addr(ip)) => ip.to_string(),
-            _ => String::new(),
+        let (client, caller_identity) = match req.extensions().get::<Client>() {
+            Some(Client::Identity(id)) => (id.to_string(), Some(id.clone())),
+            Some(Client::Addr(ip)) => (ip.to_string(), None),
+            _ => (String::new(), None),
         };
         let w = Arc::new(Watched {
             observe: self.clone(),
@@ -116,8 +132,11 @@ impl Observe {
             authority,
             path: req.uri().path().to_owned(),
             client,
+            caller_identity,
+            peer,
             trace_id: trace_id(req.headers()),
             notes,
+            span,
         });
         if self.tap.active() {
             let headers = self.headers(req.headers());
@@ -198,8 +217,12 @@ pub struct Watched {
     authority: String,
     path: String,
     client: String,
+    caller_identity: Option<Arc<str>>,
+    peer: Option<SocketAddr>,
     trace_id: Option<String>,
     notes: Arc<Notes>,
+    // The span, when this request's trace is recorded.
+    span: Option<Begun>,
 }
 
 /// How a watched request ended.
@@ -261,9 +284,23 @@ impl Watched {
         });
     }
 
-    /// The response ended: the end event, and the access log line.
+    /// The response ended: the end event, the access log line and the span.
     pub fn end(&self, ending: &Ending<'_>) {
         let noted = self.notes.get();
+        if let Some(span) = &self.span {
+            span.end(&SpanEnd {
+                method: &self.method,
+                authority: &self.authority,
+                path: &self.path,
+                peer: self.peer,
+                caller_identity: self.caller_identity.as_deref(),
+                noted: &noted,
+                ending,
+            });
+        }
+        if !self.observe.tap.active() && self.observe.log.is_none() {
+            return;
+        }
         let end = EndEvent {
             ts: round(self.ts),
             id: self.id,

@@ -93,6 +93,7 @@ async fn metrics_stats_and_tap_report_one_classification() {
         Direction::Outbound,
         tap.clone(),
         Arc::default(),
+        Arc::default(),
         None,
     ));
     let cases = [
@@ -193,6 +194,7 @@ async fn through(
     let observe = Arc::new(Observe::new(
         Direction::Outbound,
         Arc::new(TapHub::new(Counter::default())),
+        Arc::default(),
         Arc::default(),
         None,
     ));

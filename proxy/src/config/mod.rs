@@ -15,6 +15,7 @@ mod policy;
 mod service;
 #[cfg(test)]
 mod tests;
+mod traces;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -34,6 +35,7 @@ pub use policy::{
     RateLimitSpec, RetrySpec, StatusCode, TimeoutsSpec,
 };
 pub use service::{DnsSpec, EndpointSource, PeerId, ServiceSpec};
+pub use traces::TracingSpec;
 
 /// A loaded configuration.
 #[derive(Clone, Debug, Serialize)]
@@ -103,6 +105,9 @@ pub struct ProxySpec {
     pub access_log: AccessLogSpec,
     /// Metric cardinality and selection.
     pub metrics: MetricsSpec,
+    /// Spans exported over OTLP; off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingSpec>,
     /// This workload's mesh identity; without it, no mTLS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<IdentitySpec>,
@@ -133,6 +138,7 @@ impl Default for ProxySpec {
             reload_interval: Dur::secs(1),
             access_log: AccessLogSpec::default(),
             metrics: MetricsSpec::default(),
+            tracing: None,
             identity: None,
             dns: DnsSpec::default(),
             discovery: DiscoverySpec::default(),

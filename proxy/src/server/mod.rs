@@ -48,12 +48,13 @@ pub(crate) type HttpService = BoxCloneService<Request<Incoming>, Response<Body>,
 fn stack(
     state: &State,
     direction: Direction,
-    client: Client,
+    peer: SocketAddr,
     orig_dst: Option<SocketAddr>,
 ) -> HttpService {
+    let client = Client::Addr(peer.ip());
     match direction {
-        Direction::Outbound => crate::outbound::stack(state, client, orig_dst),
-        Direction::Inbound => crate::inbound::stack(state, client, orig_dst),
+        Direction::Outbound => crate::outbound::stack(state, client, peer, orig_dst),
+        Direction::Inbound => crate::inbound::stack(state, client, peer, orig_dst),
     }
 }
 
@@ -174,7 +175,7 @@ async fn serve(
             return;
         }
     };
-    let svc = || stack(state, direction, Client::Addr(peer.ip()), orig_dst);
+    let svc = || stack(state, direction, peer, orig_dst);
     let mesh = state
         .mesh
         .as_ref()
@@ -352,7 +353,7 @@ async fn serve_mesh(
     sink.set(&handles);
     let _open = handles.opened(&sink);
     let spec = state.spec.load_full();
-    let svc = crate::inbound::stack(state, client, orig_dst);
+    let svc = crate::inbound::stack(state, client, peer, orig_dst);
     if h2 {
         serve_http2(tls, svc, &spec, drain).await;
     } else {

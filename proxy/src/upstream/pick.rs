@@ -149,6 +149,7 @@ fn send_to(
     proxy_core::notes::note(req.extensions(), |n| {
         n.tries += 1;
         n.endpoint = Some(endpoint.pool.addr());
+        n.peer_identity = endpoint.pool.peer_id().map(|id| id.to_string().into());
         n.breaker = endpoint.gate.as_ref().map(|g| g.state().as_str());
     });
     if let (Some(dst), Some(slot)) = (&endpoint.destination, req.extensions().get::<MetricsSlot>())

@@ -109,6 +109,7 @@ impl State {
         let pools = Arc::new(Pools::new(client_settings(&spec)).with_metrics(metrics.tcp.clone()));
         let http = &metrics.http;
         cardinality(&spec, &metrics);
+        tracing_settings(&spec, &metrics);
         let mesh = match &spec.identity {
             None => None,
             Some(identity) => Some(
@@ -205,6 +206,7 @@ impl State {
             .store(Arc::new(observe_settings(&spec)));
         self.families.store(Arc::new(family_filter(&spec)));
         cardinality(&spec, &self.metrics);
+        tracing_settings(&spec, &self.metrics);
         // Every input of the outbound build is stored under the rebuild lock, before the
         // build: a discovery change that rebuilds next must see this spec, not the last.
         let rebuilding = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
@@ -410,6 +412,7 @@ impl Side<'_> {
             observe: Arc::new(Observe::new(
                 direction,
                 self.metrics.tap.clone(),
+                self.metrics.trace.clone(),
                 self.observe_settings.clone(),
                 Some(self.log.clone()),
             )),
@@ -440,6 +443,12 @@ fn cardinality(spec: &ProxySpec, metrics: &Metrics) {
         identity,
         max,
     );
+}
+
+/// Tracing on, off or to new settings: a changed `tracing` section takes effect on reload.
+fn tracing_settings(spec: &ProxySpec, metrics: &Metrics) {
+    let settings = spec.tracing.as_ref().map(|t| t.settings(&spec.namespace));
+    metrics.trace.configure(settings);
 }
 
 fn observe_settings(spec: &ProxySpec) -> ObserveSettings {

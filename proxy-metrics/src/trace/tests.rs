@@ -1,0 +1,276 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, Request};
+use proxy_core::Direction;
+
+use super::context::{extract, hex, Format, Sampled};
+use super::export::Collector;
+use super::*;
+
+fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (k, v) in pairs {
+        map.insert(*k, v.parse().unwrap());
+    }
+    map
+}
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const SPAN: &str = "00f067aa0ba902b7";
+
+#[test]
+fn w3c_traceparent_is_read_and_malformed_ones_are_ignored() {
+    let ok = format!("00-{TRACE}-{SPAN}-01");
+    let p = extract(&headers(&[("traceparent", &ok)])).unwrap();
+    assert_eq!(hex(&p.trace_id), TRACE);
+    assert_eq!(hex(&p.span_id), SPAN);
+    assert_eq!((p.sampled, p.format), (Sampled::Yes, Format::W3c));
+    let unsampled = format!("00-{TRACE}-{SPAN}-00");
+    assert_eq!(
+        extract(&headers(&[("traceparent", &unsampled)]))
+            .unwrap()
+            .sampled,
+        Sampled::No
+    );
+    // A later version may add fields; version 00 may not.
+    let future = format!("01-{TRACE}-{SPAN}-01-extra");
+    assert!(extract(&headers(&[("traceparent", &future)])).is_some());
+    for bad in [
+        format!("ff-{TRACE}-{SPAN}-01"),
+        format!("00-{TRACE}-{SPAN}-01-extra"),
+        format!("00-{}-{SPAN}-01", "0".repeat(32)),
+        format!("00-{TRACE}-{}-01", "0".repeat(16)),
+        format!("00-{}-{SPAN}-01", TRACE.to_uppercase()),
+        format!("00-{TRACE}-{SPAN}-1"),
+        format!("00-{}-{SPAN}-01", &TRACE[..30]),
+        "garbage".to_owned(),
+    ] {
+        assert!(
+            extract(&headers(&[("traceparent", &bad)])).is_none(),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn b3_single_and_multi_are_read_with_64_bit_trace_ids_padded() {
+    let p = extract(&headers(&[("b3", &format!("{TRACE}-{SPAN}-1-{SPAN}"))])).unwrap();
+    assert_eq!(
+        (hex(&p.trace_id).as_str(), p.sampled),
+        (TRACE, Sampled::Yes)
+    );
+    assert_eq!(p.format, Format::B3Single);
+    let short = extract(&headers(&[("b3", &format!("a3ce929d0e0e4736-{SPAN}"))])).unwrap();
+    assert_eq!(hex(&short.trace_id), "0000000000000000a3ce929d0e0e4736");
+    assert_eq!(short.sampled, Sampled::Deferred);
+    let multi = extract(&headers(&[
+        ("x-b3-traceid", TRACE),
+        ("x-b3-spanid", SPAN),
+        ("x-b3-sampled", "0"),
+    ]))
+    .unwrap();
+    assert_eq!(
+        (multi.sampled, multi.format),
+        (Sampled::No, Format::B3Multi)
+    );
+    let debug = extract(&headers(&[
+        ("x-b3-traceid", TRACE),
+        ("x-b3-spanid", SPAN),
+        ("x-b3-flags", "1"),
+    ]))
+    .unwrap();
+    assert_eq!(debug.sampled, Sampled::Yes);
+    assert!(context::decision_only(&headers(&[("b3", "0")])));
+    assert!(extract(&headers(&[("b3", &format!("{TRACE}-{SPAN}-x"))])).is_none());
+}
+
+fn settings(sampling: f64, queue: usize) -> TraceSettings {
+    TraceSettings {
+        // Nothing listens on port 9 of loopback (discard); failures are counted.
+        collector: Collector::parse("http://127.0.0.1:9").unwrap(),
+        sampling,
+        queue,
+        batch: 512,
+        flush_interval: Duration::from_millis(10),
+        export_timeout: Duration::from_secs(1),
+        resource: vec![("service.name".into(), "test".into())],
+    }
+}
+
+fn tracer(sampling: f64) -> Arc<Tracer> {
+    Arc::new(Tracer::start(settings(sampling, 64), Arc::default()))
+}
+
+fn request(pairs: &[(&'static str, &str)]) -> Request<()> {
+    let mut req = Request::new(());
+    *req.headers_mut() = headers(pairs);
+    req
+}
+
+fn traceparent(req: &Request<()>) -> String {
+    req.headers()["traceparent"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_sampled_caller_gets_a_child_span_and_the_next_hop_sees_it_as_parent() {
+    let t = tracer(0.0);
+    let incoming = format!("00-{TRACE}-{SPAN}-01");
+    let mut req = request(&[("traceparent", &incoming), ("tracestate", "vendor=1")]);
+    let span = t
+        .begin(Direction::Inbound, &mut req)
+        .expect("sampled by the caller");
+    assert_eq!(span.trace_id(), TRACE);
+    assert_eq!(span.parent.map(|p| hex(&p)).as_deref(), Some(SPAN));
+    let out = traceparent(&req);
+    let own = hex(&span.span_id);
+    assert_eq!(
+        out,
+        format!("00-{TRACE}-{own}-01"),
+        "this hop is the next one's parent"
+    );
+    assert_ne!(own, SPAN);
+    assert_eq!(
+        req.headers()["tracestate"],
+        "vendor=1",
+        "tracestate passes on"
+    );
+    assert_eq!(span.trace_state, "vendor=1");
+}
+
+#[tokio::test]
+async fn an_unsampled_caller_is_followed_and_its_headers_pass_untouched() {
+    let t = tracer(1.0);
+    let incoming = format!("00-{TRACE}-{SPAN}-00");
+    let mut req = request(&[("traceparent", &incoming)]);
+    assert!(t.begin(Direction::Outbound, &mut req).is_none());
+    assert_eq!(traceparent(&req), incoming);
+    let mut b3 = request(&[("b3", "0")]);
+    assert!(t.begin(Direction::Outbound, &mut b3).is_none());
+    assert!(b3.headers().get("traceparent").is_none());
+}
+
+#[tokio::test]
+async fn a_new_trace_is_sampled_by_ratio_and_the_decision_travels_either_way() {
+    let never = tracer(0.0);
+    let mut req = request(&[]);
+    assert!(never.begin(Direction::Outbound, &mut req).is_none());
+    let written = traceparent(&req);
+    assert!(
+        written.starts_with("00-") && written.ends_with("-00"),
+        "{written}"
+    );
+
+    let always = tracer(1.0);
+    let mut req = request(&[]);
+    let span = always
+        .begin(Direction::Outbound, &mut req)
+        .expect("sampled");
+    assert!(span.parent.is_none(), "a root span");
+    assert_eq!(
+        traceparent(&req),
+        format!("00-{}-{}-01", span.trace_id(), hex(&span.span_id))
+    );
+
+    let quarter = tracer(0.25);
+    let sampled = (0..10_000)
+        .filter(|_| {
+            quarter
+                .begin(Direction::Outbound, &mut request(&[]))
+                .is_some()
+        })
+        .count();
+    assert!(
+        (2_200..=2_800).contains(&sampled),
+        "{sampled} of 10000 at 0.25"
+    );
+}
+
+#[tokio::test]
+async fn b3_callers_get_b3_headers_rewritten_with_this_hop_as_parent() {
+    let t = tracer(1.0);
+    let mut req = request(&[
+        ("x-b3-traceid", TRACE),
+        ("x-b3-spanid", SPAN),
+        ("x-b3-sampled", "1"),
+    ]);
+    let span = t.begin(Direction::Inbound, &mut req).expect("sampled");
+    let own = hex(&span.span_id);
+    assert_eq!(req.headers()["x-b3-traceid"], TRACE);
+    assert_eq!(req.headers()["x-b3-spanid"], own.as_str());
+    assert_eq!(req.headers()["x-b3-parentspanid"], SPAN);
+    assert_eq!(traceparent(&req), format!("00-{TRACE}-{own}-01"));
+    let mut single = request(&[("b3", &format!("{TRACE}-{SPAN}"))]);
+    let span = t
+        .begin(Direction::Inbound, &mut single)
+        .expect("deferred: ours to decide");
+    let own = hex(&span.span_id);
+    assert_eq!(
+        single.headers()["b3"],
+        format!("{TRACE}-{own}-1-{SPAN}").as_str()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_drops_spans_without_waiting_and_counts_them() {
+    let families = Arc::new(TraceFamilies::default());
+    let t = Arc::new(Tracer::start(settings(1.0, 2), families.clone()));
+    for _ in 0..10 {
+        t.send(otlp::Span::default());
+    }
+    let queue_full = families
+        .dropped
+        .get_or_create(&vec![("reason", "queue-full".to_owned())])
+        .get();
+    assert_eq!(
+        queue_full, 8,
+        "two wait in the queue, the rest are dropped at once"
+    );
+}
+
+#[tokio::test]
+async fn spans_the_collector_cannot_take_are_counted_as_export_failed() {
+    let families = Arc::new(TraceFamilies::default());
+    let t = Arc::new(Tracer::start(settings(1.0, 64), families.clone()));
+    for _ in 0..3 {
+        t.send(otlp::Span::default());
+    }
+    let failed = || {
+        families
+            .dropped
+            .get_or_create(&vec![("reason", "export-failed".to_owned())])
+            .get()
+    };
+    // The exporter sends the batch after its 10 ms flush interval; the connection to a
+    // closed loopback port is refused at once.
+    let waited = tokio::time::timeout(Duration::from_secs(10), async {
+        while failed() < 3 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "export-failed: {}", failed());
+    assert_eq!(families.exported.get(), 0);
+}
+
+#[test]
+fn collector_urls_default_to_otlp_http_port_and_path() {
+    let c = Collector::parse("http://otel").unwrap();
+    assert_eq!(
+        (c.host.as_str(), c.port, c.path.as_str()),
+        ("otel", 4318, "/v1/traces")
+    );
+    let v6 = Collector::parse("http://[::1]:4000/x/traces").unwrap();
+    assert_eq!(
+        (v6.host.as_str(), v6.port, v6.path.as_str()),
+        ("::1", 4000, "/x/traces")
+    );
+    assert!(Collector::parse("grpc://otel:4317").is_err());
+}
+
+#[test]
+fn sampling_thresholds_cover_the_ends() {
+    assert_eq!(threshold(0.0), None);
+    assert_eq!(threshold(1.0), Some(u64::MAX));
+    assert_eq!(threshold(0.5), Some(1 << 63));
+}
