@@ -138,7 +138,8 @@ for doc in docs:
     values = {"POD_NAMESPACE": "smoke", "POD_NAME": "smoke", "POD_SERVICE_ACCOUNT": "default"}
     for c in sidecars:
         del c["restartPolicy"]
-        c["env"] = [{"name": e["name"], "value": values[e["name"]]} for e in c["env"]]
+        # Downward API fields become the values a pod would get; plain values stay.
+        c["env"] = [{"name": e["name"], "value": e.get("value", values.get(e["name"]))} for e in c["env"]]
         c["ports"] = [
             {"name": name, "containerPort": inner, "hostPort": int(outer), "hostIP": "127.0.0.1"}
             for name, inner, outer in [

@@ -31,6 +31,7 @@ mod config;
 pub mod dns;
 pub mod fake_api;
 pub mod mesh;
+pub mod otlp;
 pub mod prometheus;
 
 /// The body test handlers answer with.

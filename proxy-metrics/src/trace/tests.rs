@@ -274,3 +274,23 @@ fn sampling_thresholds_cover_the_ends() {
     assert_eq!(threshold(1.0), Some(u64::MAX));
     assert_eq!(threshold(0.5), Some(1 << 63));
 }
+
+#[tokio::test]
+async fn the_hub_keeps_its_tracer_for_the_same_settings_and_replaces_it_for_new_ones() {
+    let hub = TraceHub::default();
+    assert!(hub.tracer().is_none(), "off by default");
+    hub.configure(Some(settings(1.0, 64)));
+    let first = hub.tracer().expect("on");
+    hub.configure(Some(settings(1.0, 64)));
+    assert!(
+        Arc::ptr_eq(&first, &hub.tracer().unwrap()),
+        "a reload without changes"
+    );
+    hub.configure(Some(settings(0.5, 64)));
+    assert!(
+        !Arc::ptr_eq(&first, &hub.tracer().unwrap()),
+        "new settings, new tracer"
+    );
+    hub.configure(None);
+    assert!(hub.tracer().is_none(), "off again");
+}

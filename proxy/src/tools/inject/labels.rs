@@ -70,6 +70,13 @@ impl Owner {
         }
     }
 
+    /// `kind/name` (`deployment/web`), when the workload has a name.
+    pub(super) fn workload(&self) -> Option<String> {
+        self.name
+            .as_ref()
+            .map(|name| format!("{}/{name}", self.kind))
+    }
+
     /// The labels injection gives the pod template. Skiff's own always (when the workload has
     /// a name); with `--linkerd-compat`, also those Linkerd's injector writes, which
     /// linkerd-viz's scrape job keeps pods by (`control-plane-ns`) and maps to the series'

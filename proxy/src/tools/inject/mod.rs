@@ -238,7 +238,7 @@ fn workload(
             ));
         }
         check_ports(template)?;
-        add(template, options, &owner.labels(options));
+        add(template, options, &owner.labels(options), owner.workload());
     }
     Ok(Some(*template != before))
 }
@@ -343,13 +343,23 @@ fn fragment(text: &str) -> Value {
 }
 
 /// The sidecar: a native sidecar (an init container that keeps running), unprivileged,
-/// with a read-only root filesystem, probed on the admin `/ready` and `/live`.
-fn sidecar(options: &Options) -> Value {
+/// with a read-only root filesystem, probed on the admin `/ready` and `/live`. The
+/// downward API gives it the pod's name, namespace and service account, and
+/// `SKIFF_WORKLOAD` (`deployment/web`) names the workload, which the pod cannot read of
+/// itself: traces use them as their resource.
+fn sidecar(options: &Options, workload: Option<String>) -> Value {
     let admin_port = if options.linkerd_compat {
         LINKERD_ADMIN_PORT
     } else {
         ADMIN_PORT
     };
+    // Quoted as JSON, a YAML subset: a name is a label value, but this keeps it a string.
+    let workload_env = workload.map_or_else(String::new, |w| {
+        format!(
+            "\n- {{name: SKIFF_WORKLOAD, value: {}}}",
+            serde_json::Value::String(w)
+        )
+    });
     fragment(&format!(
         r#"
 name: {name}
@@ -365,7 +375,7 @@ env:
 - name: POD_NAME
   valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
 - name: POD_SERVICE_ACCOUNT
-  valueFrom: {{fieldRef: {{fieldPath: spec.serviceAccountName}}}}
+  valueFrom: {{fieldRef: {{fieldPath: spec.serviceAccountName}}}}{workload_env}
 resources:
   requests: {{cpu: 100m, memory: 20Mi}}
   limits: {{memory: 250Mi}}
@@ -460,7 +470,12 @@ fn volumes(options: &Options) -> [Value; 3] {
     ]
 }
 
-fn add(template: &mut Value, options: &Options, labels: &[(String, String)]) {
+fn add(
+    template: &mut Value,
+    options: &Options,
+    labels: &[(String, String)],
+    workload: Option<String>,
+) {
     let Some(t) = template.as_mapping_mut() else {
         return;
     };
@@ -505,7 +520,7 @@ fn add(template: &mut Value, options: &Options, labels: &[(String, String)]) {
         .then(|| init_container(options, annotations));
     let spec = child_map(t, "spec");
     let containers = child_list(spec, "initContainers");
-    containers.insert(0, sidecar(options));
+    containers.insert(0, sidecar(options, workload));
     // The rules go in before anything else in the pod starts, the sidecar included.
     if let Some(init) = init {
         containers.insert(0, init);

@@ -64,7 +64,17 @@ fn the_sidecar_is_native_unprivileged_and_probed() {
         .iter()
         .map(|e| e["name"].as_str().unwrap())
         .collect();
-    assert_eq!(env, ["POD_NAMESPACE", "POD_NAME", "POD_SERVICE_ACCOUNT"]);
+    assert_eq!(
+        env,
+        [
+            "POD_NAMESPACE",
+            "POD_NAME",
+            "POD_SERVICE_ACCOUNT",
+            "SKIFF_WORKLOAD"
+        ]
+    );
+    // The workload's kind and name, which the downward API cannot give (traces' resource).
+    assert_eq!(sidecar["env"][3]["value"], "pod/shell");
     let volumes = pod["spec"]["volumes"].as_sequence().unwrap();
     assert_eq!(volumes[1]["csi"]["driver"], "spiffe.csi.cert-manager.io");
 }
