@@ -1,7 +1,7 @@
 //! Microbenchmarks of the per-request hot path: route matching on a realistic route table,
 //! the split's draw, breaker and balancer bookkeeping, metric recording, header
-//! normalisation, and one whole request through the outbound stack over an in-memory
-//! connection.
+//! normalisation, tracing, and one whole request through the outbound stack over an
+//! in-memory connection.
 //!
 //!   cargo bench -p skiff-benches
 //!
@@ -270,11 +270,86 @@ fn full_request(c: &mut Criterion) {
     );
 }
 
+/// What tracing adds to a request: reading and writing the context when the request is not
+/// sampled, and when it is, making the span and queueing it (to a queue kept full, so the
+/// exporter's work is not in the figure; `load/tracing.sh` measures that).
+fn tracing(c: &mut Criterion) {
+    use proxy_metrics::trace::{export::Collector, SpanEnd, TraceSettings, Tracer};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let tracer = |sampling: f64| {
+        let settings = TraceSettings {
+            collector: Collector::parse("http://127.0.0.1:9").unwrap(),
+            sampling,
+            queue: 1,
+            batch: 1,
+            flush_interval: Duration::from_secs(3600),
+            export_timeout: Duration::from_secs(1),
+            resource: Vec::new(),
+        };
+        Arc::new(Tracer::start(settings, Arc::default()))
+    };
+    let request = |traceparent: Option<&str>| {
+        let mut req = Request::get("/api/v1/orders")
+            .header("host", "web")
+            .body(())
+            .unwrap();
+        if let Some(tp) = traceparent {
+            req.headers_mut().insert("traceparent", tp.parse().unwrap());
+        }
+        req
+    };
+    let never = tracer(0.0);
+    c.bench_function("trace: a new trace, not sampled (context written)", |b| {
+        b.iter(|| {
+            let mut req = request(None);
+            black_box(never.begin(proxy_core::Direction::Outbound, &mut req));
+        })
+    });
+    let always = tracer(1.0);
+    let noted = proxy_core::notes::Noted {
+        route: Some("web/orders".into()),
+        endpoint: Some(([10, 0, 0, 7], 8080).into()),
+        tries: 1,
+        ..Default::default()
+    };
+    let ending = proxy_metrics::http::Ending {
+        status: 200,
+        duration_ms: 1.5,
+        response_bytes: 20,
+        grpc_status: None,
+        error: None,
+        classification: proxy_core::classify::Classification::Success,
+        body: &[],
+    };
+    c.bench_function("trace: a sampled request's span, made and queued", |b| {
+        b.iter(|| {
+            let mut req = request(Some(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ));
+            let span = always.begin(proxy_core::Direction::Outbound, &mut req).unwrap();
+            span.end(&SpanEnd {
+                method: "GET",
+                authority: "web",
+                path: "/api/v1/orders",
+                peer: None,
+                caller_identity: None,
+                noted: &noted,
+                ending: &ending,
+            });
+        })
+    });
+}
+
 criterion_group!(
     benches,
     routing,
     bookkeeping,
     metrics_and_normalize,
-    full_request
+    full_request,
+    tracing
 );
 criterion_main!(benches);
