@@ -330,7 +330,9 @@ fn tracing(c: &mut Criterion) {
             let mut req = request(Some(
                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             ));
-            let span = always.begin(proxy_core::Direction::Outbound, &mut req).unwrap();
+            let span = always
+                .begin(proxy_core::Direction::Outbound, &mut req)
+                .unwrap();
             span.end(&SpanEnd {
                 method: "GET",
                 authority: "web",

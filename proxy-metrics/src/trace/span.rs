@@ -37,7 +37,7 @@ impl Begun {
         self.tracer.send(span);
     }
 
-    fn to_span(&self, end: &SpanEnd<'_>) -> otlp::Span {
+    pub(super) fn to_span(&self, end: &SpanEnd<'_>) -> otlp::Span {
         let ending = end.ending;
         let noted = end.noted;
         let mut attrs = vec![

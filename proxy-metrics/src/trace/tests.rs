@@ -294,3 +294,57 @@ async fn the_hub_keeps_its_tracer_for_the_same_settings_and_replaces_it_for_new_
     hub.configure(None);
     assert!(hub.tracer().is_none(), "off again");
 }
+
+#[tokio::test]
+async fn a_grpc_failure_in_a_200_is_an_error_span_with_its_status() {
+    let t = tracer(1.0);
+    let mut req = request(&[]);
+    let span = t.begin(Direction::Inbound, &mut req).expect("sampled");
+    let noted = proxy_core::notes::Noted {
+        tries: 1,
+        ..Default::default()
+    };
+    let ending = crate::http::Ending {
+        status: 200,
+        duration_ms: 2.0,
+        response_bytes: 0,
+        grpc_status: Some(14),
+        error: None,
+        classification: proxy_core::classify::Classification::Failure,
+        body: &[],
+    };
+    let out = span.to_span(&SpanEnd {
+        method: "POST",
+        authority: "[fd00::7]:50051",
+        path: "/shop.Cart/Add",
+        peer: Some(([10, 0, 0, 9], 41000).into()),
+        caller_identity: Some("spiffe://cluster.local/ns/shop/sa/web"),
+        noted: &noted,
+        ending: &ending,
+    });
+    let attr = |k: &str| {
+        out.attributes
+            .iter()
+            .find(|kv| kv.key == k)
+            .and_then(|kv| kv.value.clone())
+            .and_then(|v| v.value)
+            .unwrap_or_else(|| panic!("{k} in {:?}", out.attributes))
+    };
+    use otlp::Value;
+    assert_eq!(attr("rpc.grpc.status_code"), Value::Int(14));
+    assert_eq!(attr("error.type"), Value::String("grpc-status 14".into()));
+    assert_eq!(attr("server.address"), Value::String("fd00::7".into()));
+    assert_eq!(attr("server.port"), Value::Int(50051));
+    assert_eq!(attr("client.address"), Value::String("10.0.0.9".into()));
+    assert_eq!(
+        attr("skiff.peer.identity"),
+        Value::String("spiffe://cluster.local/ns/shop/sa/web".into())
+    );
+    let status = out.status.expect("an error status");
+    assert_eq!(
+        (status.code, status.message.as_str()),
+        (otlp::STATUS_ERROR, "grpc-status 14")
+    );
+    assert_eq!(out.kind, otlp::SpanKind::Server as i32);
+    assert_eq!(out.end_time_unix_nano - out.start_time_unix_nano, 2_000_000);
+}
