@@ -25,13 +25,7 @@ if [ -z "${SKIFF:-}" ]; then
   SKIFF=$(pwd)/target/release/skiff
 fi
 
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-wait_port() {
-  for _ in $(seq 400); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
-  echo "nothing listens on $1" >&2; return 1
-}
+. "$(pwd)/benches/load/lib.sh"
 
 "$SKIFF" bench-backend --listen 127.0.0.1:19000 >"$WORK/backend.log" 2>&1 &
 PIDS+=($!)

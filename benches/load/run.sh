@@ -46,26 +46,14 @@ SKIFF=$ROOT/target/release/skiff
 echo -10 > /proc/self/autogroup 2>/dev/null || true
 if [ "$(nproc)" -ge 2 ]; then SRV="taskset -c 1"; GEN="taskset -c 0"; else SRV=""; GEN=""; fi
 
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
+. "$ROOT/benches/load/lib.sh"
 start() { # name, command...
   local name=$1; shift
   $SRV "$@" >"$WORK/$name.log" 2>&1 &
   PIDS+=($!)
   eval "PID_$name=$!"
 }
-wait_port() { # port
-  for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
-  echo "nothing listens on $1" >&2; return 1
-}
-
-# The ports must be free: a stale server from an earlier run would be measured instead.
-for port in 19000 19080 19081 19082 19140 19180 19181 19240 19340 19443 19540 19643; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "port $port is in use (a server from an earlier run?): stop it first" >&2; exit 1
-  fi
-done
+ports_free 19000 19080 19081 19082 19140 19180 19181 19240 19340 19443 19540 19643
 
 # ---- backend ----
 start backend "$SKIFF" bench-backend --listen 127.0.0.1:19000

@@ -22,18 +22,8 @@ cargo build --release -q -p skiff
 SKIFF=$ROOT/target/release/skiff
 if [ "$(nproc)" -ge 2 ]; then SRV="taskset -c 1"; GEN="taskset -c 0"; else SRV=""; GEN=""; fi
 
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-wait_port() {
-  for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
-  echo "nothing listens on $1" >&2; return 1
-}
-for port in 19000 19140 19141 19142 19143 19144 19191 19192 19193 19194 19195 19400; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "port $port is in use: stop it first" >&2; exit 1
-  fi
-done
+. "$ROOT/benches/load/lib.sh"
+ports_free 19000 19140 19141 19142 19143 19144 19191 19192 19193 19194 19195 19400
 
 $SRV "$SKIFF" bench-backend --listen 127.0.0.1:19000 >"$WORK/backend.log" 2>&1 & PIDS+=($!)
 wait_port 19000

@@ -72,6 +72,20 @@ fn tracing(url: &str, service: &str, more: Value) -> Value {
     json!({ "tracing": t })
 }
 
+/// A caller's W3C context for `TRACE`, its span `SPAN`, sampled.
+fn sampled() -> String {
+    format!("00-{TRACE}-{SPAN}-01")
+}
+
+/// `GET path` to `host` with `headers`.
+fn with_headers(host: &str, path: &str, headers: &[(&str, &str)]) -> Request<TestBody> {
+    let mut req = Request::get(path).header("host", host);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.body(text("")).unwrap()
+}
+
 fn attr<'a>(span: &'a Value, key: &str) -> &'a Value {
     &span["attributes"][key]
 }
@@ -207,38 +221,31 @@ async fn callers_context_and_failures() {
     let mut c = h1(a.outbound_addr).await;
 
     // W3C: the caller's trace and sampling decision go on (ratio 0 applies to new traces).
-    let req = Request::get("/w3c")
-        .header("host", "web")
-        .header("traceparent", format!("00-{TRACE}-{SPAN}-01"))
-        .header("tracestate", "vendor=opaque")
-        .body(text(""))
-        .unwrap();
+    let req = with_headers(
+        "web",
+        "/w3c",
+        &[("traceparent", &sampled()), ("tracestate", "vendor=opaque")],
+    );
     assert_eq!(c.send_request(req).await.unwrap().status(), StatusCode::OK);
     let w3c_seen = app.last();
     // B3, multi-header: rewritten, with the caller's span as this hop's parent.
-    let req = Request::get("/b3")
-        .header("host", "web")
-        .header("x-b3-traceid", TRACE)
-        .header("x-b3-spanid", SPAN)
-        .header("x-b3-sampled", "1")
-        .body(text(""))
-        .unwrap();
+    let req = with_headers(
+        "web",
+        "/b3",
+        &[
+            ("x-b3-traceid", TRACE),
+            ("x-b3-spanid", SPAN),
+            ("x-b3-sampled", "1"),
+        ],
+    );
     assert_eq!(c.send_request(req).await.unwrap().status(), StatusCode::OK);
     let b3_seen = app.last();
     // A failure: no endpoint answers.
-    let req = Request::get("/down")
-        .header("host", "gone")
-        .header("traceparent", format!("00-{TRACE}-{SPAN}-01"))
-        .body(text(""))
-        .unwrap();
+    let req = with_headers("gone", "/down", &[("traceparent", &sampled())]);
     let rsp = c.send_request(req).await.unwrap();
     assert_eq!(rsp.status(), StatusCode::BAD_GATEWAY);
     // A fault injected on purpose shows as one.
-    let req = Request::get("/broken")
-        .header("host", "web")
-        .header("traceparent", format!("00-{TRACE}-{SPAN}-01"))
-        .body(text(""))
-        .unwrap();
+    let req = with_headers("web", "/broken", &[("traceparent", &sampled())]);
     let rsp = c.send_request(req).await.unwrap();
     assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
 
@@ -314,11 +321,7 @@ async fn ratio_zero() {
     }
     // A marker the caller sampled: spans go out in order, so anything the 20 requests
     // before it had produced would arrive with it or before it.
-    let req = Request::get("/marker")
-        .header("host", "web")
-        .header("traceparent", format!("00-{TRACE}-{SPAN}-01"))
-        .body(text(""))
-        .unwrap();
+    let req = with_headers("web", "/marker", &[("traceparent", &sampled())]);
     assert_eq!(c.send_request(req).await.unwrap().status(), StatusCode::OK);
     let spans = receiver.spans(1, WAIT).await;
     assert_eq!(spans.len(), 1, "only the marker's span: {spans:#?}");
