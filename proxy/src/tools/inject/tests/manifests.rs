@@ -101,10 +101,22 @@ fn typed_lists_and_any_kind_with_a_pod_template_are_injected() {
     let doc: Value = serde_yaml_ng::from_str(&out).unwrap();
     assert_eq!(injected_templates(&doc).len(), 2);
 
-    // A kind this tool has never heard of, with a standard pod template (a Knative Service
-    // or an operator's custom workload), is injected; a `spec.template` that is not a pod
-    // template is left alone.
+    // A kind this tool has never heard of, with a standard pod template (an Argo Rollout, a
+    // Knative Service or an operator's custom workload), is injected; a `spec.template` that
+    // is not a pod template is left alone.
     let custom = r"
+apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata: {name: checkout}
+spec:
+  replicas: 3
+  strategy: {canary: {steps: [{setWeight: 20}, {pause: {}}]}}
+  selector: {matchLabels: {app: checkout}}
+  template:
+    metadata: {labels: {app: checkout}}
+    spec:
+      containers: [{name: checkout, image: checkout:2}]
+---
 apiVersion: serving.knative.dev/v1
 kind: Service
 metadata: {name: hello}
@@ -120,14 +132,22 @@ spec:
   template: {title: Weekly, sections: [intro]}
 ";
     let (out, report) = transform(custom, &Options::default(), false).unwrap();
-    assert_eq!(report.changed, 1);
+    assert_eq!(report.changed, 2);
     let docs: Vec<Value> = out
         .split("---\n")
         .map(|d| serde_yaml_ng::from_str(d).unwrap())
         .collect();
-    assert_eq!(injected_templates(&docs[0]).len(), 1);
-    assert_eq!(docs[1]["spec"]["template"]["title"], "Weekly");
-    assert!(!out.split("---\n").nth(1).unwrap().contains(INJECTED));
+    assert_eq!(injected_templates(&docs[0]).len(), 1, "the Rollout");
+    let sidecar = &docs[0]["spec"]["template"]["spec"]["initContainers"][0];
+    assert_eq!(sidecar["name"], "skiff");
+    assert_eq!(sidecar["env"][3]["value"], "rollout/checkout", "{sidecar:?}");
+    assert_eq!(
+        docs[0]["spec"]["strategy"]["canary"]["steps"][0]["setWeight"], 20,
+        "the rest of the Rollout is kept"
+    );
+    assert_eq!(injected_templates(&docs[1]).len(), 1, "the Knative Service");
+    assert_eq!(docs[2]["spec"]["template"]["title"], "Weekly");
+    assert!(!out.split("---\n").nth(2).unwrap().contains(INJECTED));
 }
 
 #[test]
