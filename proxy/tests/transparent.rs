@@ -9,6 +9,10 @@
 //! through Skiff inbound, and Skiff's own upstream connections are not redirected into
 //! itself. Both backends (nft and iptables) are run; cleanup removes every rule.
 //!
+//! A fourth run binds the outbound and inbound listeners as dual-stack sockets (`[::]`):
+//! the pod's IPv4 connections then arrive with v4-mapped addresses, and their original
+//! destinations must be read all the same.
+//!
 //! A third run has no `services` table at all: Skiff reads the Service and its EndpointSlice
 //! from the fake Kubernetes API server (`skiff_e2e::fake_api`, run by this binary inside the
 //! remote namespace), so the cluster IP the app calls is one that only the API knows.
@@ -167,18 +171,34 @@ enum Source {
     Api,
 }
 
-fn config(source: Source, dir: &std::path::Path) -> String {
-    let head = "apiVersion: skiff.dev/v1alpha1
+/// How Skiff's outbound and inbound listeners are bound.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Listen {
+    /// IPv4 sockets: `127.0.0.1:4140` and `0.0.0.0:4143`.
+    V4,
+    /// Dual-stack sockets, `[::]:4140` and `[::]:4143`: IPv4 connections arrive on them
+    /// with v4-mapped addresses, and their original destination must still be read.
+    DualStack,
+}
+
+fn config(source: Source, listen: Listen, dir: &std::path::Path) -> String {
+    let (outbound, inbound) = match listen {
+        Listen::V4 => ("127.0.0.1:4140", "0.0.0.0:4143"),
+        Listen::DualStack => ("'[::]:4140'", "'[::]:4143'"),
+    };
+    let head = format!(
+        "apiVersion: skiff.dev/v1alpha1
 kind: Proxy
 spec:
   outbound:
-    listen: 127.0.0.1:4140
+    listen: {outbound}
   inbound:
-    listen: 0.0.0.0:4143
+    listen: {inbound}
     appPort: 8081
   admin:
     listen: 127.0.0.1:4191
-";
+"
+    );
     match source {
         Source::File => format!(
             "{head}  services:
@@ -245,14 +265,19 @@ fn fake_api(addr: &str) -> ! {
 
 /// Sets up the namespaces, backends, rules and Skiff for `backend`, with its services from
 /// `source`.
-fn lab(backend: &str, source: Source) -> Lab {
-    let tag = format!("{}-{backend}-{}", std::process::id(), source as u8);
+fn lab(backend: &str, source: Source, listen: Listen) -> Lab {
+    let tag = format!(
+        "{}-{backend}-{}{}",
+        std::process::id(),
+        source as u8,
+        listen as u8
+    );
     let dir = std::env::temp_dir().join(format!("skiff-transparent-{tag}"));
     std::fs::create_dir_all(&dir).unwrap();
     // Skiff runs as uid 2102: it must be able to read its config.
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let config_path = dir.join("skiff.yaml");
-    std::fs::write(&config_path, config(source, &dir)).unwrap();
+    std::fs::write(&config_path, config(source, listen, &dir)).unwrap();
     std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut lab = Lab {
         pod: format!("skiff-pod-{tag}"),
@@ -344,22 +369,34 @@ fn main() -> ExitCode {
     }
     let args = Arguments::from_args();
     let trials = [
-        ("transparent_mode_with_nft", "nft", Source::File),
-        ("transparent_mode_with_iptables", "iptables", Source::File),
+        ("transparent_mode_with_nft", "nft", Source::File, Listen::V4),
+        (
+            "transparent_mode_with_iptables",
+            "iptables",
+            Source::File,
+            Listen::V4,
+        ),
         (
             "transparent_mode_with_cluster_ips_only_the_api_knows",
             "nft",
             Source::Api,
+            Listen::V4,
+        ),
+        (
+            "transparent_mode_on_dual_stack_listeners",
+            "nft",
+            Source::File,
+            Listen::DualStack,
         ),
     ]
     .into_iter()
-    .map(|(name, backend, source)| {
+    .map(|(name, backend, source, listen)| {
         Trial::ignorable_test(name, move || {
             if let Some(why) = missing_tools() {
                 eprintln!("SKIPPED {name}: {why}");
                 return Ok(Completion::ignored_with(why));
             }
-            transparent_mode(backend, source);
+            transparent_mode(backend, source, listen);
             Ok(Completion::Completed)
         })
     })
@@ -367,8 +404,8 @@ fn main() -> ExitCode {
     libtest_mimic::run(&args, trials).exit_code()
 }
 
-fn transparent_mode(backend: &str, source: Source) {
-    let lab = lab(backend, source);
+fn transparent_mode(backend: &str, source: Source, listen: Listen) {
+    let lab = lab(backend, source, listen);
     let pod = lab.pod.clone();
 
     // A cluster IP known to Skiff's config: routed to the service's endpoint.

@@ -120,6 +120,9 @@ pub(crate) async fn accept_loop(
             () = drain.signaled() => return,
         };
         let _ = stream.set_nodelay(true);
+        // An IPv4 caller on a dual-stack socket is known by its IPv4 address, as on an
+        // IPv4 socket (for metrics, limits, authorization and logs alike).
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let state = state.clone();
         let drain = drain.clone();
         tokio::spawn(async move {
@@ -424,6 +427,11 @@ fn tcp_allowed(state: &State, direction: Direction, peer: SocketAddr, target: So
 /// `None` when the connection came straight to the listener.
 fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
     let local = stream.local_addr().ok()?;
+    // An IPv4 connection accepted on a dual-stack socket (`[::]`) has a v4-mapped local
+    // address, and its original destination is in the IPv4 connection tracking: the
+    // IPv4 option answers for it on an IPv6 socket, the IPv6 one does not. Compared in
+    // its IPv4 form, a connection that was not redirected is still recognised as such.
+    let local = SocketAddr::new(local.ip().to_canonical(), local.port());
     let sock = SockRef::from(stream);
     let dst = if local.is_ipv4() {
         sock.original_dst_v4()

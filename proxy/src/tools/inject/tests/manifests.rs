@@ -140,7 +140,10 @@ spec:
     assert_eq!(injected_templates(&docs[0]).len(), 1, "the Rollout");
     let sidecar = &docs[0]["spec"]["template"]["spec"]["initContainers"][0];
     assert_eq!(sidecar["name"], "skiff");
-    assert_eq!(sidecar["env"][3]["value"], "rollout/checkout", "{sidecar:?}");
+    assert_eq!(
+        sidecar["env"][3]["value"], "rollout/checkout",
+        "{sidecar:?}"
+    );
     assert_eq!(
         docs[0]["spec"]["strategy"]["canary"]["steps"][0]["setWeight"], 20,
         "the rest of the Rollout is kept"
