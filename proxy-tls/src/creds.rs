@@ -76,7 +76,8 @@ pub struct Credentials {
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
     server: Arc<ServerConfig>,
-    clients: Mutex<HashMap<SpiffeId, Arc<ClientConfig>>>,
+    // By peer, and whether the connection is for HTTP/1.1 (an upgrade) rather than HTTP/2.
+    clients: Mutex<HashMap<(SpiffeId, bool), Arc<ClientConfig>>>,
 }
 
 impl Credentials {
@@ -164,10 +165,25 @@ impl Credentials {
         self.server.clone()
     }
 
-    /// The config for connections to a peer that must be `peer`.
+    /// The config for connections to a peer that must be `peer`, offering HTTP/2 (ALPN `h2`).
     pub fn client_config(&self, peer: &SpiffeId) -> Result<Arc<ClientConfig>, CredError> {
+        self.client_config_for(peer, false)
+    }
+
+    /// The same, offering HTTP/1.1 (ALPN `http/1.1`): for a connection that carries one
+    /// HTTP/1.1 upgrade (WebSocket) to the peer, which HTTP/2 between proxies cannot.
+    pub fn client_config_http1(&self, peer: &SpiffeId) -> Result<Arc<ClientConfig>, CredError> {
+        self.client_config_for(peer, true)
+    }
+
+    fn client_config_for(
+        &self,
+        peer: &SpiffeId,
+        http1: bool,
+    ) -> Result<Arc<ClientConfig>, CredError> {
+        let key = (peer.clone(), http1);
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(config) = clients.get(peer) {
+        if let Some(config) = clients.get(&key) {
             return Ok(config.clone());
         }
         let verifier = ServerVerifier {
@@ -181,9 +197,13 @@ impl Credentials {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_cert_resolver(Arc::new(OwnCert(self.key.clone())));
-        config.alpn_protocols = vec![crate::ALPN_H2.to_vec()];
+        config.alpn_protocols = if http1 {
+            vec![crate::ALPN_HTTP1.to_vec()]
+        } else {
+            vec![crate::ALPN_H2.to_vec()]
+        };
         let config = Arc::new(config);
-        clients.insert(peer.clone(), config.clone());
+        clients.insert(key, config.clone());
         Ok(config)
     }
 }
@@ -205,7 +225,7 @@ fn server_config(
             key: key.clone(),
             server_name: id.server_name(),
         }));
-    config.alpn_protocols = vec![crate::ALPN_H2.to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![crate::ALPN_H2.to_vec(), crate::ALPN_HTTP1.to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -23,6 +23,8 @@ pub use verify::{ForeignTrustDomain, WrongIdentity};
 
 /// ALPN protocol between proxies: HTTP/2.
 pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN protocol between proxies for a connection carrying an HTTP/1.1 upgrade.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// The identity in a peer's certificate chain (as rustls hands it over after a handshake
 /// that verified it).

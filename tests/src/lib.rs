@@ -33,6 +33,7 @@ pub mod fake_api;
 pub mod mesh;
 pub mod otlp;
 pub mod prometheus;
+pub mod websocket;
 
 /// The body test handlers answer with.
 pub type TestBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;

@@ -480,3 +480,34 @@ async fn forbidden_response_trailer_fields_are_dropped_on_the_mesh_hop() {
     }
     assert_eq!(calm, StatusCode::OK);
 }
+
+/// A WebSocket upgrade to a meshed service crosses on a mutual TLS connection of its own
+/// (HTTP/1.1 by ALPN: an upgrade cannot ride the HTTP/2 connection between proxies), through
+/// a strict peer that would refuse plaintext: 1 MiB each way, a clean close, and the callee's
+/// proxy counts the request under the caller's identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_to_a_meshed_service_crosses_over_mtls() {
+    let ca = DevCa::new("cluster.local").unwrap();
+    let ws = skiff_e2e::websocket::echo_backend().await;
+    let (b, _) = server_proxy(&ca, ws.addr).await;
+    let a = client_proxy(&ca, "web", b.inbound_addr, "api").await;
+
+    skiff_e2e::websocket::echo_a_mebibyte(a.outbound_addr, "api").await;
+    assert_eq!(ws.last().headers["upgrade"], "websocket");
+
+    let (_, metrics) = admin_get(b.admin_addr, "/metrics").await;
+    let upgrade = metrics.lines().find(|l| {
+        l.starts_with("response_total{")
+            && l.contains("direction=\"inbound\"")
+            && l.contains("status_code=\"101\"")
+    });
+    let upgrade = upgrade.unwrap_or_else(|| panic!("no inbound 101 in\n{metrics}"));
+    assert!(
+        upgrade.contains("client_id=\"spiffe://cluster.local/ns/shop/sa/web\""),
+        "{upgrade}"
+    );
+    assert!(
+        !metrics.contains("skiff_tls_handshake_failures_total{"),
+        "{metrics}"
+    );
+}

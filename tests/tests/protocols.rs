@@ -193,64 +193,10 @@ async fn grpc_unary_and_server_streaming_keep_trailers() {
 /// then a clean close propagated from the client's half-close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_pipes_a_mebibyte_each_way_then_closes() {
-    let ws = backend(|mut req: Request<hyper::body::Incoming>| async move {
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            let upgraded = on_upgrade.await.unwrap();
-            let mut io = hyper_util::rt::TokioIo::new(upgraded);
-            // Echo until the client half-closes, then close our side.
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = io.read(&mut buf).await.unwrap();
-                if n == 0 {
-                    break;
-                }
-                io.write_all(&buf[..n]).await.unwrap();
-            }
-            io.shutdown().await.unwrap();
-        });
-        let mut rsp = Response::new(text(""));
-        *rsp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        rsp.headers_mut()
-            .insert("connection", "upgrade".parse().unwrap());
-        rsp.headers_mut()
-            .insert("upgrade", "websocket".parse().unwrap());
-        rsp.headers_mut().insert(
-            "sec-websocket-accept",
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".parse().unwrap(),
-        );
-        rsp
-    })
-    .await;
+    let ws = skiff_e2e::websocket::echo_backend().await;
     let proxy = ProxyConfig::new(1).service("ws", &[ws.addr]).start().await;
-
-    let mut s = TcpStream::connect(proxy.outbound_addr).await.unwrap();
-    s.write_all(
-        b"GET /chat HTTP/1.1\r\nHost: ws\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let head = read_response(&mut s).await;
-    assert_eq!(head.status, 101);
-    assert_eq!(head.header("upgrade"), Some("websocket"));
+    skiff_e2e::websocket::echo_a_mebibyte(proxy.outbound_addr, "ws").await;
     assert_eq!(ws.last().headers["upgrade"], "websocket");
-
-    let payload: Vec<u8> = (0..1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-    let (mut rd, mut wr) = s.into_split();
-    let expected = payload.clone();
-    let writer = tokio::spawn(async move {
-        wr.write_all(&payload).await.unwrap();
-        wr.shutdown().await.unwrap(); // half-close: the backend sees EOF and closes too
-    });
-    let mut echoed = Vec::with_capacity(expected.len());
-    tokio::time::timeout(Duration::from_secs(20), rd.read_to_end(&mut echoed))
-        .await
-        .expect("the tunnel closes cleanly")
-        .unwrap();
-    writer.await.unwrap();
-    assert_eq!(echoed.len(), expected.len());
-    assert!(echoed == expected, "echoed bytes match");
 }
 
 /// A server-speaks-first protocol (the client sends nothing until it hears a greeting)

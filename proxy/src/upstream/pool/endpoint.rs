@@ -30,6 +30,15 @@ pub enum Protocol {
     Http2,
 }
 
+/// The protocol offered in the mesh TLS handshake.
+#[derive(Clone, Copy, Debug)]
+enum Alpn {
+    /// HTTP/2: every request between proxies.
+    H2,
+    /// HTTP/1.1: a connection for one upgrade.
+    Http1,
+}
+
 struct Idle {
     sender: http1::SendRequest<Body>,
     since: Instant,
@@ -94,7 +103,7 @@ impl Pool {
         }
     }
 
-    /// Whether requests go over mesh mTLS (and so always over HTTP/2).
+    /// Whether requests go over mesh mTLS (and so over HTTP/2, but for upgrades).
     pub fn is_meshed(&self) -> bool {
         self.mesh.is_some()
     }
@@ -124,8 +133,28 @@ impl Pool {
     }
 
     /// Sends a WebSocket upgrade on a connection of its own, which the upgrade then consumes.
+    /// To a meshed endpoint the connection is mutual TLS offering only HTTP/1.1 (the upgrade
+    /// cannot ride the HTTP/2 connection between proxies), so the peer proxy serves it as
+    /// HTTP/1.1 with the caller's verified identity.
     pub async fn send_upgrade(&self, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
-        let io = self.connect().await?;
+        let tcp = self.connect().await?;
+        match &self.mesh {
+            None => self.send_upgrade_over(tcp, req).await,
+            Some(peer) => {
+                let tls = self.tls(tcp, peer, Alpn::Http1).await?;
+                self.send_upgrade_over(tls, req).await
+            }
+        }
+    }
+
+    async fn send_upgrade_over<I>(
+        &self,
+        io: I,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (mut sender, conn) = http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| self.connect_error(e))?;
@@ -202,7 +231,10 @@ impl Pool {
         let tcp = self.connect().await?;
         match &self.mesh {
             None => self.h2_handshake(tcp).await,
-            Some(peer) => self.h2_handshake(self.tls(tcp, peer).await?).await,
+            Some(peer) => {
+                self.h2_handshake(self.tls(tcp, peer, Alpn::H2).await?)
+                    .await
+            }
         }
     }
 
@@ -263,11 +295,12 @@ impl Pool {
         Ok((sender, probe))
     }
 
-    /// The mesh TLS handshake, with the credentials in use now.
+    /// The mesh TLS handshake, with the credentials in use now, offering `alpn`.
     async fn tls(
         &self,
         tcp: Upstream,
         peer: &MeshPeer,
+        alpn: Alpn,
     ) -> Result<tokio_rustls::client::TlsStream<Upstream>, ProxyError> {
         let fail = |what: String| {
             ProxyError::new(
@@ -279,9 +312,11 @@ impl Pool {
             .identity
             .current()
             .ok_or_else(|| fail("this proxy has no valid credentials yet".into()))?;
-        let config = creds
-            .client_config(&peer.id)
-            .map_err(|e| fail(e.to_string()))?;
+        let config = match alpn {
+            Alpn::H2 => creds.client_config(&peer.id),
+            Alpn::Http1 => creds.client_config_http1(&peer.id),
+        }
+        .map_err(|e| fail(e.to_string()))?;
         let name = rustls::pki_types::ServerName::try_from(peer.id.server_name())
             .map_err(|e| fail(e.to_string()))?;
         let connect = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
