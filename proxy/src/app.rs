@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use proxy_metrics::admin::{self, Admin};
 use proxy_metrics::Metrics;
-use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -16,6 +15,7 @@ use crate::config::Config;
 use crate::discovery::{self, kubernetes::Kubernetes};
 use crate::routing::state::State;
 use crate::server::accept_loop;
+use crate::server::bind::bind;
 use crate::server::drain;
 use proxy_core::Direction;
 
@@ -71,41 +71,35 @@ pub async fn start(config: Config) -> io::Result<Running> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let state = Arc::new(state);
 
-    let bind = |addr: SocketAddr, what: &'static str| async move {
-        TcpListener::bind(addr).await.map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot bind the {what} listener on {addr}: {e}"),
-            )
-        })
-    };
+    // Each listener also in IPv6 where its address is an IPv4 wildcard or loopback.
     let outbound = bind(spec.outbound.listen, "outbound").await?;
     let inbound = bind(spec.inbound.listen, "inbound").await?;
     let admin_listener = bind(spec.admin.listen, "admin").await?;
     let (outbound_addr, inbound_addr, admin_addr) = (
-        outbound.local_addr()?,
-        inbound.local_addr()?,
-        admin_listener.local_addr()?,
+        outbound.primary.local_addr()?,
+        inbound.primary.local_addr()?,
+        admin_listener.primary.local_addr()?,
     );
 
     let drain = drain::Controller::new();
-    // A limit per listener: callers flooding the inbound listener never take the
-    // connections the application needs for its own calls, nor the other way round.
-    let limit = || Arc::new(Semaphore::new(spec.limits.max_connections.get()));
-    tokio::spawn(accept_loop(
-        outbound,
-        Direction::Outbound,
-        state.clone(),
-        limit(),
-        drain.handle(),
-    ));
-    tokio::spawn(accept_loop(
-        inbound,
-        Direction::Inbound,
-        state.clone(),
-        limit(),
-        drain.handle(),
-    ));
+    // A limit per listener (shared by its two families): callers flooding the inbound
+    // listener never take the connections the application needs for its own calls, nor
+    // the other way round.
+    for (bound, direction) in [
+        (outbound, Direction::Outbound),
+        (inbound, Direction::Inbound),
+    ] {
+        let limit = Arc::new(Semaphore::new(spec.limits.max_connections.get()));
+        for listener in std::iter::once(bound.primary).chain(bound.twin) {
+            tokio::spawn(accept_loop(
+                listener,
+                direction,
+                state.clone(),
+                limit.clone(),
+                drain.handle(),
+            ));
+        }
+    }
 
     let (admin_stop, admin_stopped) = watch::channel(false);
     let view_state = state.clone();
@@ -141,7 +135,9 @@ pub async fn start(config: Config) -> io::Result<Running> {
             serde_json::to_string_pretty(&view).unwrap_or_default()
         }),
     });
-    tokio::spawn(admin::serve(admin_listener, admin, admin_stopped));
+    for listener in std::iter::once(admin_listener.primary).chain(admin_listener.twin) {
+        tokio::spawn(admin::serve(listener, admin.clone(), admin_stopped.clone()));
+    }
 
     // Background watchers, stopped when the drain starts.
     let mut watchers = Vec::new();

@@ -1,6 +1,7 @@
 //! Protocols through the real proxy: HTTP/1.1, h2c, gRPC, WebSocket and opaque TCP, on both
 //! listeners, with upstream connection reuse.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -310,4 +311,41 @@ async fn unknown_authorities_pass_through_only_when_enabled() {
     let rsp = c.send_request(get(&host, "/p")).await.unwrap();
     assert_eq!(body_text(rsp).await, "other");
     assert_eq!(other.last().headers["host"], host.as_str());
+}
+
+/// Every listener on an IPv4 loopback address also listens on `[::1]`, same port: IPv6
+/// callers reach the outbound and inbound listeners and the admin endpoints, and are known
+/// by their IPv6 address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv4_loopback_listeners_also_answer_on_ipv6_loopback() {
+    let app = hello("app").await;
+    let web = hello("web").await;
+    let proxy = ProxyConfig::new(app.addr.port())
+        .service("web", &[web.addr])
+        .inbound(json!({"listen": "127.0.0.1:0"}))
+        .start()
+        .await;
+    let v6 = |addr: SocketAddr| SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()));
+
+    let rsp = h1(v6(proxy.outbound_addr))
+        .await
+        .send_request(get("web", "/"))
+        .await
+        .unwrap();
+    assert_eq!(body_text(rsp).await, "web");
+    let rsp = h1(v6(proxy.inbound_addr))
+        .await
+        .send_request(get("app", "/"))
+        .await
+        .unwrap();
+    assert_eq!(body_text(rsp).await, "app");
+    let (status, metrics) = admin_get(v6(proxy.admin_addr), "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("tcp_open_total{direction=\"outbound\",peer=\"src\""),
+        "{metrics}"
+    );
+    // The admin listener's loopback-only endpoints take IPv6 loopback as loopback.
+    let (status, _) = admin_get(v6(proxy.admin_addr), "/ready").await;
+    assert_eq!(status, 200);
 }

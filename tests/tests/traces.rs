@@ -196,9 +196,11 @@ async fn callers_context_and_failures() {
     let receiver = Receiver::start().await;
     let app = backend(|_req| async { ok("web") }).await;
     let gone = dead_addr();
+    let hang = backend(|_req| std::future::pending()).await;
     let a = ProxyConfig::new(1)
         .service("web", &[app.addr])
         .service("gone", &[gone.addr])
+        .service("hang", &[hang.addr])
         .spec(tracing(
             &receiver.url(),
             "client",
@@ -249,15 +251,26 @@ async fn callers_context_and_failures() {
     let rsp = c.send_request(req).await.unwrap();
     assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
 
-    let spans = receiver.spans(4, WAIT).await;
-    assert_eq!(spans.len(), 4, "{spans:#?}");
+    // The client goes away before any response: the span still ends, as cancelled, so
+    // spans the application made under it keep their parent.
+    let mut gives_up = h1(a.outbound_addr).await;
+    let req = with_headers("hang", "/gone-away", &[("traceparent", &sampled())]);
+    let call = tokio::spawn(async move { gives_up.send_request(req).await });
+    eventually(WAIT, "the request reaches the backend", || async {
+        hang.requests() == 1
+    })
+    .await;
+    call.abort();
+
+    let spans = receiver.spans(5, WAIT).await;
+    assert_eq!(spans.len(), 5, "{spans:#?}");
     let by_path = |p: &str| {
         spans
             .iter()
             .find(|s| attr(s, "url.path") == p)
             .unwrap_or_else(|| panic!("a span for {p} in {spans:#?}"))
     };
-    for path in ["/w3c", "/b3", "/down", "/broken"] {
+    for path in ["/w3c", "/b3", "/down", "/broken", "/gone-away"] {
         let span = by_path(path);
         assert_eq!(
             span["trace_id"], TRACE,
@@ -291,6 +304,13 @@ async fn callers_context_and_failures() {
     assert_eq!(down["status"]["code"], "STATUS_CODE_ERROR");
     assert_eq!(down["status"]["message"], "upstream-connect");
     assert_eq!(*attr(down, "skiff.endpoint"), gone.addr.to_string());
+
+    let gone_away = by_path("/gone-away");
+    assert_eq!(gone_away["status"]["message"], "cancelled");
+    assert_eq!(gone_away["status"]["code"], "STATUS_CODE_ERROR");
+    assert!(gone_away["attributes"]
+        .get("http.response.status_code")
+        .is_none());
 
     let broken = by_path("/broken");
     assert_eq!(attr(broken, "skiff.fault"), "abort:503");

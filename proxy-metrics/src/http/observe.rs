@@ -136,7 +136,7 @@ impl Observe {
             peer,
             trace_id: trace_id(req.headers()),
             notes,
-            span,
+            span: std::sync::Mutex::new(span),
         });
         if self.tap.active() {
             let headers = self.headers(req.headers());
@@ -221,8 +221,40 @@ pub struct Watched {
     peer: Option<SocketAddr>,
     trace_id: Option<String>,
     notes: Arc<Notes>,
-    // The span, when this request's trace is recorded.
-    span: Option<Begun>,
+    // The span, when this request's trace is recorded; taken when it ends.
+    span: std::sync::Mutex<Option<Begun>>,
+}
+
+impl Drop for Watched {
+    /// A request whose response never began (the client went away, or the stack failed)
+    /// still ends its span, so that the spans an application made under it have a parent.
+    fn drop(&mut self) {
+        let span = self
+            .span
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(span) = span {
+            let noted = self.notes.get();
+            span.end(&SpanEnd {
+                method: &self.method,
+                authority: &self.authority,
+                path: &self.path,
+                peer: self.peer,
+                caller_identity: self.caller_identity.as_deref(),
+                noted: &noted,
+                ending: &Ending {
+                    status: 0,
+                    duration_ms: span.elapsed_ms(),
+                    response_bytes: 0,
+                    grpc_status: None,
+                    error: None,
+                    classification: Classification::Failure,
+                    body: &[],
+                },
+            });
+        }
+    }
 }
 
 /// How a watched request ended.
@@ -287,7 +319,8 @@ impl Watched {
     /// The response ended: the end event, the access log line and the span.
     pub fn end(&self, ending: &Ending<'_>) {
         let noted = self.notes.get();
-        if let Some(span) = &self.span {
+        let span = self.span.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(span) = span {
             span.end(&SpanEnd {
                 method: &self.method,
                 authority: &self.authority,

@@ -45,45 +45,71 @@ pub struct Parent {
     pub span_id: SpanId,
     /// Whether the caller records the trace.
     pub sampled: Sampled,
+    /// B3's debug flag (`b3: ...-d`, `x-b3-flags: 1`): sampled, and passed on as debug.
+    pub debug: bool,
     /// Where it came from.
     pub format: Format,
 }
 
-/// Reads the caller's context: W3C first, then B3 single, then B3 multi. `None` when there
-/// is none, or it is malformed. A B3 header that carries only a decision (`b3: 0`) gives
-/// no parent; [`decision_only`] reads it.
-pub fn extract(headers: &HeaderMap) -> Option<Parent> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(tp) = get("traceparent") {
-        return parse_traceparent(tp);
-    }
-    if let Some(b3) = get("b3") {
-        return parse_b3_single(b3);
-    }
-    // B3 ids are hex in any case; W3C's must be lower-case.
-    let trace_id = hex_id::<16>(&get("x-b3-traceid")?.to_ascii_lowercase(), true)?;
-    let span_id = hex_id::<8>(&get("x-b3-spanid")?.to_ascii_lowercase(), false)?;
-    let sampled = match (get("x-b3-flags"), get("x-b3-sampled")) {
-        (Some("1"), _) => Sampled::Yes,
-        (_, Some("1" | "true")) => Sampled::Yes,
-        (_, Some("0" | "false")) => Sampled::No,
-        (_, None) => Sampled::Deferred,
-        (_, Some(_)) => return None,
-    };
-    Some(Parent {
-        trace_id,
-        span_id,
-        sampled,
-        format: Format::B3Multi,
-    })
+/// What a request says about its trace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A parent span.
+    Parent(Parent),
+    /// A sampling decision without ids (`b3: 0`, `b3: 1`, `b3: d`, or `x-b3-sampled` or
+    /// `x-b3-flags` alone): `true` to record a new trace whatever the ratio.
+    Decision(bool),
+    /// Nothing usable: a new trace, sampled by ratio.
+    Nothing,
 }
 
-/// Whether the caller said "do not sample" without giving a context (`b3: 0`, or
-/// `x-b3-sampled: 0` alone): then no span is made, and nothing is written.
-pub fn decision_only(headers: &HeaderMap) -> bool {
+/// Reads the caller's context: a valid W3C `traceparent` first, then B3 single, then B3
+/// multi, then a B3 decision alone. A malformed context is skipped (the next format is
+/// tried), as the W3C specification asks of a `traceparent` it cannot parse.
+pub fn extract(headers: &HeaderMap) -> Incoming {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    matches!(get("b3"), Some("0"))
-        || (get("x-b3-traceid").is_none() && matches!(get("x-b3-sampled"), Some("0" | "false")))
+    if let Some(parent) = get("traceparent").and_then(parse_traceparent) {
+        return Incoming::Parent(parent);
+    }
+    if let Some(b3) = get("b3") {
+        match b3.trim() {
+            "0" => return Incoming::Decision(false),
+            "1" | "d" => return Incoming::Decision(true),
+            value => {
+                if let Some(parent) = parse_b3_single(value) {
+                    return Incoming::Parent(parent);
+                }
+            }
+        }
+    }
+    let debug = get("x-b3-flags") == Some("1");
+    let sampled = match get("x-b3-sampled") {
+        _ if debug => Some(Sampled::Yes),
+        Some("1" | "true") => Some(Sampled::Yes),
+        Some("0" | "false") => Some(Sampled::No),
+        None => Some(Sampled::Deferred),
+        Some(_) => None,
+    };
+    // B3 ids are hex in any case; W3C's must be lower-case.
+    let ids = get("x-b3-traceid")
+        .zip(get("x-b3-spanid"))
+        .and_then(|(t, s)| {
+            let trace_id = hex_id::<16>(&t.to_ascii_lowercase(), true)?;
+            let span_id = hex_id::<8>(&s.to_ascii_lowercase(), false)?;
+            Some((trace_id, span_id))
+        });
+    match (ids, sampled) {
+        (Some((trace_id, span_id)), Some(sampled)) => Incoming::Parent(Parent {
+            trace_id,
+            span_id,
+            sampled,
+            debug,
+            format: Format::B3Multi,
+        }),
+        (None, Some(Sampled::Yes)) if get("x-b3-traceid").is_none() => Incoming::Decision(true),
+        (None, Some(Sampled::No)) if get("x-b3-traceid").is_none() => Incoming::Decision(false),
+        _ => Incoming::Nothing,
+    }
 }
 
 /// `{version}-{trace-id}-{parent-id}-{flags}`. Version `ff` is invalid; a later version
@@ -110,6 +136,7 @@ fn parse_traceparent(value: &str) -> Option<Parent> {
         } else {
             Sampled::No
         },
+        debug: false,
         format: Format::W3c,
     })
 }
@@ -120,16 +147,18 @@ fn parse_b3_single(value: &str) -> Option<Parent> {
     let mut parts = value.split('-');
     let trace_id = hex_id::<16>(parts.next()?, true)?;
     let span_id = hex_id::<8>(parts.next()?, false)?;
-    let sampled = match parts.next() {
-        None => Sampled::Deferred,
-        Some("1" | "d") => Sampled::Yes,
-        Some("0") => Sampled::No,
+    let (sampled, debug) = match parts.next() {
+        None => (Sampled::Deferred, false),
+        Some("1") => (Sampled::Yes, false),
+        Some("d") => (Sampled::Yes, true),
+        Some("0") => (Sampled::No, false),
         Some(_) => return None,
     };
     Some(Parent {
         trace_id,
         span_id,
         sampled,
+        debug,
         format: Format::B3Single,
     })
 }
@@ -182,15 +211,30 @@ pub struct Outgoing<'a> {
     pub parent: Option<&'a SpanId>,
     /// Whether the trace is recorded.
     pub sampled: bool,
-    /// The headers the caller used.
-    pub format: Format,
+    /// B3's debug flag, passed on.
+    pub debug: bool,
 }
 
-/// Writes this hop's span as the parent for the next hop: `traceparent` always, and the B3
-/// headers when the caller used B3. `tracestate` is left as received.
-pub fn inject(headers: &mut HeaderMap, out: Outgoing<'_>) {
-    let sampled = out.sampled;
-    let flag = if sampled { "01" } else { "00" };
+/// The longest `tracestate` passed on and recorded: the W3C limit for what a vendor must
+/// propagate. A longer one is dropped whole rather than cut into entries it cannot judge.
+pub const TRACESTATE_MAX: usize = 512;
+
+/// Writes this hop's span as the parent for the next hop: `traceparent` always, and each
+/// B3 form the request carries (so an application reading B3 first sees the same parent).
+/// `tracestate` stays only under the caller's own valid `traceparent` (`keep_state`), and
+/// only up to [`TRACESTATE_MAX`]: with a new or B3 context it belongs to another trace.
+pub fn inject(headers: &mut HeaderMap, out: Outgoing<'_>, keep_state: bool) {
+    let oversized = headers
+        .get("tracestate")
+        .is_some_and(|v| v.len() > TRACESTATE_MAX);
+    if !keep_state || oversized {
+        headers.remove("tracestate");
+    }
+    let single = headers.contains_key("b3");
+    let multi = ["x-b3-traceid", "x-b3-spanid", "x-b3-sampled", "x-b3-flags"]
+        .iter()
+        .any(|h| headers.contains_key(*h));
+    let flag = if out.sampled { "01" } else { "00" };
     let (trace, span) = (hex(out.trace_id), hex(out.span_id));
     let parent = out.parent.map(|p| hex(p));
     let mut set = |name: &'static str, value: String| {
@@ -199,23 +243,34 @@ pub fn inject(headers: &mut HeaderMap, out: Outgoing<'_>) {
         }
     };
     set("traceparent", format!("00-{trace}-{span}-{flag}"));
-    let b3_flag = if sampled { "1" } else { "0" };
-    match out.format {
-        Format::W3c => {}
-        Format::B3Single => match &parent {
+    let b3_flag = match (out.debug, out.sampled) {
+        (true, _) => "d",
+        (false, true) => "1",
+        (false, false) => "0",
+    };
+    if single {
+        match &parent {
             Some(p) => set("b3", format!("{trace}-{span}-{b3_flag}-{p}")),
             None => set("b3", format!("{trace}-{span}-{b3_flag}")),
-        },
-        Format::B3Multi => {
-            set("x-b3-traceid", trace);
-            set("x-b3-spanid", span);
+        }
+    }
+    if multi {
+        set("x-b3-traceid", trace);
+        set("x-b3-spanid", span);
+        if let Some(p) = parent {
+            set("x-b3-parentspanid", p);
+        }
+        // Debug implies sampled, and is sent alone (B3: "don't also send X-B3-Sampled").
+        if out.debug {
+            set("x-b3-flags", "1".to_owned());
+        } else {
             set("x-b3-sampled", b3_flag.to_owned());
-            match parent {
-                Some(p) => set("x-b3-parentspanid", p),
-                None => {
-                    headers.remove("x-b3-parentspanid");
-                }
-            }
+        }
+        if out.parent.is_none() {
+            headers.remove("x-b3-parentspanid");
+        }
+        if out.debug {
+            headers.remove("x-b3-sampled");
         }
     }
 }

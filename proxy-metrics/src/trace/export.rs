@@ -149,8 +149,12 @@ impl Exporter {
         .encode_to_vec();
         let timeout = self.settings.export_timeout;
         match tokio::time::timeout(timeout, self.post(Bytes::from(body))).await {
-            Ok(Ok(())) => {
-                self.families.exported(n);
+            Ok(Ok(rejected)) => {
+                let rejected = rejected.min(n);
+                if rejected > 0 {
+                    self.families.dropped(Dropped::Rejected, rejected);
+                }
+                self.families.exported(n - rejected);
                 if self.failing {
                     tracing::info!(collector = %self.settings.collector.authority(), "trace export works again");
                 }
@@ -175,7 +179,8 @@ impl Exporter {
         self.failing = true;
     }
 
-    async fn post(&mut self, body: Bytes) -> Result<(), String> {
+    /// Posts one export request; `Ok` with how many spans the collector refused.
+    async fn post(&mut self, body: Bytes) -> Result<usize, String> {
         let collector = &self.settings.collector;
         // A kept connection the collector has closed meanwhile is replaced.
         let mut send = match self.conn.take() {
@@ -194,11 +199,22 @@ impl Exporter {
             .map_err(|e| e.to_string())?;
         let rsp = send.send_request(req).await.map_err(|e| e.to_string())?;
         let status = rsp.status();
-        // The body (an ExportTraceServiceResponse) is read so the connection can be kept.
-        let _ = http_body_util::BodyExt::collect(rsp.into_body()).await;
+        // The body (an ExportTraceServiceResponse) is read, up to a bound, so the connection
+        // can be kept; a larger one is not read, and the connection not reused.
+        let limited = http_body_util::Limited::new(rsp.into_body(), MAX_RESPONSE);
+        let body = http_body_util::BodyExt::collect(limited)
+            .await
+            .map(|b| b.to_bytes());
         if status.is_success() {
+            let Ok(body) = body else {
+                return Ok(0);
+            };
             self.conn = Some(send);
-            Ok(())
+            let rejected = otlp::ExportTraceServiceResponse::decode(body)
+                .ok()
+                .and_then(|r| r.partial_success)
+                .map_or(0, |p| usize::try_from(p.rejected_spans).unwrap_or(0));
+            Ok(rejected)
         } else {
             Err(format!("the collector answered {status}"))
         }
@@ -218,6 +234,10 @@ async fn connect(collector: &Collector) -> Result<SendRequest<Full<Bytes>>, Stri
     });
     Ok(send)
 }
+
+/// The largest collector answer read: an `ExportTraceServiceResponse` is a few bytes, or
+/// an error message.
+const MAX_RESPONSE: usize = 64 * 1024;
 
 fn resource(settings: &TraceSettings) -> otlp::Resource {
     otlp::Resource {

@@ -28,7 +28,7 @@ use proxy_core::Direction;
 use tokio::sync::mpsc;
 
 use crate::Labels;
-use context::{Format, Outgoing, Parent, Sampled, SpanId, TraceId};
+use context::{Format, Incoming, Outgoing, Parent, Sampled, SpanId, TraceId};
 pub use span::SpanEnd;
 
 /// Where spans go and which are made, from the config's `tracing` section.
@@ -57,6 +57,8 @@ pub enum Dropped {
     QueueFull,
     /// The collector could not be reached, or did not accept the batch.
     ExportFailed,
+    /// The collector took the batch but refused these spans (OTLP partial success).
+    Rejected,
 }
 
 impl Dropped {
@@ -64,6 +66,7 @@ impl Dropped {
         match self {
             Self::QueueFull => "queue-full",
             Self::ExportFailed => "export-failed",
+            Self::Rejected => "rejected",
         }
     }
 }
@@ -85,7 +88,7 @@ impl TraceFamilies {
         );
         registry.register(
             "skiff_trace_spans_dropped",
-            "Spans not exported, by reason (queue-full, export-failed)",
+            "Spans not exported, by reason (queue-full, export-failed, rejected)",
             this.dropped.clone(),
         );
         this
@@ -180,24 +183,21 @@ impl Tracer {
     /// against sampling, whose headers pass untouched). `Some` when the span is recorded.
     pub fn begin<B>(self: &Arc<Self>, direction: Direction, req: &mut Request<B>) -> Option<Begun> {
         let headers = req.headers_mut();
-        if context::decision_only(headers) {
-            return None;
-        }
-        let parent = context::extract(headers);
-        let (trace_id, parent_span, format, sampled) = match &parent {
-            Some(Parent {
+        let (trace_id, parent, sampled, debug, w3c) = match context::extract(headers) {
+            Incoming::Parent(Parent {
                 sampled: Sampled::No,
                 ..
-            }) => return None,
-            Some(p) => (
-                p.trace_id,
-                Some(p.span_id),
-                p.format,
-                p.sampled == Sampled::Yes || self.sample(&p.trace_id),
-            ),
-            None => {
+            })
+            | Incoming::Decision(false) => return None,
+            Incoming::Parent(p) => {
+                let sampled = p.sampled == Sampled::Yes || self.sample(&p.trace_id);
+                let w3c = p.format == Format::W3c;
+                (p.trace_id, Some(p.span_id), sampled, p.debug, w3c)
+            }
+            Incoming::Decision(true) => (new_trace_id(), None, true, false, false),
+            Incoming::Nothing => {
                 let id = new_trace_id();
-                (id, None, Format::W3c, self.sample(&id))
+                (id, None, self.sample(&id), false, false)
             }
         };
         let span_id = new_span_id();
@@ -206,10 +206,11 @@ impl Tracer {
             Outgoing {
                 trace_id: &trace_id,
                 span_id: &span_id,
-                parent: parent_span.as_ref(),
+                parent: parent.as_ref(),
                 sampled,
-                format,
+                debug,
             },
+            w3c,
         );
         if !sampled {
             return None;
@@ -224,7 +225,7 @@ impl Tracer {
             direction,
             trace_id,
             span_id,
-            parent: parent_span,
+            parent,
             trace_state,
             start_unix_nanos: unix_nanos(SystemTime::now()),
         })
@@ -276,6 +277,15 @@ impl Begun {
     /// The trace id, as hex (for tap and the access log).
     pub fn trace_id(&self) -> String {
         context::hex(&self.trace_id)
+    }
+
+    /// Milliseconds since the span began, on the wall clock (for a span that ends without
+    /// a response, whose duration nobody measured).
+    pub fn elapsed_ms(&self) -> f64 {
+        let now = unix_nanos(SystemTime::now());
+        #[allow(clippy::cast_precision_loss)]
+        let ms = now.saturating_sub(self.start_unix_nanos) as f64 / 1e6;
+        ms
     }
 }
 

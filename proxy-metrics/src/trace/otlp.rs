@@ -15,6 +15,25 @@ pub struct ExportTraceServiceRequest {
     pub resource_spans: Vec<ResourceSpans>,
 }
 
+/// `ExportTraceServiceResponse`: the collector's answer.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ExportTraceServiceResponse {
+    /// Set when the collector accepted only some of the spans.
+    #[prost(message, optional, tag = "1")]
+    pub partial_success: Option<ExportTracePartialSuccess>,
+}
+
+/// `ExportTracePartialSuccess`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ExportTracePartialSuccess {
+    /// How many spans the collector refused.
+    #[prost(int64, tag = "1")]
+    pub rejected_spans: i64,
+    /// Why.
+    #[prost(string, tag = "2")]
+    pub error_message: String,
+}
+
 /// `ResourceSpans`: one resource (this proxy) and its spans.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ResourceSpans {

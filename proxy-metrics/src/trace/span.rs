@@ -40,14 +40,24 @@ impl Begun {
     pub(super) fn to_span(&self, end: &SpanEnd<'_>) -> otlp::Span {
         let ending = end.ending;
         let noted = end.noted;
+        // Bounded, as everything a queued span holds: the queue is bounded by count.
+        let path = clip(end.path, MAX_PATH);
         let mut attrs = vec![
             KeyValue::string("http.request.method", end.method),
-            KeyValue::string("url.path", end.path),
-            KeyValue::int("http.response.status_code", i64::from(ending.status)),
+            KeyValue::string("url.path", path),
+            KeyValue::string("url.scheme", "http"),
             KeyValue::string("skiff.direction", self.direction.as_str()),
             KeyValue::int("skiff.tries", i64::from(noted.tries)),
         ];
-        let (host, port) = split_authority(end.authority);
+        // Status 0: the client went away before a response began (see `cancelled`).
+        if ending.status != 0 {
+            attrs.push(KeyValue::int(
+                "http.response.status_code",
+                i64::from(ending.status),
+            ));
+        }
+        let authority = clip(end.authority, MAX_AUTHORITY);
+        let (host, port) = split_authority(authority);
         if !host.is_empty() {
             attrs.push(KeyValue::string("server.address", host));
         }
@@ -72,6 +82,10 @@ impl Begun {
                 if let Some(id) = &noted.peer_identity {
                     attrs.push(KeyValue::string("skiff.peer.identity", id.as_ref()));
                 }
+                attrs.push(KeyValue::string(
+                    "url.full",
+                    format!("http://{authority}{path}"),
+                ));
                 SpanKind::Client
             }
         };
@@ -93,10 +107,15 @@ impl Begun {
         if let Some(reason) = ending.error {
             attrs.push(KeyValue::string("skiff.error", reason.as_str()));
         }
-        let status = (ending.classification == Classification::Failure).then(|| {
+        // OpenTelemetry's HTTP conventions: a server span's status stays unset for a 4xx
+        // (the client's error, not the server's); a client span's is an error.
+        let client_error = kind == SpanKind::Server && (400..500).contains(&ending.status);
+        let failed = ending.classification == Classification::Failure && !client_error;
+        let status = failed.then(|| {
             let why = match (ending.error, ending.grpc_status) {
                 (Some(reason), _) => reason.as_str().to_owned(),
                 (None, Some(code)) if code != 0 => format!("grpc-status {code}"),
+                _ if ending.status == 0 => "cancelled".to_owned(),
                 _ => ending.status.to_string(),
             };
             attrs.push(KeyValue::string("error.type", why.clone()));
@@ -132,6 +151,22 @@ impl Begun {
             flags: 0x01 | remote_flags,
         }
     }
+}
+
+/// The longest `url.path` recorded (longer ones are cut at a character boundary).
+const MAX_PATH: usize = 1024;
+/// The longest authority recorded.
+const MAX_AUTHORITY: usize = 256;
+
+fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn push_peer(attrs: &mut Vec<KeyValue>, addr: SocketAddr) {

@@ -4,7 +4,7 @@ use std::time::Duration;
 use http::{HeaderMap, Request};
 use proxy_core::Direction;
 
-use super::context::{extract, hex, Format, Sampled};
+use super::context::{extract, hex, Format, Incoming, Parent, Sampled};
 use super::export::Collector;
 use super::*;
 
@@ -19,23 +19,29 @@ fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const SPAN: &str = "00f067aa0ba902b7";
 
+/// The parent the headers give; panics when they give none.
+fn parent(map: &HeaderMap) -> Parent {
+    match extract(map) {
+        Incoming::Parent(p) => p,
+        other => panic!("no parent: {other:?}"),
+    }
+}
+
 #[test]
 fn w3c_traceparent_is_read_and_malformed_ones_are_ignored() {
     let ok = format!("00-{TRACE}-{SPAN}-01");
-    let p = extract(&headers(&[("traceparent", &ok)])).unwrap();
+    let p = parent(&headers(&[("traceparent", &ok)]));
     assert_eq!(hex(&p.trace_id), TRACE);
     assert_eq!(hex(&p.span_id), SPAN);
     assert_eq!((p.sampled, p.format), (Sampled::Yes, Format::W3c));
     let unsampled = format!("00-{TRACE}-{SPAN}-00");
     assert_eq!(
-        extract(&headers(&[("traceparent", &unsampled)]))
-            .unwrap()
-            .sampled,
+        parent(&headers(&[("traceparent", &unsampled)])).sampled,
         Sampled::No
     );
     // A later version may add fields; version 00 may not.
     let future = format!("01-{TRACE}-{SPAN}-01-extra");
-    assert!(extract(&headers(&[("traceparent", &future)])).is_some());
+    parent(&headers(&[("traceparent", &future)]));
     for bad in [
         format!("ff-{TRACE}-{SPAN}-01"),
         format!("00-{TRACE}-{SPAN}-01-extra"),
@@ -46,43 +52,64 @@ fn w3c_traceparent_is_read_and_malformed_ones_are_ignored() {
         format!("00-{}-{SPAN}-01", &TRACE[..30]),
         "garbage".to_owned(),
     ] {
-        assert!(
-            extract(&headers(&[("traceparent", &bad)])).is_none(),
+        assert_eq!(
+            extract(&headers(&[("traceparent", &bad)])),
+            Incoming::Nothing,
             "{bad}"
         );
     }
+    // A malformed traceparent does not hide a valid B3 context.
+    let both = headers(&[
+        ("traceparent", "garbage"),
+        ("b3", &format!("{TRACE}-{SPAN}-1")),
+    ]);
+    assert_eq!(parent(&both).format, Format::B3Single);
 }
 
 #[test]
 fn b3_single_and_multi_are_read_with_64_bit_trace_ids_padded() {
-    let p = extract(&headers(&[("b3", &format!("{TRACE}-{SPAN}-1-{SPAN}"))])).unwrap();
+    let p = parent(&headers(&[("b3", &format!("{TRACE}-{SPAN}-1-{SPAN}"))]));
     assert_eq!(
         (hex(&p.trace_id).as_str(), p.sampled),
         (TRACE, Sampled::Yes)
     );
-    assert_eq!(p.format, Format::B3Single);
-    let short = extract(&headers(&[("b3", &format!("a3ce929d0e0e4736-{SPAN}"))])).unwrap();
+    assert_eq!((p.format, p.debug), (Format::B3Single, false));
+    let short = parent(&headers(&[("b3", &format!("a3ce929d0e0e4736-{SPAN}"))]));
     assert_eq!(hex(&short.trace_id), "0000000000000000a3ce929d0e0e4736");
     assert_eq!(short.sampled, Sampled::Deferred);
-    let multi = extract(&headers(&[
+    let multi = parent(&headers(&[
         ("x-b3-traceid", TRACE),
         ("x-b3-spanid", SPAN),
         ("x-b3-sampled", "0"),
-    ]))
-    .unwrap();
+    ]));
     assert_eq!(
         (multi.sampled, multi.format),
         (Sampled::No, Format::B3Multi)
     );
-    let debug = extract(&headers(&[
+    let debug = parent(&headers(&[
         ("x-b3-traceid", TRACE),
         ("x-b3-spanid", SPAN),
         ("x-b3-flags", "1"),
-    ]))
-    .unwrap();
-    assert_eq!(debug.sampled, Sampled::Yes);
-    assert!(context::decision_only(&headers(&[("b3", "0")])));
-    assert!(extract(&headers(&[("b3", &format!("{TRACE}-{SPAN}-x"))])).is_none());
+    ]));
+    assert_eq!((debug.sampled, debug.debug), (Sampled::Yes, true));
+    assert!(parent(&headers(&[("b3", &format!("{TRACE}-{SPAN}-d"))])).debug);
+    // Decisions without ids.
+    assert_eq!(extract(&headers(&[("b3", "0")])), Incoming::Decision(false));
+    assert_eq!(extract(&headers(&[("b3", "d")])), Incoming::Decision(true));
+    assert_eq!(
+        extract(&headers(&[("x-b3-sampled", "1")])),
+        Incoming::Decision(true)
+    );
+    assert_eq!(
+        extract(&headers(&[("b3", &format!("{TRACE}-{SPAN}-x"))])),
+        Incoming::Nothing
+    );
+    // A valid traceparent comes first, whatever B3 says.
+    let both = headers(&[
+        ("traceparent", &format!("00-{TRACE}-{SPAN}-01")),
+        ("b3", "0"),
+    ]);
+    assert_eq!(parent(&both).format, Format::W3c);
 }
 
 fn settings(sampling: f64, queue: usize) -> TraceSettings {
@@ -148,6 +175,48 @@ async fn an_unsampled_caller_is_followed_and_its_headers_pass_untouched() {
     let mut b3 = request(&[("b3", "0")]);
     assert!(t.begin(Direction::Outbound, &mut b3).is_none());
     assert!(b3.headers().get("traceparent").is_none());
+    // A decision to sample, without ids, starts a recorded trace whatever the ratio.
+    let never = tracer(0.0);
+    let mut forced = request(&[("b3", "1")]);
+    let span = never
+        .begin(Direction::Outbound, &mut forced)
+        .expect("sampled by the caller");
+    let b3 = forced.headers()["b3"].to_str().unwrap();
+    assert_eq!(b3, format!("{}-{}-1", span.trace_id(), hex(&span.span_id)));
+}
+
+#[tokio::test]
+async fn tracestate_goes_on_only_under_its_own_traceparent() {
+    let t = tracer(1.0);
+    // Without a traceparent (or with B3 only) the state belongs to another trace.
+    let mut orphan = request(&[("tracestate", "vendor=stale")]);
+    let span = t.begin(Direction::Outbound, &mut orphan).expect("sampled");
+    assert!(orphan.headers().get("tracestate").is_none());
+    assert_eq!(span.trace_state, "");
+    // Too long to pass on whole: dropped.
+    let long = format!("vendor={}", "x".repeat(600));
+    let tp = format!("00-{TRACE}-{SPAN}-01");
+    let mut big = request(&[("traceparent", &tp), ("tracestate", &long)]);
+    let span = t.begin(Direction::Outbound, &mut big).expect("sampled");
+    assert!(big.headers().get("tracestate").is_none());
+    assert_eq!(span.trace_state, "");
+}
+
+#[tokio::test]
+async fn a_w3c_caller_with_b3_headers_too_gets_both_rewritten_alike() {
+    let t = tracer(1.0);
+    let tp = format!("00-{TRACE}-{SPAN}-01");
+    let mut req = request(&[
+        ("traceparent", &tp),
+        ("x-b3-traceid", "1111111111111111"),
+        ("x-b3-spanid", "2222222222222222"),
+        ("x-b3-sampled", "1"),
+    ]);
+    let span = t.begin(Direction::Inbound, &mut req).expect("sampled");
+    let own = hex(&span.span_id);
+    assert_eq!(req.headers()["x-b3-traceid"], TRACE);
+    assert_eq!(req.headers()["x-b3-spanid"], own.as_str());
+    assert_eq!(req.headers()["x-b3-parentspanid"], SPAN);
 }
 
 #[tokio::test]
@@ -209,6 +278,16 @@ async fn b3_callers_get_b3_headers_rewritten_with_this_hop_as_parent() {
         single.headers()["b3"],
         format!("{TRACE}-{own}-1-{SPAN}").as_str()
     );
+    // Debug goes on as debug, and alone in the multi-header form.
+    let mut debug = request(&[
+        ("x-b3-traceid", TRACE),
+        ("x-b3-spanid", SPAN),
+        ("x-b3-flags", "1"),
+    ]);
+    t.begin(Direction::Inbound, &mut debug)
+        .expect("debug is sampled");
+    assert_eq!(debug.headers()["x-b3-flags"], "1");
+    assert!(debug.headers().get("x-b3-sampled").is_none());
 }
 
 #[tokio::test(start_paused = true)]
@@ -347,4 +426,53 @@ async fn a_grpc_failure_in_a_200_is_an_error_span_with_its_status() {
     );
     assert_eq!(out.kind, otlp::SpanKind::Server as i32);
     assert_eq!(out.end_time_unix_nano - out.start_time_unix_nano, 2_000_000);
+}
+
+#[tokio::test]
+async fn a_server_spans_4xx_is_the_clients_error_and_a_cancelled_request_says_so() {
+    let t = tracer(1.0);
+    let noted = proxy_core::notes::Noted::default();
+    let ending = |status: u16, error| crate::http::Ending {
+        status,
+        duration_ms: 1.0,
+        response_bytes: 0,
+        grpc_status: None,
+        error,
+        classification: proxy_core::classify::Classification::Failure,
+        body: &[],
+    };
+    let span_for = |direction, ending: &crate::http::Ending<'_>| {
+        let span = t.begin(direction, &mut request(&[])).expect("sampled");
+        span.to_span(&SpanEnd {
+            method: "GET",
+            authority: "web",
+            path: "/",
+            peer: None,
+            caller_identity: None,
+            noted: &noted,
+            ending,
+        })
+    };
+    let forbidden = ending(403, Some(proxy_core::Reason::Forbidden));
+    assert!(
+        span_for(Direction::Inbound, &forbidden).status.is_none(),
+        "server: unset"
+    );
+    let client = span_for(Direction::Outbound, &forbidden);
+    assert_eq!(
+        client.status.map(|s| s.message),
+        Some("forbidden".to_owned())
+    );
+    let cancelled = span_for(Direction::Inbound, &ending(0, None));
+    assert_eq!(
+        cancelled.status.map(|s| s.message),
+        Some("cancelled".to_owned())
+    );
+    assert!(
+        !cancelled
+            .attributes
+            .iter()
+            .any(|kv| kv.key == "http.response.status_code"),
+        "no status was sent"
+    );
 }

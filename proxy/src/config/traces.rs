@@ -29,26 +29,63 @@ pub struct TracingSpec {
     pub resource: BTreeMap<String, String>,
     /// The most finished spans waiting for export; beyond it they are dropped (counted).
     #[serde(default = "queue")]
-    pub queue: NonZeroUsize,
+    pub queue: Count<1_000_000>,
     /// The most spans in one export request.
     #[serde(default = "batch")]
-    pub batch: NonZeroUsize,
+    pub batch: Count<100_000>,
     /// How long a span waits for its batch to fill before it is sent anyway.
     #[serde(default = "flush_interval")]
     pub flush_interval: Dur,
-    /// The longest one export request may take.
-    #[serde(default = "export_timeout")]
+    /// The longest one export request may take (more than zero).
+    #[serde(default = "export_timeout", deserialize_with = "positive")]
     pub export_timeout: Dur,
+}
+
+/// A count from 1 to `MAX`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "usize", into = "usize")]
+pub struct Count<const MAX: usize>(NonZeroUsize);
+
+impl<const MAX: usize> Count<MAX> {
+    /// The count.
+    pub fn get(self) -> usize {
+        self.0.get()
+    }
+}
+
+impl<const MAX: usize> TryFrom<usize> for Count<MAX> {
+    type Error = String;
+
+    fn try_from(n: usize) -> Result<Self, String> {
+        match NonZeroUsize::new(n) {
+            Some(n) if n.get() <= MAX => Ok(Self(n)),
+            _ => Err(format!("{n} is not a count from 1 to {MAX}")),
+        }
+    }
+}
+
+impl<const MAX: usize> From<Count<MAX>> for usize {
+    fn from(c: Count<MAX>) -> usize {
+        c.get()
+    }
+}
+
+fn positive<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+    let dur = Dur::deserialize(d)?;
+    if dur.0.is_zero() {
+        return Err(serde::de::Error::custom("must be more than 0s"));
+    }
+    Ok(dur)
 }
 
 fn all() -> Ratio {
     Ratio(1.0)
 }
-fn queue() -> NonZeroUsize {
-    NonZeroUsize::new(2048).expect("non-zero")
+fn queue() -> Count<1_000_000> {
+    Count(NonZeroUsize::new(2048).expect("non-zero"))
 }
-fn batch() -> NonZeroUsize {
-    NonZeroUsize::new(512).expect("non-zero")
+fn batch() -> Count<100_000> {
+    Count(NonZeroUsize::new(512).expect("non-zero"))
 }
 fn flush_interval() -> Dur {
     Dur::secs(1)
@@ -191,6 +228,18 @@ mod tests {
                 "unknown field `color`",
             ),
             ("sampling: 0.5", "missing field `collector`"),
+            (
+                "collector: http://otel\n    queue: 0",
+                "is not a count from 1 to 1000000",
+            ),
+            (
+                "collector: http://otel\n    batch: 100001",
+                "is not a count from 1 to 100000",
+            ),
+            (
+                "collector: http://otel\n    exportTimeout: 0s",
+                "must be more than 0s",
+            ),
         ] {
             rejected(&format!("{HEAD}spec:\n  tracing:\n    {bad}\n"), needle);
         }

@@ -2,6 +2,7 @@
 //! HTTP/1 or HTTP/2 server connection running the direction's stack, or an opaque TCP
 //! forward. Every connection watches the drain signal and finishes gracefully on it.
 
+pub(crate) mod bind;
 pub(crate) mod conn_service;
 pub(crate) mod detect;
 pub(crate) mod drain;

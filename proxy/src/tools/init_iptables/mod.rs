@@ -51,11 +51,15 @@ pub struct Options {
     /// a length is one host; may be given more than once
     #[arg(long, value_name = "NET,...", value_delimiter = ',', value_parser = parse_cidr)]
     pub skip_outbound_cidrs: Vec<Cidr>,
-    /// Redirect IPv6 too
-    // Off by default: Skiff's listeners are IPv4, so an IPv6 connection sent to them would
-    // be refused rather than left alone.
-    #[arg(long)]
+    /// Redirect IPv6 too, whether or not the pod has an IPv6 address (by default IPv6 is
+    /// redirected when the pod has a global IPv6 address, and left alone otherwise)
+    // Skiff's listeners answer in IPv6 too (an IPv4 wildcard or loopback listener has an
+    // IPv6 twin on the same port), so redirected IPv6 connections reach them.
+    #[arg(long, conflicts_with = "no_ipv6")]
     pub ipv6: bool,
+    /// Leave IPv6 alone, even when the pod has an IPv6 address
+    #[arg(long)]
+    pub no_ipv6: bool,
     /// Print the commands and their input; change nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -76,6 +80,7 @@ impl Default for Options {
             skip_outbound_ports: Vec::new(),
             skip_outbound_cidrs: Vec::new(),
             ipv6: false,
+            no_ipv6: false,
             dry_run: false,
             cleanup: false,
         }
@@ -404,9 +409,26 @@ fn iptables_steps(program: &'static str, o: &Options, v6: bool) -> Vec<Step> {
     steps
 }
 
+/// Whether the network namespace has a global IPv6 address on an interface other than
+/// loopback, from `/proc/net/if_inet6` (one address a line: address, interface index,
+/// prefix length, scope, flags, name; scope `00` is global, unique-local included). A
+/// link-local address alone, which every interface gets, is not a pod with IPv6.
+fn has_global_ipv6(if_inet6: &str) -> bool {
+    if_inet6.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        matches!(fields.as_slice(), [_, _, _, "00", _, name] if *name != "lo")
+    })
+}
+
 /// Runs the steps (or, with `dry_run`, prints them).
 pub fn apply(o: &Options) -> Result<(), InitError> {
     o.check()?;
+    let mut o = o.clone();
+    if !o.ipv6 && !o.no_ipv6 && !o.cleanup {
+        o.ipv6 =
+            has_global_ipv6(&std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default());
+    }
+    let o = &o;
     let steps = plan(o);
     if o.dry_run {
         let mut out = String::new();

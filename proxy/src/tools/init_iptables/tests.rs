@@ -55,7 +55,12 @@ fn flags_parse_into_typed_options() {
     assert!(o.ipv6);
     let defaults = parse("").unwrap();
     assert_eq!(defaults, Options::default());
-    assert!(!defaults.ipv6, "IPv6 is opt-in: the listeners are IPv4");
+    assert!(
+        !defaults.ipv6 && !defaults.no_ipv6,
+        "IPv6 follows the pod unless a flag says"
+    );
+    assert!(parse("--no-ipv6").unwrap().no_ipv6);
+    assert!(parse("--ipv6 --no-ipv6").is_err(), "the two contradict");
 }
 
 #[test]
@@ -225,4 +230,17 @@ fn many_skipped_ports_are_split_across_multiport_rules() {
         .collect();
     assert_eq!(rules.len(), 3);
     assert!(rules.iter().all(|r| r.split(',').count() <= 7));
+}
+
+#[test]
+fn a_pod_has_ipv6_when_an_interface_but_loopback_has_a_global_address() {
+    // Read off real namespaces: loopback's ::1, a ULA and a link-local address on eth0.
+    let dual = "00000000000000000000000000000001 01 80 10 80       lo\n\
+                fd000000000000000000000000000002 04 40 00 82     eth0\n\
+                fe8000000000000000fc00fffe000001 04 40 20 80     eth0\n";
+    assert!(super::has_global_ipv6(dual));
+    let v4_only = "00000000000000000000000000000001 01 80 10 80       lo\n\
+                   fe8000000000000000fc00fffe000001 04 40 20 80     eth0\n";
+    assert!(!super::has_global_ipv6(v4_only), "link-local alone");
+    assert!(!super::has_global_ipv6(""), "IPv6 disabled: no file");
 }
