@@ -9,13 +9,16 @@
 //! through Skiff inbound, and Skiff's own upstream connections are not redirected into
 //! itself. Both backends (nft and iptables) are run; cleanup removes every rule.
 //!
-//! A fourth run binds the outbound and inbound listeners as dual-stack sockets (`[::]`):
-//! the pod's IPv4 connections then arrive with v4-mapped addresses, and their original
-//! destinations must be read all the same.
-//!
 //! A third run has no `services` table at all: Skiff reads the Service and its EndpointSlice
 //! from the fake Kubernetes API server (`skiff_e2e::fake_api`, run by this binary inside the
 //! remote namespace), so the cluster IP the app calls is one that only the API knows.
+//!
+//! A fourth run binds the outbound and inbound listeners as dual-stack sockets (`[::]`):
+//! the pod's IPv4 connections then arrive with v4-mapped addresses, and their original
+//! destinations must be read all the same. Two more (nft, iptables) give both namespaces
+//! IPv6 addresses too: `init-iptables` sees the pod's IPv6 address and redirects IPv6, and
+//! IPv6 calls to a cluster IPv6 address, to an address no service owns and into the pod go
+//! through Skiff's listeners' IPv6 twins, routed by their IPv6 original destinations.
 //!
 //! Needs root and `ip`, `iptables`, `nft`, `setpriv`, `curl` and `bash` (`.ci/run` installs
 //! them). Without them the tests cannot run, and must not pass as if they had: libtest has no
@@ -51,6 +54,9 @@ const API_ADDR: &str = "10.250.0.2:6443";
 
 const POD_IP: &str = "10.250.0.1";
 const REMOTE_IP: &str = "10.250.0.2";
+/// The two namespaces' IPv6 addresses, in a dual-stack lab.
+const POD_IP6: &str = "fd00:250::1";
+const REMOTE_IP6: &str = "fd00:250::2";
 
 /// Namespaces and processes, removed on drop (also when an assertion fails).
 struct Lab {
@@ -171,19 +177,23 @@ enum Source {
     Api,
 }
 
-/// How Skiff's outbound and inbound listeners are bound.
+/// How Skiff's outbound and inbound listeners are bound, and which families the lab has.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Listen {
-    /// IPv4 sockets: `127.0.0.1:4140` and `0.0.0.0:4143`.
+    /// The default addresses, `127.0.0.1:4140` and `0.0.0.0:4143`, in an IPv4 lab.
     V4,
     /// Dual-stack sockets, `[::]:4140` and `[::]:4143`: IPv4 connections arrive on them
     /// with v4-mapped addresses, and their original destination must still be read.
     DualStack,
+    /// The default addresses in a lab whose namespaces also have IPv6 addresses: the
+    /// listeners' IPv6 twins (`[::1]:4140`, `[::]:4143`) take what `init-iptables`, seeing
+    /// the pod's IPv6 address, now redirects in IPv6.
+    DualStackPod,
 }
 
 fn config(source: Source, listen: Listen, dir: &std::path::Path) -> String {
     let (outbound, inbound) = match listen {
-        Listen::V4 => ("127.0.0.1:4140", "0.0.0.0:4143"),
+        Listen::V4 | Listen::DualStackPod => ("127.0.0.1:4140", "0.0.0.0:4143"),
         Listen::DualStack => ("'[::]:4140'", "'[::]:4143'"),
     };
     let head = format!(
@@ -208,6 +218,9 @@ spec:
     gone:
       clusterIP: 10.96.0.11
       endpoints: [{REMOTE_IP}:1]
+    web6:
+      clusterIP: fd00:96::10
+      endpoints: ['[{REMOTE_IP6}]:8080']
 "
         ),
         Source::Api => {
@@ -308,6 +321,24 @@ fn lab(backend: &str, source: Source, listen: Listen) -> Lab {
         "ip",
         &["-n", &pod, "route", "add", "default", "via", REMOTE_IP],
     );
+    if listen == Listen::DualStackPod {
+        // No duplicate address detection: the addresses are usable at once.
+        for (ns, ip) in [(&pod, POD_IP6), (&remote, REMOTE_IP6)] {
+            let ip = format!("{ip}/64");
+            ok(
+                "ip",
+                &["-n", ns, "addr", "add", &ip, "dev", "eth0", "nodad"],
+            );
+        }
+        ok(
+            "ip",
+            &[
+                "-n", &pod, "-6", "route", "add", "default", "via", REMOTE_IP6,
+            ],
+        );
+        let web6 = format!("[{REMOTE_IP6}]:8080");
+        lab.spawn(&remote, &[SKIFF, "bench-backend", "--listen", &web6], &[]);
+    }
 
     let web = format!("{REMOTE_IP}:8080");
     lab.spawn(&remote, &[SKIFF, "bench-backend", "--listen", &web], &[]);
@@ -388,6 +419,18 @@ fn main() -> ExitCode {
             Source::File,
             Listen::DualStack,
         ),
+        (
+            "transparent_mode_in_a_dual_stack_pod",
+            "nft",
+            Source::File,
+            Listen::DualStackPod,
+        ),
+        (
+            "transparent_mode_in_a_dual_stack_pod_with_iptables",
+            "iptables",
+            Source::File,
+            Listen::DualStackPod,
+        ),
     ]
     .into_iter()
     .map(|(name, backend, source, listen)| {
@@ -465,6 +508,10 @@ fn transparent_mode(backend: &str, source: Source, listen: Listen) {
         );
     }
 
+    if listen == Listen::DualStackPod {
+        ipv6_traffic(&lab, &metrics);
+    }
+
     // Cleanup leaves nothing behind.
     init_iptables(&pod, backend, &["--cleanup"]);
     let rules = ok("ip", &["netns", "exec", &pod, "nft", "list", "ruleset"]);
@@ -490,5 +537,45 @@ fn tcp_echo(addr: &str) -> ! {
                 }
             }
         });
+    }
+}
+
+/// In a dual-stack pod: IPv6 calls out of and into the pod go through Skiff as IPv4 ones do
+/// (`init-iptables` redirected IPv6 because the pod has an IPv6 address), routed by their
+/// IPv6 original destination, and counted on top of the IPv4 traffic in `before`.
+fn ipv6_traffic(lab: &Lab, before: &str) {
+    let pod = &lab.pod;
+    // A cluster IPv6 address only Skiff's config knows: routed to the service's endpoint.
+    let answer = lab.curl(pod, "http://[fd00:96::10]/");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("hello from the demo app\n"), "{answer}");
+    // An IPv6 address no service owns: forwarded to it as it is.
+    let answer = lab.curl(pod, &format!("http://[{REMOTE_IP6}]:8080/"));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Into the pod over IPv6.
+    let answer = lab.curl(&lab.remote, &format!("http://[{POD_IP6}]:8081/"));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let after = lab.curl(pod, "http://127.0.0.1:4191/metrics");
+    let outbound = r#"direction="outbound""#;
+    for (name, labels, more) in [
+        (
+            "request_total",
+            &[outbound, r#"target_addr="web6"#][..],
+            1.0,
+        ),
+        (
+            "request_total",
+            &[outbound, r#"target_addr="passthrough""#],
+            1.0,
+        ),
+        ("request_total", &[r#"direction="inbound""#], 1.0),
+        ("tcp_open_total", &[outbound, r#"peer="src""#], 2.0),
+    ] {
+        assert_eq!(
+            sum(&after, name, labels) - sum(before, name, labels),
+            more,
+            "{name} {labels:?}\n{after}"
+        );
     }
 }
