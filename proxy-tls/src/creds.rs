@@ -76,8 +76,8 @@ pub struct Credentials {
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
     server: Arc<ServerConfig>,
-    // By peer, and whether the connection is for HTTP/1.1 (an upgrade) rather than HTTP/2.
-    clients: Mutex<HashMap<(SpiffeId, bool), Arc<ClientConfig>>>,
+    // By peer, and the one protocol offered (HTTP/2; HTTP/1.1 for an upgrade; opaque TCP).
+    clients: Mutex<HashMap<(SpiffeId, &'static [u8]), Arc<ClientConfig>>>,
 }
 
 impl Credentials {
@@ -167,21 +167,26 @@ impl Credentials {
 
     /// The config for connections to a peer that must be `peer`, offering HTTP/2 (ALPN `h2`).
     pub fn client_config(&self, peer: &SpiffeId) -> Result<Arc<ClientConfig>, CredError> {
-        self.client_config_for(peer, false)
+        self.client_config_for(peer, crate::ALPN_H2)
     }
 
     /// The same, offering HTTP/1.1 (ALPN `http/1.1`): for a connection that carries one
     /// HTTP/1.1 upgrade (WebSocket) to the peer, which HTTP/2 between proxies cannot.
     pub fn client_config_http1(&self, peer: &SpiffeId) -> Result<Arc<ClientConfig>, CredError> {
-        self.client_config_for(peer, true)
+        self.client_config_for(peer, crate::ALPN_HTTP1)
+    }
+
+    /// The same, offering opaque TCP (ALPN [`crate::ALPN_TCP`]).
+    pub fn client_config_tcp(&self, peer: &SpiffeId) -> Result<Arc<ClientConfig>, CredError> {
+        self.client_config_for(peer, crate::ALPN_TCP)
     }
 
     fn client_config_for(
         &self,
         peer: &SpiffeId,
-        http1: bool,
+        alpn: &'static [u8],
     ) -> Result<Arc<ClientConfig>, CredError> {
-        let key = (peer.clone(), http1);
+        let key = (peer.clone(), alpn);
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(config) = clients.get(&key) {
             return Ok(config.clone());
@@ -197,11 +202,7 @@ impl Credentials {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_cert_resolver(Arc::new(OwnCert(self.key.clone())));
-        config.alpn_protocols = if http1 {
-            vec![crate::ALPN_HTTP1.to_vec()]
-        } else {
-            vec![crate::ALPN_H2.to_vec()]
-        };
+        config.alpn_protocols = vec![alpn.to_vec()];
         let config = Arc::new(config);
         clients.insert(key, config.clone());
         Ok(config)
@@ -225,7 +226,11 @@ fn server_config(
             key: key.clone(),
             server_name: id.server_name(),
         }));
-    config.alpn_protocols = vec![crate::ALPN_H2.to_vec(), crate::ALPN_HTTP1.to_vec()];
+    config.alpn_protocols = vec![
+        crate::ALPN_H2.to_vec(),
+        crate::ALPN_HTTP1.to_vec(),
+        crate::ALPN_TCP.to_vec(),
+    ];
     Ok(Arc::new(config))
 }
 

@@ -25,6 +25,10 @@ pub use verify::{ForeignTrustDomain, WrongIdentity};
 pub const ALPN_H2: &[u8] = b"h2";
 /// ALPN protocol between proxies for a connection carrying an HTTP/1.1 upgrade.
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// ALPN protocol between proxies for opaque TCP: after the handshake the connection carries
+/// the application's bytes as they are. The peer proxy sends them to the port the
+/// connection was redirected from (transparent mode), else to its application's port.
+pub const ALPN_TCP: &[u8] = b"skiff.tcp/1";
 
 /// The identity in a peer's certificate chain (as rustls hands it over after a handshake
 /// that verified it).

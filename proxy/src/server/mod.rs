@@ -154,7 +154,11 @@ async fn serve(
         conns.plain.opened(&sink)
     };
 
-    if let Some(target) = opaque_target.filter(|t| spec.opaque_ports.contains(&t.port())) {
+    let configured_opaque = opaque_target.filter(|t| spec.opaque_ports.contains(&t.port()));
+    // Inbound with a mesh identity, an opaque port's connection may be a peer proxy's mTLS
+    // (opaque TCP between proxies): detection tells, below.
+    let meshed_inbound = direction == Direction::Inbound && state.mesh.is_some();
+    if let Some(target) = configured_opaque.filter(|_| !meshed_inbound) {
         let _open = plaintext();
         conns.detect.opaque_configured.inc();
         if let Some(mesh) = strict_mesh(state, direction) {
@@ -187,7 +191,12 @@ async fn serve(
     if let Some(mesh) = mesh {
         if protocol == Protocol::Tls {
             conns.detect.tls.inc();
-            serve_mesh(io, peer, orig_dst, mesh, state, drain, sink).await;
+            let conn = MeshConn {
+                peer,
+                orig_dst,
+                opaque_target,
+            };
+            serve_mesh(io, conn, mesh, state, drain, sink).await;
             return;
         }
         if mesh.mtls == MtlsMode::Strict {
@@ -198,6 +207,14 @@ async fn serve(
         }
     }
     let _open = plaintext();
+    if let Some(target) = configured_opaque {
+        // Inbound and permissive: a plaintext caller on an opaque port, whatever it sent.
+        conns.detect.opaque_configured.inc();
+        if tcp_allowed(state, direction, peer, target) {
+            crate::server::tcp::forward(io, target, &spec.limits).await;
+        }
+        return;
+    }
     match protocol {
         Protocol::Http1 => {
             conns.detect.http1.inc();
@@ -315,17 +332,30 @@ async fn serve_http2<I: Io>(
     run_until_drained(conn, drain, idle).await;
 }
 
-/// Terminates mesh mTLS on an inbound connection, then serves HTTP/2 or HTTP/1 (by ALPN)
-/// with the caller's verified identity attached to each request.
-async fn serve_mesh(
-    io: Prefixed<Accepted>,
+/// What an inbound mesh connection came with.
+struct MeshConn {
     peer: SocketAddr,
     orig_dst: Option<SocketAddr>,
+    // Where its bytes go if it is opaque TCP: the app, on the redirected port.
+    opaque_target: Option<SocketAddr>,
+}
+
+/// Terminates mesh mTLS on an inbound connection, then, by ALPN, serves HTTP/2 or HTTP/1
+/// with the caller's verified identity attached to each request, or forwards opaque TCP to
+/// the application once the caller's identity is allowed to reach its port.
+async fn serve_mesh(
+    io: Prefixed<Accepted>,
+    conn: MeshConn,
     mesh: &Mesh,
     state: &State,
     drain: Drain,
     sink: ByteSink,
 ) {
+    let MeshConn {
+        peer,
+        orig_dst,
+        opaque_target,
+    } = conn;
     let Some(creds) = mesh.identity.current() else {
         tracing::warn!(%peer, "refusing a mesh connection: no valid credentials yet");
         return;
@@ -351,12 +381,21 @@ async fn serve_mesh(
         tracing::warn!(%peer, "mesh connection without a peer identity");
         return;
     };
-    let h2 = conn.alpn_protocol() == Some(proxy_tls::ALPN_H2);
+    let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
     let client = Client::Identity(id.to_string().into());
     let handles = state.conns(Direction::Inbound).meshed(&id.to_string());
     sink.set(&handles);
     let _open = handles.opened(&sink);
     let spec = state.spec.load_full();
+    if alpn.as_deref() == Some(proxy_tls::ALPN_TCP) {
+        if let Some(target) = opaque_target {
+            if tcp_allowed_for(state, &client, peer, target) {
+                crate::server::tcp::forward(tls, target, &spec.limits).await;
+            }
+        }
+        return;
+    }
+    let h2 = alpn.as_deref() == Some(proxy_tls::ALPN_H2);
     let svc = crate::inbound::stack(state, client, peer, orig_dst);
     if h2 {
         serve_http2(tls, svc, &spec, drain).await;
@@ -404,8 +443,14 @@ fn tcp_allowed(state: &State, direction: Direction, peer: SocketAddr, target: So
     if direction == Direction::Outbound {
         return true;
     }
+    tcp_allowed_for(state, &Client::Addr(peer.ip()), peer, target)
+}
+
+/// Whether `client`'s opaque connection to `target` may go on under the TrafficTargets'
+/// TCPRoute rules; the decision is counted and, when denied, logged.
+fn tcp_allowed_for(state: &State, client: &Client, peer: SocketAddr, target: SocketAddr) -> bool {
     let policy = state.authz.load();
-    let client = Client::Addr(peer.ip());
+    let client = client.clone();
     let decision = policy.check_tcp(Some(&client), target.port());
     state
         .metrics
@@ -414,11 +459,11 @@ fn tcp_allowed(state: &State, direction: Direction, peer: SocketAddr, target: So
     match decision {
         Decision::Unrestricted | Decision::Allowed { .. } => true,
         Decision::Denied if policy.audits() => {
-            tracing::warn!(%peer, port = target.port(), "authorization would close this TCP connection (audit mode)");
+            tracing::warn!(%peer, ?client, port = target.port(), "authorization would close this TCP connection (audit mode)");
             true
         }
         Decision::Denied => {
-            tracing::info!(%peer, port = target.port(), "authorization denied a TCP connection");
+            tracing::info!(%peer, ?client, port = target.port(), "authorization denied a TCP connection");
             false
         }
     }
