@@ -65,6 +65,9 @@ pub enum CredError {
     Config(String),
 }
 
+/// A client config's key: the peer it must be, and the ALPN protocol it offers.
+type ClientKey = (SpiffeId, &'static [u8]);
+
 /// A checked credential set and the TLS configs made from it.
 #[derive(Debug)]
 pub struct Credentials {
@@ -77,7 +80,7 @@ pub struct Credentials {
     provider: Arc<CryptoProvider>,
     server: Arc<ServerConfig>,
     // By peer, and the one protocol offered (HTTP/2; HTTP/1.1 for an upgrade; opaque TCP).
-    clients: Mutex<HashMap<(SpiffeId, &'static [u8]), Arc<ClientConfig>>>,
+    clients: Mutex<HashMap<ClientKey, Arc<ClientConfig>>>,
 }
 
 impl Credentials {
