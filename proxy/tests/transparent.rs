@@ -38,6 +38,11 @@ use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Completion, Trial};
 
+#[path = "transparent/ipv6.rs"]
+mod ipv6;
+#[path = "transparent/mesh.rs"]
+mod mesh;
+
 /// The binary under test.
 const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
 
@@ -177,9 +182,10 @@ enum Source {
     Api,
 }
 
-/// How Skiff's outbound and inbound listeners are bound, and which families the lab has.
+/// How the lab differs from the plain one: Skiff's listener addresses, the families the
+/// namespaces have, and whether the remote end is a meshed workload.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Listen {
+enum Variant {
     /// The default addresses, `127.0.0.1:4140` and `0.0.0.0:4143`, in an IPv4 lab.
     V4,
     /// Dual-stack sockets, `[::]:4140` and `[::]:4143`: IPv4 connections arrive on them
@@ -189,12 +195,25 @@ enum Listen {
     /// listeners' IPv6 twins (`[::1]:4140`, `[::]:4143`) take what `init-iptables`, seeing
     /// the pod's IPv6 address, now redirects in IPv6.
     DualStackPod,
+    /// The pod's Skiff has a mesh identity (inbound permissive, so the plain checks still
+    /// pass), and the remote namespace runs a meshed workload of its own: a second Skiff in
+    /// front of a server-speaks-first database, reached through a cluster IP on an opaque
+    /// port. See `mesh.rs`.
+    MeshedTcp,
 }
 
-fn config(source: Source, listen: Listen, dir: &std::path::Path) -> String {
-    let (outbound, inbound) = match listen {
-        Listen::V4 | Listen::DualStackPod => ("127.0.0.1:4140", "0.0.0.0:4143"),
-        Listen::DualStack => ("'[::]:4140'", "'[::]:4143'"),
+fn config(source: Source, variant: Variant, dir: &std::path::Path) -> String {
+    let (outbound, inbound) = match variant {
+        Variant::V4 | Variant::DualStackPod | Variant::MeshedTcp => {
+            ("127.0.0.1:4140", "0.0.0.0:4143")
+        }
+        Variant::DualStack => ("'[::]:4140'", "'[::]:4143'"),
+    };
+    let meshed = variant == Variant::MeshedTcp;
+    let (mtls, mesh_spec) = if meshed {
+        ("    mtls: permissive\n", mesh::pod_spec(dir))
+    } else {
+        ("", String::new())
     };
     let head = format!(
         "apiVersion: skiff.dev/v1alpha1
@@ -205,9 +224,9 @@ spec:
   inbound:
     listen: {inbound}
     appPort: 8081
-  admin:
+{mtls}  admin:
     listen: 127.0.0.1:4191
-"
+{mesh_spec}"
     );
     match source {
         Source::File => format!(
@@ -221,7 +240,12 @@ spec:
     web6:
       clusterIP: fd00:96::10
       endpoints: ['[{REMOTE_IP6}]:8080']
-"
+{}",
+            if meshed {
+                mesh::pod_service()
+            } else {
+                String::new()
+            }
         ),
         Source::Api => {
             let kubeconfig = dir.join("kubeconfig");
@@ -278,19 +302,19 @@ fn fake_api(addr: &str) -> ! {
 
 /// Sets up the namespaces, backends, rules and Skiff for `backend`, with its services from
 /// `source`.
-fn lab(backend: &str, source: Source, listen: Listen) -> Lab {
+fn lab(backend: &str, source: Source, variant: Variant) -> Lab {
     let tag = format!(
         "{}-{backend}-{}{}",
         std::process::id(),
         source as u8,
-        listen as u8
+        variant as u8
     );
     let dir = std::env::temp_dir().join(format!("skiff-transparent-{tag}"));
     std::fs::create_dir_all(&dir).unwrap();
     // Skiff runs as uid 2102: it must be able to read its config.
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let config_path = dir.join("skiff.yaml");
-    std::fs::write(&config_path, config(source, listen, &dir)).unwrap();
+    std::fs::write(&config_path, config(source, variant, &dir)).unwrap();
     std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut lab = Lab {
         pod: format!("skiff-pod-{tag}"),
@@ -321,7 +345,10 @@ fn lab(backend: &str, source: Source, listen: Listen) -> Lab {
         "ip",
         &["-n", &pod, "route", "add", "default", "via", REMOTE_IP],
     );
-    if listen == Listen::DualStackPod {
+    if variant == Variant::MeshedTcp {
+        mesh::start_remote(&mut lab, &remote);
+    }
+    if variant == Variant::DualStackPod {
         // No duplicate address detection: the addresses are usable at once.
         for (ns, ip) in [(&pod, POD_IP6), (&remote, REMOTE_IP6)] {
             let ip = format!("{ip}/64");
@@ -395,51 +422,63 @@ fn main() -> ExitCode {
     if let Ok(addr) = std::env::var(ECHO_HELPER) {
         tcp_echo(&addr);
     }
+    mesh::helpers();
     if let Ok(addr) = std::env::var(FAKE_API_HELPER) {
         fake_api(&addr);
     }
     let args = Arguments::from_args();
     let trials = [
-        ("transparent_mode_with_nft", "nft", Source::File, Listen::V4),
+        (
+            "transparent_mode_with_nft",
+            "nft",
+            Source::File,
+            Variant::V4,
+        ),
         (
             "transparent_mode_with_iptables",
             "iptables",
             Source::File,
-            Listen::V4,
+            Variant::V4,
         ),
         (
             "transparent_mode_with_cluster_ips_only_the_api_knows",
             "nft",
             Source::Api,
-            Listen::V4,
+            Variant::V4,
         ),
         (
             "transparent_mode_on_dual_stack_listeners",
             "nft",
             Source::File,
-            Listen::DualStack,
+            Variant::DualStack,
         ),
         (
             "transparent_mode_in_a_dual_stack_pod",
             "nft",
             Source::File,
-            Listen::DualStackPod,
+            Variant::DualStackPod,
         ),
         (
             "transparent_mode_in_a_dual_stack_pod_with_iptables",
             "iptables",
             Source::File,
-            Listen::DualStackPod,
+            Variant::DualStackPod,
+        ),
+        (
+            "transparent_mode_carries_opaque_tcp_to_a_meshed_service_over_mtls",
+            "nft",
+            Source::File,
+            Variant::MeshedTcp,
         ),
     ]
     .into_iter()
-    .map(|(name, backend, source, listen)| {
+    .map(|(name, backend, source, variant)| {
         Trial::ignorable_test(name, move || {
             if let Some(why) = missing_tools() {
                 eprintln!("SKIPPED {name}: {why}");
                 return Ok(Completion::ignored_with(why));
             }
-            transparent_mode(backend, source, listen);
+            transparent_mode(backend, source, variant);
             Ok(Completion::Completed)
         })
     })
@@ -447,8 +486,8 @@ fn main() -> ExitCode {
     libtest_mimic::run(&args, trials).exit_code()
 }
 
-fn transparent_mode(backend: &str, source: Source, listen: Listen) {
-    let lab = lab(backend, source, listen);
+fn transparent_mode(backend: &str, source: Source, variant: Variant) {
+    let lab = lab(backend, source, variant);
     let pod = lab.pod.clone();
 
     // A cluster IP known to Skiff's config: routed to the service's endpoint.
@@ -508,8 +547,11 @@ fn transparent_mode(backend: &str, source: Source, listen: Listen) {
         );
     }
 
-    if listen == Listen::DualStackPod {
-        ipv6_traffic(&lab, &metrics);
+    if variant == Variant::DualStackPod {
+        ipv6::traffic(&lab, &metrics);
+    }
+    if variant == Variant::MeshedTcp {
+        mesh::opaque_tcp_crosses_encrypted(&lab);
     }
 
     // Cleanup leaves nothing behind.
@@ -537,45 +579,5 @@ fn tcp_echo(addr: &str) -> ! {
                 }
             }
         });
-    }
-}
-
-/// In a dual-stack pod: IPv6 calls out of and into the pod go through Skiff as IPv4 ones do
-/// (`init-iptables` redirected IPv6 because the pod has an IPv6 address), routed by their
-/// IPv6 original destination, and counted on top of the IPv4 traffic in `before`.
-fn ipv6_traffic(lab: &Lab, before: &str) {
-    let pod = &lab.pod;
-    // A cluster IPv6 address only Skiff's config knows: routed to the service's endpoint.
-    let answer = lab.curl(pod, "http://[fd00:96::10]/");
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.ends_with("hello from the demo app\n"), "{answer}");
-    // An IPv6 address no service owns: forwarded to it as it is.
-    let answer = lab.curl(pod, &format!("http://[{REMOTE_IP6}]:8080/"));
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    // Into the pod over IPv6.
-    let answer = lab.curl(&lab.remote, &format!("http://[{POD_IP6}]:8081/"));
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-
-    let after = lab.curl(pod, "http://127.0.0.1:4191/metrics");
-    let outbound = r#"direction="outbound""#;
-    for (name, labels, more) in [
-        (
-            "request_total",
-            &[outbound, r#"target_addr="web6"#][..],
-            1.0,
-        ),
-        (
-            "request_total",
-            &[outbound, r#"target_addr="passthrough""#],
-            1.0,
-        ),
-        ("request_total", &[r#"direction="inbound""#], 1.0),
-        ("tcp_open_total", &[outbound, r#"peer="src""#], 2.0),
-    ] {
-        assert_eq!(
-            sum(&after, name, labels) - sum(before, name, labels),
-            more,
-            "{name} {labels:?}\n{after}"
-        );
     }
 }

@@ -273,6 +273,26 @@ fn build_routes(
     }
 }
 
+impl OutboundResolver {
+    /// For an opaque connection sent to `dst`: when `dst` is the cluster IP and port of a
+    /// meshed service, one of its endpoints (chosen as for a request); `None` otherwise.
+    pub(crate) async fn meshed_endpoint(
+        &self,
+        dst: SocketAddr,
+    ) -> Option<Result<Arc<crate::discovery::endpoints::Endpoint>, ProxyError>> {
+        let service = self.routes.load().by_vip.get(&dst)?.service.clone();
+        service
+            .endpoints
+            .synced(crate::upstream::pick::FIRST_ANSWER_WAIT)
+            .await;
+        match crate::upstream::pick::choose(&service) {
+            Ok((endpoint, _)) if endpoint.pool.is_meshed() => Some(Ok(endpoint)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
 impl Resolve for OutboundResolver {
     fn resolve(
         &self,

@@ -173,7 +173,7 @@ async fn serve(
             return;
         }
         let io = Prefixed::new(Default::default(), stream);
-        crate::server::tcp::forward(io, target, &spec.limits).await;
+        forward_opaque(state, direction, io, target, &spec).await;
         return;
     }
     let (protocol, io) = match detect(stream, spec.limits.detect_timeout.0).await {
@@ -233,7 +233,7 @@ async fn serve(
             counter.inc();
             match opaque_target {
                 Some(target) if tcp_allowed(state, direction, peer, target) => {
-                    crate::server::tcp::forward(io, target, &spec.limits).await
+                    forward_opaque(state, direction, io, target, &spec).await
                 }
                 Some(_) => {} // refused and logged by the authorization check
                 None => tracing::info!(
@@ -330,6 +330,31 @@ async fn serve_http2<I: Io>(
         tracing::debug!(?idle, "closing an idle HTTP/2 connection");
     };
     run_until_drained(conn, drain, idle).await;
+}
+
+/// Forwards an opaque connection to `target`; outbound, a meshed service's cluster IP is
+/// reached over mutual TLS to one of its endpoints instead, so that it crosses the mesh
+/// encrypted and its peer can check who is calling.
+async fn forward_opaque<I: Io>(
+    state: &State,
+    direction: Direction,
+    io: I,
+    target: SocketAddr,
+    spec: &crate::config::ProxySpec,
+) {
+    if direction == Direction::Outbound {
+        match state.outbound.resolver.meshed_endpoint(target).await {
+            Some(Ok(endpoint)) => {
+                return crate::server::tcp::forward_meshed(io, &endpoint.pool, &spec.limits).await
+            }
+            Some(Err(e)) => {
+                tracing::warn!(%target, error = %e, "opaque connection to a meshed service closed");
+                return;
+            }
+            None => {}
+        }
+    }
+    crate::server::tcp::forward(io, target, &spec.limits).await;
 }
 
 /// What an inbound mesh connection came with.

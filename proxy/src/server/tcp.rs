@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::config::LimitsSpec;
+use crate::upstream::pool::Pool;
 
 /// Connects to `target` and copies bytes between it and `client` until both sides close,
 /// or until the connection has been idle for the limits' opaque idle timeout.
@@ -33,6 +34,21 @@ where
     };
     let _ = upstream.set_nodelay(true);
     copy(client, upstream, target, limits.opaque_idle_timeout.0).await;
+}
+
+/// Carries `client`'s bytes to a meshed endpoint over mutual TLS (ALPN `skiff.tcp/1`),
+/// whose proxy forwards them to its application, then copies as [`forward`] does.
+pub(crate) async fn forward_meshed<I>(client: I, endpoint: &Pool, limits: &LimitsSpec)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let target = endpoint.addr();
+    match endpoint.open_tcp().await {
+        Ok(upstream) => copy(client, upstream, target, limits.opaque_idle_timeout.0).await,
+        Err(e) => {
+            tracing::warn!(%target, error = %e, error_code = "upstream-connect", "opaque connection over the mesh failed");
+        }
+    }
 }
 
 /// Copies both ways until both sides close, or nothing has passed for `idle` (zero: no

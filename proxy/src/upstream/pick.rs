@@ -106,7 +106,7 @@ where
 /// How long a request to a service whose endpoints are not known yet (a Kubernetes Service
 /// called for the first time, or after being idle) waits for the first answer before
 /// 503 `no-endpoints`.
-const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(5);
 
 async fn pick_later(
     mut inner: BoxHttpService,
@@ -227,7 +227,9 @@ where
     }
 }
 
-fn choose(service: &ServiceTarget) -> Result<(Arc<Endpoint>, Option<Admission>), ProxyError> {
+pub(crate) fn choose(
+    service: &ServiceTarget,
+) -> Result<(Arc<Endpoint>, Option<Admission>), ProxyError> {
     let (list, turn) = service.endpoints.snapshot();
     if list.is_empty() {
         return Err(ProxyError::new(

@@ -37,6 +37,8 @@ enum Alpn {
     H2,
     /// HTTP/1.1: a connection for one upgrade.
     Http1,
+    /// Opaque TCP: the application's bytes as they are.
+    Tcp,
 }
 
 struct Idle {
@@ -145,6 +147,19 @@ impl Pool {
                 self.send_upgrade_over(tls, req).await
             }
         }
+    }
+
+    /// Opens an opaque TCP connection to this meshed endpoint: mutual TLS offering
+    /// `skiff.tcp/1`, after which the peer proxy forwards the bytes to its application.
+    pub async fn open_tcp(&self) -> Result<tokio_rustls::client::TlsStream<Upstream>, ProxyError> {
+        let Some(peer) = &self.mesh else {
+            return Err(ProxyError::new(
+                Reason::Internal,
+                format!("{} is not a meshed endpoint", self.addr),
+            ));
+        };
+        let tcp = self.connect().await?;
+        self.tls(tcp, peer, Alpn::Tcp).await
     }
 
     async fn send_upgrade_over<I>(
@@ -315,6 +330,7 @@ impl Pool {
         let config = match alpn {
             Alpn::H2 => creds.client_config(&peer.id),
             Alpn::Http1 => creds.client_config_http1(&peer.id),
+            Alpn::Tcp => creds.client_config_tcp(&peer.id),
         }
         .map_err(|e| fail(e.to_string()))?;
         let name = rustls::pki_types::ServerName::try_from(peer.id.server_name())
