@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use http::{HeaderMap, Request};
 use proxy_core::classify::Classification;
 use proxy_core::limit::Client;
-use proxy_core::notes::Notes;
+use proxy_core::notes::{Noted, Notes};
 use proxy_core::Reason;
 use regex::Regex;
 use serde_json::Value;
@@ -235,24 +235,16 @@ impl Drop for Watched {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(span) = span {
-            let noted = self.notes.get();
-            span.end(&SpanEnd {
-                method: &self.method,
-                authority: &self.authority,
-                path: &self.path,
-                peer: self.peer,
-                caller_identity: self.caller_identity.as_deref(),
-                noted: &noted,
-                ending: &Ending {
-                    status: 0,
-                    duration_ms: span.elapsed_ms(),
-                    response_bytes: 0,
-                    grpc_status: None,
-                    error: None,
-                    classification: Classification::Failure,
-                    body: &[],
-                },
-            });
+            let ending = Ending {
+                status: 0,
+                duration_ms: span.elapsed_ms(),
+                response_bytes: 0,
+                grpc_status: None,
+                error: None,
+                classification: Classification::Failure,
+                body: &[],
+            };
+            self.end_span(&span, &self.notes.get(), &ending);
         }
     }
 }
@@ -289,6 +281,19 @@ impl Watched {
         }
     }
 
+    /// Ends the request's span with what is known of it.
+    fn end_span(&self, span: &Begun, noted: &Noted, ending: &Ending<'_>) {
+        span.end(&SpanEnd {
+            method: &self.method,
+            authority: &self.authority,
+            path: &self.path,
+            peer: self.peer,
+            caller_identity: self.caller_identity.as_deref(),
+            noted,
+            ending,
+        });
+    }
+
     /// The response headers arrived.
     pub fn response(&self, status: u16, latency_ms: f64, headers: &HeaderMap) {
         let tap = &self.observe.tap;
@@ -321,15 +326,7 @@ impl Watched {
         let noted = self.notes.get();
         let span = self.span.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(span) = span {
-            span.end(&SpanEnd {
-                method: &self.method,
-                authority: &self.authority,
-                path: &self.path,
-                peer: self.peer,
-                caller_identity: self.caller_identity.as_deref(),
-                noted: &noted,
-                ending,
-            });
+            self.end_span(&span, &noted, ending);
         }
         if !self.observe.tap.active() && self.observe.log.is_none() {
             return;
