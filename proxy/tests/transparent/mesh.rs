@@ -6,7 +6,8 @@
 //! database stand-in on its loopback. The pod's Skiff is `default/web` and knows service
 //! `db` by a cluster IP on an opaque port, with `db`'s identity. The pod's application
 //! connects to that cluster IP, is greeted before it sends a byte, pipes 1 MiB each way
-//! and half-closes; the remote Skiff counts the connection under web's identity.
+//! and half-closes; the remote Skiff's TrafficTarget admits web by a TCPRoute on the port,
+//! and it counts the connection under web's identity.
 
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -129,6 +130,19 @@ spec:
   admin: {{listen: '127.0.0.1:14191'}}
   opaquePorts: [{DB_PORT}]
   identity: {{dir: {}, namespace: default, serviceAccount: db}}
+---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: TCPRoute
+metadata: {{name: db, namespace: default}}
+spec: {{matches: {{ports: [{DB_PORT}]}}}}
+---
+apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {{name: web-to-db, namespace: default}}
+spec:
+  destination: {{kind: ServiceAccount, name: db}}
+  rules: [{{kind: TCPRoute, name: db}}]
+  sources: [{{kind: ServiceAccount, name: web}}]
 ",
         ids.join("default/db").display()
     );
@@ -154,9 +168,18 @@ pub(super) fn opaque_tcp_crosses_encrypted(lab: &Lab) {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The remote Skiff took it as mesh mTLS from web, not plaintext.
+    // The remote Skiff took it as mesh mTLS from web, not plaintext, and its TrafficTarget's
+    // TCPRoute admitted web's identity.
     let metrics = lab.curl(&lab.remote, "http://127.0.0.1:14191/metrics");
     let web = "spiffe://cluster.local/ns/default/sa/web";
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("inbound_tcp_authz_allow_total{")
+                && l.contains(web)
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
     assert!(
         metrics
             .lines()
