@@ -135,6 +135,16 @@ fn request(pairs: &[(&'static str, &str)]) -> Request<()> {
     req
 }
 
+/// Checks that the `x-b3-*` headers name `span` as the parent of the next hop, in trace
+/// `TRACE`, with the caller's `SPAN` as its own parent; returns the span's id.
+fn b3_multi_names_this_hop(req: &Request<()>, span: &Begun) -> String {
+    let own = hex(&span.span_id);
+    assert_eq!(req.headers()["x-b3-traceid"], TRACE);
+    assert_eq!(req.headers()["x-b3-spanid"], own.as_str());
+    assert_eq!(req.headers()["x-b3-parentspanid"], SPAN);
+    own
+}
+
 fn traceparent(req: &Request<()>) -> String {
     req.headers()["traceparent"].to_str().unwrap().to_owned()
 }
@@ -213,10 +223,7 @@ async fn a_w3c_caller_with_b3_headers_too_gets_both_rewritten_alike() {
         ("x-b3-sampled", "1"),
     ]);
     let span = t.begin(Direction::Inbound, &mut req).expect("sampled");
-    let own = hex(&span.span_id);
-    assert_eq!(req.headers()["x-b3-traceid"], TRACE);
-    assert_eq!(req.headers()["x-b3-spanid"], own.as_str());
-    assert_eq!(req.headers()["x-b3-parentspanid"], SPAN);
+    b3_multi_names_this_hop(&req, &span);
 }
 
 #[tokio::test]
@@ -264,10 +271,7 @@ async fn b3_callers_get_b3_headers_rewritten_with_this_hop_as_parent() {
         ("x-b3-sampled", "1"),
     ]);
     let span = t.begin(Direction::Inbound, &mut req).expect("sampled");
-    let own = hex(&span.span_id);
-    assert_eq!(req.headers()["x-b3-traceid"], TRACE);
-    assert_eq!(req.headers()["x-b3-spanid"], own.as_str());
-    assert_eq!(req.headers()["x-b3-parentspanid"], SPAN);
+    let own = b3_multi_names_this_hop(&req, &span);
     assert_eq!(traceparent(&req), format!("00-{TRACE}-{own}-01"));
     let mut single = request(&[("b3", &format!("{TRACE}-{SPAN}"))]);
     let span = t
@@ -475,4 +479,63 @@ async fn a_server_spans_4xx_is_the_clients_error_and_a_cancelled_request_says_so
             .any(|kv| kv.key == "http.response.status_code"),
         "no status was sent"
     );
+}
+
+/// A collector that takes every batch with 200 and an OTLP partial success refusing
+/// `rejected` spans of it.
+async fn partial_collector(rejected: i64) -> std::net::SocketAddr {
+    use prost::Message;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let svc = hyper::service::service_fn(move |_req| async move {
+                let answer = otlp::ExportTraceServiceResponse {
+                    partial_success: Some(otlp::ExportTracePartialSuccess {
+                        rejected_spans: rejected,
+                        error_message: "too old".into(),
+                    }),
+                };
+                let body = http_body_util::Full::new(bytes::Bytes::from(answer.encode_to_vec()));
+                Ok::<_, std::convert::Infallible>(http::Response::new(body))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+            );
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn spans_a_collector_refuses_in_a_partial_success_are_counted_as_rejected() {
+    let addr = partial_collector(2).await;
+    let families = Arc::new(TraceFamilies::default());
+    let mut s = settings(1.0, 64);
+    s.collector = Collector::parse(&format!("http://{addr}")).unwrap();
+    let t = Arc::new(Tracer::start(s, families.clone()));
+    for _ in 0..5 {
+        t.send(otlp::Span::default());
+    }
+    let rejected = || {
+        families
+            .dropped
+            .get_or_create(&vec![("reason", "rejected".to_owned())])
+            .get()
+    };
+    // One batch of five after the 10 ms flush interval, to a collector on loopback.
+    let waited = tokio::time::timeout(Duration::from_secs(10), async {
+        while rejected() + families.exported.get() < 5 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        waited.is_ok(),
+        "rejected {}, exported {}",
+        rejected(),
+        families.exported.get()
+    );
+    assert_eq!((rejected(), families.exported.get()), (2, 3));
 }
