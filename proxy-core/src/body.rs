@@ -231,22 +231,35 @@ impl http_body::Body for Primed {
 /// what a request holds while its response still streams (an in-flight slot, a
 /// "request in progress" mark).
 pub fn hold_until_end<G: Send + 'static>(body: Body, guard: G) -> Body {
-    HoldUntilEnd {
-        inner: body,
-        guard: Some(guard),
-    }
-    .boxed_unsync()
+    let mut guard = Some(guard);
+    inspect(body, move |frame| {
+        if !matches!(frame, Some(Ok(_))) {
+            drop(guard.take());
+        }
+    })
+}
+
+/// `body`, with `see` shown each poll's outcome (a frame, an error, or the end) before it is
+/// passed on. `see` lives as long as the body, so what it holds is released with it.
+pub fn inspect<F>(body: Body, see: F) -> Body
+where
+    F: FnMut(&Option<Result<Frame<Bytes>, BoxError>>) + Send + 'static,
+{
+    Inspect { inner: body, see }.boxed_unsync()
 }
 
 pin_project_lite::pin_project! {
-    struct HoldUntilEnd<G> {
+    struct Inspect<F> {
         #[pin]
         inner: Body,
-        guard: Option<G>,
+        see: F,
     }
 }
 
-impl<G> http_body::Body for HoldUntilEnd<G> {
+impl<F> http_body::Body for Inspect<F>
+where
+    F: FnMut(&Option<Result<Frame<Bytes>, BoxError>>),
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -256,9 +269,7 @@ impl<G> http_body::Body for HoldUntilEnd<G> {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
-        if !matches!(frame, Some(Ok(_))) {
-            *this.guard = None;
-        }
+        (this.see)(&frame);
         Poll::Ready(frame)
     }
 

@@ -7,14 +7,10 @@
 //! here, and its error, which already names the client as the one to blame, is kept for the
 //! response future to report instead.
 
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{ready, Context, Poll};
 
-use bytes::Bytes;
-use http_body::{Frame, SizeHint};
 use proxy_core::error::find_cause;
-use proxy_core::{Body, BoxError, ProxyError};
+use proxy_core::{Body, ProxyError};
 
 /// Where a watched body leaves its failure.
 #[derive(Clone, Debug, Default)]
@@ -32,54 +28,26 @@ impl Fault {
 /// stream's slot on its connection).
 pub(super) fn watch<H: Send + 'static>(body: Body, holds: H) -> (Body, Fault) {
     let fault = Fault::default();
-    let watched = Watched {
-        inner: body,
-        fault: fault.clone(),
-        _holds: holds,
-    };
-    (proxy_core::body::boxed(watched), fault)
-}
-
-pin_project_lite::pin_project! {
-    struct Watched<H> {
-        #[pin]
-        inner: Body,
-        fault: Fault,
-        _holds: H,
-    }
-}
-
-impl<H> http_body::Body for Watched<H> {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        if let Some(Err(e)) = &frame {
+    let kept = fault.clone();
+    let body = proxy_core::body::inspect(body, move |frame| {
+        // Owned by the body's observer, so released with the body.
+        let _ = &holds;
+        if let Some(Err(e)) = frame {
             if let Some(client) = find_cause::<ProxyError>(e.as_ref()) {
-                let _ = this.fault.0.set(client.detached());
+                let _ = kept.0.set(client.detached());
             }
         }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
+    });
+    (body, fault)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use http_body::Frame;
     use http_body_util::BodyExt;
+    use proxy_core::BoxError;
     use proxy_core::Reason;
 
     #[tokio::test]
