@@ -98,10 +98,7 @@ impl Observe {
         req: &mut Request<B>,
         peer: Option<SocketAddr>,
     ) -> Option<Arc<Watched>> {
-        let span = match self.trace.tracer() {
-            Some(tracer) => tracer.begin(self.direction, req),
-            None => None,
-        };
+        let span = self.trace.begin(self.direction, req);
         let logging = self.log.is_some() && self.settings.load().access_log.is_some();
         if !self.tap.active() && !logging && span.is_none() {
             return None;

@@ -149,6 +149,16 @@ impl TraceHub {
         self.current.load_full()
     }
 
+    /// [`Tracer::begin`] with the running tracer; `None` at once when tracing is off. The
+    /// tracer is borrowed, not cloned: a request that is not sampled costs no reference
+    /// count.
+    pub fn begin<B>(&self, direction: Direction, req: &mut Request<B>) -> Option<Begun> {
+        self.current
+            .load()
+            .as_ref()
+            .and_then(|tracer| tracer.begin(direction, req))
+    }
+
     /// The tracing series.
     pub fn families(&self) -> &Arc<TraceFamilies> {
         &self.families
