@@ -9,6 +9,8 @@
 # split, retries, a breaker, timeouts and a concurrency limit), Skiff runs under callgrind
 # with instrumentation off; after a warm-up of WARM requests it is switched on, N requests
 # are sent (h2load --h1, 16 connections, bounded by count), and the total is divided by N.
+# benches/load/layers.py then splits the counts by layer (the source file each instruction's
+# code is in). Prints a Markdown section for benches/RESULTS.md; progress goes to stderr.
 # Traffic stays on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -47,6 +49,7 @@ YAML
 . benches/load/full-stack.sh
 { head; echo "$FULL_STACK_SERVICES"; full_stack_route; } > "$WORK/full.yaml"
 
+TOTALS=""
 for config in bare full; do
   out="$WORK/callgrind.$config"
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
@@ -55,9 +58,22 @@ for config in bare full; do
   wait_port 19140
   h2load --h1 -n "$WARM" -c 16 --connect-to=127.0.0.1:19140 http://backend/api/x >/dev/null
   callgrind_control -i on "$pid" >/dev/null 2>&1
-  h2load --h1 -n "$N" -c 16 --connect-to=127.0.0.1:19140 http://backend/api/x | grep -E '^(requests|status codes):' >&2
+  codes=$(h2load --h1 -n "$N" -c 16 --connect-to=127.0.0.1:19140 http://backend/api/x | grep -E '^status codes:')
+  log "$config: $codes"
+  grep -q "status codes: $N 2xx" <<<"$codes" || { echo "not every request succeeded under callgrind: $codes" >&2; exit 1; }
   callgrind_control -d "$pid" >/dev/null 2>&1
   kill "$pid"; wait "$pid" 2>/dev/null || true
   total=$(cat "$out"* | awk '/^summary:/ {s += $2} END {print s}')
-  echo "$config: $((total / N)) instructions per request ($total over $N requests)"
+  TOTALS+="- $config: $((total / N)) instructions per request ($total over $N requests)"$'\n'
 done
+echo "## Instructions per request, by layer (callgrind)"
+echo
+echo "\`bash benches/load/instructions.sh\`: user-space instructions per proxied request, counted by"
+echo "callgrind over $N requests after a $WARM-request warm-up (h2load --h1 -c16); repeatable to about"
+echo "0.3% for the same binary. Each instruction is charged to the source file its code is in,"
+echo "inlined code included (\`benches/load/layers.py\`); \`skiff: X\` is the folder of that name."
+echo "Measure a change against this table rather than against req/s."
+echo
+echo -n "$TOTALS"
+echo
+python3 benches/load/layers.py --requests "$N" bare="$WORK/callgrind.bare" full="$WORK/callgrind.full"
