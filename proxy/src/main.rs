@@ -14,7 +14,8 @@ use skiff::tools::args::{Cli, Command, DevCa, Identity, Inject};
 use skiff::tools::demo::{self, Backend};
 use skiff::tools::{init_iptables, stat};
 
-/// `--features mimalloc`: less CPU per request for more memory (see benches/RESULTS.md).
+/// `--features mimalloc`: less CPU per request; see `runtime::return_freed_memory` for why
+/// it is not the default.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -9,6 +9,10 @@
 //! effort: where the host has no IPv6, or the port is taken in IPv6, the listener serves
 //! IPv4 alone and says so in a debug log. Any other address (a specific one, or already
 //! IPv6) is bound as written.
+//!
+//! Every socket listens with a backlog of [`BACKLOG`]: the 128 of a plain
+//! `TcpListener::bind` overflowed when a thousand clients connected at once, and the
+//! connections beyond it waited a second for the SYN to be sent again.
 
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -27,7 +31,7 @@ pub(crate) struct Bound {
 
 /// Binds `addr` (named `what` in errors) and, when it has one, its IPv6 twin.
 pub(crate) async fn bind(addr: SocketAddr, what: &str) -> io::Result<Bound> {
-    let primary = TcpListener::bind(addr).await.map_err(|e| {
+    let primary = listen(addr, false).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("cannot bind the {what} listener on {addr}: {e}"),
@@ -58,12 +62,24 @@ fn twin_of(ip: IpAddr) -> Option<IpAddr> {
 
 /// An IPv6-only listening socket: `[::]` must not claim the IPv4 port the primary holds.
 fn bind_v6_only(at: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_only_v6(true)?;
+    listen(at, true)
+}
+
+/// Connections the kernel queues for a listener before they are accepted (it caps this at
+/// `net.core.somaxconn`, 4096 by default).
+pub(crate) const BACKLOG: i32 = 4096;
+
+/// A listening socket on `at` with a backlog of [`BACKLOG`]; an IPv6 one is IPv6-only when
+/// `v6_only`, else it takes the system's default (dual-stack on Linux).
+pub(crate) fn listen(at: SocketAddr, v6_only: bool) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(at), Type::STREAM, Some(Protocol::TCP))?;
+    if v6_only {
+        socket.set_only_v6(true)?;
+    }
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&at.into())?;
-    socket.listen(1024)?;
+    socket.listen(BACKLOG)?;
     TcpListener::from_std(socket.into())
 }
 

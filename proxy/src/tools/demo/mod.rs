@@ -11,7 +11,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
 
 use crate::config::{self, Config};
 
@@ -81,7 +80,7 @@ pub enum Backend {
 
 /// Serves `backend` on `addr` (HTTP/1.1 and h2c) until the task is dropped.
 pub async fn serve_backend(addr: SocketAddr, backend: Backend) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await.map_err(|e| {
+    let listener = crate::server::bind::listen(addr, false).map_err(|e| {
         std::io::Error::new(e.kind(), format!("demo backend cannot bind {addr}: {e}"))
     })?;
     tokio::spawn(async move {

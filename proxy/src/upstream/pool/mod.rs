@@ -156,7 +156,13 @@ impl Pools {
             handles,
             forget_on_drop,
         ));
-        pools.retain(|_, p| p.strong_count() > 0);
+        // Forgotten pools are swept only when the map is full and would grow: sweeping on
+        // every insert made a config of N endpoints cost O(N^2) to load (100,000 endpoints
+        // took minutes); this way the work is proportional to the inserts, and the map
+        // stays within about twice the most pools ever alive at once.
+        if pools.len() == pools.capacity() {
+            pools.retain(|_, p| p.strong_count() > 0);
+        }
         pools.insert(key, Arc::downgrade(&pool));
         pool
     }
@@ -191,5 +197,28 @@ mod tests {
         let passthrough: SocketAddr = "127.0.0.2:9".parse().unwrap();
         drop(pools.get(passthrough));
         assert!(scrape(&registry).contains(r#"target_addr="127.0.0.2:9""#));
+    }
+
+    /// Pools nobody holds are forgotten, in work proportional to the pools made: 20,000
+    /// passthrough pools, a few alive at a time, leave a map the size of a few, and 20,000
+    /// held at once are all found again.
+    #[test]
+    fn forgotten_pools_are_swept_as_the_map_fills() {
+        let pools = Pools::new(Settings::default());
+        let addr = |i: u32| SocketAddr::from((std::net::Ipv4Addr::from(0x7f01_0000 + i), 9));
+        let mut alive = Vec::new();
+        for i in 0..20_000 {
+            alive.push(pools.get(addr(i)));
+            if alive.len() > 4 {
+                alive.remove(0);
+            }
+        }
+        let len = pools.pools.lock().unwrap().len();
+        assert!(len <= 16, "{len} entries for at most 5 live pools");
+
+        let held: Vec<_> = (0..20_000).map(|i| pools.get(addr(i))).collect();
+        for (i, pool) in held.iter().enumerate() {
+            assert!(Arc::ptr_eq(pool, &pools.get(addr(i as u32))));
+        }
     }
 }
