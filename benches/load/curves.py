@@ -3,7 +3,7 @@
 
 run.sh measures one small config, but a sidecar in a real mesh carries many routes,
 services, endpoints and client connections. This sweeps each of those sizes, with a fresh
-Skiff (one worker) per point, and shows whether the cost stays flat or grows:
+Skiff (one worker) per point, to show whether the cost stays flat or grows:
 
     python3 benches/load/curves.py --skiff target/release/skiff --out benches [--quick]
 
@@ -11,10 +11,11 @@ Skiff (one worker) per point, and shows whether the cost stays flat or grows:
      requests (wrk) vs HTTPRoute rules on one service;
   2. RSS vs services;  3. RSS vs endpoints of one service;  4. RSS vs open client connections.
 
-Stdout gets a Markdown section (`## Cost curves`) with one table and one PNG (written into
---out) per curve; progress goes to stderr. Needs valgrind, h2load, wrk and matplotlib. Every
-process started here is killed on exit, error or Ctrl-C; traffic stays on 127.0.0.0/8 and
-every load loop is bounded in count and time. --quick shortens the runs for trying it out.
+Stdout gets a Markdown section (`## Cost curves`) with one table per curve and the PNGs it
+wrote into --out; progress goes to stderr. Needs valgrind, h2load, wrk and matplotlib. Every
+process started here is stopped on exit, error, Ctrl-C or SIGTERM; traffic stays on
+127.0.0.0/8 and every load loop is bounded in count and time. --quick shortens the runs
+(not the points), for trying the script out.
 """
 import argparse, collections, glob, http.client, os, re, resource, selectors, shutil, signal
 import socket, struct, subprocess, sys, tempfile, time
@@ -23,13 +24,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-# Skiff's listeners here: 19700-19799, clear of run.sh's, so both may share the backend.
+# Skiff's listeners: in 19700-19799, clear of run.sh's, so both can share one backend.
 OUT, IN, ADMIN = 19740, 19743, 19791
 NPROC = os.cpu_count() or 1
 HZ = os.sysconf("SC_CLK_TCK")
-MAX_CONFIG = 4 << 20  # Skiff refuses a larger config file whole
-PROCS = []  # everything started here and still running, killed in main's finally
-ARGS = WORK = None
+PROCS = []  # started here and still running: main's finally stops them
 
 
 def log(*msg):
@@ -37,10 +36,10 @@ def log(*msg):
 
 
 def child_setup(cpu):
-    # Servers on CPU 1 and load generators on CPU 0 (as run.sh's taskset does), so they do not
-    # share a core; every child gets the hard limit of open files (10,000 connections need it).
+    # Servers on CPU 1, load generators on CPU 0 (run.sh's taskset split), so they never share
+    # a core; every child gets the hard limit of open files (10,000 connections need it).
     def setup():
-        if cpu is not None and NPROC >= 2:
+        if NPROC >= 2:
             os.sched_setaffinity(0, {cpu})
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -49,7 +48,7 @@ def child_setup(cpu):
 
 def start(cmd, name, cpu=1):
     with open(os.path.join(WORK, name + ".log"), "ab") as f:
-        # A session of its own: a Ctrl-C reaches only this script, whose finally stops it.
+        # A session of its own: Ctrl-C reaches only this script, whose finally stops the child.
         p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              preexec_fn=child_setup(cpu), start_new_session=True)
     p.name = name
@@ -58,7 +57,7 @@ def start(cmd, name, cpu=1):
 
 
 def stop(p, grace=10):
-    # SIGTERM first: callgrind writes its last dump only when the process exits normally.
+    # SIGTERM first: callgrind writes its last dump only when the process exits by itself.
     if p.poll() is None:
         p.terminate()
         try:
@@ -73,85 +72,106 @@ def stop(p, grace=10):
 def run(cmd, timeout, cpu=0):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, preexec_fn=child_setup(cpu))
     if r.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} failed ({r.returncode}): {r.stderr.strip()[-800:]}")
+        raise RuntimeError(f"{cmd[0]} failed ({r.returncode}): {(r.stderr or r.stdout).strip()[-800:]}")
     return r.stdout
 
 
 def listening(host, port):
-    try:
-        socket.create_connection((host, port), 0.2).close()
-        return True
-    except OSError:
-        return False
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
 
 
-def wait_port(port, proc, secs=20, host="127.0.0.1"):
+def wait_port(port, proc, secs, host="127.0.0.1"):
     # Bounded polling, as lib.sh's wait_port; a server that died says why at once.
     deadline = time.monotonic() + secs
     while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
+        if proc.poll() is not None:
             with open(os.path.join(WORK, proc.name + ".log"), errors="replace") as f:
-                tail = f.read()[-1500:]
-            raise RuntimeError(f"{proc.name} exited ({proc.returncode}) before listening:\n{tail}")
+                raise RuntimeError(f"{proc.name} exited ({proc.returncode}):\n{f.read()[-1500:]}")
         if listening(host, port):
             return
         time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {host}:{port} after {secs} s")
+    raise RuntimeError(f"{proc.name}: nothing listens on {host}:{port} after {secs} s")
 
 
-def proc_kb(pid, *fields):
+def proc_kb(pid, *fields):  # VmRSS, RssAnon, VmHWM... from /proc/PID/status, in kB
     with open(f"/proc/{pid}/status") as f:
         vals = dict(line.split(":", 1) for line in f)
     return [int(vals[k].split()[0]) for k in fields]
 
 
-def ticks(pid):
+def ticks(pid):  # utime + stime, fields 14 and 15 of /proc/PID/stat (the name may hold spaces)
     with open(f"/proc/{pid}/stat") as f:
-        rest = f.read().rsplit(")", 1)[1].split()  # comm may hold spaces; fields after it
-    return int(rest[11]) + int(rest[12])  # utime + stime (fields 14 and 15)
+        rest = f.read().rsplit(")", 1)[1].split()
+    return int(rest[11]) + int(rest[12])
 
 
 def config(name, services, extra="", docs=""):
     text = (f"apiVersion: skiff.dev/v1alpha1\nkind: Proxy\nspec:\n  namespace: bench\n  workers: 1\n"
-            f"  outbound: {{listen: 127.0.0.1:{OUT}}}\n"
-            f"  inbound: {{listen: 127.0.0.1:{IN}, appPort: {BPORT}}}\n"
+            f"  outbound: {{listen: 127.0.0.1:{OUT}}}\n  inbound: {{listen: 127.0.0.1:{IN}, appPort: {BPORT}}}\n"
             f"  admin: {{listen: 127.0.0.1:{ADMIN}}}\n{extra}  services:\n{services}{docs}")
-    if len(text) >= MAX_CONFIG:
-        raise RuntimeError(f"{name}: config is {len(text)} bytes, over Skiff's 4 MiB limit")
+    if len(text) >= 4 << 20:
+        raise RuntimeError(f"{name}: the config is {len(text):,} bytes, over Skiff's 4 MiB limit")
     path = os.path.join(WORK, name + ".yaml")
     with open(path, "w") as f:
         f.write(text)
-    run([ARGS.skiff, "check", "--config", path], 120)  # a refused config fails here, with its errors
-    return path, len(text)
+    run([ARGS.skiff, "check", "--config", path], 120)  # a refused config stops here, with the errors
+    return path, len(text) / 1024
 
 
-def ports_free():
-    # A stale server from an earlier run would be measured instead.
-    for port in (OUT, IN, ADMIN):
+def skiff(cfg, name, secs=60, wrap=()):
+    for port in (OUT, IN, ADMIN):  # a stale server from an earlier run would be measured instead
         if listening("127.0.0.1", port):
             raise RuntimeError(f"port {port} is in use (a server from an earlier run?): stop it first")
-
-
-def skiff(cfg, name):
-    ports_free()
     t0 = time.monotonic()
-    p = start([ARGS.skiff, "run", "--config", cfg], name)
-    wait_port(OUT, p, 60)
+    p = start([*wrap, ARGS.skiff, "run", "--config", cfg], name)
+    wait_port(OUT, p, secs)  # on failure, main's finally stops p
     return p, time.monotonic() - t0
 
 
-def get(host, path="/", conn=None):
-    # One request with http.client; returns (status, connection to reuse or None).
+def point(cfg, name, action, secs=60):
+    """A fresh Skiff (so no point inherits another's memory): (start s, RSS MB once the port
+    answers, action's result, RSS MB and RssAnon MB after it)."""
+    p, took = skiff(cfg, name, secs)
     try:
-        conn = conn or http.client.HTTPConnection("127.0.0.1", OUT, timeout=5)
-        conn.request("GET", path, headers={"Host": host})
+        rss0, = proc_kb(p.pid, "VmRSS")
+        result = action()
+        rss1, anon = proc_kb(p.pid, "VmRSS", "RssAnon")
+        return took, rss0 / 1024, result, rss1 / 1024, anon / 1024
+    finally:
+        stop(p)
+
+
+def get(host):  # one GET / through the outbound listener: its status, or the error's name
+    conn = http.client.HTTPConnection("127.0.0.1", OUT, timeout=5)
+    try:
+        conn.request("GET", "/", headers={"Host": host})
         r = conn.getresponse()
         r.read()
-        return r.status, (None if r.will_close else conn)
+        return r.status
     except (OSError, http.client.HTTPException) as e:
-        if conn:
-            conn.close()
-        return type(e).__name__, None
+        return type(e).__name__
+    finally:
+        conn.close()
+
+
+def plot(name, title, xlabel, panels):
+    # panels: [(y label, [(label, xs, ys, style)])], side by side; log x, as the points span decades.
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 1.5, 4.2), squeeze=False)
+    for ax, (ylabel, series) in zip(axes[0], panels):
+        for label, xs, ys, style in series:
+            ax.plot(xs, ys, style, label=label)
+        ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=.3)
+        if len(series) > 1:
+            ax.legend()
+    fig.suptitle(f"{title}; {NPROC} CPUs, Skiff with 1 worker")
+    fig.tight_layout()
+    fig.savefig(os.path.join(ARGS.out, name), dpi=100)
+    plt.close(fig)
+    return name
 
 
 # ---- 1. CPU per request vs routes ----
@@ -161,19 +181,19 @@ def h2load(n, path):
                f"http://backend{path}"], timeout=900)
     ok = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", out)
     codes = re.search(r"status codes: (\d+) 2xx", out)
-    if not ok or not codes or int(ok.group(1)) != n or int(codes.group(1)) != n:
+    if not (ok and codes and int(ok.group(1)) == n and int(codes.group(1)) == n):
         lines = [l for l in out.splitlines() if l.startswith(("requests:", "status codes:"))]
         raise RuntimeError(f"h2load: not all {n} requests succeeded with 2xx: {lines}")
 
 
 def instructions(cfg, path, name):
+    # instructions.sh's method: instrumentation off until after the warm-up, then on for N
+    # requests; every dump (callgrind_control's and the one at exit) is summed.
     out = os.path.join(WORK, "callgrind." + name)
-    ports_free()
-    p = start(["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-               ARGS.skiff, "run", "--config", cfg], name + "-callgrind")
+    p, _ = skiff(cfg, name, 180, ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                                  f"--callgrind-out-file={out}"])
     try:
-        wait_port(OUT, p, 180)
-        h2load(WARM, path)  # warm-up: pools, allocator and caches as under steady load
+        h2load(WARM, path)
         run(["callgrind_control", "-i", "on", str(p.pid)], 60)
         h2load(N, path)
         run(["callgrind_control", "-d", str(p.pid)], 120)
@@ -186,15 +206,14 @@ def instructions(cfg, path, name):
     return total / N
 
 
-def wrk(pid, url, conns=64):
+def wrk(pid, url):
     t0 = ticks(pid)
-    out = run(["wrk", "-t1", f"-c{conns}", f"-d{SECS}s", "-H", "Host: backend", url], SECS + 60)
+    out = run(["wrk", "-t1", "-c64", f"-d{SECS}s", "-H", "Host: backend", url], SECS + 60)
     used = ticks(pid) - t0
+    # Errors are reported, not fatal: the count of instructions is the measure, wrk the cross-check.
+    errors = "; ".join(re.findall(r"Non-2xx or 3xx responses: \d+|Socket errors: .*", out)) or "-"
     n = int(re.search(r"(\d+) requests in", out).group(1))
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if bad or "Socket errors" in out:
-        raise RuntimeError(f"wrk {url}: errors:\n{out}")
-    return used / HZ * 100_000 / n, float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return used / HZ * 100_000 / n, float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), errors
 
 
 def curve_routes():
@@ -206,147 +225,105 @@ def curve_routes():
         route = ("---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: backend}\n"
                  "spec:\n  parentRefs: [{kind: Service, name: backend}]\n  rules:\n" + rules)
         cfg, _ = config(f"routes-{n}", f"    backend: {{endpoints: [{BACKEND}]}}\n", docs=route)
-        path = f"/r{n - 1:05}/x"  # matches only the last rule
-        ins = instructions(cfg, path, f"routes-{n}")
+        path = f"/r{n - 1:05}/x"  # matches the last rule only
+        ins = instructions(cfg, path, f"routes-{n}-callgrind")
         p, _ = skiff(cfg, f"routes-{n}")
         try:
-            cpu, rps = wrk(p.pid, f"http://127.0.0.1:{OUT}{path}")
+            rows.append((n, ins, *wrk(p.pid, f"http://127.0.0.1:{OUT}{path}")))
         finally:
             stop(p)
-        rows.append((n, ins, cpu, rps))
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     xs = [r[0] for r in rows]
-    a.plot(xs, [r[1] for r in rows], "o-")
-    a.set(xscale="log", xlabel="HTTPRoute rules on the service", ylabel="instructions per request (callgrind)")
-    b.plot(xs, [r[2] for r in rows], "o-", color="C1")
-    b.set(xscale="log", xlabel="HTTPRoute rules on the service", ylabel="CPU s per 100k requests (wrk, -c64)")
-    for ax in (a, b):
-        ax.set_ylim(bottom=0)
-        ax.grid(True, alpha=.3)
-    fig.suptitle(f"Skiff CPU per proxied request vs routes (request matches the last rule); "
-                 f"{NPROC} CPUs, 1 worker")
-    fig.tight_layout()
-    fig.savefig(os.path.join(ARGS.out, "curves-routes.png"), dpi=100)
-    plt.close(fig)
-    md = ["### CPU per request vs routes on one service", "",
-          f"One service `backend` with an HTTPRoute of N rules, rule i matching `PathPrefix /r{{i:05}}/`; "
-          f"every request matches the **last** rule (`/r{{N-1:05}}/x`), the worst case for a scan. "
-          f"Instructions: callgrind, user space, {N:,} requests (h2load --h1 -c16) after {WARM} warm-up. "
-          f"CPU and req/s: wrk -t1 -c64 -d{SECS}s, Skiff not under valgrind.", "",
-          "| rules | instructions / request | CPU s / 100k req | req/s |", "|---|---|---|---|"]
-    md += [f"| {n:,} | {ins:,.0f} | {cpu:.2f} | {rps:,.0f} |" for n, ins, cpu, rps in rows]
-    return md + ["", "![instructions and CPU per request vs routes](curves-routes.png)"]
+    png = plot("curves-routes.png", "Skiff CPU per proxied request vs routes (request matches the last rule)",
+               "HTTPRoute rules on the service",
+               [("instructions per request (callgrind)", [("", xs, [r[1] for r in rows], "o-")]),
+                ("CPU s per 100k requests (wrk -c64)", [("", xs, [r[2] for r in rows], "o-C1")])])
+    return ["### CPU per request vs routes on one service", "",
+            "One service `backend` with an HTTPRoute of N rules, rule i matching `PathPrefix /r{i:05}/`. "
+            "Every request matches the **last** rule (`/r{N-1:05}/x`): the worst case for a scan. "
+            f"Instructions: callgrind, user space, {N:,} requests (h2load --h1 -c16) after {WARM} to warm up. "
+            f"CPU and req/s: wrk -t1 -c64 -d{SECS}s, Skiff not under valgrind.", "",
+            "| rules | instructions / request | CPU s / 100k req | req/s | wrk errors |", "|---|---|---|---|---|",
+            *(f"| {n:,} | {ins:,.0f} | {cpu:.2f} | {rps:,.0f} | {err} |" for n, ins, cpu, rps, err in rows),
+            "", f"![instructions and CPU per request vs routes]({png})"]
 
 
 # ---- 2 and 3. RSS vs services, RSS vs endpoints ----
 
-def rss_plot(name, xs, series, xlabel, title):
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for label, ys in series:
-        ax.plot(xs, ys, "o-", label=label)
-    ax.set(xscale="log", xlabel=xlabel, ylabel="MB", title=f"{title}; {NPROC} CPUs, 1 worker")
-    ax.set_ylim(bottom=0)
-    ax.grid(True, alpha=.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(ARGS.out, name), dpi=100)
-    plt.close(fig)
-
-
-def slope(rows, i_x, i_y, unit):
-    (x0, y0), (x1, y1) = [(r[i_x], r[i_y]) for r in rows[-2:]]
-    return f"Between the last two points: {(y1 - y0) * 1024 / (x1 - x0):.2f} KB of RSS per {unit}."
+def rss_curve(key, caption, xlabel, after, rows, extra_cols=""):
+    # rows: (n, config KB, start s, RSS at start MB, RSS after MB, RssAnon after MB, *extra cells).
+    xs = [r[0] for r in rows]
+    png = plot(f"curves-{key}.png", f"Skiff memory vs {key}", xlabel, [("MB", [
+        ("RSS after start", xs, [r[3] for r in rows], "o-"), (f"RSS after {after}", xs, [r[4] for r in rows], "o-"),
+        ("RssAnon after", xs, [r[5] for r in rows], "o--")])])
+    (x0, y0), (x1, y1) = [(r[0], r[3]) for r in rows[-2:]]
+    return [f"### RSS vs {key}", "", caption, "",
+            f"| {key} | config KB | start s | RSS after start MB | RSS after {after} MB | RssAnon MB {extra_cols}|",
+            "|---" * (6 + extra_cols.count("|")) + "|",
+            *("| " + " | ".join([f"{n:,}", f"{kb:,.1f}", f"{took:.2f}", f"{r0:.1f}", f"{r1:.1f}", f"{anon:.1f}",
+                                 *map(str, more)]) + " |" for n, kb, took, r0, r1, anon, *more in rows),
+            "", f"Start time includes process start and the port poll (50 ms steps). Between the last two "
+            f"points, RSS at start grows by {(y1 - y0) * 1024 / (x1 - x0):.2f} KB per {key[:-1]}.",
+            "", f"![RSS vs {key}]({png})"]
 
 
 def curve_services():
+    def ten_requests(n):  # one request to each of 10 services spread over the list; all 200
+        if bad := [(i, s) for i in range(0, n, n // 10) if (s := get(f"svc-{i:05}")) != 200]:
+            raise RuntimeError(f"services: svc-N answered {bad}")
     rows = []
     for n in (10, 1000, 10000):
         log(f"services: {n}")
-        svcs = "".join(f"    svc-{i:05}: {{endpoints: [{BACKEND}]}}\n" for i in range(n))
-        cfg, size = config(f"services-{n}", svcs)
-        p, took = skiff(cfg, f"services-{n}")
-        try:
-            rss0, = proc_kb(p.pid, "VmRSS")
-            for i in range(10):  # one request to each of 10 services spread over the list
-                status, conn = get(f"svc-{i * n // 10:05}")
-                if conn:
-                    conn.close()
-                if status != 200:
-                    raise RuntimeError(f"svc-{i * n // 10:05}: answered {status}")
-            rss1, anon = proc_kb(p.pid, "VmRSS", "RssAnon")
-        finally:
-            stop(p)
-        rows.append((n, size / 1024, took, rss0 / 1024, rss1 / 1024, anon / 1024))
-    xs = [r[0] for r in rows]
-    rss_plot("curves-services.png", xs, [("RSS after start", [r[3] for r in rows]),
-             ("RSS after 10 requests", [r[4] for r in rows]), ("RssAnon after", [r[5] for r in rows])],
-             "services in the config (one endpoint each)", "Skiff memory vs services")
-    md = ["### RSS vs services", "",
-          "N services `svc-NNNNN`, one endpoint each (the backend). RSS once the outbound port answers, "
-          "then after one request to each of 10 services (all 200).", "",
-          "| services | config KB | start s | RSS after start MB | RSS after 10 requests MB | RssAnon MB |",
-          "|---|---|---|---|---|---|"]
-    md += [f"| {r[0]:,} | {r[1]:,.0f} | {r[2]:.2f} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.1f} |" for r in rows]
-    return md + ["", slope(rows, 0, 3, "service") + " Start time includes the process start and the "
-                 "port poll (50 ms steps).", "", "![RSS vs services](curves-services.png)"]
+        cfg, kb = config(f"services-{n}", "".join(f"    svc-{i:05}: {{endpoints: [{BACKEND}]}}\n" for i in range(n)))
+        took, r0, _, r1, anon = point(cfg, f"services-{n}", lambda: ten_requests(n))
+        rows.append((n, kb, took, r0, r1, anon))
+    return rss_curve("services", "N services `svc-NNNNN`, one endpoint each (the backend). RSS once the "
+                     "outbound port answers, then after one request to each of 10 services (all answered 200).",
+                     "services in the config (one endpoint each)", "10 requests", rows)
 
 
 def endpoint(k):
     # k = 0 is the backend; the others are distinct loopback addresses nothing listens on
-    # (127.1.0.1 onwards, no .0 or .255), so a pick of one of them is a fast refused connect.
-    if k == 0:
-        return BACKEND
+    # (127.1.0.1 onwards, no .0 or .255 octet): picking one is a fast refused connect.
     i = k - 1
-    return f"127.{1 + i // 62500}.{i // 250 % 250 + 1}.{i % 250 + 1}:{BPORT}"
+    return BACKEND if k == 0 else f"127.{1 + i // 62500}.{i // 250 % 250 + 1}.{i % 250 + 1}:{BPORT}"
 
 
 def curve_endpoints():
+    def requests():  # 200, one at a time, bounded in time too; 502s are expected
+        codes, deadline = collections.Counter(), time.monotonic() + 120
+        for _ in range(200):
+            if time.monotonic() > deadline:
+                raise RuntimeError("endpoints: 200 requests took over 120 s")
+            codes[get("backend")] += 1
+        return codes
     rows = []
     for n in (10, 100, 1000, 10000, 100000):
         log(f"endpoints: {n}")
         eps = "".join(f"      - {endpoint(k)}\n" for k in range(n))
-        cfg, size = config(f"endpoints-{n}", f"    backend:\n      endpoints:\n{eps}")
-        p, took = skiff(cfg, f"endpoints-{n}")
-        try:
-            rss0, = proc_kb(p.pid, "VmRSS")
-            codes, conn, deadline = collections.Counter(), None, time.monotonic() + 120
-            for _ in range(200):  # bounded in count and time
-                if time.monotonic() > deadline:
-                    raise RuntimeError("endpoints: 200 requests took over 120 s")
-                status, conn = get("backend", conn=conn)
-                codes[status] += 1
-            if conn:
-                conn.close()
-            rss1, anon = proc_kb(p.pid, "VmRSS", "RssAnon")
-        finally:
-            stop(p)
-        rows.append((n, size / 1024, took, rss0 / 1024, rss1 / 1024, anon / 1024, codes))
-    xs = [r[0] for r in rows]
-    rss_plot("curves-endpoints.png", xs, [("RSS after start", [r[3] for r in rows]),
-             ("RSS after 200 requests", [r[4] for r in rows]), ("RssAnon after", [r[5] for r in rows])],
-             "endpoints of the one service", "Skiff memory vs endpoints of one service")
-    md = ["### RSS vs endpoints", "",
-          "One service `backend` with N endpoints: the backend and N-1 loopback addresses nothing listens "
-          "on (127.1.x.y), so most picks answer 502 `upstream-connect` at large N. RSS once the outbound "
-          "port answers, then after 200 requests to the service (one at a time, default p2c balancer).", "",
-          "| endpoints | config KB | start s | RSS after start MB | RSS after 200 requests MB | RssAnon MB | 200 OK of 200 | other answers |",
-          "|---|---|---|---|---|---|---|---|"]
-    for n, kb, took, r0, r1, anon, codes in rows:
+        cfg, kb = config(f"endpoints-{n}", f"    backend:\n      endpoints:\n{eps}")
+        # A generous bound: this build's start-up grows with the square of the endpoints.
+        took, r0, codes, r1, anon = point(cfg, f"endpoints-{n}", requests, secs=900)
         other = ", ".join(f"{k}: {v}" for k, v in sorted(codes.items(), key=str) if k != 200) or "-"
-        md.append(f"| {n:,} | {kb:,.0f} | {took:.2f} | {r0:.1f} | {r1:.1f} | {anon:.1f} | {codes[200]} | {other} |")
-    return md + ["", slope(rows, 0, 3, "endpoint"), "", "![RSS vs endpoints](curves-endpoints.png)"]
+        rows.append((n, kb, took, r0, r1, anon, codes[200], other))
+    return rss_curve("endpoints", "One service `backend` with N endpoints: the backend and N-1 loopback "
+                     "addresses nothing listens on (127.1.x.y), so most picks answer 502 `upstream-connect` at "
+                     "large N. RSS once the outbound port answers, then after 200 requests to the service, one at "
+                     "a time (default p2c balancer).", "endpoints of the one service", "200 requests", rows,
+                     "| 200 OK of 200 | other answers ")
 
 
 # ---- 4. RSS vs open connections ----
 
 REQ = b"GET / HTTP/1.1\r\nHost: backend\r\n\r\n"
-LINGER0 = struct.pack("ii", 1, 0)  # close with RST: no TIME_WAIT left to crowd later points
+LINGER0 = struct.pack("ii", 1, 0)  # close with RST: no TIME_WAIT left to crowd the later points
 
 
-def open_idle(n, secs=120, window=256):
-    """n keep-alive connections, each answered once and left open; at most `window` in
-    progress at a time, so the listen backlog never overflows into SYN retries."""
-    sel, socks, buf = selectors.DefaultSelector(), [], {}
+def open_idle(n, socks, secs=120, window=64):
+    """Opens n keep-alive connections into socks, each answered once and left open; returns the
+    count of answers that were not 200. At most `window` are in progress at a time: a burst
+    makes Skiff open as many upstream connections at once, and those beyond the backend's
+    listen backlog wait for a SYN retry (1 s, the default connectTimeout) and fail with 502."""
+    sel, buf = selectors.DefaultSelector(), {}
     codes, done, deadline = collections.Counter(), 0, time.monotonic() + secs
     try:
         while done < n:
@@ -354,23 +331,21 @@ def open_idle(n, secs=120, window=256):
                 raise RuntimeError(f"only {done} of {n} connections answered in {secs} s")
             while len(socks) < n and len(socks) - done < window:
                 s = socket.socket()
+                socks.append(s)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
                 s.setblocking(False)
-                socks.append(s)
                 s.connect_ex(("127.0.0.1", OUT))
                 buf[s] = b""
                 sel.register(s, selectors.EVENT_WRITE)
             for key, _ in sel.select(timeout=1):
                 s = key.fileobj
-                if key.events == selectors.EVENT_WRITE:  # connected (or failed)
-                    err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    if err:
+                if key.events == selectors.EVENT_WRITE:  # connected, or failed
+                    if err := s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
                         raise RuntimeError(f"connect: {os.strerror(err)}")
-                    s.send(REQ)  # 33 bytes: always fits the empty send buffer
+                    s.send(REQ)  # 33 bytes into an empty send buffer: never partial
                     sel.modify(s, selectors.EVENT_READ)
                     continue
-                data = s.recv(65536)
-                if not data:
+                if not (data := s.recv(65536)):
                     raise RuntimeError(f"a connection closed before its answer ({done} answered)")
                 buf[s] += data
                 head, sep, body = buf[s].partition(b"\r\n\r\n")
@@ -379,82 +354,64 @@ def open_idle(n, secs=120, window=256):
                     codes[int(head.split()[1])] += 1
                     sel.unregister(s)
                     done += 1
-        return socks, codes
-    except BaseException:
-        for s in socks:
-            s.close()
-        raise
     finally:
         sel.close()
+    return n - codes[200]
 
 
 def curve_connections():
-    rows = []
     cfg, _ = config("connections", f"    backend: {{endpoints: [{BACKEND}]}}\n",
-                    extra="  limits: {maxConnections: 20000}\n")
+                    extra="  limits: {maxConnections: 20000}\n")  # the default, 10,000, is a point
+    rows = []
     for n in (10, 100, 1000, 10000):
         log(f"connections: {n}")
-        p, _ = skiff(cfg, f"connections-{n}")
         socks = []
         try:
-            rss0, = proc_kb(p.pid, "VmRSS")
-            socks, codes = open_idle(n)
-            if codes[200] != n:
-                raise RuntimeError(f"connections: answers {dict(codes)}")
-            rss1, anon = proc_kb(p.pid, "VmRSS", "RssAnon")
+            _, r0, not200, r1, anon = point(cfg, f"connections-{n}", lambda: open_idle(n, socks))
         finally:
             for s in socks:
                 s.close()
-            stop(p)
-        rows.append((n, rss0 / 1024, rss1 / 1024, anon / 1024, (rss1 - rss0) / n))
+        rows.append((n, r0, r1, anon, (r1 - r0) * 1024 / n, not200))
     log("connections: 1,000 busy (wrk)")
     p, _ = skiff(cfg, "connections-busy")
     try:
-        w = start(["wrk", "-t1", "-c1000", "-d4s", "-H", "Host: backend", f"http://127.0.0.1:{OUT}/"],
-                  "wrk-busy", cpu=0)
-        time.sleep(2)  # sampling mid-run, not waiting for readiness
+        w = start(["wrk", "-t1", "-c1000", "-d4s", "-H", "Host: backend", f"http://127.0.0.1:{OUT}/"], "wrk", cpu=0)
+        time.sleep(2)  # a sample in the middle of the run (not a wait for readiness)
         busy, = proc_kb(p.pid, "VmRSS")
         w.wait(60)
-        PROCS.remove(w)
+        stop(w)
         hwm, = proc_kb(p.pid, "VmHWM")
     finally:
         stop(p)
-    with open(os.path.join(WORK, "wrk-busy.log")) as f:
-        wout = f.read()
-    errs = re.search(r"Socket errors: .*|Non-2xx or 3xx responses: \d+", wout)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    with open(os.path.join(WORK, "wrk.log")) as f:
+        errs = re.search(r"Socket errors: .*|Non-2xx or 3xx responses: \d+", f.read())
     xs = [r[0] for r in rows]
-    ax.plot(xs, [r[2] for r in rows], "o-", label="RSS, all open and answered (idle)")
-    ax.plot(xs, [r[3] for r in rows], "o--", label="RssAnon (idle)")
-    ax.plot([1000], [busy / 1024], "s", label="RSS, 1,000 busy (wrk), at 2 s")
-    ax.plot([1000], [hwm / 1024], "^", label="peak (VmHWM), 1,000 busy")
-    ax.set(xscale="log", xlabel="open client connections (HTTP/1.1 keep-alive)", ylabel="MB",
-           title=f"Skiff memory vs open connections; {NPROC} CPUs, 1 worker")
-    ax.set_ylim(bottom=0)
-    ax.grid(True, alpha=.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(ARGS.out, "curves-connections.png"), dpi=100)
-    plt.close(fig)
-    md = ["### RSS vs open connections", "",
-          "Bare config (one service `backend`, `limits.maxConnections: 20000`). Each connection sends one "
-          "`GET /` (answered 200) and then stays open, idle; RSS is read once all have been answered.", "",
-          "| connections | RSS before MB | RSS with all open MB | RssAnon MB | KB per connection |",
-          "|---|---|---|---|---|"]
-    md += [f"| {n:,} | {r0:.1f} | {r1:.1f} | {anon:.1f} | {per:.1f} |" for n, r0, r1, anon, per in rows]
-    md += ["", f"Busy: 1,000 connections under `wrk -t1 -c1000 -d4s`: RSS {busy / 1024:.1f} MB at 2 s, "
-           f"peak (VmHWM) {hwm / 1024:.1f} MB" + (f"; wrk reported `{errs.group(0)}`." if errs else "."),
-           "", "![RSS vs open connections](curves-connections.png)"]
-    return md
+    png = plot("curves-connections.png", "Skiff memory vs open client connections",
+               "open client connections (HTTP/1.1 keep-alive)",
+               [("MB", [("RSS, all open and answered, idle", xs, [r[2] for r in rows], "o-"),
+                        ("RssAnon, idle", xs, [r[3] for r in rows], "o--"),
+                        ("RSS, 1,000 busy (wrk), at 2 s", [1000], [busy / 1024], "s"),
+                        ("peak (VmHWM), 1,000 busy", [1000], [hwm / 1024], "^")])])
+    return ["### RSS vs open connections", "",
+            "Bare config (one service `backend`, `limits.maxConnections: 20000`). Each connection sends one "
+            "`GET /` (64 in progress at a time), then stays open and idle; RSS is read once all have been "
+            "answered. At small N, the per-connection figure is mostly the first requests' one-off allocations.",
+            "", "| connections | RSS before MB | RSS with all open MB | RssAnon MB | KB per connection "
+            "| answers not 200 |",
+            "|---|---|---|---|---|---|", *(f"| {n:,} | {r0:.1f} | {r1:.1f} | {anon:.1f} | {per:.1f} | {bad} |"
+                                          for n, r0, r1, anon, per, bad in rows),
+            "", f"Busy: 1,000 connections under `wrk -t1 -c1000 -d4s`: RSS {busy / 1024:.1f} MB at 2 s, peak "
+            f"(VmHWM) {hwm / 1024:.1f} MB" + (f"; wrk reported `{errs.group(0)}`." if errs else "."),
+            "", f"![RSS vs open connections]({png})"]
 
 
 def main():
     global ARGS, WORK, N, WARM, SECS, BACKEND, BPORT
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--skiff", default="target/release/skiff")
-    ap.add_argument("--out", default="benches", help="directory for the PNGs")
-    ap.add_argument("--backend", default="127.0.0.1:19000", help="the backend (started here if nothing listens)")
-    ap.add_argument("--quick", action="store_true", help="shorter runs, for trying the script out")
+    ap.add_argument("--out", default="benches", help="where the PNGs go (the Markdown names them relative to it)")
+    ap.add_argument("--backend", default="127.0.0.1:19000", help="the backend; started here if nothing listens")
+    ap.add_argument("--quick", action="store_true", help="shorter runs, same points: for trying it out")
     ARGS = ap.parse_args()
     ARGS.skiff = os.path.abspath(ARGS.skiff)
     N, WARM, SECS = (500, 200, 3) if ARGS.quick else (2000, 500, 10)
@@ -466,23 +423,23 @@ def main():
     for tool in ("valgrind", "callgrind_control", "h2load", "wrk"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is required (apt: valgrind, nghttp2-client, wrk)")
-    os.makedirs(ARGS.out, exist_ok=True)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # this process opens 10,000 sockets
     if hard < 11000:
         sys.exit(f"the hard limit of open files is {hard}: 10,000 connections need more")
-    # SIGTERM as Ctrl-C: unwind through the finally below, which stops every child.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # this process opens 10,000 sockets
+    os.makedirs(ARGS.out, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind through the finally, as Ctrl-C does
     WORK = tempfile.mkdtemp(prefix="skiff-curves.")
     began = time.monotonic()
     try:
         if not listening(bhost, BPORT):
             log(f"starting the backend on {BACKEND}")
-            wait_port(BPORT, start([ARGS.skiff, "bench-backend", "--listen", BACKEND], "backend"), host=bhost)
+            wait_port(BPORT, start([ARGS.skiff, "bench-backend", "--listen", BACKEND], "backend"), 20, bhost)
+        when, version = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), run([ARGS.skiff, "version"], 10).strip()
         md = ["## Cost curves", "",
-              f"Written by `python3 benches/load/curves.py{' --quick' if ARGS.quick else ''}` on "
-              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {NPROC} CPUs, Skiff with one worker, "
-              "a fresh Skiff per point" + (", Skiff and backend on CPU 1, load on CPU 0." if NPROC >= 2 else "."), ""]
+              f"Written by `python3 benches/load/curves.py{' --quick' * ARGS.quick}` on {when} with {version}: "
+              f"{NPROC} CPUs, Skiff with one worker, a fresh Skiff per point"
+              + (", Skiff and the backend on CPU 1, load on CPU 0." if NPROC >= 2 else "."), ""]
         for curve in (curve_routes, curve_services, curve_endpoints, curve_connections):
             md += curve() + [""]
         print("\n".join(md).rstrip())
