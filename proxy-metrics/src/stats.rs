@@ -294,7 +294,10 @@ mod tests {
         assert_eq!(w.slots.capacity(), 0);
         tokio::time::advance(Duration::from_secs(2)).await;
         let s = w.summary();
-        assert_eq!((s.success_count, s.failure_count, s.request_rate), (0, 0, 0.0));
+        assert_eq!(
+            (s.success_count, s.failure_count, s.request_rate),
+            (0, 0, 0.0)
+        );
         assert_eq!((s.window_seconds, s.success_rate), (2.0, None));
         let mut w = Window::new(Duration::from_secs(10));
         for _ in 0..90 {

@@ -419,6 +419,40 @@ pub fn counted<I>(io: I, sink: ByteSink) -> Counted<I> {
     Observed::new(io, Counting { sink, _guard: None })
 }
 
+/// An endpoint's connection handles, made with its first connection (or failed attempt):
+/// a proxy may know thousands of endpoints it never dials, and six series each (3.5 KB,
+/// most of an endpoint's memory) would also fill every scrape with zeros.
+#[derive(Debug)]
+pub struct LazyConnHandles {
+    families: std::sync::Arc<TcpFamilies>,
+    labels: Labels,
+    made: std::sync::OnceLock<ConnHandles>,
+}
+
+impl LazyConnHandles {
+    /// Handles for connections labelled `labels`, made on first use.
+    pub fn new(families: std::sync::Arc<TcpFamilies>, labels: Labels) -> Self {
+        Self {
+            families,
+            labels,
+            made: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The handles, made now if this is their first use.
+    pub fn get(&self) -> &ConnHandles {
+        self.made
+            .get_or_init(|| self.families.handles(self.labels.clone()))
+    }
+
+    /// Removes the series, if they were ever made.
+    pub fn forget(&self) {
+        if let Some(handles) = self.made.get() {
+            handles.forget();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use proxy_core::error::find_cause;
 use proxy_core::io::WriteStall;
 use proxy_core::{Body, ProxyError, Reason};
-use proxy_metrics::tcp::{counted, ByteSink, ConnHandles, Counted};
+use proxy_metrics::tcp::{counted, ByteSink, Counted, LazyConnHandles};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -56,8 +56,8 @@ pub struct Pool {
     h2: Shared,
     dialing: tokio::sync::Mutex<()>,
     mesh: Option<Arc<MeshPeer>>,
-    // Where its connections are counted.
-    tcp: Option<ConnHandles>,
+    // Where its connections are counted (the series made with the first connection).
+    tcp: Option<LazyConnHandles>,
     // Whether its series leave the scrape with it (an endpoint of a service).
     forget_on_drop: bool,
 }
@@ -90,7 +90,7 @@ impl Pool {
         addr: SocketAddr,
         settings: Arc<ArcSwap<Settings>>,
         mesh: Option<Arc<MeshPeer>>,
-        tcp: Option<ConnHandles>,
+        tcp: Option<LazyConnHandles>,
         forget_on_drop: bool,
     ) -> Self {
         Self {
@@ -379,12 +379,12 @@ impl Pool {
         }
     }
 
-    async fn connect(&self) -> Result<Upstream, ProxyError> {
+    pub(super) async fn connect(&self) -> Result<Upstream, ProxyError> {
         let settings = self.settings.load();
         let timeout = settings.connect_timeout;
         let failed = |e: &std::io::Error| {
             if let Some(tcp) = &self.tcp {
-                tcp.connect_failed(e);
+                tcp.get().connect_failed(e);
             }
         };
         match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
@@ -392,7 +392,7 @@ impl Pool {
                 let _ = stream.set_nodelay(true);
                 let stream = WriteStall::new(stream, Some(settings.write_stall));
                 Ok(match &self.tcp {
-                    Some(tcp) => tcp.count(stream),
+                    Some(tcp) => tcp.get().count(stream),
                     None => counted(stream, ByteSink::default()),
                 })
             }

@@ -147,7 +147,7 @@ impl Pools {
                 }
                 None => all.extend(tcp.plaintext("not_provided_by_service_discovery")),
             }
-            tcp.handles(all)
+            proxy_metrics::tcp::LazyConnHandles::new(tcp.clone(), all)
         });
         let pool = Arc::new(Pool::new(
             addr,
@@ -179,14 +179,23 @@ mod tests {
         out
     }
 
-    #[test]
-    fn an_endpoints_connection_series_go_with_its_pool_and_passthroughs_stay() {
+    #[tokio::test]
+    async fn an_endpoints_connection_series_come_with_its_first_connection_and_go_with_its_pool() {
         let (metrics, registry) = proxy_metrics::Metrics::new();
         let pools = Pools::new(Settings::default()).with_metrics(metrics.tcp);
-        let endpoint: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = listener.local_addr().unwrap();
         let labels = [("dst_pod", "web-1".to_owned())];
         let pool = pools.get_for(endpoint, None, &labels);
-        assert!(scrape(&registry).contains(r#"dst_pod="web-1""#));
+        // Known but never dialled: no series (a proxy may know thousands such endpoints).
+        assert!(!scrape(&registry).contains(r#"dst_pod="web-1""#));
+        let connection = pool.connect().await.unwrap();
+        let scraped = scrape(&registry);
+        assert!(
+            scraped.contains(r#"tcp_open_total{peer="dst",dst_pod="web-1""#),
+            "{scraped}"
+        );
+        drop(connection);
         // Another service naming the same endpoint shares the pool: nothing goes yet.
         let shared = pools.get_for(endpoint, None, &labels);
         drop(pool);
@@ -194,8 +203,13 @@ mod tests {
         drop(shared);
         assert!(!scrape(&registry).contains(r#"dst_pod="web-1""#));
 
-        let passthrough: SocketAddr = "127.0.0.2:9".parse().unwrap();
-        drop(pools.get(passthrough));
+        // A passthrough pool's series stay after it: here a refused connection's.
+        let passthrough = pools.get("127.0.0.2:9".parse().unwrap());
+        assert!(
+            passthrough.connect().await.is_err(),
+            "nothing listens there"
+        );
+        drop(passthrough);
         assert!(scrape(&registry).contains(r#"target_addr="127.0.0.2:9""#));
     }
 
