@@ -289,7 +289,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_window_slides_and_quantiles_land_in_their_buckets() {
-        let mut w = Window::new(Duration::from_secs(10));
+        let w = Window::new(Duration::from_secs(10));
         // Before any response: no slots yet, and a summary of nothing.
         assert_eq!(w.slots.capacity(), 0);
         tokio::time::advance(Duration::from_secs(2)).await;
