@@ -17,8 +17,10 @@ process started here is stopped on exit, error, Ctrl-C or SIGTERM; traffic stays
 127.0.0.0/8 and every load loop is bounded in count and time. --quick shortens the runs
 (not the points), for trying the script out.
 """
-import argparse, collections, glob, http.client, os, re, resource, selectors, shutil, signal
-import socket, struct, subprocess, sys, tempfile, time
+import argparse, collections, glob, http.client, os, re, resource, shutil, signal
+import socket, subprocess, sys, tempfile, time
+
+from hold import open_idle  # the connection opener run.sh's memory step uses too
 
 import matplotlib
 matplotlib.use("Agg")
@@ -314,49 +316,8 @@ def curve_endpoints():
 
 # ---- 4. RSS vs open connections ----
 
-REQ = b"GET / HTTP/1.1\r\nHost: backend\r\n\r\n"
-LINGER0 = struct.pack("ii", 1, 0)  # close with RST: no TIME_WAIT left to crowd the later points
-
-
-def open_idle(n, socks, secs=120, window=64):
-    """Opens n keep-alive connections into socks, each answered once and left open; returns the
-    count of answers that were not 200. At most `window` are in progress at a time: a burst
-    makes Skiff open as many upstream connections at once, and those beyond the backend's
-    listen backlog wait for a SYN retry (1 s, the default connectTimeout) and fail with 502."""
-    sel, buf = selectors.DefaultSelector(), {}
-    codes, done, deadline = collections.Counter(), 0, time.monotonic() + secs
-    try:
-        while done < n:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {done} of {n} connections answered in {secs} s")
-            while len(socks) < n and len(socks) - done < window:
-                s = socket.socket()
-                socks.append(s)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
-                s.setblocking(False)
-                s.connect_ex(("127.0.0.1", OUT))
-                buf[s] = b""
-                sel.register(s, selectors.EVENT_WRITE)
-            for key, _ in sel.select(timeout=1):
-                s = key.fileobj
-                if key.events == selectors.EVENT_WRITE:  # connected, or failed
-                    if err := s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
-                        raise RuntimeError(f"connect: {os.strerror(err)}")
-                    s.send(REQ)  # 33 bytes into an empty send buffer: never partial
-                    sel.modify(s, selectors.EVENT_READ)
-                    continue
-                if not (data := s.recv(65536)):
-                    raise RuntimeError(f"a connection closed before its answer ({done} answered)")
-                buf[s] += data
-                head, sep, body = buf[s].partition(b"\r\n\r\n")
-                length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
-                if sep and length and len(body) >= int(length.group(1)):
-                    codes[int(head.split()[1])] += 1
-                    sel.unregister(s)
-                    done += 1
-    finally:
-        sel.close()
-    return n - codes[200]
+def not_200(codes):
+    return sum(codes.values()) - codes[200]
 
 
 def curve_connections():
@@ -367,7 +328,7 @@ def curve_connections():
         log(f"connections: {n}")
         socks = []
         try:
-            _, r0, not200, r1, anon = point(cfg, f"connections-{n}", lambda: open_idle(n, socks))
+            _, r0, not200, r1, anon = point(cfg, f"connections-{n}", lambda: not_200(open_idle(("127.0.0.1", OUT), n, socks)))
         finally:
             for s in socks:
                 s.close()

@@ -72,9 +72,9 @@ pub async fn start(config: Config) -> io::Result<Running> {
     let state = Arc::new(state);
 
     // Each listener also in IPv6 where its address is an IPv4 wildcard or loopback.
-    let outbound = bind(spec.outbound.listen, "outbound").await?;
-    let inbound = bind(spec.inbound.listen, "inbound").await?;
-    let admin_listener = bind(spec.admin.listen, "admin").await?;
+    let outbound = bind(spec.outbound.listen, "outbound")?;
+    let inbound = bind(spec.inbound.listen, "inbound")?;
+    let admin_listener = bind(spec.admin.listen, "admin")?;
     let (outbound_addr, inbound_addr, admin_addr) = (
         outbound.primary.local_addr()?,
         inbound.primary.local_addr()?,

@@ -566,18 +566,28 @@ fn transparent_mode(backend: &str, source: Source, variant: Variant) {
 /// With `SKIFF_TEST_TCP_ECHO=ip:port`, this binary serves TCP echo there (in the remote
 /// namespace) until killed.
 fn tcp_echo(addr: &str) -> ! {
+    serve_echo(addr, b"")
+}
+
+/// Serves `addr` until killed, a thread per connection: sends `greeting` first (for a
+/// server-speaks-first protocol), echoes what it reads, and half-closes after the client does.
+fn serve_echo(addr: &str, greeting: &'static [u8]) -> ! {
     let listener = std::net::TcpListener::bind(addr).expect("echo helper bind");
     loop {
         let Ok((mut stream, _)) = listener.accept() else {
             continue;
         };
         std::thread::spawn(move || {
-            let mut buf = [0; 4096];
+            if stream.write_all(greeting).is_err() {
+                return;
+            }
+            let mut buf = [0; 16 * 1024];
             while let Ok(n) = stream.read(&mut buf) {
                 if n == 0 || stream.write_all(&buf[..n]).is_err() {
                     break;
                 }
             }
+            let _ = stream.shutdown(std::net::Shutdown::Write);
         });
     }
 }

@@ -30,7 +30,7 @@ pub(crate) struct Bound {
 }
 
 /// Binds `addr` (named `what` in errors) and, when it has one, its IPv6 twin.
-pub(crate) async fn bind(addr: SocketAddr, what: &str) -> io::Result<Bound> {
+pub(crate) fn bind(addr: SocketAddr, what: &str) -> io::Result<Bound> {
     let primary = listen(addr, false).map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -98,7 +98,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_twin_takes_the_same_port_in_ipv6_beside_the_ipv4_socket() {
-        let bound = bind("0.0.0.0:0".parse().unwrap(), "test").await.unwrap();
+        let bound = bind("0.0.0.0:0".parse().unwrap(), "test").unwrap();
         let port = bound.primary.local_addr().unwrap().port();
         let twin = bound.twin.expect("this host has IPv6");
         assert_eq!(
@@ -112,5 +112,21 @@ mod tests {
         let v4 = tokio::net::TcpStream::connect(("127.0.0.1", port));
         let (accepted, _) = tokio::join!(bound.primary.accept(), v4);
         assert!(accepted.unwrap().1.is_ipv4());
+    }
+
+    /// A burst of clients is queued by the kernel, not dropped: 600 connect at once to a
+    /// listener that accepts none of them yet, and every handshake completes. With a plain
+    /// `TcpListener::bind` (backlog 128) the SYNs beyond the queue are dropped and those
+    /// connects hang in SYN retries past the bound.
+    #[tokio::test]
+    async fn a_burst_of_connects_is_queued_until_accepted() {
+        let bound = bind("127.0.0.1:0".parse().unwrap(), "test").unwrap();
+        let addr = bound.primary.local_addr().unwrap();
+        let connects = (0..600).map(|_| tokio::net::TcpStream::connect(addr));
+        let all = futures_util::future::join_all(connects);
+        let streams = tokio::time::timeout(std::time::Duration::from_secs(20), all)
+            .await
+            .expect("every connect completes without waiting for a SYN retry");
+        assert!(streams.iter().all(Result::is_ok));
     }
 }

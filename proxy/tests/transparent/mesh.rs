@@ -38,24 +38,7 @@ pub(super) fn helpers() {
 }
 
 fn greeting_server(addr: &str) -> ! {
-    let listener = std::net::TcpListener::bind(addr).expect("greeting helper bind");
-    loop {
-        let Ok((mut stream, _)) = listener.accept() else {
-            continue;
-        };
-        std::thread::spawn(move || {
-            if stream.write_all(GREETING).is_err() {
-                return;
-            }
-            let mut buf = [0; 16 * 1024];
-            while let Ok(n) = stream.read(&mut buf) {
-                if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-            let _ = stream.shutdown(Shutdown::Write);
-        });
-    }
+    super::serve_echo(addr, GREETING)
 }
 
 fn greeted_client(addr: &str) -> ! {
